@@ -1,0 +1,131 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/diglett/diglett/internal/protocol"
+)
+
+// TokenEntry is one entry of a tokens file.
+type TokenEntry struct {
+	// Token is the secret an agent presents with --token.
+	Token string `yaml:"token"`
+	// Names are the names (or patterns with *, as in "demo-*") the token
+	// may publish.
+	Names []string `yaml:"names"`
+	// Identity names the owner; names belong to identities. Default: a
+	// short hash of the token, so it is stable across restarts.
+	Identity string `yaml:"identity,omitempty"`
+}
+
+// Tokens authenticates agents by static tokens, each scoped to name
+// patterns. Build it with NewTokens or LoadTokens.
+type Tokens struct {
+	byHash map[[sha256.Size]byte]*TokenEntry
+	byID   map[string][]string // identity -> patterns
+}
+
+var _ Authenticator = (*Tokens)(nil)
+
+// LoadTokens reads a YAML tokens file:
+//
+//   - token: "s3cret"
+//     names: ["example", "demo-*"]
+func LoadTokens(file string) (*Tokens, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("tokens file: %w", err)
+	}
+	var entries []TokenEntry
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&entries); err != nil {
+		return nil, fmt.Errorf("tokens file %s: %w", file, err)
+	}
+	t, err := NewTokens(entries)
+	if err != nil {
+		return nil, fmt.Errorf("tokens file %s: %w", file, err)
+	}
+	return t, nil
+}
+
+// NewTokens builds a Tokens authenticator from entries.
+func NewTokens(entries []TokenEntry) (*Tokens, error) {
+	if len(entries) == 0 {
+		return nil, errors.New("no tokens")
+	}
+	t := &Tokens{byHash: make(map[[sha256.Size]byte]*TokenEntry), byID: make(map[string][]string)}
+	for i := range entries {
+		e := entries[i]
+		if e.Token == "" {
+			return nil, fmt.Errorf("entry %d: empty token", i+1)
+		}
+		if len(e.Token) > protocol.MaxTokenLen {
+			return nil, fmt.Errorf("entry %d: token longer than %d bytes", i+1, protocol.MaxTokenLen)
+		}
+		if len(e.Names) == 0 {
+			return nil, fmt.Errorf("entry %d: no names: list the names this token may publish (patterns like \"demo-*\" work)", i+1)
+		}
+		for _, p := range e.Names {
+			if err := validatePattern(p); err != nil {
+				return nil, fmt.Errorf("entry %d: %w", i+1, err)
+			}
+		}
+		h := sha256.Sum256([]byte(e.Token))
+		if _, dup := t.byHash[h]; dup {
+			return nil, fmt.Errorf("entry %d: duplicate token", i+1)
+		}
+		if e.Identity == "" {
+			e.Identity = "token-" + hex.EncodeToString(h[:4])
+		}
+		t.byHash[h] = &e
+		t.byID[e.Identity] = append(t.byID[e.Identity], e.Names...)
+	}
+	return t, nil
+}
+
+func validatePattern(p string) error {
+	if p == "*" {
+		return nil
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("name pattern %q: %w", p, err)
+	}
+	if err := protocol.ValidateName(strings.ReplaceAll(p, "*", "x")); err != nil {
+		return fmt.Errorf("name pattern %q: %w", p, err)
+	}
+	return nil
+}
+
+// Authenticate looks the token up. The lookup is by SHA-256 of the token, so
+// its timing does not depend on how much of a guess matches.
+func (t *Tokens) Authenticate(_ context.Context, c Credentials) (Identity, error) {
+	if c.Token == "" {
+		return Identity{}, fmt.Errorf("%w: no token given", ErrUnauthorized)
+	}
+	e, ok := t.byHash[sha256.Sum256([]byte(c.Token))]
+	if !ok {
+		return Identity{}, ErrUnauthorized
+	}
+	return Identity{Name: e.Identity}, nil
+}
+
+// Authorize allows name if one of the identity's patterns matches it.
+func (t *Tokens) Authorize(_ context.Context, id Identity, name string) error {
+	for _, p := range t.byID[id.Name] {
+		if ok, _ := path.Match(p, name); ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %q", ErrForbidden, name)
+}

@@ -1,0 +1,254 @@
+// Package gateway is the public side of diglett: it accepts agent sessions,
+// authenticates them, keeps the registry of tunnels and their leases, and
+// forwards public TCP connections to agents as streams.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/diglett/diglett/internal/auth"
+	"github.com/diglett/diglett/internal/expose"
+	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport/tlsmux"
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// TLS holds the gateway's certificate. Required. The server forces
+	// TLS 1.3 and the diglett ALPN on a copy.
+	TLS *tls.Config
+	// Auth authenticates agents and authorizes names. Required.
+	Auth auth.Authenticator
+	// Registerer is told when tunnels go live and away. Optional.
+	Registerer expose.Registerer
+	// PortMin and PortMax bound the public TCP ports. Default 30000-40000.
+	PortMin, PortMax int
+	// PublicHost is the address public TCP listeners bind to. Default all
+	// interfaces.
+	PublicHost string
+	// Lease is how long a disconnected agent's names and ports stay
+	// reserved for its identity. Default 60s.
+	Lease time.Duration
+	// HandshakeTimeout bounds TLS, hello and login. Default 10s.
+	HandshakeTimeout time.Duration
+	// KeepAlive bounds dead-peer detection. Default 15s.
+	KeepAlive time.Duration
+	// StatusTimeout bounds how long the gateway waits for an agent to say
+	// whether it reached its backend. Default 30s.
+	StatusTimeout time.Duration
+	// MaxNamesPerSession caps the names one agent session registers.
+	// Default protocol.MaxNames.
+	MaxNamesPerSession int
+	// Logger receives the gateway's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults for Config.
+const (
+	DefaultPortMin          = 30000
+	DefaultPortMax          = 40000
+	DefaultLease            = 60 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultStatusTimeout    = 30 * time.Second
+)
+
+// Validate reports the first problem with c.
+func (c *Config) Validate() error {
+	if c.TLS == nil || (len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil) {
+		return errors.New("gateway: no TLS certificate")
+	}
+	if c.Auth == nil {
+		return errors.New("gateway: no authenticator")
+	}
+	if c.PortMin < 0 || c.PortMax > 65535 || c.PortMin > c.PortMax {
+		return fmt.Errorf("gateway: bad port range %d-%d", c.PortMin, c.PortMax)
+	}
+	if c.Lease < 0 {
+		return errors.New("gateway: negative lease")
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.PortMin == 0 && c.PortMax == 0 {
+		c.PortMin, c.PortMax = DefaultPortMin, DefaultPortMax
+	}
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = tlsmux.DefaultKeepAlive
+	}
+	if c.StatusTimeout <= 0 {
+		c.StatusTimeout = DefaultStatusTimeout
+	}
+	if c.MaxNamesPerSession <= 0 {
+		c.MaxNamesPerSession = protocol.MaxNames
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Server is a diglett gateway.
+type Server struct {
+	cfg    Config
+	tls    *tls.Config
+	log    *slog.Logger
+	reg    *registry
+	ctx    context.Context // ends when the server closes
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	closed    bool
+	wg        sync.WaitGroup // session and listener goroutines
+	visitors  sync.WaitGroup // visitor connections being relayed
+}
+
+// New returns a server for cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	tc := cfg.TLS.Clone()
+	tc.MinVersion = tls.VersionTLS13
+	tc.NextProtos = []string{protocol.ALPN}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		tls:       tc,
+		log:       cfg.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		sessions:  make(map[*session]struct{}),
+	}
+	s.reg = newRegistry(s)
+	return s, nil
+}
+
+// ErrServerClosed is returned by Serve after Close or Shutdown.
+var ErrServerClosed = errors.New("gateway: server closed")
+
+// Serve accepts agent connections on ln until the server is closed. It
+// always closes ln.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept agent connection", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-s.ctx.Done():
+					return ErrServerClosed
+				}
+				continue
+			}
+			return fmt.Errorf("gateway: accept: %w", err)
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(conn)
+		}()
+	}
+}
+
+// Close stops the server at once: listeners, public ports and sessions.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	for _, ss := range sessions {
+		ss.close()
+	}
+	s.reg.close()
+	s.wg.Wait()
+	s.visitors.Wait()
+	return nil
+}
+
+// Shutdown stops accepting agents and visitors, waits for the visitor
+// connections in flight to end or for ctx, then closes everything.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.reg.closeListeners()
+	done := make(chan struct{})
+	go func() {
+		s.visitors.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	s.Close()
+	return err
+}
+
+func (s *Server) addSession(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.sessions[ss] = struct{}{}
+	return true
+}
+
+func (s *Server) removeSession(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}

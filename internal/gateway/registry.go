@@ -1,0 +1,348 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/diglett/diglett/internal/expose"
+	"github.com/diglett/diglett/internal/protocol"
+)
+
+// registry maps names and ports to tunnels. A tunnel outlives its agents by
+// the lease: its name and port stay reserved for the identity that owns
+// them until the lease ends.
+type registry struct {
+	srv    *Server
+	mu     sync.Mutex
+	byName map[string]*tunnel
+	byPort map[int]*tunnel
+	closed bool
+}
+
+func newRegistry(s *Server) *registry {
+	return &registry{srv: s, byName: make(map[string]*tunnel), byPort: make(map[int]*tunnel)}
+}
+
+// tunnel is a published name with its public port and the live agent
+// sessions serving it.
+type tunnel struct {
+	reg      *registry
+	name     string
+	identity string
+	port     int
+	ln       net.Listener
+	log      *slog.Logger
+
+	members atomic.Pointer[[]*session] // copy-on-write; written under reg.mu
+	next    atomic.Uint64              // round-robin cursor
+	lease   *time.Timer                // running while no agent is online; under reg.mu
+	removed bool                       // under reg.mu
+
+	regMu     sync.Mutex // serializes registerer calls
+	regCloser io.Closer
+}
+
+func (t *tunnel) live() []*session {
+	if m := t.members.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+func refuse(code protocol.Code, format string, args ...any) *protocol.Error {
+	return &protocol.Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// join adds ss to the tunnel for req.Name, creating it (and its public
+// port) if needed.
+func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol.Error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, refuse(protocol.CodeShuttingDown, "gateway is shutting down")
+	}
+	t := r.byName[req.Name]
+	if t != nil {
+		if t.identity != ss.identity.Name {
+			r.mu.Unlock()
+			return nil, refuse(protocol.CodeNameTaken, "name %q is taken by another identity", req.Name)
+		}
+		if req.Port != 0 && req.Port != t.port {
+			r.mu.Unlock()
+			return nil, refuse(protocol.CodePortUnavailable, "name %q already has port %d", req.Name, t.port)
+		}
+	} else {
+		ln, port, perr := r.listen(req)
+		if perr != nil {
+			r.mu.Unlock()
+			return nil, perr
+		}
+		t = &tunnel{
+			reg:      r,
+			name:     req.Name,
+			identity: ss.identity.Name,
+			port:     port,
+			ln:       ln,
+			log:      r.srv.log.With("tunnel", req.Name),
+		}
+		r.byName[t.name] = t
+		r.byPort[t.port] = t
+		r.srv.visitors.Add(1)
+		go t.acceptLoop()
+	}
+	if t.lease != nil {
+		t.lease.Stop()
+		t.lease = nil
+	}
+	old := t.live()
+	members := make([]*session, 0, len(old)+1)
+	members = append(members, old...)
+	members = append(members, ss)
+	t.members.Store(&members)
+	r.mu.Unlock()
+
+	if !ss.addTunnel(t) {
+		r.leave(t, ss)
+		return nil, refuse(protocol.CodeInternal, "session ended")
+	}
+	t.reconcile()
+	return t, nil
+}
+
+// listen opens the public port for a new tunnel. Called under r.mu.
+func (r *registry) listen(req *protocol.Register) (net.Listener, int, *protocol.Error) {
+	lo, hi := r.srv.cfg.PortMin, r.srv.cfg.PortMax
+	if req.Port != 0 {
+		if req.Port < lo || req.Port > hi {
+			return nil, 0, refuse(protocol.CodePortUnavailable, "port %d is outside the gateway's range %d-%d", req.Port, lo, hi)
+		}
+		if r.byPort[req.Port] != nil {
+			return nil, 0, refuse(protocol.CodePortUnavailable, "port %d is in use by another tunnel", req.Port)
+		}
+		ln, err := r.bind(req.Port)
+		if err != nil {
+			return nil, 0, refuse(protocol.CodePortUnavailable, "port %d is not available on the gateway", req.Port)
+		}
+		return ln, req.Port, nil
+	}
+	if p := req.PreferPort; p >= lo && p <= hi && r.byPort[p] == nil {
+		if ln, err := r.bind(p); err == nil {
+			return ln, p, nil
+		}
+	}
+	n := hi - lo + 1
+	start := rand.IntN(n)
+	failures := 0
+	for i := 0; i < n && failures < 128; i++ {
+		p := lo + (start+i)%n
+		if r.byPort[p] != nil {
+			continue
+		}
+		ln, err := r.bind(p)
+		if err != nil {
+			failures++
+			continue
+		}
+		return ln, p, nil
+	}
+	return nil, 0, refuse(protocol.CodePortUnavailable, "no free port in the gateway's range %d-%d", lo, hi)
+}
+
+func (r *registry) bind(port int) (net.Listener, error) {
+	return net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port)))
+}
+
+// leave removes ss from t; the last member to leave starts the lease.
+func (r *registry) leave(t *tunnel, ss *session) {
+	r.mu.Lock()
+	old := t.live()
+	members := make([]*session, 0, len(old))
+	for _, m := range old {
+		if m != ss {
+			members = append(members, m)
+		}
+	}
+	t.members.Store(&members)
+	if len(members) == 0 && !t.removed && t.lease == nil {
+		t.log.Info("agent offline, name and port leased", "port", t.port, "lease", r.srv.cfg.Lease)
+		var timer *time.Timer
+		timer = time.AfterFunc(r.srv.cfg.Lease, func() { r.expire(t, timer) })
+		t.lease = timer
+	}
+	r.mu.Unlock()
+	t.reconcile()
+}
+
+// expire frees t when its lease ends with no agent back.
+func (r *registry) expire(t *tunnel, timer *time.Timer) {
+	r.mu.Lock()
+	if t.lease != timer || t.removed || len(t.live()) > 0 {
+		r.mu.Unlock()
+		return
+	}
+	t.lease = nil
+	r.removeLocked(t)
+	r.mu.Unlock()
+	t.log.Info("lease expired, name and port released", "port", t.port)
+	t.reconcile()
+}
+
+func (r *registry) removeLocked(t *tunnel) {
+	t.removed = true
+	if r.byName[t.name] == t {
+		delete(r.byName, t.name)
+	}
+	if r.byPort[t.port] == t {
+		delete(r.byPort, t.port)
+	}
+	if t.lease != nil {
+		t.lease.Stop()
+		t.lease = nil
+	}
+	t.ln.Close()
+}
+
+// closeListeners closes every public port; the registry accepts no more
+// tunnels.
+func (r *registry) closeListeners() {
+	r.mu.Lock()
+	r.closed = true
+	for _, t := range r.byName {
+		t.ln.Close()
+	}
+	r.mu.Unlock()
+}
+
+// close removes every tunnel.
+func (r *registry) close() {
+	r.mu.Lock()
+	r.closed = true
+	ts := make([]*tunnel, 0, len(r.byName))
+	for _, t := range r.byName {
+		ts = append(ts, t)
+		r.removeLocked(t)
+	}
+	r.mu.Unlock()
+	for _, t := range ts {
+		t.reconcile()
+	}
+}
+
+// reconcile brings the registerer in line with the tunnel's state: a route
+// while an agent is online, none otherwise.
+func (t *tunnel) reconcile() {
+	rg := t.reg.srv.cfg.Registerer
+	if rg == nil {
+		return
+	}
+	t.regMu.Lock()
+	defer t.regMu.Unlock()
+	t.reg.mu.Lock()
+	live := !t.removed && len(t.live()) > 0
+	t.reg.mu.Unlock()
+	switch {
+	case live && t.regCloser == nil:
+		c, err := rg.Register(t.reg.srv.ctx, expose.Route{Name: t.name, Port: t.port, Identity: t.identity})
+		if err != nil {
+			t.log.Error("registerer failed", "err", err)
+			return
+		}
+		t.regCloser = c
+	case !live && t.regCloser != nil:
+		if err := t.regCloser.Close(); err != nil {
+			t.log.Error("registerer close failed", "err", err)
+		}
+		t.regCloser = nil
+	}
+}
+
+// acceptLoop serves the tunnel's public port until it closes.
+func (t *tunnel) acceptLoop() {
+	defer t.reg.srv.visitors.Done()
+	var backoff time.Duration
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				t.log.Warn("accept visitor", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return
+		}
+		backoff = 0
+		t.reg.srv.visitors.Add(1)
+		go func() {
+			defer t.reg.srv.visitors.Done()
+			t.serveVisitor(c)
+		}()
+	}
+}
+
+// serveVisitor forwards one public connection to a live agent of the
+// tunnel, trying each member once.
+func (t *tunnel) serveVisitor(c net.Conn) {
+	members := t.live()
+	if len(members) == 0 {
+		t.log.Debug("visitor refused: no agent online", "visitor", c.RemoteAddr())
+		reset(c)
+		return
+	}
+	srv := t.reg.srv
+	hdr, err := protocol.AppendStreamHeader(make([]byte, 0, 80), protocol.StreamHeader{Name: t.name, Visitor: c.RemoteAddr().String()})
+	if err != nil {
+		t.log.Error("stream header", "err", err)
+		c.Close()
+		return
+	}
+	start := t.next.Add(1)
+	var st interface {
+		net.Conn
+		CloseWrite() error
+	}
+	for i := range members {
+		m := members[(int(start)+i)%len(members)]
+		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.HandshakeTimeout)
+		s, err := m.sess.OpenStream(ctx)
+		cancel()
+		if err != nil {
+			t.log.Debug("open stream failed, trying next agent", "err", err)
+			continue
+		}
+		if _, err := s.Write(hdr); err != nil {
+			s.Close()
+			t.log.Debug("write stream header failed, trying next agent", "err", err)
+			continue
+		}
+		st = s
+		break
+	}
+	if st == nil {
+		t.log.Debug("visitor refused: no agent reachable", "visitor", c.RemoteAddr())
+		reset(c)
+		return
+	}
+	sc := &statusConn{Conn: st, cw: st, timeout: srv.cfg.StatusTimeout, visitor: c}
+	if _, _, err := pipe(c, sc); err != nil {
+		t.log.Debug("visitor connection ended", "visitor", c.RemoteAddr(), "err", err)
+	}
+}
+
+// reset closes c so that the visitor sees a reset rather than a clean EOF.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}

@@ -1,0 +1,205 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/diglett/diglett/internal/auth"
+	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/tlsmux"
+)
+
+// session is one live agent connection.
+type session struct {
+	srv      *Server
+	sess     transport.Session
+	log      *slog.Logger
+	identity auth.Identity
+
+	mu      sync.Mutex
+	tunnels []*tunnel // tunnels this session is a member of
+	closed  bool
+}
+
+func (ss *session) close() { ss.sess.Close() }
+
+// serveConn runs one agent connection from handshake to teardown.
+func (s *Server) serveConn(conn net.Conn) {
+	log := s.log.With("agent", conn.RemoteAddr().String())
+	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	ts, err := tlsmux.Server(hsCtx, conn, s.tls, tlsmux.Config{KeepAlive: s.cfg.KeepAlive})
+	if err != nil {
+		log.Debug("agent handshake failed", "err", err)
+		return
+	}
+	ss := &session{srv: s, sess: ts, log: log}
+	if !s.addSession(ss) {
+		ts.Close()
+		return
+	}
+	defer func() {
+		ts.Close()
+		s.removeSession(ss)
+		ss.leave()
+	}()
+
+	ctrl, err := ts.AcceptStream(hsCtx)
+	if err != nil {
+		log.Debug("agent opened no control stream", "err", err)
+		return
+	}
+	defer ctrl.Close()
+	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if err := ss.handshake(hsCtx, ctrl); err != nil {
+		log.Debug("agent handshake refused", "err", err)
+		return
+	}
+	ctrl.SetDeadline(time.Time{})
+	ss.log = log.With("identity", ss.identity.Name)
+	ss.log.Debug("agent logged in")
+
+	// The agent opens only the control stream; refuse any other.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			st, err := ts.AcceptStream(s.ctx)
+			if err != nil {
+				return
+			}
+			st.Close()
+		}
+	}()
+
+	for {
+		m, err := protocol.ReadMessage(ctrl)
+		if err != nil {
+			if errors.Is(err, protocol.ErrMalformed) {
+				ss.log.Warn("dropping agent: bad control message", "err", err)
+				ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
+			} else if !errors.Is(err, io.EOF) {
+				ss.log.Debug("control stream ended", "err", err)
+			}
+			return
+		}
+		reg, ok := m.(*protocol.Register)
+		if !ok {
+			ss.log.Warn("dropping agent: unexpected message", "type", m.Type())
+			ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "unexpected " + m.Type().String() + " message"})
+			return
+		}
+		resp := ss.register(reg)
+		if err := ss.reply(ctrl, resp); err != nil {
+			return
+		}
+	}
+}
+
+func (ss *session) reply(w io.Writer, m protocol.Message) error {
+	return protocol.WriteMessage(w, m)
+}
+
+// handshake exchanges hellos and authenticates the agent.
+func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
+	m, err := protocol.ReadMessage(ctrl)
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	hello, ok := m.(*protocol.Hello)
+	if !ok {
+		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "expected hello, got " + m.Type().String()})
+		return fmt.Errorf("expected hello, got %s", m.Type())
+	}
+	if hello.Version != protocol.Version {
+		msg := fmt.Sprintf("gateway speaks protocol version %d, agent speaks version %d: use an agent of the same release as the gateway", protocol.Version, hello.Version)
+		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeVersion, Message: msg})
+		ss.log.Warn("agent refused: unsupported protocol version", "version", hello.Version, "software", hello.Software)
+		return errors.New(msg)
+	}
+	if err := ss.reply(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software}); err != nil {
+		return err
+	}
+	m, err = protocol.ReadMessage(ctrl)
+	if err != nil {
+		return fmt.Errorf("read login: %w", err)
+	}
+	login, ok := m.(*protocol.Login)
+	if !ok {
+		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "expected login, got " + m.Type().String()})
+		return fmt.Errorf("expected login, got %s", m.Type())
+	}
+	id, err := ss.srv.cfg.Auth.Authenticate(ctx, auth.Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
+	if err != nil {
+		code, msg := protocol.CodeInternal, "authentication failed"
+		if errors.Is(err, auth.ErrUnauthorized) {
+			code, msg = protocol.CodeUnauthorized, "token refused by the gateway"
+		}
+		ss.reply(ctrl, &protocol.Error{Code: code, Message: msg})
+		ss.log.Info("agent refused", "err", err)
+		return err
+	}
+	ss.identity = id
+	return ss.reply(ctrl, &protocol.LoginOK{Identity: id.Name})
+}
+
+// register handles one Register request and returns the reply.
+func (ss *session) register(req *protocol.Register) protocol.Message {
+	ss.mu.Lock()
+	n := len(ss.tunnels)
+	ss.mu.Unlock()
+	if n >= ss.srv.cfg.MaxNamesPerSession {
+		return &protocol.Error{Code: protocol.CodeTooManyNames, Message: fmt.Sprintf("at most %d names per connection", ss.srv.cfg.MaxNamesPerSession)}
+	}
+	if err := ss.srv.cfg.Auth.Authorize(ss.srv.ctx, ss.identity, req.Name); err != nil {
+		ss.log.Info("name refused", "name", req.Name, "err", err)
+		if errors.Is(err, auth.ErrForbidden) {
+			return &protocol.Error{Code: protocol.CodeForbidden, Message: fmt.Sprintf("name %q is not allowed for this token", req.Name)}
+		}
+		return &protocol.Error{Code: protocol.CodeInternal, Message: "authorization failed"}
+	}
+	t, perr := ss.srv.reg.join(ss, req)
+	if perr != nil {
+		ss.log.Info("name refused", "name", req.Name, "code", perr.Code, "reason", perr.Message)
+		return perr
+	}
+	return &protocol.Registered{Name: t.name, Port: t.port}
+}
+
+// leave removes the session from every tunnel it joined.
+func (ss *session) leave() {
+	ss.mu.Lock()
+	ts := ss.tunnels
+	ss.tunnels = nil
+	ss.closed = true
+	ss.mu.Unlock()
+	for _, t := range ts {
+		ss.srv.reg.leave(t, ss)
+	}
+}
+
+// addTunnel records membership; it fails if the session already ended.
+func (ss *session) addTunnel(t *tunnel) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
+		return false
+	}
+	for _, x := range ss.tunnels {
+		if x == t {
+			return true
+		}
+	}
+	ss.tunnels = append(ss.tunnels, t)
+	return true
+}
+
+// Software is the version string the gateway sends in its hello.
+var Software = "diglett-server"

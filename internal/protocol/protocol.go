@@ -1,0 +1,285 @@
+// Package protocol holds diglett's wire messages: the control-stream
+// messages (hello, login, register, replies with error codes) and the short
+// header that starts every data stream. docs/PROTOCOL.md is its spec.
+package protocol
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Version is the protocol version this build speaks.
+const Version = 1
+
+// ALPN is the TLS application protocol name of agent connections.
+const ALPN = "diglett"
+
+// MaxMessageSize bounds the payload of one control message.
+const MaxMessageSize = 16 << 10
+
+// Limits on message fields.
+const (
+	MaxNameLen  = 63
+	MaxTokenLen = 4096
+	MaxAddrLen  = 64
+	MaxNames    = 64 // names one session may register
+)
+
+// Type identifies a control message.
+type Type uint8
+
+// Control message types.
+const (
+	TypeHello      Type = 1
+	TypeLogin      Type = 2
+	TypeLoginOK    Type = 3
+	TypeRegister   Type = 4
+	TypeRegistered Type = 5
+	TypeError      Type = 6
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeHello:
+		return "hello"
+	case TypeLogin:
+		return "login"
+	case TypeLoginOK:
+		return "login-ok"
+	case TypeRegister:
+		return "register"
+	case TypeRegistered:
+		return "registered"
+	case TypeError:
+		return "error"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Message is a control message.
+type Message interface {
+	Type() Type
+	validate() error
+}
+
+// Hello opens the control stream in both directions: the agent sends its
+// version first and the gateway answers with its own (or an Error).
+type Hello struct {
+	Version  int    `json:"version"`
+	Software string `json:"software,omitempty"`
+}
+
+// Login carries the agent's credentials.
+type Login struct {
+	Token string `json:"token,omitempty"`
+}
+
+// LoginOK accepts a Login and names the identity it authenticated.
+type LoginOK struct {
+	Identity string `json:"identity"`
+}
+
+// Register asks for a name to be published. Port asks for a specific public
+// TCP port (refused if unavailable); PreferPort is a hint, used when free and
+// otherwise ignored (an agent resuming after a gateway restart sends it).
+type Register struct {
+	Name       string `json:"name"`
+	Port       int    `json:"port,omitempty"`
+	PreferPort int    `json:"prefer_port,omitempty"`
+}
+
+// Registered confirms a Register with the public port assigned.
+type Registered struct {
+	Name string `json:"name"`
+	Port int    `json:"port"`
+}
+
+// Error refuses the last request. Code is one of the Code constants.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+func (*Hello) Type() Type      { return TypeHello }
+func (*Login) Type() Type      { return TypeLogin }
+func (*LoginOK) Type() Type    { return TypeLoginOK }
+func (*Register) Type() Type   { return TypeRegister }
+func (*Registered) Type() Type { return TypeRegistered }
+func (*Error) Type() Type      { return TypeError }
+
+func (m *Hello) validate() error {
+	if m.Version < 1 {
+		return fmt.Errorf("hello: bad version %d", m.Version)
+	}
+	if len(m.Software) > 128 {
+		return errors.New("hello: software string too long")
+	}
+	return nil
+}
+
+func (m *Login) validate() error {
+	if len(m.Token) > MaxTokenLen {
+		return errors.New("login: token too long")
+	}
+	return nil
+}
+
+func (m *LoginOK) validate() error {
+	if len(m.Identity) > 256 {
+		return errors.New("login-ok: identity too long")
+	}
+	return nil
+}
+
+func (m *Register) validate() error {
+	if err := ValidateName(m.Name); err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	if m.Port < 0 || m.Port > 65535 || m.PreferPort < 0 || m.PreferPort > 65535 {
+		return errors.New("register: port out of range")
+	}
+	return nil
+}
+
+func (m *Registered) validate() error {
+	if err := ValidateName(m.Name); err != nil {
+		return fmt.Errorf("registered: %w", err)
+	}
+	if m.Port < 0 || m.Port > 65535 {
+		return errors.New("registered: port out of range")
+	}
+	return nil
+}
+
+func (m *Error) validate() error {
+	if m.Code == "" {
+		return errors.New("error: empty code")
+	}
+	if len(m.Code) > 64 || len(m.Message) > 1024 {
+		return errors.New("error: too long")
+	}
+	return nil
+}
+
+// Error implements error so a received Error can be returned as is.
+func (m *Error) Error() string {
+	if m.Message == "" {
+		return string(m.Code)
+	}
+	return m.Message
+}
+
+// Code is an error code carried by an Error message.
+type Code string
+
+// Error codes.
+const (
+	CodeBadRequest      Code = "bad_request" // malformed or unexpected message
+	CodeVersion         Code = "unsupported_version"
+	CodeUnauthorized    Code = "unauthorized"     // token refused
+	CodeForbidden       Code = "forbidden"        // identity may not use this name
+	CodeNameTaken       Code = "name_taken"       // name held by another identity
+	CodePortUnavailable Code = "port_unavailable" // requested port in use or outside the range
+	CodeTooManyNames    Code = "too_many_names"
+	CodeInternal        Code = "internal"
+	CodeShuttingDown    Code = "shutting_down"
+)
+
+// ValidateName checks that name is a DNS label: 1 to 63 characters of
+// lowercase letters, digits and hyphens, not starting or ending with a
+// hyphen.
+func ValidateName(name string) error {
+	if name == "" {
+		return errors.New("empty name")
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("name longer than %d characters", MaxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' && i != 0 && i != len(name)-1:
+		default:
+			return fmt.Errorf("name %q: only lowercase letters, digits and inner hyphens are allowed", name)
+		}
+	}
+	return nil
+}
+
+// NormalizeName lowercases name; callers validate the result.
+func NormalizeName(name string) string { return strings.ToLower(strings.TrimSpace(name)) }
+
+// WriteMessage writes m as one frame: type (1 byte), payload length
+// (2 bytes, big endian) and the JSON payload.
+func WriteMessage(w io.Writer, m Message) error {
+	payload, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", m.Type(), err)
+	}
+	if len(payload) > MaxMessageSize {
+		return fmt.Errorf("encode %s: payload of %d bytes exceeds %d", m.Type(), len(payload), MaxMessageSize)
+	}
+	buf := make([]byte, 3+len(payload))
+	buf[0] = byte(m.Type())
+	binary.BigEndian.PutUint16(buf[1:3], uint16(len(payload)))
+	copy(buf[3:], payload)
+	_, err = w.Write(buf)
+	return err
+}
+
+// ErrMalformed is wrapped by every decoding error caused by the peer's bytes.
+var ErrMalformed = errors.New("malformed message")
+
+// ReadMessage reads one frame written by WriteMessage. It never reads more
+// than 3+MaxMessageSize bytes.
+func ReadMessage(r io.Reader) (Message, error) {
+	var hdr [3]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[1:3]))
+	if n > MaxMessageSize {
+		return nil, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrMalformed, n, MaxMessageSize)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return DecodeMessage(Type(hdr[0]), payload)
+}
+
+// DecodeMessage decodes and validates the payload of a message of type t.
+func DecodeMessage(t Type, payload []byte) (Message, error) {
+	var m Message
+	switch t {
+	case TypeHello:
+		m = new(Hello)
+	case TypeLogin:
+		m = new(Login)
+	case TypeLoginOK:
+		m = new(LoginOK)
+	case TypeRegister:
+		m = new(Register)
+	case TypeRegistered:
+		m = new(Registered)
+	case TypeError:
+		m = new(Error)
+	default:
+		return nil, fmt.Errorf("%w: unknown type %d", ErrMalformed, uint8(t))
+	}
+	if err := json.Unmarshal(payload, m); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, t, err)
+	}
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return m, nil
+}

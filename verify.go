@@ -1,0 +1,96 @@
+package diglett
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/protocol"
+)
+
+// tlsConfig builds the agent's TLS configuration. The gateway is always
+// authenticated, in this order:
+//  1. an explicit Fingerprint must match the gateway's key;
+//  2. a certificate that verifies against RootCAs (or the system roots) is
+//     trusted as is;
+//  3. with no RootCAs configured, a self-signed gateway is pinned on first
+//     use in the known_gateways file and must keep the same key.
+func (c *Config) tlsConfig(log *slog.Logger) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(c.Gateway)
+	if err != nil {
+		return nil, fmt.Errorf("gateway address %q: %w", c.Gateway, err)
+	}
+	known := identity.KnownGateways{Path: c.KnownGateways}
+	if known.Path == "" {
+		p, err := identity.DefaultKnownGatewaysPath()
+		if err != nil {
+			return nil, err
+		}
+		known.Path = p
+	}
+	gateway := c.Gateway
+	verify := func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("gateway sent no certificate")
+		}
+		leaf := cs.PeerCertificates[0]
+		got := identity.CertFingerprint(leaf)
+		if c.Fingerprint != "" {
+			if got != c.Fingerprint {
+				return &trustError{ErrGatewayKeyMismatch, fmt.Sprintf("gateway key mismatch: gateway %s presented key %s, but the configured fingerprint is %s", gateway, got, c.Fingerprint)}
+			}
+			return nil
+		}
+		inter := x509.NewCertPool()
+		for _, ic := range cs.PeerCertificates[1:] {
+			inter.AddCert(ic)
+		}
+		_, verr := leaf.Verify(x509.VerifyOptions{Roots: c.RootCAs, DNSName: host, Intermediates: inter})
+		if verr == nil {
+			return nil
+		}
+		if c.RootCAs != nil {
+			return &trustError{ErrGatewayUntrusted, fmt.Sprintf("gateway certificate not trusted: %v", verr)}
+		}
+		e, ok, err := known.Lookup(gateway)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if e.Fingerprint == got {
+				return nil
+			}
+			return &trustError{ErrGatewayKeyMismatch, fmt.Sprintf("gateway key mismatch: the key of gateway %s has CHANGED.\n"+
+				"  pinned:    %s (%s line %d)\n"+
+				"  presented: %s\n"+
+				"Someone may be intercepting the connection, or the gateway was given a new key.\n"+
+				"If the change is expected, delete line %d of %s, or run with --fingerprint %s",
+				gateway, e.Fingerprint, known.Path, e.Line, got, e.Line, known.Path, got)}
+		}
+		if err := known.Add(gateway, got); err != nil {
+			return err
+		}
+		log.Warn("pinned the key of a new gateway", "gateway", gateway, "fingerprint", got, "file", known.Path)
+		return nil
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{protocol.ALPN},
+		ServerName:         host,
+		InsecureSkipVerify: true, // replaced by VerifyConnection above
+		VerifyConnection:   verify,
+	}, nil
+}
+
+// trustError is a verdict of our gateway verification.
+type trustError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *trustError) Error() string { return e.msg }
+func (e *trustError) Unwrap() error { return e.sentinel }
