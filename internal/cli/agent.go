@@ -1,0 +1,160 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/internal/relay"
+)
+
+type agentCmd struct {
+	Gateway       string           `short:"g" required:"" placeholder:"HOST:PORT" help:"Gateway to connect to."`
+	Name          []string         `short:"n" required:"" sep:"none" placeholder:"NAME" help:"Name to publish (repeatable)."`
+	Token         string           `short:"t" placeholder:"TOKEN" help:"Token the gateway knows this agent by."`
+	Debug         int              `short:"d" type:"counter" help:"Log more (repeatable)."`
+	Port          int              `placeholder:"N" help:"Ask for this public TCP port (it must be free and in the gateway's range)."`
+	Fingerprint   string           `placeholder:"SHA256:..." help:"Trust only the gateway whose key has this fingerprint (printed by diglett-server at start)."`
+	CA            string           `name:"ca" type:"existingfile" placeholder:"FILE" help:"Verify the gateway's certificate against this CA bundle (PEM) instead of the system roots; disables pinning on first use."`
+	KnownGateways string           `type:"path" placeholder:"FILE" help:"File of pinned gateway keys (default: known_gateways in the user's config dir)."`
+	KeepAlive     time.Duration    `name:"keepalive" default:"15s" help:"Detect a dead gateway within this time."`
+	DialTimeout   time.Duration    `default:"10s" help:"Give up on reaching the backend after this time."`
+	Backend       string           `arg:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT)."`
+	VersionFlag   kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
+}
+
+// Agent runs diglett with args until ctx ends or a fatal error.
+func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c agentCmd
+	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.", args, stdout, stderr); err != nil {
+		return err
+	}
+	log := newLogger(stderr, c.Debug)
+	backend, err := backendAddr(c.Backend)
+	if err != nil {
+		return err
+	}
+	cfg := diglett.Config{
+		Gateway:       c.Gateway,
+		Name:          c.Name[0],
+		Names:         c.Name[1:],
+		Token:         c.Token,
+		Port:          c.Port,
+		Fingerprint:   c.Fingerprint,
+		KnownGateways: c.KnownGateways,
+		KeepAlive:     c.KeepAlive,
+		Logger:        log,
+	}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
+		if err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--ca %s: no PEM certificates in the file", c.CA)
+		}
+	}
+	ln, err := diglett.Listen(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for _, t := range ln.Tunnels() {
+		fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, t.URL(), backend)
+	}
+	return forward(ctx, ln, backend, c.DialTimeout, log)
+}
+
+// backendAddr accepts HOST:PORT or a bare PORT.
+func backendAddr(s string) (string, error) {
+	if p, err := strconv.Atoi(s); err == nil {
+		s = net.JoinHostPort("localhost", strconv.Itoa(p))
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("backend %q: want HOST:PORT, e.g. localhost:9000", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return "", fmt.Errorf("backend %q: bad port", s)
+	}
+	if host == "" {
+		s = net.JoinHostPort("localhost", port)
+	}
+	return s, nil
+}
+
+// forward serves visitors from ln by dialing backend, until ctx ends or
+// the listener stops on a fatal error.
+func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTimeout time.Duration, log *slog.Logger) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	active := make(map[net.Conn]struct{})
+	var mu sync.Mutex
+	d := net.Dialer{Timeout: dialTimeout}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				ln.Close()
+				waitOrClose(&wg, &mu, active, 0)
+				return err
+			}
+			log.Info("shutting down: waiting up to 10s for open connections")
+			waitOrClose(&wg, &mu, active, 10*time.Second)
+			return nil
+		}
+		vc := c.(*diglett.Conn)
+		mu.Lock()
+		active[vc] = struct{}{}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				delete(active, vc)
+				mu.Unlock()
+			}()
+			l := log.With("tunnel", vc.Name(), "visitor", vc.RemoteAddr().String())
+			bc, err := d.DialContext(ctx, "tcp", backend)
+			if err != nil {
+				l.Warn("backend refused the connection", "backend", backend, "err", err)
+				vc.Abort(err)
+				return
+			}
+			l.Debug("visitor connected")
+			up, down, err := relay.Pipe(vc, bc)
+			l.Debug("visitor disconnected", "sent", up, "received", down, "err", err)
+		}()
+	}
+}
+
+// waitOrClose waits for the connections in flight, for at most grace, then
+// closes those still open and waits for their goroutines.
+func waitOrClose(wg *sync.WaitGroup, mu *sync.Mutex, active map[net.Conn]struct{}, grace time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(grace):
+	}
+	mu.Lock()
+	for c := range active {
+		c.Close()
+	}
+	mu.Unlock()
+	<-done
+}

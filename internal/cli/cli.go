@@ -1,0 +1,58 @@
+// Package cli holds the command lines of diglett-server and diglett: flags,
+// environment (DIGLETT_*), logging set-up and the run loops that tie the
+// gateway and agent packages together. The mains only call it.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/alecthomas/kong"
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+// errHelp reports that help or the version was printed and the program
+// should exit successfully.
+var errHelp = errors.New("help printed")
+
+// parse parses args into app. Every flag can also come from the environment
+// as DIGLETT_<FLAG>.
+func parse(app any, name, desc string, args []string, stdout, stderr io.Writer) error {
+	exited := false
+	k, err := kong.New(app,
+		kong.Name(name),
+		kong.Description(desc),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(int) { exited = true }),
+		kong.DefaultEnvars("DIGLETT"),
+		kong.Vars{"version": Version},
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	)
+	if err != nil {
+		return fmt.Errorf("command line: %w", err)
+	}
+	_, err = k.Parse(args)
+	if exited {
+		return errHelp
+	}
+	if err != nil {
+		return fmt.Errorf("%w (see %s --help)", err, name)
+	}
+	return nil
+}
+
+// newLogger logs text to w; each -d lowers the level (-d: debug).
+func newLogger(w io.Writer, debug int) *slog.Logger {
+	level := slog.LevelInfo
+	if debug > 0 {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// IsHelp reports whether err only means that help was printed.
+func IsHelp(err error) bool { return errors.Is(err, errHelp) }
