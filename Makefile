@@ -1,0 +1,32 @@
+# diglett — see README.md.
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/diglett/diglett/internal/cli.Version=$(VERSION)
+
+.PHONY: all build demo test fuzz bench clean
+
+all: build
+
+# Static release binaries in bin/.
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/diglett ./cmd/diglett-server ./examples/hello
+
+# A gateway, an agent and a sample backend on loopback; Ctrl-C stops it.
+demo: build
+	./scripts/demo.sh
+
+# The whole test suite, after installing what it needs.
+test:
+	GO=$(GO) ./scripts/test-deps.sh
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+# Run each fuzz target for FUZZTIME (the normal suite runs only the seeds).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadMessage$$' -fuzztime $(FUZZTIME) ./internal/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzReadStreamHeader$$' -fuzztime $(FUZZTIME) ./internal/protocol
+
+clean:
+	rm -rf bin

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh machine: Go's module
+# dependencies, and a C compiler for the race detector.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+if ! command -v "$GO" >/dev/null 2>&1; then
+	echo "test-deps: Go is not installed (expected at /usr/local/go/bin/go)" >&2
+	exit 1
+fi
+if ! command -v gcc >/dev/null 2>&1; then
+	echo "test-deps: installing gcc for the race detector"
+	apt-get update -qq && apt-get install -y -qq gcc libc6-dev
+fi
+"$GO" mod download
