@@ -2,9 +2,11 @@ package diglett
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
@@ -22,7 +24,13 @@ type Conn struct {
 
 	statusOnce sync.Once
 	statusErr  error
+	readEOF    atomic.Bool
+	closeOnce  sync.Once
 }
+
+// lingerTimeout bounds how long a closed Conn keeps discarding what the
+// visitor still sends, so the gateway is never left blocked writing to it.
+const lingerTimeout = 10 * time.Second
 
 var _ net.Conn = (*Conn)(nil)
 
@@ -38,7 +46,13 @@ func (c *Conn) sendStatus(s protocol.Status) error {
 }
 
 // Read reads the visitor's bytes.
-func (c *Conn) Read(p []byte) (int, error) { return c.st.Read(p) }
+func (c *Conn) Read(p []byte) (int, error) {
+	n, err := c.st.Read(p)
+	if err == io.EOF {
+		c.readEOF.Store(true)
+	}
+	return n, err
+}
 
 // Write sends bytes to the visitor.
 func (c *Conn) Write(p []byte) (int, error) {
@@ -56,10 +70,42 @@ func (c *Conn) CloseWrite() error {
 	return c.st.CloseWrite()
 }
 
-// Close closes the connection.
+// Close closes the connection. The visitor reads EOF after the data
+// written so far; what it still sends is discarded for a while, then its
+// connection is reset.
 func (c *Conn) Close() error {
-	c.sendStatus(protocol.StatusOK)
-	return c.st.Close()
+	var err error
+	c.closeOnce.Do(func() {
+		c.sendStatus(protocol.StatusOK)
+		if c.readEOF.Load() {
+			err = c.st.Close()
+			return
+		}
+		if err = c.st.CloseWrite(); err != nil {
+			c.st.Reset()
+			return
+		}
+		go c.linger()
+	})
+	return err
+}
+
+// linger discards the visitor's bytes until it closes its side, then
+// releases the stream; a visitor that keeps sending is reset.
+func (c *Conn) linger() {
+	c.st.SetReadDeadline(time.Now().Add(lingerTimeout))
+	if _, err := io.Copy(io.Discard, c.st); err != nil {
+		c.st.Reset()
+		return
+	}
+	c.st.Close()
+}
+
+// Reset abandons the connection at once: the visitor's connection is reset
+// and data not yet delivered may be lost.
+func (c *Conn) Reset() error {
+	c.closeOnce.Do(func() {})
+	return c.st.Reset()
 }
 
 // Abort refuses the connection because its backend could not be reached:
@@ -72,7 +118,9 @@ func (c *Conn) Abort(err error) error {
 		s = protocol.StatusTimeout
 	}
 	c.sendStatus(s)
-	return c.st.Close()
+	var cerr error
+	c.closeOnce.Do(func() { cerr = c.st.Close() })
+	return cerr
 }
 
 func (c *Conn) LocalAddr() net.Addr  { return c.public }

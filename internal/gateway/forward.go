@@ -7,6 +7,7 @@ import (
 
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
+	"github.com/diglett/diglett/internal/transport"
 )
 
 var pipe = relay.Pipe
@@ -16,8 +17,7 @@ var pipe = relay.Pipe
 // once, and the agent's reply flows back only once the agent said it reached
 // its backend. A failure resets the visitor's connection.
 type statusConn struct {
-	net.Conn
-	cw      interface{ CloseWrite() error }
+	transport.Stream
 	timeout time.Duration
 	visitor net.Conn
 	checked bool
@@ -30,9 +30,9 @@ func (e errBackend) Error() string { return "agent: " + e.status.String() }
 
 func (s *statusConn) Read(p []byte) (int, error) {
 	if !s.checked {
-		s.Conn.SetReadDeadline(time.Now().Add(s.timeout))
-		st, err := protocol.ReadStatus(s.Conn)
-		s.Conn.SetReadDeadline(time.Time{})
+		s.Stream.SetReadDeadline(time.Now().Add(s.timeout))
+		st, err := protocol.ReadStatus(s.Stream)
+		s.Stream.SetReadDeadline(time.Time{})
 		if err != nil {
 			reset(s.visitor)
 			return 0, fmt.Errorf("read stream status: %w", err)
@@ -43,7 +43,5 @@ func (s *statusConn) Read(p []byte) (int, error) {
 		}
 		s.checked = true
 	}
-	return s.Conn.Read(p)
+	return s.Stream.Read(p)
 }
-
-func (s *statusConn) CloseWrite() error { return s.cw.CloseWrite() }

@@ -165,7 +165,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			if s.ctx.Err() != nil {
+			if s.shuttingDown() {
 				return ErrServerClosed
 			}
 			var ne net.Error
@@ -235,6 +235,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.Close()
 	return err
+}
+
+func (s *Server) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 func (s *Server) addSession(ss *session) bool {

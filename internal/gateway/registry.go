@@ -15,6 +15,7 @@ import (
 
 	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport"
 )
 
 // registry maps names and ports to tunnels. A tunnel outlives its agents by
@@ -307,10 +308,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		return
 	}
 	start := t.next.Add(1)
-	var st interface {
-		net.Conn
-		CloseWrite() error
-	}
+	var st transport.Stream
 	for i := range members {
 		m := members[(int(start)+i)%len(members)]
 		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.HandshakeTimeout)
@@ -333,7 +331,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		reset(c)
 		return
 	}
-	sc := &statusConn{Conn: st, cw: st, timeout: srv.cfg.StatusTimeout, visitor: c}
+	sc := &statusConn{Stream: st, timeout: srv.cfg.StatusTimeout, visitor: c}
 	if _, _, err := pipe(c, sc); err != nil {
 		t.log.Debug("visitor connection ended", "visitor", c.RemoteAddr(), "err", err)
 	}

@@ -53,13 +53,27 @@ func oneWay(dst, src net.Conn) (int64, error) {
 		dst.Close()
 		return n, nil
 	}
-	src.Close()
-	dst.Close()
+	abort(src)
+	abort(dst)
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) {
 		// Closed by the other direction or by the caller.
 		return n, nil
 	}
 	return n, err
+}
+
+// abort closes c the way a failed TCP connection ends: with a reset, so the
+// other side does not mistake the failure for a clean end of data.
+func abort(c net.Conn) {
+	switch x := c.(type) {
+	case interface{ Reset() error }:
+		x.Reset()
+	case *net.TCPConn:
+		x.SetLinger(0)
+		x.Close()
+	default:
+		c.Close()
+	}
 }
 
 // readerOnly and writerOnly hide ReadFrom/WriteTo so io.CopyBuffer uses the

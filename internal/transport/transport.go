@@ -11,11 +11,14 @@ import (
 )
 
 // Stream is one reliable, ordered, bidirectional byte stream of a Session.
-// Close releases the stream in both directions; CloseWrite sends EOF to the
-// peer while reads continue (TCP half-close).
+// CloseWrite sends EOF to the peer while reads continue (TCP half-close).
+// Close sends EOF and stops reading. Reset abandons the stream in both
+// directions, like a TCP RST: the peer's reads and writes fail at once,
+// possibly before it has read all the data sent before the reset.
 type Stream interface {
 	net.Conn
 	CloseWrite() error
+	Reset() error
 }
 
 // Session is one authenticated connection between an agent and the gateway

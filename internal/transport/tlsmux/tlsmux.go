@@ -1,20 +1,18 @@
 // Package tlsmux is the TLS-over-TCP transport: one TLS 1.3 connection
-// carrying many streams through a stream multiplexer (smux, protocol v2, with
-// per-stream flow control).
+// carrying many streams through the yamux stream multiplexer (the libp2p
+// implementation, which has real half-close and stream reset).
 package tlsmux
 
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/xtaci/smux"
+	"github.com/libp2p/go-yamux/v5"
 
 	"github.com/diglett/diglett/internal/transport"
 )
@@ -22,30 +20,26 @@ import (
 // Config tunes a session. The zero value is usable: every zero field takes
 // the documented default.
 type Config struct {
-	// KeepAlive bounds how long a silent peer is tolerated: a keepalive
-	// frame is sent every KeepAlive/3 and the session is closed when nothing
-	// arrived for KeepAlive. Default 15s.
+	// KeepAlive bounds dead-peer detection: a silent peer is noticed and
+	// the session closed within this time. Default 15s.
 	KeepAlive time.Duration
 	// MaxIncomingStreams caps the streams opened by the peer that are open
-	// at once; a stream above the cap is closed at once and the session
-	// survives. Default 4096.
+	// at once; a stream above the cap is reset and the session survives.
+	// Default 16384.
 	MaxIncomingStreams int
-	// StreamWindow is the per-stream receive window in bytes. Default 1 MiB.
+	// StreamWindow is the largest receive window a stream grows to, in
+	// bytes. Default 16 MiB.
 	StreamWindow int
-	// SessionWindow is the receive buffer shared by all streams of a
-	// session, in bytes. Default 8 MiB.
-	SessionWindow int
 }
 
 // Defaults for Config.
 const (
 	DefaultKeepAlive          = 15 * time.Second
-	DefaultMaxIncomingStreams = 4096
-	DefaultStreamWindow       = 1 << 20
-	DefaultSessionWindow      = 8 << 20
+	DefaultMaxIncomingStreams = 16384
+	DefaultStreamWindow       = 16 << 20
 )
 
-func (c Config) withDefaults() Config {
+func (c Config) yamux() *yamux.Config {
 	if c.KeepAlive <= 0 {
 		c.KeepAlive = DefaultKeepAlive
 	}
@@ -55,43 +49,35 @@ func (c Config) withDefaults() Config {
 	if c.StreamWindow <= 0 {
 		c.StreamWindow = DefaultStreamWindow
 	}
-	if c.SessionWindow <= 0 {
-		c.SessionWindow = DefaultSessionWindow
-	}
-	if c.StreamWindow > c.SessionWindow {
-		c.StreamWindow = c.SessionWindow
-	}
-	return c
-}
-
-func (c Config) smux() *smux.Config {
-	sc := smux.DefaultConfig()
-	sc.Version = 2
-	sc.KeepAliveInterval = c.KeepAlive / 3
-	sc.KeepAliveTimeout = c.KeepAlive
-	sc.MaxReceiveBuffer = c.SessionWindow
-	sc.MaxStreamBuffer = c.StreamWindow
-	sc.MaxFrameSize = 32 << 10
-	return sc
+	yc := yamux.DefaultConfig()
+	yc.LogOutput = io.Discard
+	// A ping goes out after KeepAlive/3 of silence; it must be sent and
+	// answered within KeepAlive/3 each: a dead peer is noticed within
+	// KeepAlive.
+	yc.EnableKeepAlive = true
+	yc.KeepAliveInterval = c.KeepAlive / 3
+	yc.ConnectionWriteTimeout = c.KeepAlive / 3
+	yc.MaxIncomingStreams = uint32(c.MaxIncomingStreams)
+	yc.AcceptBacklog = 1024
+	yc.MaxStreamWindowSize = uint32(max(c.StreamWindow, 256<<10))
+	return yc
 }
 
 // Server performs the server side of the TLS handshake on conn (bounded by
 // ctx) and starts a session over it. conn is closed on failure.
 func Server(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg Config) (*Session, error) {
-	tc := tls.Server(conn, tlsConf)
-	return start(ctx, conn, tc, cfg, smux.Server)
+	return start(ctx, conn, tls.Server(conn, tlsConf), cfg, yamux.Server)
 }
 
 // Client performs the client side of the TLS handshake on conn (bounded by
 // ctx) and starts a session over it. conn is closed on failure.
 func Client(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg Config) (*Session, error) {
-	tc := tls.Client(conn, tlsConf)
-	return start(ctx, conn, tc, cfg, smux.Client)
+	return start(ctx, conn, tls.Client(conn, tlsConf), cfg, yamux.Client)
 }
 
-func start(ctx context.Context, raw net.Conn, tc *tls.Conn, cfg Config,
-	newMux func(c io.ReadWriteCloser, cfg *smux.Config) (*smux.Session, error)) (*Session, error) {
-	cfg = cfg.withDefaults()
+type newMux func(net.Conn, *yamux.Config, func() (yamux.MemoryManager, error)) (*yamux.Session, error)
+
+func start(ctx context.Context, raw net.Conn, tc *tls.Conn, cfg Config, mux newMux) (*Session, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -100,12 +86,12 @@ func start(ctx context.Context, raw net.Conn, tc *tls.Conn, cfg Config,
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake: negotiated version %#x, need TLS 1.3", v)
 	}
-	ms, err := newMux(tc, cfg.smux())
+	ms, err := mux(tc, cfg.yamux(), nil)
 	if err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("start multiplexer: %w", err)
 	}
-	s := &Session{mux: ms, tls: tc, cfg: cfg, done: make(chan struct{}), accepted: make(chan *stream)}
+	s := &Session{mux: ms, tls: tc, done: make(chan struct{}), accepted: make(chan *yamux.Stream)}
 	go func() {
 		<-ms.CloseChan()
 		s.Close()
@@ -116,11 +102,9 @@ func start(ctx context.Context, raw net.Conn, tc *tls.Conn, cfg Config,
 
 // Session is a tlsmux session. It implements transport.Session.
 type Session struct {
-	mux       *smux.Session
+	mux       *yamux.Session
 	tls       *tls.Conn
-	cfg       Config
-	incoming  atomic.Int64
-	accepted  chan *stream
+	accepted  chan *yamux.Stream
 	done      chan struct{}
 	closeOnce sync.Once
 }
@@ -132,18 +116,14 @@ func (s *Session) ConnectionState() tls.ConnectionState { return s.tls.Connectio
 
 // OpenStream opens a stream to the peer.
 func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	st, err := s.mux.OpenStream()
+	st, err := s.mux.OpenStream(ctx)
 	if err != nil {
 		return nil, s.wrapErr("open stream", err)
 	}
-	return &stream{Stream: st}, nil
+	return st, nil
 }
 
-// AcceptStream waits for the next stream opened by the peer. Streams above
-// Config.MaxIncomingStreams are refused (closed) without ending the session.
+// AcceptStream waits for the next stream opened by the peer.
 func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	select {
 	case st := <-s.accepted:
@@ -155,8 +135,8 @@ func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	}
 }
 
-// acceptLoop moves streams from the multiplexer to AcceptStream callers,
-// refusing those above the cap. It ends with the session.
+// acceptLoop hands the multiplexer's streams to AcceptStream callers, so
+// that AcceptStream can honour a context. It ends with the session.
 func (s *Session) acceptLoop() {
 	for {
 		st, err := s.mux.AcceptStream()
@@ -164,27 +144,16 @@ func (s *Session) acceptLoop() {
 			s.Close()
 			return
 		}
-		if s.incoming.Add(1) > int64(s.cfg.MaxIncomingStreams) {
-			s.incoming.Add(-1)
-			st.Close()
-			continue
-		}
-		w := &stream{Stream: st, release: func() { s.incoming.Add(-1) }}
 		select {
-		case s.accepted <- w:
+		case s.accepted <- st:
 		case <-s.done:
-			w.Close()
+			st.Reset()
 			return
 		}
 	}
 }
 
 func (s *Session) wrapErr(op string, err error) error {
-	select {
-	case <-s.done:
-		return fmt.Errorf("%s: %w", op, transport.ErrSessionClosed)
-	default:
-	}
 	if s.mux.IsClosed() {
 		return fmt.Errorf("%s: %w", op, transport.ErrSessionClosed)
 	}
@@ -212,23 +181,3 @@ func (s *Session) RemoteAddr() net.Addr { return s.tls.RemoteAddr() }
 
 // NumStreams reports the streams currently open on the session.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
-
-type stream struct {
-	*smux.Stream
-	release   func()
-	closeOnce sync.Once
-}
-
-func (st *stream) Close() error {
-	var err error
-	st.closeOnce.Do(func() {
-		err = st.Stream.Close()
-		if st.release != nil {
-			st.release()
-		}
-	})
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = nil
-	}
-	return err
-}

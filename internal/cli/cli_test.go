@@ -1,0 +1,152 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHelpListsEveryFlag(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		run   func(context.Context, []string, *bytes.Buffer, *bytes.Buffer) error
+		flags []string
+	}{
+		{"server", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Server(ctx, a, o, e) },
+			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keepalive", "DIGLETT_LISTEN"}},
+		{"agent", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Agent(ctx, a, o, e) },
+			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keepalive", "DIGLETT_GATEWAY", "<backend>"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := tc.run(context.Background(), []string{"--help"}, &out, &errOut)
+			if !IsHelp(err) {
+				t.Fatalf("--help: err = %v", err)
+			}
+			for _, f := range tc.flags {
+				if !strings.Contains(out.String(), f) {
+					t.Errorf("help does not mention %s:\n%s", f, out.String())
+				}
+			}
+			if strings.Contains(out.String(), "insecure") {
+				t.Error("help offers an insecure mode")
+			}
+		})
+	}
+}
+
+func TestAgentArgumentErrors(t *testing.T) {
+	kg := filepath.Join(t.TempDir(), "kg")
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no gateway", []string{"-n", "x", "localhost:1"}, "--gateway"},
+		{"no name", []string{"-g", "127.0.0.1:1", "localhost:1"}, "--name"},
+		{"no backend", []string{"-g", "127.0.0.1:1", "-n", "x"}, "backend"},
+		{"bad backend", []string{"-g", "127.0.0.1:1", "-n", "x", "localhost"}, "HOST:PORT"},
+		{"bad backend port", []string{"-g", "127.0.0.1:1", "-n", "x", "localhost:99999"}, "bad port"},
+		{"bad name", []string{"-g", "127.0.0.1:1", "-n", "Not_A_Name", "--known-gateways", kg, "1"}, "Not_A_Name"},
+		{"bad gateway", []string{"-g", "gateway", "-n", "x", "--known-gateways", kg, "1"}, "host:port"},
+		{"bad fingerprint", []string{"-g", "127.0.0.1:1", "-n", "x", "--fingerprint", "abc", "--known-gateways", kg, "1"}, "fingerprint"},
+		{"missing ca", []string{"-g", "127.0.0.1:1", "-n", "x", "--ca", "/nonexistent/ca.pem", "1"}, "ca"},
+		{"gateway down", []string{"-g", "127.0.0.1:1", "-n", "x", "--known-gateways", kg, "1"}, "dial gateway"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var out, errOut bytes.Buffer
+			err := Agent(ctx, tt.args, &out, &errOut)
+			if err == nil || IsHelp(err) {
+				t.Fatalf("err = %v", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestServerArgumentErrors(t *testing.T) {
+	dir := t.TempDir()
+	badTokens := filepath.Join(dir, "tokens.yaml")
+	os.WriteFile(badTokens, []byte("- token: \"\"\n  names: [a]\n"), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad ports", []string{"--ports", "40000-30000"}, "--ports"},
+		{"ports not numbers", []string{"--ports", "a-b"}, "--ports"},
+		{"missing tokens file", []string{"--tokens", filepath.Join(dir, "none.yaml")}, "none.yaml"},
+		{"bad tokens file", []string{"--tokens", badTokens}, "empty token"},
+		{"cert without key", []string{"--cert", badTokens}, "--key"},
+		{"bad listen", []string{"-l", "nonsense"}, "listen"},
+		{"bad lease", []string{"--lease", "soon"}, "lease"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			args := append([]string{"--data-dir", filepath.Join(dir, "data")}, tt.args...)
+			err := Server(context.Background(), args, &out, &errOut)
+			if err == nil || IsHelp(err) {
+				t.Fatalf("err = %v", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestEnvironmentSetsFlags(t *testing.T) {
+	var c agentCmd
+	t.Setenv("DIGLETT_GATEWAY", "gw.example:20000")
+	t.Setenv("DIGLETT_NAME", "example")
+	t.Setenv("DIGLETT_TOKEN", "s3cret")
+	t.Setenv("DIGLETT_PORT", "30001")
+	var out, errOut bytes.Buffer
+	if err := parse(&c, "diglett", "", []string{"localhost:9000"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if c.Gateway != "gw.example:20000" || len(c.Name) != 1 || c.Name[0] != "example" || c.Token != "s3cret" || c.Port != 30001 {
+		t.Fatalf("parsed %+v", c)
+	}
+	// Flags win over the environment.
+	c = agentCmd{}
+	if err := parse(&c, "diglett", "", []string{"-g", "other:1", "-n", "a", "-n", "b", "-dd", "9000"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if c.Gateway != "other:1" || strings.Join(c.Name, ",") != "a,b" || c.Debug != 2 {
+		t.Fatalf("parsed %+v", c)
+	}
+}
+
+func TestParsePorts(t *testing.T) {
+	for in, want := range map[string][2]int{"30000-40000": {30000, 40000}, "5000": {5000, 5000}, " 1 - 2 ": {1, 2}} {
+		lo, hi, err := parsePorts(in)
+		if err != nil || lo != want[0] || hi != want[1] {
+			t.Errorf("parsePorts(%q) = %d, %d, %v", in, lo, hi, err)
+		}
+	}
+	for _, bad := range []string{"", "0-10", "10-5", "1-70000", "x", "1-2-3"} {
+		if _, _, err := parsePorts(bad); err == nil {
+			t.Errorf("parsePorts(%q) accepted", bad)
+		}
+	}
+}
+
+func TestBackendAddr(t *testing.T) {
+	for in, want := range map[string]string{"9000": "localhost:9000", "localhost:9000": "localhost:9000", ":9000": "localhost:9000", "10.0.0.2:80": "10.0.0.2:80"} {
+		got, err := backendAddr(in)
+		if err != nil || got != want {
+			t.Errorf("backendAddr(%q) = %q, %v", in, got, err)
+		}
+	}
+}

@@ -1,0 +1,210 @@
+package tlsmux
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/transporttest"
+)
+
+var (
+	certOnce sync.Once
+	cert     tls.Certificate
+)
+
+func serverTLS(t *testing.T) *tls.Config {
+	certOnce.Do(func() {
+		key, _, err := identity.LoadOrCreateKey(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cert, err = identity.SelfSigned(key, "localhost"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+}
+
+func clientTLS() *tls.Config {
+	return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
+}
+
+// pairOver connects a client and a server session over real TCP on
+// loopback, through wrap (which may interpose on the client's connection).
+func pairOver(t *testing.T, cfg Config, wrap func(net.Conn) net.Conn) (*Session, *Session) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type res struct {
+		s   *Session
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- res{nil, err}
+			return
+		}
+		s, err := Server(ctx, c, serverTLS(t), cfg)
+		ch <- res{s, err}
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrap != nil {
+		raw = wrap(raw)
+	}
+	c, err := Client(ctx, raw, clientTLS(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { c.Close(); r.s.Close() })
+	return c, r.s
+}
+
+func TestConformance(t *testing.T) {
+	const maxIncoming = 64
+	transporttest.Run(t, func(t *testing.T) (transport.Session, transport.Session) {
+		c, s := pairOver(t, Config{MaxIncomingStreams: maxIncoming}, nil)
+		return c, s
+	}, transporttest.Options{MaxIncoming: maxIncoming})
+}
+
+func TestRefusesOldTLS(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		_, err = Server(context.Background(), c, serverTLS(t), Config{})
+		errc <- err
+	}()
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12})
+	if err == nil {
+		c.Close()
+		t.Fatal("TLS 1.2 client accepted")
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("server accepted a TLS 1.2 handshake")
+	}
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err = Server(ctx, c, serverTLS(t), Config{})
+		errc <- err
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close() // connected, silent
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("handshake with a silent peer succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handshake with a silent peer did not time out")
+	}
+}
+
+// blackhole passes bytes until cut, then silently drops everything, like a
+// peer that vanished without FIN or RST.
+type blackhole struct {
+	net.Conn
+	mu  sync.Mutex
+	cut bool
+}
+
+func (b *blackhole) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	cut := b.cut
+	b.mu.Unlock()
+	if cut {
+		return len(p), nil
+	}
+	return b.Conn.Write(p)
+}
+
+func (b *blackhole) Read(p []byte) (int, error) {
+	for {
+		n, err := b.Conn.Read(p)
+		b.mu.Lock()
+		cut := b.cut
+		b.mu.Unlock()
+		if !cut || err != nil {
+			return n, err
+		}
+	}
+}
+
+func TestDeadPeerDetected(t *testing.T) {
+	var bh *blackhole
+	keepAlive := 900 * time.Millisecond
+	c, s := pairOver(t, Config{KeepAlive: keepAlive}, func(c net.Conn) net.Conn {
+		bh = &blackhole{Conn: c}
+		return bh
+	})
+	// Both directions carry data first.
+	go func() {
+		st, err := s.AcceptStream(context.Background())
+		if err == nil {
+			io.Copy(st, st)
+		}
+	}()
+	st, err := c.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("x"))
+	io.ReadFull(st, make([]byte, 1))
+
+	bh.mu.Lock()
+	bh.cut = true
+	bh.mu.Unlock()
+	for name, sess := range map[string]*Session{"client": c, "server": s} {
+		select {
+		case <-sess.Done():
+		case <-time.After(10 * keepAlive):
+			t.Fatalf("%s did not notice the dead peer", name)
+		}
+	}
+}
