@@ -45,8 +45,13 @@ func (c *Conn) sendStatus(s protocol.Status) error {
 	return c.statusErr
 }
 
-// Read reads the visitor's bytes.
+// Read reads the visitor's bytes. Reading, like writing, accepts the
+// connection: whatever is written later reaches the visitor, however long
+// the backend takes to answer.
 func (c *Conn) Read(p []byte) (int, error) {
+	if err := c.sendStatus(protocol.StatusOK); err != nil {
+		return 0, err
+	}
 	n, err := c.st.Read(p)
 	if err == io.EOF {
 		c.readEOF.Store(true)
@@ -110,7 +115,7 @@ func (c *Conn) Reset() error {
 
 // Abort refuses the connection because its backend could not be reached:
 // the gateway resets the visitor's connection (HTTP visitors get 502, or 504
-// when err is a timeout). It has no effect after the first Write.
+// when err is a timeout). It has no effect after the first Read or Write.
 func (c *Conn) Abort(err error) error {
 	s := protocol.StatusRefused
 	var ne net.Error

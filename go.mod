@@ -8,9 +8,10 @@ require (
 	go.yaml.in/yaml/v3 v3.0.6
 )
 
-require go.uber.org/goleak v1.3.0
-
 require (
-	github.com/libp2p/go-buffer-pool v0.0.2 // indirect
-	github.com/libp2p/go-yamux/v5 v5.1.0 // indirect
+	github.com/hashicorp/yamux v0.1.2
+	github.com/libp2p/go-yamux/v5 v5.1.0
+	go.uber.org/goleak v1.3.0
 )
+
+require github.com/libp2p/go-buffer-pool v0.0.2 // indirect

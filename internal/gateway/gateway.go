@@ -43,6 +43,9 @@ type Config struct {
 	// StatusTimeout bounds how long the gateway waits for an agent to say
 	// whether it reached its backend. Default 30s.
 	StatusTimeout time.Duration
+	// MaxHandshakes caps the agent connections in their handshake at once;
+	// more are closed at once. Default 1024.
+	MaxHandshakes int
 	// MaxNamesPerSession caps the names one agent session registers.
 	// Default protocol.MaxNames.
 	MaxNamesPerSession int
@@ -92,6 +95,9 @@ func (c Config) withDefaults() Config {
 	if c.StatusTimeout <= 0 {
 		c.StatusTimeout = DefaultStatusTimeout
 	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = 1024
+	}
 	if c.MaxNamesPerSession <= 0 {
 		c.MaxNamesPerSession = protocol.MaxNames
 	}
@@ -109,6 +115,7 @@ type Server struct {
 	reg    *registry
 	ctx    context.Context // ends when the server closes
 	cancel context.CancelFunc
+	hs     chan struct{} // handshake slots
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -134,6 +141,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
+		hs:        make(chan struct{}, cfg.MaxHandshakes),
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
@@ -182,6 +190,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
 		backoff = 0
+		select {
+		case s.hs <- struct{}{}:
+		default:
+			s.log.Debug("agent connection refused: too many handshakes in progress", "agent", conn.RemoteAddr())
+			conn.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()

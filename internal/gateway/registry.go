@@ -175,18 +175,21 @@ func (r *registry) leave(t *tunnel, ss *session) {
 	t.members.Store(&members)
 	if len(members) == 0 && !t.removed && t.lease == nil {
 		t.log.Info("agent offline, name and port leased", "port", t.port, "lease", r.srv.cfg.Lease)
+		// The callback reads timer only under r.mu, which is held here
+		// while timer is set.
 		var timer *time.Timer
-		timer = time.AfterFunc(r.srv.cfg.Lease, func() { r.expire(t, timer) })
+		timer = time.AfterFunc(r.srv.cfg.Lease, func() { r.expire(t, &timer) })
 		t.lease = timer
 	}
 	r.mu.Unlock()
 	t.reconcile()
 }
 
-// expire frees t when its lease ends with no agent back.
-func (r *registry) expire(t *tunnel, timer *time.Timer) {
+// expire frees t when its lease ends with no agent back; timer is the
+// lease's, read under r.mu.
+func (r *registry) expire(t *tunnel, timer **time.Timer) {
 	r.mu.Lock()
-	if t.lease != timer || t.removed || len(t.live()) > 0 {
+	if t.lease != *timer || t.removed || len(t.live()) > 0 {
 		r.mu.Unlock()
 		return
 	}

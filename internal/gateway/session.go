@@ -33,6 +33,9 @@ func (ss *session) close() { ss.sess.Close() }
 // serveConn runs one agent connection from handshake to teardown.
 func (s *Server) serveConn(conn net.Conn) {
 	log := s.log.With("agent", conn.RemoteAddr().String())
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { <-s.hs }) }
+	defer release()
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	ts, err := tlsmux.Server(hsCtx, conn, s.tls, tlsmux.Config{KeepAlive: s.cfg.KeepAlive})
@@ -56,6 +59,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		log.Debug("agent opened no control stream", "err", err)
 		return
 	}
+	defer s.flush(ts)
 	defer ctrl.Close()
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := ss.handshake(hsCtx, ctrl); err != nil {
@@ -63,6 +67,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		return
 	}
 	ctrl.SetDeadline(time.Time{})
+	release()
 	ss.log = log.With("identity", ss.identity.Name)
 	ss.log.Debug("agent logged in")
 
@@ -100,6 +105,20 @@ func (s *Server) serveConn(conn net.Conn) {
 		if err := ss.reply(ctrl, resp); err != nil {
 			return
 		}
+	}
+}
+
+// flush lets the agent read the last reply (a refusal, say) before the
+// session is torn down: the multiplexer sends asynchronously and drops what
+// is still queued when the session closes. It waits for the agent to hang
+// up, for a second at most.
+func (s *Server) flush(ts *tlsmux.Session) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-ts.Done():
+	case <-t.C:
+	case <-s.ctx.Done():
 	}
 }
 

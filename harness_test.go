@@ -1,0 +1,732 @@
+package diglett_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/internal/auth"
+	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/expose"
+	"github.com/diglett/diglett/internal/gateway"
+	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/relay"
+	"github.com/diglett/diglett/internal/transport/tlsmux"
+)
+
+// Bounds of the end-to-end tests. "Eventually" checks are generous, since
+// the machine may be small and shared; "promptly" checks are well below
+// every timeout that could make them pass by accident.
+const (
+	eventually = 10 * time.Second
+	promptly   = 5 * time.Second
+	// atOnce bounds a fatal refusal, which the agent must not retry: one
+	// connection attempt takes milliseconds, a retry loop forever.
+	atOnce = 3 * time.Second
+)
+
+// Public TCP ports of test gateways come from a random window of this many
+// ports below the usual ephemeral range (32768 and up), so that they do not
+// clash with the local ports of outgoing connections.
+const (
+	portWindow    = 200
+	portRangeLow  = 20000
+	portRangeHigh = 32000
+)
+
+// checkLeaks verifies, after t and all its cleanups have ended, that every
+// goroutine started during t has returned. Call it first in each test so
+// that its cleanup runs last.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	t.Cleanup(func() { verifyNoLeaks(t) })
+}
+
+// verifyNoLeaks fails t if goroutines beyond those ignored by opts are
+// still running after a grace period.
+func verifyNoLeaks(t *testing.T, opts ...goleak.Option) {
+	t.Helper()
+	deadline := time.Now().Add(eventually)
+	for {
+		err := goleak.Find(opts...)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("goroutines leaked: %v", err)
+			return
+		}
+	}
+}
+
+// logSink collects the log lines of one component and mirrors them to the
+// test log while the test runs.
+type logSink struct {
+	t      testing.TB
+	prefix string
+
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	done bool
+}
+
+// newLogger returns a debug-level logger writing to a new sink.
+func newLogger(t testing.TB, prefix string) (*slog.Logger, *logSink) {
+	s := &logSink{t: t, prefix: prefix}
+	t.Cleanup(func() {
+		s.mu.Lock()
+		s.done = true
+		s.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(s, &slog.HandlerOptions{Level: slog.LevelDebug})), s
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf.Write(p)
+	if !s.done {
+		s.t.Logf("%s: %s", s.prefix, bytes.TrimRight(p, "\n"))
+	}
+	return len(p), nil
+}
+
+func (s *logSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use, for the output of
+// the command lines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// waitFor waits until the text of out contains want.
+func waitFor(t *testing.T, what string, out fmt.Stringer, want string) {
+	t.Helper()
+	waitForN(t, what, out, want, 1)
+}
+
+// waitForN waits until the text of out contains want n times.
+func waitForN(t *testing.T, what string, out fmt.Stringer, want string, n int) {
+	t.Helper()
+	err := poll(eventually, func() error {
+		if strings.Count(out.String(), want) < n {
+			return fmt.Errorf("no %q yet", want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s never said %q (%d times); it said:\n%s", what, want, n, out)
+	}
+}
+
+// poll calls f until it succeeds or timeout passes, and returns its last
+// error.
+func poll(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// newKey makes a gateway key.
+func newKey(t testing.TB) crypto.Signer {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func fingerprint(t testing.TB, key crypto.Signer) string {
+	t.Helper()
+	fp, err := identity.Fingerprint(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fp
+}
+
+// randomPortWindow picks a window of public ports for a gateway.
+func randomPortWindow() (lo, hi int) {
+	lo = portRangeLow + mrand.IntN((portRangeHigh-portRangeLow)/portWindow)*portWindow
+	return lo, lo + portWindow - 1
+}
+
+// gatewayOptions configures startGateway; zero fields take test defaults.
+type gatewayOptions struct {
+	Auth             auth.Authenticator // default auth.AllowAll
+	Key              crypto.Signer      // default a new key
+	Addr             string             // agent address; default 127.0.0.1:0
+	PortMin, PortMax int                // default a random window
+	Lease            time.Duration      // default 5s
+	HandshakeTimeout time.Duration      // default 5s
+	StatusTimeout    time.Duration      // default gateway.DefaultStatusTimeout
+	Registerer       expose.Registerer
+}
+
+// testGateway is a gateway serving agents on a real 127.0.0.1 socket.
+type testGateway struct {
+	*gateway.Server
+	Addr             string // agent address
+	Key              crypto.Signer
+	Fingerprint      string
+	PortMin, PortMax int
+	Logs             *logSink
+
+	t         *testing.T
+	serveErr  chan error
+	closeOnce sync.Once
+}
+
+// Test defaults for the timers of gateways and agents.
+const (
+	testKeepAlive = 3 * time.Second
+	testLease     = 5 * time.Second
+)
+
+func startGateway(t *testing.T, o gatewayOptions) *testGateway {
+	t.Helper()
+	if o.Auth == nil {
+		o.Auth = auth.AllowAll{}
+	}
+	if o.Key == nil {
+		o.Key = newKey(t)
+	}
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1:0"
+	}
+	if o.PortMin == 0 {
+		o.PortMin, o.PortMax = randomPortWindow()
+	}
+	if o.Lease == 0 {
+		o.Lease = testLease
+	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = 5 * time.Second
+	}
+	cert, err := identity.SelfSigned(o.Key, "127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, sink := newLogger(t, "gateway")
+	srv, err := gateway.New(gateway.Config{
+		TLS:              &tls.Config{Certificates: []tls.Certificate{cert}},
+		Auth:             o.Auth,
+		Registerer:       o.Registerer,
+		PortMin:          o.PortMin,
+		PortMax:          o.PortMax,
+		PublicHost:       "127.0.0.1",
+		Lease:            o.Lease,
+		HandshakeTimeout: o.HandshakeTimeout,
+		StatusTimeout:    o.StatusTimeout,
+		KeepAlive:        testKeepAlive,
+		Logger:           log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	// A restarted gateway binds its predecessor's address, which the
+	// kernel may hold for a moment.
+	err = poll(eventually, func() (err error) {
+		ln, err = net.Listen("tcp", o.Addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("gateway listen: %v", err)
+	}
+	g := &testGateway{
+		Server:      srv,
+		Addr:        ln.Addr().String(),
+		Key:         o.Key,
+		Fingerprint: fingerprint(t, o.Key),
+		PortMin:     o.PortMin,
+		PortMax:     o.PortMax,
+		Logs:        sink,
+		t:           t,
+		serveErr:    make(chan error, 1),
+	}
+	go func() { g.serveErr <- srv.Serve(ln) }()
+	t.Cleanup(g.Close)
+	return g
+}
+
+// Close stops the gateway at once and checks that Serve returned as
+// documented.
+func (g *testGateway) Close() {
+	g.closeOnce.Do(func() {
+		g.Server.Close()
+		if err := <-g.serveErr; !errors.Is(err, gateway.ErrServerClosed) {
+			g.t.Errorf("gateway Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+}
+
+// agentConfig is a Config for an agent of g publishing name, with its own
+// known_gateways file and its logs in the test log.
+func agentConfig(t *testing.T, g *testGateway, name string) diglett.Config {
+	log, _ := newLogger(t, "agent "+name)
+	return diglett.Config{
+		Gateway:       g.Addr,
+		Name:          name,
+		KnownGateways: filepath.Join(t.TempDir(), "known_gateways"),
+		KeepAlive:     testKeepAlive,
+		DialTimeout:   5 * time.Second,
+		MaxBackoff:    time.Second,
+		Logger:        log,
+	}
+}
+
+// listen runs diglett.Listen for the test; the listener is closed when the
+// test ends. Listen must return within 30s: one that retries instead of
+// failing shows up as a slow error, not a hung test.
+func listen(t *testing.T, cfg diglett.Config) (*diglett.Listener, error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	timer := time.AfterFunc(30*time.Second, cancel)
+	ln, err := diglett.Listen(ctx, cfg)
+	timer.Stop()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	t.Cleanup(func() {
+		ln.Close()
+		cancel()
+	})
+	return ln, nil
+}
+
+func mustListen(t *testing.T, cfg diglett.Config) *diglett.Listener {
+	t.Helper()
+	ln, err := listen(t, cfg)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	return ln
+}
+
+// forward serves the visitors of ln the way the agent command does: it
+// dials backend for each one, refuses the visitor when that fails, and
+// relays both ways with half-close kept. It stops when ln is closed.
+func forward(t *testing.T, ln *diglett.Listener, backend string) {
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			vc := c.(*diglett.Conn)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				bc, err := net.DialTimeout("tcp", backend, 5*time.Second)
+				if err != nil {
+					vc.Abort(err)
+					return
+				}
+				relay.Pipe(vc, bc)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		wg.Wait()
+	})
+}
+
+// startBackend serves handle on a new 127.0.0.1 port until the test ends.
+func startBackend(t *testing.T, handle func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveBackend(t, ln, handle)
+	return ln.Addr().String()
+}
+
+// serveBackend serves handle on ln until the test ends; at the end it
+// closes every connection still open and waits for the handlers.
+func serveBackend(t *testing.T, ln net.Listener, handle func(c *net.TCPConn)) {
+	var (
+		mu    sync.Mutex
+		conns = make(map[net.Conn]struct{})
+		wg    sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+				}()
+				handle(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// startEcho starts a backend that sends back what it receives and
+// half-closes at EOF.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveEcho(t, ln)
+	return ln.Addr().String()
+}
+
+func serveEcho(t *testing.T, ln net.Listener) {
+	serveBackend(t, ln, func(c *net.TCPConn) {
+		buf := make([]byte, 32<<10)
+		if _, err := io.CopyBuffer(c, struct{ io.Reader }{c}, buf); err == nil {
+			c.CloseWrite()
+		}
+	})
+}
+
+// unusedAddr is a 127.0.0.1 address where nothing listens.
+func unusedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// dialVisitor connects to a public address as a visitor.
+func dialVisitor(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, promptly)
+	if err != nil {
+		t.Fatalf("visitor dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// roundTrip sends msg through a new visitor connection to an echo backend
+// behind addr, half-closes, and checks the echo.
+func roundTrip(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, promptly)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(eventually))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return fmt.Errorf("close write: %w", err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echo: got %q, want %q", got, msg)
+	}
+	return nil
+}
+
+// mustRoundTrip fails t unless an echo through addr works.
+func mustRoundTrip(t *testing.T, addr, msg string) {
+	t.Helper()
+	if err := roundTrip(addr, msg); err != nil {
+		t.Fatalf("round trip through %s: %v", addr, err)
+	}
+}
+
+// proxy relays TCP connections to a target; Kill cuts every connection
+// at once, with a reset, as a dying machine or network would.
+type proxy struct {
+	ln     net.Listener
+	target string
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	killed bool
+	wg     sync.WaitGroup
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				p.relay(c)
+			}()
+		}
+	}()
+	t.Cleanup(p.Kill)
+	return p
+}
+
+func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.killed {
+		return false
+	}
+	for _, c := range cs {
+		p.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (p *proxy) relay(c net.Conn) {
+	u, err := net.DialTimeout("tcp", p.target, promptly)
+	if err != nil {
+		c.Close()
+		return
+	}
+	if !p.track(c, u) {
+		c.Close()
+		u.Close()
+		return
+	}
+	relay.Pipe(c, u)
+}
+
+// Kill closes the proxy and resets every connection through it.
+func (p *proxy) Kill() {
+	p.mu.Lock()
+	p.killed = true
+	p.ln.Close()
+	for c := range p.conns {
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// rawSession opens a transport session to the gateway as an agent would,
+// without the agent library, for tests that speak the protocol by hand.
+func rawSession(t *testing.T, addr string) *tlsmux.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), promptly)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := tlsmux.Client(ctx, conn, rawTLSConfig(), tlsmux.Config{KeepAlive: testKeepAlive})
+	if err != nil {
+		t.Fatalf("raw session: %v", err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return sess
+}
+
+// rawTLSConfig trusts any gateway: the raw tests are about what comes after.
+func rawTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{protocol.ALPN},
+		InsecureSkipVerify: true,
+	}
+}
+
+// expectClosed reads from c until the peer closes it and fails t when that
+// takes longer than within. Closing with an error (a reset, a TLS alert)
+// counts as closed; a read timeout does not.
+func expectClosed(t *testing.T, c net.Conn, within time.Duration) {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(start.Add(within))
+	_, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %v", within)
+	}
+}
+
+// expectSessionEnd fails t unless the peer ends sess within d.
+func expectSessionEnd(t *testing.T, sess *tlsmux.Session, d time.Duration) {
+	t.Helper()
+	select {
+	case <-sess.Done():
+	case <-time.After(d):
+		t.Fatalf("gateway kept the session open for %v", d)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// agentCommand is the agent command line running in-process.
+type agentCommand struct {
+	stdout, stderr syncBuffer
+	cancel         context.CancelFunc
+	errc           chan error
+	stopOnce       sync.Once
+	err            error
+}
+
+// startAgentCommand runs the agent command with args until the test ends;
+// it must then stop cleanly.
+func startAgentCommand(t *testing.T, args ...string) *agentCommand {
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agentCommand{cancel: cancel, errc: make(chan error, 1)}
+	go func() { a.errc <- cli.Agent(ctx, args, &a.stdout, &a.stderr) }()
+	t.Cleanup(func() {
+		if err := a.stop(); err != nil {
+			t.Errorf("agent command: %v", err)
+		}
+		t.Logf("agent command stdout:\n%s\nstderr:\n%s", &a.stdout, &a.stderr)
+	})
+	return a
+}
+
+// stop ends the agent as Ctrl-C would and returns its error.
+func (a *agentCommand) stop() error {
+	a.stopOnce.Do(func() {
+		a.cancel()
+		select {
+		case a.err = <-a.errc:
+		case <-time.After(2 * eventually):
+			a.err = errors.New("did not stop")
+		}
+	})
+	return a.err
+}
+
+var tunnelLine = regexp.MustCompile(`(?m)^([a-z0-9-]+): tcp://(\S+) -> (\S+)$`)
+
+// tunnel waits for the agent to print the public address of name and
+// returns it.
+func (a *agentCommand) tunnel(t *testing.T, name string) string {
+	t.Helper()
+	deadline := time.After(eventually)
+	for {
+		for _, m := range tunnelLine.FindAllStringSubmatch(a.stdout.String(), -1) {
+			if m[1] == name {
+				return m[2]
+			}
+		}
+		select {
+		case err := <-a.errc:
+			a.errc <- err
+			t.Fatalf("agent command ended: %v\nstderr:\n%s", err, &a.stderr)
+		case <-deadline:
+			t.Fatalf("agent command never printed the tunnel %s; stdout:\n%s\nstderr:\n%s", name, &a.stdout, &a.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// expectTurnedAway fails t unless a visitor of addr is refused promptly,
+// with no data: its connection is reset or closed, perhaps before the dial
+// even returns.
+func expectTurnedAway(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, promptly)
+	if err != nil {
+		if isTimeout(err) {
+			t.Fatalf("visitor dial %s: %v", addr, err)
+		}
+		return
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(promptly))
+	n, err := io.Copy(io.Discard, c)
+	if isTimeout(err) {
+		t.Fatalf("visitor of %s still connected after %v", addr, promptly)
+	}
+	if n != 0 {
+		t.Fatalf("visitor of %s got %d bytes", addr, n)
+	}
+}
