@@ -188,7 +188,8 @@ var _ net.Listener = (*Listener)(nil)
 // Listen connects to the gateway and registers the configured names. It
 // returns once they are live, or the first error: the agent fails fast at
 // start (a wrong token, a refused name or an unreachable gateway), and once
-// started it reconnects on its own until ctx ends or Close is called.
+// started it reconnects on its own until Close. As with net.ListenConfig,
+// ctx bounds only the initial connection, not the listener's life.
 func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -210,10 +211,8 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		cancel: cancel,
 		done:   make(chan struct{}),
 	}
-	stop := context.AfterFunc(ctx, cancel)
 	sess, tunnels, err := l.connect(ctx, nil)
 	if err != nil {
-		stop()
 		cancel()
 		return nil, err
 	}
@@ -221,7 +220,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	for _, t := range tunnels {
 		l.log.Info("tunnel ready", "tunnel", t.Name, "url", t.URL())
 	}
-	go l.run(sess, stop)
+	go l.run(sess)
 	return l, nil
 }
 
@@ -243,7 +242,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 }
 
 // Err is why the listener stopped: a fatal error from the gateway, or
-// net.ErrClosed after Close or the end of Listen's context. Nil while it
+// net.ErrClosed after Close. Nil while it
 // runs.
 func (l *Listener) Err() error {
 	select {
@@ -263,7 +262,8 @@ func (l *Listener) Err() error {
 func (l *Listener) Done() <-chan struct{} { return l.done }
 
 // Close disconnects from the gateway and stops the listener. Connections
-// already accepted stay open.
+// already accepted travel over that connection and end with it: to let them
+// finish, stop calling Accept and wait for them before calling Close.
 func (l *Listener) Close() error {
 	l.cancel()
 	<-l.done
@@ -293,9 +293,8 @@ func (l *Listener) Tunnels() []Tunnel {
 }
 
 // run serves sessions and reconnects until the listener stops.
-func (l *Listener) run(sess transport.Session, stop func() bool) {
+func (l *Listener) run(sess transport.Session) {
 	defer close(l.done)
-	defer stop()
 	defer l.wg.Wait()
 	attempt := 0
 	for {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -95,27 +96,46 @@ func backendAddr(s string) (string, error) {
 }
 
 // forward serves visitors from ln by dialing backend, until ctx ends or
-// the listener stops on a fatal error.
+// the listener stops on a fatal error. When ctx ends it stops taking new
+// visitors, gives those in flight up to drainTimeout, then disconnects.
 func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTimeout time.Duration, log *slog.Logger) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	var (
+		mu       sync.Mutex
+		active   = make(map[net.Conn]struct{})
+		wg       sync.WaitGroup
+		draining atomic.Bool
+		drained  = make(chan struct{})
+	)
+	stop := context.AfterFunc(ctx, func() {
+		defer close(drained)
+		draining.Store(true)
+		log.Info("shutting down: waiting for open connections", "timeout", drainTimeout)
+		drain(&mu, active, drainTimeout)
+		ln.Close()
+	})
 	defer stop()
-	var wg sync.WaitGroup
-	active := make(map[net.Conn]struct{})
-	var mu sync.Mutex
 	d := net.Dialer{Timeout: dialTimeout}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				ln.Close()
-				waitOrClose(&wg, &mu, active, 0)
-				return err
+			if ctx.Err() != nil {
+				<-drained
+				wg.Wait()
+				return nil
 			}
-			log.Info("shutting down: waiting up to 10s for open connections")
-			waitOrClose(&wg, &mu, active, 10*time.Second)
-			return nil
+			ln.Close()
+			drain(&mu, active, 0)
+			wg.Wait()
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
 		}
 		vc := c.(*diglett.Conn)
+		if draining.Load() {
+			vc.Abort(nil)
+			continue
+		}
 		mu.Lock()
 		active[vc] = struct{}{}
 		mu.Unlock()
@@ -128,7 +148,7 @@ func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTime
 				mu.Unlock()
 			}()
 			l := log.With("tunnel", vc.Name(), "visitor", vc.RemoteAddr().String())
-			bc, err := d.DialContext(ctx, "tcp", backend)
+			bc, err := d.Dial("tcp", backend)
 			if err != nil {
 				l.Warn("backend refused the connection", "backend", backend, "err", err)
 				vc.Abort(err)
@@ -141,20 +161,24 @@ func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTime
 	}
 }
 
-// waitOrClose waits for the connections in flight, for at most grace, then
-// closes those still open and waits for their goroutines.
-func waitOrClose(wg *sync.WaitGroup, mu *sync.Mutex, active map[net.Conn]struct{}, grace time.Duration) {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return
-	case <-time.After(grace):
+// drainTimeout is how long a stopping agent waits for open connections.
+const drainTimeout = 10 * time.Second
+
+// drain waits until no connection is active, for at most grace, then
+// closes those still open.
+func drain(mu *sync.Mutex, active map[net.Conn]struct{}, grace time.Duration) {
+	deadline := time.Now().Add(grace)
+	for {
+		mu.Lock()
+		n := len(active)
+		if n == 0 || !time.Now().Before(deadline) {
+			for c := range active {
+				c.Close()
+			}
+			mu.Unlock()
+			return
+		}
+		mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
 	}
-	mu.Lock()
-	for c := range active {
-		c.Close()
-	}
-	mu.Unlock()
-	<-done
 }
