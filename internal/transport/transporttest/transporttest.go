@@ -147,23 +147,11 @@ func testHalfClose(t *testing.T, pair Pair) {
 
 func testDeadlines(t *testing.T, pair Pair) {
 	c, s := pair(t)
-	accepted := make(chan transport.Stream, 1)
-	go func() {
-		st, err := s.AcceptStream(context.Background())
-		if err == nil {
-			accepted <- st
-		}
-	}()
-	st, err := c.OpenStream(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, peer := openPair(t, c, s)
 	defer st.Close()
-	st.Write([]byte("x")) // some transports announce a stream with its first byte
-	peer := <-accepted
 	defer peer.Close()
 	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	_, err = st.Read(make([]byte, 1))
+	_, err := st.Read(make([]byte, 1))
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -179,11 +167,13 @@ func testDeadlines(t *testing.T, pair Pair) {
 	}
 }
 
-func testCloseStream(t *testing.T, pair Pair) {
-	c, s := pair(t)
+// openPair opens a stream from c, announces it with one byte ("x"), and
+// returns it with the peer's end accepted on s.
+func openPair(t *testing.T, c, s transport.Session) (st, peer transport.Stream) {
+	t.Helper()
 	accepted := make(chan transport.Stream, 1)
 	go func() {
-		st, err := s.AcceptStream(context.Background())
+		st, err := s.AcceptStream(ctx(t))
 		if err == nil {
 			accepted <- st
 		}
@@ -192,8 +182,18 @@ func testCloseStream(t *testing.T, pair Pair) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Write([]byte("x"))
-	peer := <-accepted
+	st.Write([]byte("x")) // some transports announce a stream with its first byte
+	select {
+	case peer = <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stream not accepted")
+	}
+	return st, peer
+}
+
+func testCloseStream(t *testing.T, pair Pair) {
+	c, s := pair(t)
+	st, peer := openPair(t, c, s)
 	defer peer.Close()
 	st.Close()
 	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -211,19 +211,7 @@ func testCloseStream(t *testing.T, pair Pair) {
 
 func testCloseSession(t *testing.T, pair Pair) {
 	c, s := pair(t)
-	accepted := make(chan transport.Stream, 1)
-	go func() {
-		st, err := s.AcceptStream(context.Background())
-		if err == nil {
-			accepted <- st
-		}
-	}()
-	st, err := c.OpenStream(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Write([]byte("x"))
-	peer := <-accepted
+	_, peer := openPair(t, c, s)
 	c.Close()
 	select {
 	case <-s.Done():
