@@ -1,0 +1,110 @@
+package gateway
+
+import (
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett/internal/auth"
+	"github.com/diglett/diglett/internal/identity"
+)
+
+func newServer(t *testing.T, cfg Config) (*Server, string) {
+	t.Helper()
+	key, _, err := identity.LoadOrCreateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := identity.SelfSigned(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg.Auth = auth.AllowAll{}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return srv, ln.Addr().String()
+}
+
+// closedWithin reports whether the server closed c within d.
+func closedWithin(c net.Conn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
+	_, err := c.Read(make([]byte, 1))
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return false
+	}
+	return err != nil
+}
+
+// A flood of connections that never finish their handshake holds at most
+// MaxHandshakes slots; the rest are closed at once, and slots come back when
+// the handshake timeout frees them.
+func TestHandshakeFloodIsBounded(t *testing.T) {
+	_, addr := newServer(t, Config{MaxHandshakes: 2, HandshakeTimeout: time.Second})
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	time.Sleep(100 * time.Millisecond) // both are in their handshake
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if !closedWithin(extra, 500*time.Millisecond) {
+		t.Fatal("connection above the handshake cap was not closed at once")
+	}
+	for i, c := range silent {
+		if !closedWithin(c, 5*time.Second) {
+			t.Fatalf("silent connection %d outlived the handshake timeout", i)
+		}
+	}
+	// The slots are free again: a new connection waits in its handshake.
+	again, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if closedWithin(again, 300*time.Millisecond) {
+		t.Fatal("handshake slots were not released")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{TLS: &tls.Config{Certificates: []tls.Certificate{{}}}, Auth: auth.AllowAll{}}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]Config{
+		"no tls":      {Auth: auth.AllowAll{}},
+		"no auth":     {TLS: ok.TLS},
+		"bad range":   {TLS: ok.TLS, Auth: auth.AllowAll{}, PortMin: 40000, PortMax: 30000},
+		"high port":   {TLS: ok.TLS, Auth: auth.AllowAll{}, PortMin: 1, PortMax: 70000},
+		"negative ls": {TLS: ok.TLS, Auth: auth.AllowAll{}, Lease: -time.Second},
+	} {
+		if c.Validate() == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
