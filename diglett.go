@@ -180,7 +180,6 @@ type Listener struct {
 	mu      sync.Mutex
 	err     error // why the listener stopped
 	tunnels []Tunnel
-	sess    transport.Session
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -292,6 +291,19 @@ func (l *Listener) Tunnels() []Tunnel {
 	return append([]Tunnel(nil), l.tunnels...)
 }
 
+// publicAddr is the public address of the tunnel name, if this listener
+// serves it.
+func (l *Listener) publicAddr(name string) (Addr, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, t := range l.tunnels {
+		if t.Name == name {
+			return t.Addr, true
+		}
+	}
+	return Addr{}, false
+}
+
 // run serves sessions and reconnects until the listener stops.
 func (l *Listener) run(sess transport.Session) {
 	defer close(l.done)
@@ -354,9 +366,6 @@ func backoff(attempt int, max time.Duration) time.Duration {
 
 // serve accepts the gateway's streams on sess until it ends.
 func (l *Listener) serve(sess transport.Session) {
-	l.mu.Lock()
-	l.sess = sess
-	l.mu.Unlock()
 	stop := context.AfterFunc(l.ctx, func() { sess.Close() })
 	defer stop()
 	defer sess.Close()
@@ -386,14 +395,7 @@ func (l *Listener) handleStream(st transport.Stream) {
 		return
 	}
 	st.SetReadDeadline(time.Time{})
-	var public Addr
-	found := false
-	for _, t := range l.Tunnels() {
-		if t.Name == h.Name {
-			public, found = t.Addr, true
-			break
-		}
-	}
+	public, found := l.publicAddr(h.Name)
 	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor), public: public}
 	if !found {
 		l.log.Warn("gateway sent a connection for a name this agent does not serve", "tunnel", h.Name)

@@ -6,11 +6,8 @@ import (
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
-	"github.com/diglett/diglett/internal/relay"
 	"github.com/diglett/diglett/internal/transport"
 )
-
-var pipe = relay.Pipe
 
 // statusConn is the agent's side of a visitor connection. Its first Read
 // consumes the agent's status byte: the visitor's bytes flow to the agent at

@@ -15,6 +15,7 @@ import (
 
 	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/relay"
 	"github.com/diglett/diglett/internal/transport"
 )
 
@@ -335,7 +336,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		return
 	}
 	sc := &statusConn{Stream: st, timeout: srv.cfg.StatusTimeout, visitor: c}
-	if _, _, err := pipe(c, sc); err != nil {
+	if _, _, err := relay.Pipe(c, sc); err != nil {
 		t.log.Debug("visitor connection ended", "visitor", c.RemoteAddr(), "err", err)
 	}
 }

@@ -87,23 +87,35 @@ func TestConformance(t *testing.T) {
 	}, transporttest.Options{MaxIncoming: maxIncoming})
 }
 
-func TestRefusesOldTLS(t *testing.T) {
+// serveOne accepts one connection on a loopback listener and runs the
+// server handshake on it within timeout; errc gets its result.
+func serveOne(t *testing.T, timeout time.Duration) (addr string, errc <-chan error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	errc := make(chan error, 1)
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
-			errc <- err
+			ch <- err
 			return
 		}
-		_, err = Server(context.Background(), c, serverTLS(t), Config{})
-		errc <- err
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		s, err := Server(ctx, c, serverTLS(t), Config{})
+		if err == nil {
+			s.Close()
+		}
+		ch <- err
 	}()
-	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12})
+	return ln.Addr().String(), ch
+}
+
+func TestRefusesOldTLS(t *testing.T) {
+	addr, errc := serveOne(t, 10*time.Second)
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12})
 	if err == nil {
 		c.Close()
 		t.Fatal("TLS 1.2 client accepted")
@@ -114,24 +126,8 @@ func TestRefusesOldTLS(t *testing.T) {
 }
 
 func TestHandshakeTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	errc := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			errc <- err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		_, err = Server(ctx, c, serverTLS(t), Config{})
-		errc <- err
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	addr, errc := serveOne(t, 200*time.Millisecond)
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
