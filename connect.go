@@ -81,7 +81,10 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 
 	var tunnels []Tunnel
 	for i, name := range l.cfg.names() {
-		req := &protocol.Register{Name: name}
+		req, err := l.cfg.register(name)
+		if err != nil {
+			return nil, err
+		}
 		if i == 0 {
 			req.Port = l.cfg.Port
 		}
@@ -101,7 +104,7 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 		if !ok || r.Name != name {
 			return nil, fmt.Errorf("gateway answered register %q with %s", name, m.Type())
 		}
-		tunnels = append(tunnels, Tunnel{Name: name, Addr: Addr{Host: l.host, Port: r.Port}})
+		tunnels = append(tunnels, Tunnel{Name: name, Addr: Addr{Host: l.host, Port: r.Port}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL})
 	}
 	ctrl.SetDeadline(time.Time{})
 	// The control stream stays open for the session's life; the gateway

@@ -37,12 +37,12 @@ func TestDemoScript(t *testing.T) {
 	}
 	demo := exec.CommandContext(ctx, "bash", "scripts/demo.sh")
 	demo.Env = append(os.Environ(), "DEMO_ONCE=1", "BIN="+bin,
-		"GATEWAY_ADDR="+freeAddr(t), "BACKEND_ADDR="+freeAddr(t))
+		"GATEWAY_ADDR="+freeAddr(t), "BACKEND_ADDR="+freeAddr(t), "HTTP_ADDR="+freeAddr(t))
 	out, err := demo.CombinedOutput()
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"public address: tcp://127.0.0.1:", "register domain 'example' -> '", "Hello from behind the NAT!"} {
+	for _, want := range []string{"public URL: http://example.localhost:", "public TCP address: tcp://127.0.0.1:", "register domain 'example' -> '", "Hello from behind the NAT!"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -28,10 +28,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,6 +78,18 @@ type Config struct {
 	Backlog int
 	// Logger receives the agent's logs. Default slog.Default().
 	Logger *slog.Logger
+
+	// BasicAuth, "user:password", makes the gateway ask HTTP visitors for
+	// these credentials before any of their requests reach the agent. The
+	// gateway then refuses visitors on the tunnels' public TCP ports, where
+	// it cannot ask.
+	BasicAuth string
+	// AllowIPs lets only visitors from these addresses or CIDR prefixes
+	// reach the tunnels; the gateway refuses the others. Empty: everyone.
+	AllowIPs []string
+	// H2C says the backend speaks HTTP/2 without TLS (a gRPC server, say),
+	// so the gateway's HTTP ingress speaks HTTP/2 to it.
+	H2C bool
 }
 
 // Defaults for Config.
@@ -108,7 +122,29 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
+	if _, err := c.register(c.Name); err != nil {
+		return err
+	}
 	return nil
+}
+
+// register is the registration of name with the visitor options.
+func (c *Config) register(name string) (*protocol.Register, error) {
+	req := &protocol.Register{Name: name, AllowIPs: c.AllowIPs, H2C: c.H2C}
+	if c.BasicAuth != "" {
+		user, pass, ok := strings.Cut(c.BasicAuth, ":")
+		if !ok || user == "" || pass == "" {
+			return nil, errors.New("basic auth: want user:password")
+		}
+		req.BasicAuth = &protocol.BasicAuth{User: user, Password: pass}
+	}
+	if _, err := protocol.ParseAllowIPs(c.AllowIPs); err != nil {
+		return nil, err
+	}
+	if err := protocol.WriteMessage(io.Discard, req); err != nil {
+		return nil, err
+	}
+	return req, nil
 }
 
 func (c *Config) names() []string {
@@ -156,14 +192,28 @@ func (a Addr) String() string {
 	return net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
 }
 
-// Tunnel is a registered name and its public address.
+// Tunnel is a registered name and its public addresses.
 type Tunnel struct {
 	Name string
 	Addr Addr
+	// HTTPURL and HTTPSURL are the tunnel's addresses on the gateway's
+	// shared HTTP and HTTPS ports; empty when the gateway serves none.
+	HTTPURL, HTTPSURL string
 }
 
 // URL is the tunnel's public TCP address as tcp://host:port.
 func (t Tunnel) URL() string { return "tcp://" + t.Addr.String() }
+
+// URLs lists the tunnel's public addresses: HTTPS, HTTP, then TCP.
+func (t Tunnel) URLs() []string {
+	var urls []string
+	for _, u := range []string{t.HTTPSURL, t.HTTPURL, t.URL()} {
+		if u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls
+}
 
 // Listener is a net.Listener whose connections come from the gateway.
 type Listener struct {
@@ -217,7 +267,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	l.tunnels = tunnels
 	for _, t := range tunnels {
-		l.log.Info("tunnel ready", "tunnel", t.Name, "url", t.URL())
+		l.log.Info("tunnel ready", "tunnel", t.Name, "urls", t.URLs())
 	}
 	go l.run(sess)
 	return l, nil
@@ -335,7 +385,7 @@ func (l *Listener) run(sess transport.Session) {
 				l.tunnels = tunnels
 				l.mu.Unlock()
 				for _, t := range tunnels {
-					l.log.Info("tunnel ready", "tunnel", t.Name, "url", t.URL())
+					l.log.Info("tunnel ready", "tunnel", t.Name, "urls", t.URLs())
 				}
 				break
 			}

@@ -8,12 +8,17 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -204,6 +209,20 @@ type gatewayOptions struct {
 	HandshakeTimeout time.Duration      // default 5s
 	StatusTimeout    time.Duration      // default gateway.DefaultStatusTimeout
 	Registerer       expose.Registerer
+
+	// HTTP ingress: with a Domain the gateway serves HTTP and HTTPS (a
+	// certificate for *.Domain from a test CA) on 127.0.0.1.
+	Domain            string
+	TrustedProxies    []netip.Prefix
+	ResponseTimeout   time.Duration
+	ReadHeaderTimeout time.Duration
+	// HTTPSTLS replaces the test CA's certificate for the HTTPS port.
+	HTTPSTLS *tls.Config
+	// HTTPChallenge wraps the plain HTTP handler (ACME HTTP-01).
+	HTTPChallenge func(http.Handler) http.Handler
+	// HTTPLn and HTTPSLn are listeners to serve the ingress on instead of
+	// new ones (a test that must know the ports beforehand).
+	HTTPLn, HTTPSLn net.Listener
 }
 
 // testGateway is a gateway serving agents on a real 127.0.0.1 socket.
@@ -215,8 +234,13 @@ type testGateway struct {
 	PortMin, PortMax int
 	Logs             *logSink
 
+	// The HTTP ingress, with a Domain.
+	HTTPAddr, HTTPSAddr string
+	CA                  *x509.CertPool // trusts the HTTPS certificate
+
 	t         *testing.T
 	serveErr  chan error
+	ingresses int // Serve*Ingress calls whose result is in serveErr
 	closeOnce sync.Once
 }
 
@@ -263,6 +287,10 @@ func startGateway(t *testing.T, o gatewayOptions) *testGateway {
 		StatusTimeout:    o.StatusTimeout,
 		KeepAlive:        testKeepAlive,
 		Logger:           log,
+		Domain:            o.Domain,
+		TrustedProxies:    o.TrustedProxies,
+		ResponseTimeout:   o.ResponseTimeout,
+		ReadHeaderTimeout: o.ReadHeaderTimeout,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -286,11 +314,97 @@ func startGateway(t *testing.T, o gatewayOptions) *testGateway {
 		PortMax:     o.PortMax,
 		Logs:        sink,
 		t:           t,
-		serveErr:    make(chan error, 1),
+		serveErr:    make(chan error, 3),
 	}
 	go func() { g.serveErr <- srv.Serve(ln) }()
 	t.Cleanup(g.Close)
+	if o.Domain != "" {
+		g.startIngress(o)
+	}
 	return g
+}
+
+// startIngress serves the HTTP ingress of g on 127.0.0.1.
+func (g *testGateway) startIngress(o gatewayOptions) {
+	t := g.t
+	hl, tl := o.HTTPLn, o.HTTPSLn
+	var err error
+	if hl == nil {
+		if hl, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tl == nil {
+		if tl, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc := o.HTTPSTLS
+	if tc == nil {
+		var cert tls.Certificate
+		cert, g.CA = testCA(t, "*."+o.Domain)
+		tc = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	g.HTTPAddr, g.HTTPSAddr = hl.Addr().String(), tl.Addr().String()
+	g.ingresses = 2
+	go func() { g.serveErr <- g.ServeHTTPIngress(hl, o.HTTPChallenge) }()
+	go func() { g.serveErr <- g.ServeHTTPSIngress(tl, tc) }()
+}
+
+// testCA makes a CA and a certificate it signed for host.
+func testCA(t testing.TB, host string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	caKey, key := newKey(t), newKey(t)
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "diglett test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: host},
+		DNSNames:     []string{host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+// httpClient returns a client that reaches every host through g's HTTP
+// ingress (http://) or HTTPS ingress (https://), trusting g's test CA.
+func (g *testGateway) httpClient(t testing.TB) *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			_, port, _ := net.SplitHostPort(addr)
+			target := g.HTTPAddr
+			if port == "443" {
+				target = g.HTTPSAddr
+			}
+			return d.DialContext(ctx, network, target)
+		},
+		TLSClientConfig:   &tls.Config{RootCAs: g.CA},
+		ForceAttemptHTTP2: true,
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: eventually}
 }
 
 // Close stops the gateway at once and checks that Serve returned as
@@ -298,8 +412,10 @@ func startGateway(t *testing.T, o gatewayOptions) *testGateway {
 func (g *testGateway) Close() {
 	g.closeOnce.Do(func() {
 		g.Server.Close()
-		if err := <-g.serveErr; !errors.Is(err, gateway.ErrServerClosed) {
-			g.t.Errorf("gateway Serve returned %v, want ErrServerClosed", err)
+		for range 1 + g.ingresses {
+			if err := <-g.serveErr; !errors.Is(err, gateway.ErrServerClosed) {
+				g.t.Errorf("gateway Serve returned %v, want ErrServerClosed", err)
+			}
 		}
 	})
 }

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 GATEWAY_ADDR=${GATEWAY_ADDR:-127.0.0.1:20000}
 BACKEND_ADDR=${BACKEND_ADDR:-127.0.0.1:9000}
+HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:8080}
+# *.localhost names resolve to this machine, so the tunnel's URL works in a
+# browser on it.
+DOMAIN=${DOMAIN:-localhost}
 BIN=${BIN:-bin}
 
 work=$(mktemp -d)
@@ -34,6 +38,7 @@ pids+=($!)
 wait_for "$work/backend.log" "hello backend" "the sample backend"
 
 "$BIN/diglett-server" -l "$GATEWAY_ADDR" --data-dir "$work/gateway" --public-bind 127.0.0.1 \
+	--domain "$DOMAIN" --http-addr "$HTTP_ADDR" \
 	>"$work/gateway.out" 2>"$work/gateway.log" &
 pids+=($!)
 wait_for "$work/gateway.out" "fingerprint" "the gateway"
@@ -43,15 +48,17 @@ wait_for "$work/gateway.out" "fingerprint" "the gateway"
 pids+=($!)
 wait_for "$work/agent.out" "tcp://" "the agent"
 
-url=$(grep -o 'tcp://[^ ]*' "$work/agent.out" | head -n1)
-hostport=${url#tcp://}
+url=$(grep -o 'http://[^ ]*' "$work/agent.out" | head -n1)
+tcpurl=$(grep -o 'tcp://[^ ]*' "$work/agent.out" | head -n1)
+hostport=${url#http://}
 echo "gateway:  $GATEWAY_ADDR ($(grep fingerprint "$work/gateway.out"))"
 echo "gateway log: $(grep -o "register domain '[^']*' -> '[0-9]*'" "$work/gateway.log")"
 echo "backend:  http://$BACKEND_ADDR"
-echo "public address: $url"
+echo "public URL: $url"
+echo "public TCP address: $tcpurl"
 echo
-echo "fetching http://$hostport/ through the tunnel:"
-host=${hostport%:*} port=${hostport##*:}
+echo "fetching $url/ through the tunnel:"
+host=${HTTP_ADDR%:*} port=${HTTP_ADDR##*:}
 exec 3<>"/dev/tcp/$host/$port"
 printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$hostport" >&3
 page=$(cat <&3)
@@ -60,5 +67,5 @@ printf '%s\n' "$page" | sed 's/\r$//'
 printf '%s' "$page" | grep -q "Hello from behind the NAT" || { echo "demo: the page did not come through the tunnel" >&2; exit 1; }
 echo
 if [ "${DEMO_ONCE:-}" = 1 ]; then exit 0; fi
-echo "The tunnel is up: try  curl http://$hostport/  (Ctrl-C to stop)"
+echo "The tunnel is up: try  curl $url/  (Ctrl-C to stop)"
 wait

@@ -31,6 +31,9 @@ type agentCmd struct {
 	KnownGateways string           `type:"path" placeholder:"FILE" help:"File of pinned gateway keys (default: known_gateways in the user's config dir)."`
 	KeepAlive     time.Duration    `name:"keepalive" default:"15s" help:"Detect a dead gateway within this time."`
 	DialTimeout   time.Duration    `default:"10s" help:"Give up on reaching the backend after this time."`
+	BasicAuth     string           `name:"basic-auth" placeholder:"USER:PASS" help:"Make the gateway ask HTTP visitors for this user and password (the tunnel's raw TCP port then refuses visitors)."`
+	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR,..." help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
+	H2C           bool             `name:"h2c" help:"The backend speaks HTTP/2 without TLS (gRPC, say): the gateway speaks HTTP/2 to it."`
 	Backend       string           `arg:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT)."`
 	VersionFlag   kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 }
@@ -56,6 +59,9 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		KnownGateways: c.KnownGateways,
 		KeepAlive:     c.KeepAlive,
 		Logger:        log,
+		BasicAuth:     c.BasicAuth,
+		AllowIPs:      c.AllowIPs,
+		H2C:           c.H2C,
 	}
 	if c.CA != "" {
 		pem, err := os.ReadFile(c.CA)
@@ -72,7 +78,9 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, t := range ln.Tunnels() {
-		fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, t.URL(), backend)
+		for _, u := range t.URLs() {
+			fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, u, backend)
+		}
 	}
 	return forward(ctx, ln, backend, c.DialTimeout, log)
 }

@@ -17,9 +17,11 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		flags []string
 	}{
 		{"server", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Server(ctx, a, o, e) },
-			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keepalive", "DIGLETT_LISTEN"}},
+			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keepalive", "DIGLETT_LISTEN",
+				"--domain", "--http-addr", "--https-addr", "--trusted-proxies", "--http-response-timeout", "--acme-email", "--acme-ca", "--acme-staging", "--acme-ca-root"}},
 		{"agent", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Agent(ctx, a, o, e) },
-			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keepalive", "DIGLETT_GATEWAY", "<backend>"}},
+			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keepalive", "DIGLETT_GATEWAY", "<backend>",
+				"--basic-auth", "--allow-ips", "--h2c"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -56,6 +58,8 @@ func TestAgentArgumentErrors(t *testing.T) {
 		{"bad fingerprint", []string{"-g", "127.0.0.1:1", "-n", "x", "--fingerprint", "abc", "--known-gateways", kg, "1"}, "fingerprint"},
 		{"missing ca", []string{"-g", "127.0.0.1:1", "-n", "x", "--ca", "/nonexistent/ca.pem", "1"}, "ca"},
 		{"gateway down", []string{"-g", "127.0.0.1:1", "-n", "x", "--known-gateways", kg, "1"}, "dial gateway"},
+		{"bad basic auth", []string{"-g", "127.0.0.1:1", "-n", "x", "--basic-auth", "nopassword", "--known-gateways", kg, "1"}, "user:password"},
+		{"bad allow-ips", []string{"-g", "127.0.0.1:1", "-n", "x", "--allow-ips", "10.0.0.0/8,lan", "--known-gateways", kg, "1"}, "lan"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,6 +93,12 @@ func TestServerArgumentErrors(t *testing.T) {
 		{"cert without key", []string{"--cert", badTokens}, "--key"},
 		{"bad listen", []string{"-l", "nonsense"}, "listen"},
 		{"bad lease", []string{"--lease", "soon"}, "lease"},
+		{"http without domain", []string{"--http-addr", ":8080"}, "--domain"},
+		{"acme without domain", []string{"--acme-email", "a@example.com"}, "--domain"},
+		{"bad domain", []string{"--domain", "not a domain", "--http-addr", "127.0.0.1:0"}, "domain"},
+		{"https without certificate", []string{"--domain", "gw.example", "--https-addr", "127.0.0.1:0"}, "certificate"},
+		{"acme and cert", []string{"--domain", "gw.example", "--acme-email", "a@example.com", "--cert", badTokens, "--key", badTokens}, "exclusive"},
+		{"bad trusted proxy", []string{"--trusted-proxies", "10.0.0.0/8,nonsense"}, "--trusted-proxies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/gateway"
 	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/protocol"
 )
 
 type serverCmd struct {
@@ -34,6 +36,16 @@ type serverCmd struct {
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
 	KeepAlive   time.Duration    `name:"keepalive" default:"15s" help:"Detect a dead agent within this time."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
+
+	Domain              string        `placeholder:"DOMAIN" help:"Serve tunnel NAME over HTTP(S) as NAME.DOMAIN on shared ports (point a wildcard DNS record *.DOMAIN at this host)."`
+	HTTPAddr            string        `name:"http-addr" placeholder:"ADDR" help:"Address of the shared HTTP port (default :80 with --domain; 'off' to disable)."`
+	HTTPSAddr           string        `name:"https-addr" placeholder:"ADDR" help:"Address of the shared HTTPS port (default :443 with --domain and a certificate: --cert/--key or ACME; 'off' to disable)."`
+	TrustedProxies      []string      `sep:"," placeholder:"CIDR,..." help:"Proxies in front of the gateway whose X-Forwarded-* and Forwarded headers are kept; from anyone else they are dropped."`
+	HTTPResponseTimeout time.Duration `name:"http-response-timeout" default:"60s" help:"Answer 504 when a backend takes longer than this to start its response."`
+	ACMEEmail           string        `name:"acme-email" placeholder:"EMAIL" help:"Obtain certificates for NAME.DOMAIN automatically over ACME, with this contact address."`
+	ACMECA              string        `name:"acme-ca" placeholder:"URL" help:"ACME directory URL (default: Let's Encrypt production). Setting it enables ACME."`
+	ACMEStaging         bool          `name:"acme-staging" help:"Use Let's Encrypt's staging directory (test certificates). Enables ACME."`
+	ACMECARoot          string        `name:"acme-ca-root" type:"existingfile" placeholder:"FILE" help:"Trust this CA bundle (PEM) for the ACME directory's own HTTPS (a private ACME server)."`
 }
 
 // Server runs diglett-server with args until ctx ends.
@@ -49,6 +61,10 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if (c.Cert == "") != (c.Key == "") {
 		return errors.New("--cert and --key go together")
+	}
+	ing, err := c.ingress()
+	if err != nil {
+		return err
 	}
 	dataDir := c.DataDir
 	if dataDir == "" {
@@ -90,32 +106,94 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		log.Warn("no --tokens file: ANYONE who can reach this gateway can register any name")
 	}
 
+	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
 	srv, err := gateway.New(gateway.Config{
-		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
-		Auth:       authn,
-		Registerer: &expose.Log{Logger: log},
-		PortMin:    lo,
-		PortMax:    hi,
-		PublicHost: c.PublicBind,
-		Lease:      c.Lease,
-		KeepAlive:  c.KeepAlive,
-		Logger:     log,
+		TLS:             &tls.Config{Certificates: []tls.Certificate{cert}},
+		Auth:            authn,
+		Registerer:      &expose.Log{Logger: log},
+		PortMin:         lo,
+		PortMax:         hi,
+		PublicHost:      c.PublicBind,
+		Lease:           c.Lease,
+		KeepAlive:       c.KeepAlive,
+		Logger:          log,
+		Domain:          c.Domain,
+		TrustedProxies:  trusted,
+		ResponseTimeout: c.HTTPResponseTimeout,
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", c.Listen)
+	defer srv.Close()
+
+	// Every listener is opened before anything is served, so that a port
+	// in use fails the start with a clear error.
+	type serveFunc func() error
+	var serves []serveFunc
+	var closers []io.Closer
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	listen := func(what, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen for %s: %w", what, err)
+		}
+		closers = append(closers, ln)
+		return ln, nil
+	}
+	ln, err := listen("agents", c.Listen)
 	if err != nil {
-		return fmt.Errorf("listen for agents: %w", err)
+		return err
+	}
+	serves = append(serves, func() error { return srv.Serve(ln) })
+	var challenge func(http.Handler) http.Handler
+	if ing.acme {
+		mgr, err := c.acmeManager(dataDir, srv, log)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, mgr)
+		challenge = mgr.HTTPChallengeHandler
+		ing.tls = mgr.TLSConfig()
+	} else if c.Cert != "" {
+		ing.tls = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	if ing.httpAddr != "" {
+		hl, err := listen("HTTP visitors", ing.httpAddr)
+		if err != nil {
+			return err
+		}
+		serves = append(serves, func() error { return srv.ServeHTTPIngress(hl, challenge) })
+		log.Info("serving tunnels over HTTP", "addr", hl.Addr().String(), "domain", c.Domain)
+	}
+	if ing.httpsAddr != "" && ing.tls != nil {
+		hl, err := listen("HTTPS visitors", ing.httpsAddr)
+		if err != nil {
+			return err
+		}
+		tc := ing.tls
+		serves = append(serves, func() error { return srv.ServeHTTPSIngress(hl, tc) })
+		log.Info("serving tunnels over HTTPS", "addr", hl.Addr().String(), "domain", c.Domain, "acme", ing.acme)
 	}
 	log.Info("gateway listening", "addr", ln.Addr().String(), "ports", c.Ports, "fingerprint", fp)
 	fmt.Fprintf(stdout, "diglett-server listening on %s\ngateway key fingerprint: %s\n", ln.Addr(), fp)
 
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	errc := make(chan error, len(serves))
+	for _, serve := range serves {
+		go func() { errc <- serve() }()
+	}
 	select {
 	case err := <-errc:
 		srv.Close()
+		for range len(serves) - 1 {
+			<-errc
+		}
 		return err
 	case <-ctx.Done():
 	}
@@ -125,8 +203,52 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown: closed connections still open", "err", err)
 	}
-	<-errc
+	for range serves {
+		<-errc
+	}
 	return nil
+}
+
+// ingressPlan is what the HTTP ingress flags ask for.
+type ingressPlan struct {
+	httpAddr, httpsAddr string // "" when off
+	acme                bool
+	tls                 *tls.Config // for HTTPS; set once the certificates are known
+}
+
+func (c *serverCmd) ingress() (ingressPlan, error) {
+	var p ingressPlan
+	p.acme = c.ACMEEmail != "" || c.ACMECA != "" || c.ACMEStaging
+	if c.Domain == "" {
+		if c.HTTPAddr != "" || c.HTTPSAddr != "" || p.acme {
+			return p, errors.New("--http-addr, --https-addr and --acme-* need --domain")
+		}
+		return p, nil
+	}
+	if p.acme && c.Cert != "" {
+		return p, errors.New("--cert/--key and ACME (--acme-*) are exclusive: choose one source of certificates")
+	}
+	p.httpAddr = orDefault(c.HTTPAddr, ":80")
+	p.httpsAddr = ""
+	if p.acme || c.Cert != "" {
+		p.httpsAddr = orDefault(c.HTTPSAddr, ":443")
+	} else if c.HTTPSAddr != "" && c.HTTPSAddr != "off" {
+		return p, errors.New("--https-addr needs a certificate: --cert/--key or ACME (--acme-email)")
+	}
+	if p.httpAddr == "off" {
+		p.httpAddr = ""
+	}
+	if p.httpsAddr == "off" {
+		p.httpsAddr = ""
+	}
+	return p, nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func parsePorts(s string) (lo, hi int, err error) {

@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/auth"
@@ -51,6 +54,26 @@ type Config struct {
 	MaxNamesPerSession int
 	// Logger receives the gateway's logs. Default slog.Default().
 	Logger *slog.Logger
+
+	// Domain enables the HTTP ingress: a request for NAME.Domain goes to
+	// tunnel NAME (see ServeHTTPIngress and ServeHTTPSIngress).
+	Domain string
+	// TrustedProxies are the peers whose X-Forwarded-* and Forwarded
+	// headers are kept (and whose X-Forwarded-For names the visitor);
+	// those headers from anyone else are dropped.
+	TrustedProxies []netip.Prefix
+	// ResponseTimeout bounds how long a backend may take to start its
+	// response once it has the whole request; visitors then get 504.
+	// Default 60s.
+	ResponseTimeout time.Duration
+	// ReadHeaderTimeout bounds a visitor's TLS handshake and request
+	// headers. Default 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a visitor's keep-alive connection after this long
+	// without a request. Default 120s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a visitor's request headers. Default 64 KiB.
+	MaxHeaderBytes int
 }
 
 // Defaults for Config.
@@ -75,6 +98,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Lease < 0 {
 		return errors.New("gateway: negative lease")
+	}
+	if c.Domain != "" {
+		d := strings.TrimSuffix(strings.ToLower(c.Domain), ".")
+		for _, label := range strings.Split(d, ".") {
+			if protocol.ValidateName(label) != nil {
+				return fmt.Errorf("gateway: domain %q: want a DNS name such as gateway.example.com", c.Domain)
+			}
+		}
 	}
 	return nil
 }
@@ -104,6 +135,19 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Domain = strings.TrimSuffix(strings.ToLower(c.Domain), ".")
+	if c.ResponseTimeout <= 0 {
+		c.ResponseTimeout = DefaultResponseTimeout
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
 	return c
 }
 
@@ -116,6 +160,8 @@ type Server struct {
 	ctx    context.Context // ends when the server closes
 	cancel context.CancelFunc
 	hs     chan struct{} // handshake slots
+	nextID atomic.Uint64 // session ids
+	http   *ingress
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -146,6 +192,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 	}
 	s.reg = newRegistry(s)
+	s.http = newIngress(s)
 	return s, nil
 }
 
@@ -218,6 +265,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.cancel()
+	s.http.shutdown(nil)
 	for _, ss := range sessions {
 		ss.close()
 	}
@@ -237,6 +285,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.reg.closeListeners()
+	s.http.shutdown(ctx)
 	done := make(chan struct{})
 	go func() {
 		s.visitors.Wait()

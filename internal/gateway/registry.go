@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -28,10 +27,31 @@ type registry struct {
 	byName map[string]*tunnel
 	byPort map[int]*tunnel
 	closed bool
+
+	// routes is a copy of byName for the HTTP ingress, replaced (never
+	// changed) under mu whenever a tunnel is added or removed, so that
+	// routing a request takes no lock.
+	routes atomic.Pointer[map[string]*tunnel]
 }
 
 func newRegistry(s *Server) *registry {
-	return &registry{srv: s, byName: make(map[string]*tunnel), byPort: make(map[int]*tunnel)}
+	r := &registry{srv: s, byName: make(map[string]*tunnel), byPort: make(map[int]*tunnel)}
+	r.publishLocked()
+	return r
+}
+
+// publishLocked replaces the routes snapshot. Called under r.mu.
+func (r *registry) publishLocked() {
+	m := make(map[string]*tunnel, len(r.byName))
+	for k, v := range r.byName {
+		m[k] = v
+	}
+	r.routes.Store(&m)
+}
+
+// route returns the tunnel published as name, live or leased.
+func (r *registry) route(name string) *tunnel {
+	return (*r.routes.Load())[name]
 }
 
 // tunnel is a published name with its public port and the live agent
@@ -51,7 +71,12 @@ type tunnel struct {
 
 	regMu     sync.Mutex // serializes registerer calls
 	regCloser io.Closer
+
+	visitors atomic.Pointer[visitorPolicy] // set by the latest registration
 }
+
+// policy is how the tunnel treats visitors.
+func (t *tunnel) policy() *visitorPolicy { return t.visitors.Load() }
 
 func (t *tunnel) live() []*session {
 	if m := t.members.Load(); m != nil {
@@ -67,6 +92,10 @@ func refuse(code protocol.Code, format string, args ...any) *protocol.Error {
 // join adds ss to the tunnel for req.Name, creating it (and its public
 // port) if needed.
 func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol.Error) {
+	pol, err := newVisitorPolicy(req)
+	if err != nil {
+		return nil, refuse(protocol.CodeBadRequest, "%v", err)
+	}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -98,6 +127,7 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 		}
 		r.byName[t.name] = t
 		r.byPort[t.port] = t
+		r.publishLocked()
 		r.srv.visitors.Add(1)
 		go t.acceptLoop()
 	}
@@ -105,6 +135,7 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 		t.lease.Stop()
 		t.lease = nil
 	}
+	t.visitors.Store(pol)
 	old := t.live()
 	members := make([]*session, 0, len(old)+1)
 	members = append(members, old...)
@@ -209,6 +240,7 @@ func (r *registry) removeLocked(t *tunnel) {
 	if r.byPort[t.port] == t {
 		delete(r.byPort, t.port)
 	}
+	r.publishLocked()
 	if t.lease != nil {
 		t.lease.Stop()
 		t.lease = nil
@@ -304,27 +336,26 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		reset(c)
 		return
 	}
-	srv := t.reg.srv
-	hdr, err := protocol.AppendStreamHeader(make([]byte, 0, 80), protocol.StreamHeader{Name: t.name, Visitor: c.RemoteAddr().String()})
-	if err != nil {
-		t.log.Error("stream header", "err", err)
-		c.Close()
-		return
+	if pol := t.policy(); pol != nil {
+		if pol.user != "" {
+			t.log.Debug("visitor refused: the tunnel asks for basic auth, which only its HTTP address can check", "visitor", c.RemoteAddr())
+			reset(c)
+			return
+		}
+		if !pol.allows(addrIP(c.RemoteAddr())) {
+			t.log.Debug("visitor refused: address not allowed", "visitor", c.RemoteAddr())
+			reset(c)
+			return
+		}
 	}
+	srv := t.reg.srv
 	start := t.next.Add(1)
 	var st transport.Stream
 	for i := range members {
 		m := members[(int(start)+i)%len(members)]
-		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.HandshakeTimeout)
-		s, err := m.sess.OpenStream(ctx)
-		cancel()
+		s, err := m.openStream(srv.ctx, t.name, c.RemoteAddr().String())
 		if err != nil {
 			t.log.Debug("open stream failed, trying next agent", "err", err)
-			continue
-		}
-		if _, err := s.Write(hdr); err != nil {
-			s.Close()
-			t.log.Debug("write stream header failed, trying next agent", "err", err)
 			continue
 		}
 		st = s

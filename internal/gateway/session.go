@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/auth"
@@ -19,9 +20,14 @@ import (
 // session is one live agent connection.
 type session struct {
 	srv      *Server
+	id       uint64 // unique in this server
 	sess     transport.Session
 	log      *slog.Logger
 	identity auth.Identity
+
+	// outstanding counts the HTTP requests in flight on this session, for
+	// least-outstanding balancing.
+	outstanding atomic.Int64
 
 	mu      sync.Mutex
 	tunnels []*tunnel // tunnels this session is a member of
@@ -29,6 +35,26 @@ type session struct {
 }
 
 func (ss *session) close() { ss.sess.Close() }
+
+// openStream opens a data stream for a visitor of tunnel name and writes its
+// header; the agent's status byte is left for the caller to read.
+func (ss *session) openStream(ctx context.Context, name, visitor string) (transport.Stream, error) {
+	hdr, err := protocol.AppendStreamHeader(make([]byte, 0, 80), protocol.StreamHeader{Name: name, Visitor: visitor})
+	if err != nil {
+		return nil, fmt.Errorf("stream header: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, ss.srv.cfg.HandshakeTimeout)
+	defer cancel()
+	st, err := ss.sess.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.Write(hdr); err != nil {
+		st.Reset()
+		return nil, fmt.Errorf("write stream header: %w", err)
+	}
+	return st, nil
+}
 
 // serveConn runs one agent connection from handshake to teardown.
 func (s *Server) serveConn(conn net.Conn) {
@@ -43,7 +69,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		log.Debug("agent handshake failed", "err", err)
 		return
 	}
-	ss := &session{srv: s, sess: ts, log: log}
+	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, log: log}
 	if !s.addSession(ss) {
 		ts.Close()
 		return
@@ -189,7 +215,8 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 		ss.log.Info("name refused", "name", req.Name, "code", perr.Code, "reason", perr.Message)
 		return perr
 	}
-	return &protocol.Registered{Name: t.name, Port: t.port}
+	httpURL, httpsURL := ss.srv.URLs(t.name)
+	return &protocol.Registered{Name: t.name, Port: t.port, HTTPURL: httpURL, HTTPSURL: httpsURL}
 }
 
 // leave removes the session from every tunnel it joined.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 )
 
@@ -27,6 +28,9 @@ const (
 	MaxTokenLen = 4096
 	MaxAddrLen  = 64
 	MaxNames    = 64 // names one session may register
+	MaxAllowIPs = 64 // entries of Register.AllowIPs
+	MaxURLLen   = 300
+	MaxCredLen  = 256 // basic auth user or password
 )
 
 // Type identifies a control message.
@@ -86,16 +90,37 @@ type LoginOK struct {
 // Register asks for a name to be published. Port asks for a specific public
 // TCP port (refused if unavailable); PreferPort is a hint, used when free and
 // otherwise ignored (an agent resuming after a gateway restart sends it).
+// The other fields set how the gateway treats the tunnel's visitors; the
+// latest registration of a name sets them for the whole group.
 type Register struct {
 	Name       string `json:"name"`
 	Port       int    `json:"port,omitempty"`
 	PreferPort int    `json:"prefer_port,omitempty"`
+	// BasicAuth makes the gateway ask HTTP visitors for this user and
+	// password. A tunnel with basic auth refuses visitors on its public
+	// TCP port, where the gateway cannot ask.
+	BasicAuth *BasicAuth `json:"basic_auth,omitempty"`
+	// AllowIPs lets only visitors from these addresses or prefixes in
+	// (CIDR, e.g. "10.0.0.0/8"); empty lets everyone in.
+	AllowIPs []string `json:"allow_ips,omitempty"`
+	// H2C says the backend speaks HTTP/2 without TLS (gRPC, say): the
+	// gateway speaks HTTP/2 to it instead of HTTP/1.1.
+	H2C bool `json:"h2c,omitempty"`
 }
 
-// Registered confirms a Register with the public port assigned.
+// BasicAuth is the user and password HTTP visitors must give.
+type BasicAuth struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+}
+
+// Registered confirms a Register with the public port assigned and, when
+// the gateway serves HTTP by host name, the tunnel's URLs.
 type Registered struct {
-	Name string `json:"name"`
-	Port int    `json:"port"`
+	Name     string `json:"name"`
+	Port     int    `json:"port"`
+	HTTPURL  string `json:"http_url,omitempty"`
+	HTTPSURL string `json:"https_url,omitempty"`
 }
 
 // Error refuses the last request. Code is one of the Code constants.
@@ -142,7 +167,47 @@ func (m *Register) validate() error {
 	if m.Port < 0 || m.Port > 65535 || m.PreferPort < 0 || m.PreferPort > 65535 {
 		return errors.New("register: port out of range")
 	}
+	if a := m.BasicAuth; a != nil {
+		if a.User == "" || len(a.User) > MaxCredLen || strings.ContainsAny(a.User, ":\x00\r\n") {
+			return errors.New("register: basic auth user must be 1 to 256 bytes without ':' or control characters")
+		}
+		if a.Password == "" || len(a.Password) > MaxCredLen {
+			return errors.New("register: basic auth password must be 1 to 256 bytes")
+		}
+	}
+	if _, err := ParseAllowIPs(m.AllowIPs); err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
 	return nil
+}
+
+// ParseAllowIPs parses an allow-list of addresses and CIDR prefixes of at
+// most MaxAllowIPs entries.
+func ParseAllowIPs(list []string) ([]netip.Prefix, error) {
+	if len(list) > MaxAllowIPs {
+		return nil, fmt.Errorf("at most %d allowed addresses, got %d", MaxAllowIPs, len(list))
+	}
+	return ParsePrefixes(list)
+}
+
+// ParsePrefixes parses addresses and CIDR prefixes; an address is a prefix
+// of its full length. IPv4-mapped IPv6 addresses are taken as IPv4.
+func ParsePrefixes(list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("address %q: want an IP address or a CIDR prefix such as 10.0.0.0/8", s)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 func (m *Registered) validate() error {
@@ -151,6 +216,9 @@ func (m *Registered) validate() error {
 	}
 	if m.Port < 0 || m.Port > 65535 {
 		return errors.New("registered: port out of range")
+	}
+	if len(m.HTTPURL) > MaxURLLen || len(m.HTTPSURL) > MaxURLLen {
+		return errors.New("registered: URL too long")
 	}
 	return nil
 }

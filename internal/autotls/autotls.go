@@ -1,0 +1,377 @@
+// Package autotls gives the gateway publicly trusted TLS certificates,
+// obtained on demand from an ACME CA (Let's Encrypt by default) through
+// certmagic: a Manager orders a certificate for a host the first time a
+// client asks for it, if the gateway allows that host, answers the CA's
+// HTTP-01 and TLS-ALPN-01 challenges on the gateway's own listeners, keeps
+// account and certificates in a directory, and renews them.
+package autotls
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3"
+	"go.uber.org/zap"
+)
+
+// Config configures a Manager. Zero values take the documented defaults.
+type Config struct {
+	// Email is the ACME account's contact address. Optional. Using a
+	// Manager means agreeing to the CA's subscriber agreement.
+	Email string
+	// CA is the ACME directory URL. Default Let's Encrypt production, or
+	// Let's Encrypt staging when Staging is set.
+	CA string
+	// Staging selects Let's Encrypt's staging directory when CA is empty.
+	Staging bool
+	// Dir is where the ACME account, the certificates and their keys are
+	// stored, e.g. <data-dir>/certs. Required; created if missing.
+	Dir string
+	// RootCAs is the trust for the CA's own HTTPS endpoint. Default the
+	// system roots.
+	RootCAs *x509.CertPool
+	// Allow decides whether a certificate may be ordered for host, a
+	// lowercase DNS name (IDNs in punycode): nil means yes. It is asked
+	// before every order and renewal, never for empty, IP or wildcard
+	// names, which are always refused. A certificate already obtained is
+	// served until its renewal is due; a refusal then drops it. Allow runs
+	// in TLS handshakes, for every unknown name: keep it fast. Required.
+	Allow func(ctx context.Context, host string) error
+
+	// HTTPAddr is the address the gateway's plain HTTP listener is bound
+	// to, the listener that serves HTTPChallengeHandler: the address given
+	// to net.Listen or the listener's Addr().String(). Default ":80".
+	//
+	// When a challenge starts, certmagic tries to bind the challenge
+	// address itself and, when that address is already in use, trusts its
+	// owner to answer. Naming the gateway's own bound address here makes
+	// that attempt always collide, so certmagic never opens a challenge
+	// listener of its own. The gateway therefore binds its listeners before
+	// it serves TLS handshakes and keeps them bound while the Manager is
+	// open, or disables the challenge whose listener it does not have.
+	HTTPAddr string
+	// HTTPSAddr is the address the gateway's HTTPS listener is bound to,
+	// the listener that uses TLSConfig; see HTTPAddr. Default ":443".
+	HTTPSAddr string
+	// DisableHTTP01 turns the HTTP-01 challenge off, for a gateway without
+	// a plain HTTP listener reachable on port 80.
+	DisableHTTP01 bool
+	// DisableTLSALPN01 turns the TLS-ALPN-01 challenge off, for a gateway
+	// whose port 443 is reached through a proxy that terminates TLS.
+	DisableTLSALPN01 bool
+
+	// Logger receives one line per certificate obtained or failed, and
+	// certmagic's own logs at Debug level. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults for Config.
+const (
+	DefaultHTTPAddr  = ":80"
+	DefaultHTTPSAddr = ":443"
+)
+
+// Validate reports the first problem with c.
+func (c *Config) Validate() error {
+	if c.Dir == "" {
+		return errors.New("autotls: no storage directory")
+	}
+	if c.Allow == nil {
+		return errors.New("autotls: no allow function")
+	}
+	if c.CA != "" {
+		if c.Staging {
+			return errors.New("autotls: both a CA and staging are set")
+		}
+		u, err := url.Parse(c.CA)
+		if err != nil {
+			return fmt.Errorf("autotls: bad CA URL: %w", err)
+		}
+		if u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("autotls: CA URL %q is not an https URL", c.CA)
+		}
+	}
+	if c.Email != "" && (!strings.Contains(c.Email, "@") || strings.ContainsAny(c.Email, " \t\r\n")) {
+		return fmt.Errorf("autotls: bad email %q", c.Email)
+	}
+	if c.DisableHTTP01 && c.DisableTLSALPN01 {
+		return errors.New("autotls: both challenges are disabled")
+	}
+	for _, a := range []struct{ name, addr string }{{"HTTP", c.HTTPAddr}, {"HTTPS", c.HTTPSAddr}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, _, err := splitAddr(a.addr); err != nil {
+			return fmt.Errorf("autotls: bad %s address: %w", a.name, err)
+		}
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.CA == "" {
+		c.CA = certmagic.LetsEncryptProductionCA
+		if c.Staging {
+			c.CA = certmagic.LetsEncryptStagingCA
+		}
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = DefaultHTTPAddr
+	}
+	if c.HTTPSAddr == "" {
+		c.HTTPSAddr = DefaultHTTPSAddr
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// splitAddr splits a listener address into its host and numeric port.
+func splitAddr(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	return host, port, nil
+}
+
+// ErrClosed is returned by the TLS configuration's GetCertificate after the
+// Manager is closed.
+var ErrClosed = errors.New("autotls: manager closed")
+
+// Manager obtains, stores, renews and serves certificates. Its methods are
+// safe for concurrent use.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	cache  *certmagic.Cache
+	magic  *certmagic.Config
+	issuer *certmagic.ACMEIssuer
+	ctx    context.Context // ends when the manager closes
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	pending sync.WaitGroup // GetCertificate calls in progress
+}
+
+// New returns a Manager for cfg. Call Close when done with it.
+func New(cfg Config) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("autotls: create storage directory: %w", err)
+	}
+	httpHost, httpPort, err := splitAddr(cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("autotls: bad HTTP address: %w", err)
+	}
+	httpsHost, httpsPort, err := splitAddr(cfg.HTTPSAddr)
+	if err != nil {
+		return nil, fmt.Errorf("autotls: bad HTTPS address: %w", err)
+	}
+	// certmagic has one bind host for both challenges. The listener's own
+	// host makes the collision certain, and certmagic's follow-up probe
+	// (a plain connect) reaches the gateway. When the two listeners' hosts
+	// differ, the wildcard host collides with any listener on the port.
+	listenHost := httpsHost
+	if cfg.DisableTLSALPN01 {
+		listenHost = httpHost
+	} else if !cfg.DisableHTTP01 && httpHost != httpsHost {
+		listenHost = ""
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel}
+	zl := zap.New(newSlogCore(cfg.Logger))
+
+	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return m.magic, nil },
+		Logger:           zl,
+	})
+	// On-demand only: nothing is managed up front, and a certificate is
+	// ordered during a handshake only when decide says yes. certmagic
+	// renews on-demand certificates during handshakes (its maintenance
+	// loop skips them); while a renewal fails, it keeps serving the
+	// current certificate until that expires. Nothing here defeats that:
+	// no cache capacity (no eviction), the default renewal window, and
+	// decide refuses only names that can never be in the cache.
+	m.magic = certmagic.New(m.cache, certmagic.Config{
+		Storage:        &certmagic.FileStorage{Path: cfg.Dir},
+		OnDemand:       &certmagic.OnDemandConfig{DecisionFunc: m.decide},
+		OnEvent:        m.onEvent,
+		ShouldEmitFunc: shouldEmit,
+		Logger:         zl,
+	})
+	m.issuer = certmagic.NewACMEIssuer(m.magic, certmagic.ACMEIssuer{
+		CA:           cfg.CA,
+		Email:        cfg.Email,
+		Agreed:       true,
+		TrustedRoots: cfg.RootCAs,
+		// The challenges are answered by the gateway's listeners through
+		// HTTPChallengeHandler and TLSConfig; see Config.HTTPAddr.
+		DisableHTTPChallenge:    cfg.DisableHTTP01,
+		DisableTLSALPNChallenge: cfg.DisableTLSALPN01,
+		ListenHost:              listenHost,
+		AltHTTPPort:             httpPort,
+		AltTLSALPNPort:          httpsPort,
+		// Distributed solving stays on: challenge tokens also go through
+		// Dir, and the HTTP handler answers only challenges it knows. With
+		// it off, certmagic answers any well-formed token "blindly",
+		// loading (or generating) an account key for each such request.
+		Logger: zl,
+	})
+	m.magic.Issuers = []certmagic.Issuer{m.issuer}
+	return m, nil
+}
+
+// decide is certmagic's on-demand decision: it refuses names no certificate
+// can be ordered for, and asks Allow about the rest.
+func (m *Manager) decide(ctx context.Context, name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if err := m.cfg.Allow(ctx, name); err != nil {
+		return fmt.Errorf("host not allowed: %w", err)
+	}
+	return nil
+}
+
+// checkName refuses empty, IP and wildcard server names.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("autotls: no server name")
+	case net.ParseIP(strings.Trim(name, "[]")) != nil:
+		return fmt.Errorf("autotls: server name %s is an IP address", name)
+	case strings.Contains(name, "*"):
+		return fmt.Errorf("autotls: server name %s is a wildcard", name)
+	}
+	return nil
+}
+
+// TLSConfig returns a new TLS configuration that serves the managed
+// certificates, orders missing ones on demand for hosts Allow accepts, and
+// answers TLS-ALPN-01 challenges. Its NextProtos are "h2", "http/1.1" and
+// "acme-tls/1"; a connection that negotiates "acme-tls/1" is the CA's
+// challenge and has nothing more to say, so the server may close it after
+// the handshake.
+func (m *Manager) TLSConfig() *tls.Config {
+	protos := []string{"h2", "http/1.1"}
+	if !m.cfg.DisableTLSALPN01 {
+		protos = append(protos, acmez.ACMETLS1Protocol)
+	}
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: m.getCertificate,
+		NextProtos:     protos,
+	}
+}
+
+func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	// Refuse here what may never get a certificate, before certmagic:
+	// without SNI it would look for a certificate for the local IP.
+	if err := checkName(hello.ServerName); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrClosed
+	}
+	m.pending.Add(1)
+	m.mu.Unlock()
+	defer m.pending.Done()
+
+	ctx := hello.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(m.ctx, cancel) // Close aborts an order in progress
+	defer stop()
+	cert, err := m.magic.GetCertificateWithContext(ctx, hello)
+	if err != nil {
+		return nil, fmt.Errorf("autotls: %w", err)
+	}
+	return cert, nil
+}
+
+// HTTPChallengeHandler returns a handler that answers the CA's HTTP-01
+// challenges under /.well-known/acme-challenge/ and passes every other
+// request to next. It belongs on the gateway's plain HTTP listener.
+func (m *Manager) HTTPChallengeHandler(next http.Handler) http.Handler {
+	return m.issuer.HTTPChallengeHandler(next)
+}
+
+// Close stops certificate maintenance and aborts orders in progress in
+// TLS handshakes, and waits for them to end. Afterwards GetCertificate
+// returns ErrClosed. It always returns nil.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	m.cancel()
+	m.pending.Wait()
+	m.cache.Stop()
+	return nil
+}
+
+// The certmagic events onEvent reports.
+const (
+	eventObtained = "cert_obtained"
+	eventFailed   = "cert_failed"
+	eventRevoked  = "cert_ocsp_revoked"
+)
+
+func shouldEmit(event string) bool {
+	return event == eventObtained || event == eventFailed || event == eventRevoked
+}
+
+// onEvent logs one line for each certificate obtained, renewed or failed.
+func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any) error {
+	host, _ := data["identifier"].(string)
+	renewal, _ := data["renewal"].(bool)
+	switch event {
+	case eventObtained:
+		if renewal {
+			m.log.Info("certificate renewed", "host", host, "issuer", data["issuer"])
+		} else {
+			m.log.Info("certificate obtained", "host", host, "issuer", data["issuer"])
+		}
+	case eventFailed:
+		if renewal {
+			m.log.Warn("certificate renewal failed; the current certificate is served until it expires",
+				"host", host, "remaining", data["remaining"], "err", data["error"])
+		} else {
+			m.log.Error("certificate order failed", "host", host, "err", data["error"])
+		}
+	case eventRevoked:
+		m.log.Warn("certificate revoked; replacing it", "hosts", data["subjects"], "revoked_at", data["revoked_at"])
+	}
+	return nil
+}

@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/diglett/diglett/internal/autotls"
+	"github.com/diglett/diglett/internal/gateway"
+)
+
+// acmeManager obtains certificates for the hosts of srv's tunnels, and only
+// for those, keeping them under the data dir.
+func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, log *slog.Logger) (*autotls.Manager, error) {
+	cfg := autotls.Config{
+		Email:   c.ACMEEmail,
+		CA:      c.ACMECA,
+		Staging: c.ACMEStaging,
+		Dir:     filepath.Join(dataDir, "certs"),
+		Allow:   srv.HostAllowed,
+		Logger:  log,
+	}
+	if c.ACMECARoot != "" {
+		pem, err := os.ReadFile(c.ACMECARoot)
+		if err != nil {
+			return nil, fmt.Errorf("--acme-ca-root: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--acme-ca-root %s: no PEM certificates in the file", c.ACMECARoot)
+		}
+	}
+	return autotls.New(cfg)
+}

@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"net"
+	"net/netip"
+
+	"github.com/diglett/diglett/internal/protocol"
+)
+
+// visitorPolicy is who may reach a tunnel and how the gateway talks to its
+// backend, as the agent registered it.
+type visitorPolicy struct {
+	user  string         // basic auth user; "" for none
+	pass  [32]byte       // SHA-256 of the password
+	allow []netip.Prefix // empty: everyone
+	h2c   bool           // the backend speaks HTTP/2 without TLS
+}
+
+func newVisitorPolicy(req *protocol.Register) (*visitorPolicy, error) {
+	allow, err := protocol.ParseAllowIPs(req.AllowIPs)
+	if err != nil {
+		return nil, err
+	}
+	p := &visitorPolicy{allow: allow, h2c: req.H2C}
+	if a := req.BasicAuth; a != nil {
+		p.user = a.User
+		p.pass = sha256.Sum256([]byte(a.Password))
+	}
+	return p, nil
+}
+
+// allows reports whether a visitor from ip may reach the tunnel.
+func (p *visitorPolicy) allows(ip netip.Addr) bool {
+	if len(p.allow) == 0 {
+		return true
+	}
+	ip = ip.Unmap()
+	for _, pr := range p.allow {
+		if pr.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPassword reports whether user and password match, in time that does
+// not depend on how much of them matched.
+func (p *visitorPolicy) checkPassword(user, password string) bool {
+	got := sha256.Sum256([]byte(password))
+	u := sha256.Sum256([]byte(user))
+	want := sha256.Sum256([]byte(p.user))
+	userOK := subtle.ConstantTimeCompare(u[:], want[:])
+	passOK := subtle.ConstantTimeCompare(got[:], p.pass[:])
+	return userOK&passOK == 1
+}
+
+// addrIP is the IP address of a TCP or UDP address; the zero Addr if none.
+func addrIP(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
