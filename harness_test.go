@@ -244,9 +244,12 @@ type testGateway struct {
 	closeOnce sync.Once
 }
 
-// Test defaults for the timers of gateways and agents.
+// Test defaults for the timers of gateways and agents. The keepalive also
+// sets the multiplexer's write timeout (a third of it): long enough that a
+// loaded machine (the race detector, packages tested in parallel) does not
+// mistake a stalled write for a dead peer.
 const (
-	testKeepAlive = 3 * time.Second
+	testKeepAlive = 6 * time.Second
 	testLease     = 5 * time.Second
 )
 

@@ -33,7 +33,7 @@ var ignoreRateLimiter = goleak.IgnoreAnyFunction("github.com/caddyserver/certmag
 
 // leakWait bounds the wait for goroutines to end. certmagic's file locks
 // keep a goroutine that notices the lock is gone within 5s.
-const leakWait = 10 * time.Second
+const leakWait = 15 * time.Second
 
 func TestMain(m *testing.M) {
 	code := m.Run()

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -12,8 +13,10 @@ import (
 )
 
 // acmeManager obtains certificates for the hosts of srv's tunnels, and only
-// for those, keeping them under the data dir.
-func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, log *slog.Logger) (*autotls.Manager, error) {
+// for those, keeping them under the data dir. Challenges are answered on the
+// gateway's own HTTP (hl) and HTTPS (tl) listeners; a nil one turns its
+// challenge type off.
+func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, log *slog.Logger) (*autotls.Manager, error) {
 	cfg := autotls.Config{
 		Email:   c.ACMEEmail,
 		CA:      c.ACMECA,
@@ -21,6 +24,16 @@ func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, log *slog.L
 		Dir:     filepath.Join(dataDir, "certs"),
 		Allow:   srv.HostAllowed,
 		Logger:  log,
+	}
+	if hl != nil {
+		cfg.HTTPAddr = hl.Addr().String()
+	} else {
+		cfg.DisableHTTP01 = true
+	}
+	if tl != nil {
+		cfg.HTTPSAddr = tl.Addr().String()
+	} else {
+		cfg.DisableTLSALPN01 = true
 	}
 	if c.ACMECARoot != "" {
 		pem, err := os.ReadFile(c.ACMECARoot)

@@ -152,34 +152,38 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	serves = append(serves, func() error { return srv.Serve(ln) })
+	var hl, tl net.Listener
+	if ing.httpAddr != "" {
+		if hl, err = listen("HTTP visitors", ing.httpAddr); err != nil {
+			return err
+		}
+	}
+	if ing.httpsAddr != "" {
+		if tl, err = listen("HTTPS visitors", ing.httpsAddr); err != nil {
+			return err
+		}
+	}
 	var challenge func(http.Handler) http.Handler
-	if ing.acme {
-		mgr, err := c.acmeManager(dataDir, srv, log)
+	var tc *tls.Config
+	switch {
+	case ing.acme:
+		mgr, err := c.acmeManager(dataDir, srv, hl, tl, log)
 		if err != nil {
 			return err
 		}
 		closers = append(closers, mgr)
 		challenge = mgr.HTTPChallengeHandler
-		ing.tls = mgr.TLSConfig()
-	} else if c.Cert != "" {
-		ing.tls = &tls.Config{Certificates: []tls.Certificate{cert}}
+		tc = mgr.TLSConfig()
+	case c.Cert != "":
+		tc = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
-	if ing.httpAddr != "" {
-		hl, err := listen("HTTP visitors", ing.httpAddr)
-		if err != nil {
-			return err
-		}
+	if hl != nil {
 		serves = append(serves, func() error { return srv.ServeHTTPIngress(hl, challenge) })
 		log.Info("serving tunnels over HTTP", "addr", hl.Addr().String(), "domain", c.Domain)
 	}
-	if ing.httpsAddr != "" && ing.tls != nil {
-		hl, err := listen("HTTPS visitors", ing.httpsAddr)
-		if err != nil {
-			return err
-		}
-		tc := ing.tls
-		serves = append(serves, func() error { return srv.ServeHTTPSIngress(hl, tc) })
-		log.Info("serving tunnels over HTTPS", "addr", hl.Addr().String(), "domain", c.Domain, "acme", ing.acme)
+	if tl != nil {
+		serves = append(serves, func() error { return srv.ServeHTTPSIngress(tl, tc) })
+		log.Info("serving tunnels over HTTPS", "addr", tl.Addr().String(), "domain", c.Domain, "acme", ing.acme)
 	}
 	log.Info("gateway listening", "addr", ln.Addr().String(), "ports", c.Ports, "fingerprint", fp)
 	fmt.Fprintf(stdout, "diglett-server listening on %s\ngateway key fingerprint: %s\n", ln.Addr(), fp)
@@ -213,7 +217,6 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 type ingressPlan struct {
 	httpAddr, httpsAddr string // "" when off
 	acme                bool
-	tls                 *tls.Config // for HTTPS; set once the certificates are known
 }
 
 func (c *serverCmd) ingress() (ingressPlan, error) {

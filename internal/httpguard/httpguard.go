@@ -112,11 +112,12 @@ func (c *Conn) CloseWrite() error {
 // every request of c, in order, before anything else acts on the request.
 // The HTTP/1 server serves the requests of one connection one after the
 // other, so the n-th call is about the n-th request. Requests the server
-// answers without calling its handler are not numbered: OPTIONS * (unless
-// the server sets DisableGeneralOptionsHandler, which it must not) and
-// requests it rejects (it closes the connection after those). A handler
-// that skips a request (say, a wrapper answering some paths itself before
-// the call) would let a refused request through; the call must come first.
+// answers without calling its handler are not numbered: OPTIONS *, which
+// it answers itself (the server must leave DisableGeneralOptionsHandler
+// unset), and requests it rejects, after which it closes the connection.
+// A call skipped for some request (say, by a wrapper that answers some
+// paths itself before the call) shifts the numbering and lets a refused
+// request through; a call made twice refuses a good one.
 //
 // A refusal is sticky: once a request is refused, Next refuses every later
 // one too. The handler should answer 400 Bad Request with Connection: close,

@@ -44,7 +44,7 @@ import (
 const Program = "pebble"
 
 // startTimeout bounds how long Start waits for pebble's directory.
-const startTimeout = 20 * time.Second
+const startTimeout = 30 * time.Second
 
 // Pebble is a running pebble. It stops when the test that started it ends.
 type Pebble struct {
@@ -173,6 +173,7 @@ func (p *Pebble) run(t testing.TB, bin, dir, dnsAddr string, httpPort, tlsPort i
 		"PEBBLE_VA_ALWAYS_VALID=0", // really validate, whatever the environment says
 	)
 	cmd.Stdout, cmd.Stderr = out, out
+	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return "", fmt.Errorf("start pebble: %w", err)
 	}
