@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/diglett/diglett/internal/autotls"
 	"github.com/diglett/diglett/internal/autotls/pebbletest"
 )
@@ -19,11 +17,7 @@ import (
 // server (pebble, which validates the challenge against the gateway's own
 // ports) for a registered tunnel, and order none for unknown names.
 func TestHTTPSACME(t *testing.T) {
-	// certmagic keeps one rate limiter per ACME account for the life of the
-	// process, by design; anything else must end.
-	t.Cleanup(func() {
-		verifyNoLeaks(t, goleak.IgnoreTopFunction("github.com/caddyserver/certmagic.(*RingBufferRateLimiter).permit"))
-	})
+	checkLeaks(t)
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +48,12 @@ func TestHTTPSACME(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mgr.Close() })
+	t.Cleanup(func() {
+		mgr.Close()
+		// The ACME client's keep-alive connections end only when the CA
+		// closes them.
+		p.CloseClientConnections()
+	})
 	g := httpGateway(t, gatewayOptions{HTTPLn: hl, HTTPSLn: tl, HTTPSTLS: mgr.TLSConfig(), HTTPChallenge: mgr.HTTPChallengeHandler})
 	gw.Store(g)
 	startHTTPAgent(t, g, "secure", nameBackend(t, "secure"))

@@ -296,7 +296,8 @@ func TestObtain(t *testing.T) {
 	}{
 		// No plain HTTP listener at all: only TLS-ALPN-01 can pass.
 		{"tls-alpn-01", false, func(c *Config) { c.DisableHTTP01 = true }},
-		// The HTTPS listener has no acme-tls/1: only HTTP-01 can pass.
+		// TLS-ALPN-01 off (no acme-tls/1 on the HTTPS listener): only
+		// HTTP-01 can pass.
 		{"http-01", true, func(c *Config) { c.DisableTLSALPN01 = true }},
 		// Both on: the ACME client picks one.
 		{"both", true, nil},

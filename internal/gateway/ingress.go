@@ -113,7 +113,7 @@ type routeKey struct{}
 func (in *ingress) newHTTPServer(h http.Handler) *http.Server {
 	c := in.srv.cfg
 	hs := &http.Server{
-		Handler:           h,
+		Handler:           in.guard(h),
 		ReadHeaderTimeout: c.ReadHeaderTimeout,
 		IdleTimeout:       c.IdleTimeout,
 		MaxHeaderBytes:    c.MaxHeaderBytes,
@@ -132,6 +132,23 @@ func (in *ingress) newHTTPServer(h http.Handler) *http.Server {
 		},
 	}
 	return hs
+}
+
+// guard refuses the requests whose framing the connection's scanner found
+// to be a smuggling shape. It must be the outermost handler: the scanner's
+// verdicts are counted in the order requests reach it.
+func (in *ingress) guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if info, _ := r.Context().Value(connInfoKey{}).(*connInfo); info != nil && info.guard != nil {
+			if err := info.guard.Next(); err != nil {
+				in.srv.log.Debug("visitor request refused", "visitor", r.RemoteAddr, "err", err)
+				w.Header().Set("Connection", "close")
+				httpError(w, http.StatusBadRequest, "malformed request")
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func (in *ingress) track(hs *http.Server) bool {
@@ -297,14 +314,6 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	info, _ := r.Context().Value(connInfoKey{}).(*connInfo)
 	if info == nil {
 		info = &connInfo{https: r.TLS != nil}
-	}
-	if info.guard != nil {
-		if err := info.guard.Next(); err != nil {
-			in.srv.log.Debug("visitor request refused", "visitor", r.RemoteAddr, "err", err)
-			w.Header().Set("Connection", "close")
-			httpError(w, http.StatusBadRequest, "malformed request")
-			return
-		}
 	}
 	name, ok := in.srv.tunnelName(r.Host)
 	if !ok {

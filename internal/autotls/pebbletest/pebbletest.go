@@ -63,11 +63,16 @@ type Pebble struct {
 	transport *http.Transport // front to pebble
 }
 
-// Start runs pebble for the rest of t. httpPort and tlsPort are the ports
-// pebble's validator connects to, on 127.0.0.1, for HTTP-01 and TLS-ALPN-01:
-// the ports the server under test listens on. Challenges are validated for
-// real (PEBBLE_VA_ALWAYS_VALID is not set) and authorizations are never
-// reused, so every order solves its challenge.
+// Start runs pebble for the rest of t, and returns it ready.
+//
+// httpPort and tlsPort are the ports pebble's validator connects to for
+// HTTP-01 and TLS-ALPN-01: those of the server under test, which listens on
+// 127.0.0.1 (every name resolves to 127.0.0.1; there are no AAAA records).
+// The ACME client under test uses DirectoryURL and trusts RootCAs; a client
+// of the server under test verifies the issued certificates with
+// IssuerRoots. Challenges are validated for real (PEBBLE_VA_ALWAYS_VALID is
+// forced off) and authorizations are never reused, so every order solves
+// its challenge.
 func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 	t.Helper()
 	bin, err := exec.LookPath(Program)
