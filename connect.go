@@ -107,6 +107,9 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 		tunnels = append(tunnels, Tunnel{Name: name, Addr: Addr{Host: l.host, Port: r.Port}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL})
 	}
 	ctrl.SetDeadline(time.Time{})
+	l.mu.Lock()
+	l.ctrl = ctrl
+	l.mu.Unlock()
 	// The control stream stays open for the session's life; the gateway
 	// closing it ends the session.
 	go func() {

@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/identity"
@@ -227,9 +228,11 @@ type Listener struct {
 	done   chan struct{} // closed when the run loop has ended
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	err     error // why the listener stopped
-	tunnels []Tunnel
+	mu       sync.Mutex
+	err      error // why the listener stopped
+	tunnels  []Tunnel
+	ctrl     transport.Stream // control stream of the current session
+	draining atomic.Bool
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -327,6 +330,25 @@ func (l *Listener) Close() error {
 	}
 }
 
+// Drain asks the gateway to send this listener no new visitors and to close
+// the idle HTTP connections it keeps open to it; the connections in flight
+// go on, and the listener no longer reconnects. Call it when stopping,
+// before waiting for the open connections to end, then Close.
+func (l *Listener) Drain() error {
+	l.draining.Store(true)
+	l.mu.Lock()
+	ctrl := l.ctrl
+	l.mu.Unlock()
+	if ctrl == nil {
+		return nil
+	}
+	ctrl.SetWriteDeadline(time.Now().Add(l.cfg.DialTimeout))
+	if err := protocol.WriteMessage(ctrl, &protocol.Drain{}); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	return nil
+}
+
 // Addr is the public address of the tunnel for Config.Name.
 func (l *Listener) Addr() net.Addr {
 	l.mu.Lock()
@@ -362,7 +384,7 @@ func (l *Listener) run(sess transport.Session) {
 	for {
 		started := time.Now()
 		l.serve(sess)
-		if l.ctx.Err() != nil {
+		if l.ctx.Err() != nil || l.draining.Load() {
 			return
 		}
 		if time.Since(started) > l.cfg.MaxBackoff {

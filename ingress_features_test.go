@@ -324,7 +324,18 @@ func TestHTTPForwardedHeaders(t *testing.T) {
 
 func TestHTTPSmuggling(t *testing.T) {
 	checkLeaks(t)
-	g := httpGateway(t, gatewayOptions{})
+	// A handler in front of the router (an ACME challenge responder) must
+	// not let a request skip the guard's count.
+	challenge := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
+				fmt.Fprint(w, "token")
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	g := httpGateway(t, gatewayOptions{HTTPChallenge: challenge})
 	var requests sync.Map
 	backend := startHTTPBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Store(r.URL.Path, true)
@@ -349,6 +360,13 @@ func TestHTTPSmuggling(t *testing.T) {
 			}
 		})
 	}
+	t.Run("after a challenge request", func(t *testing.T) {
+		codes := rawHTTPAll(t, g.HTTPAddr, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: app.gw.test\r\n\r\n"+
+			"POST /h HTTP/1.1\r\nHost: app.gw.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"+smuggled)
+		if fmt.Sprint(codes) != "[200 400]" {
+			t.Fatalf("statuses %v, want [200 400] and the connection closed", codes)
+		}
+	})
 	// A transfer coding the gateway does not implement is 501, as the
 	// HTTP standard asks.
 	if code, _ := rawHTTP(t, g.HTTPAddr, "POST /g HTTP/1.1\r\nHost: app.gw.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"+smuggled); code != 501 {
@@ -359,6 +377,35 @@ func TestHTTPSmuggling(t *testing.T) {
 	}
 	if code, body := rawHTTP(t, g.HTTPAddr, "POST /ok HTTP/1.1\r\nHost: app.gw.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"); code != 200 || body != "ok" {
 		t.Fatalf("a well-formed chunked request: %d %q", code, body)
+	}
+}
+
+// rawHTTPAll sends req as is to addr and returns the status of every
+// response until the gateway closes the connection.
+func rawHTTPAll(t *testing.T, addr, req string) []int {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, promptly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(eventually))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var codes []int
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			if errorsIsTimeout(err) {
+				t.Fatalf("connection still open after %v", codes)
+			}
+			return codes
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
 	}
 }
 

@@ -117,6 +117,9 @@ func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTime
 	stop := context.AfterFunc(ctx, func() {
 		defer close(drained)
 		draining.Store(true)
+		if err := ln.Drain(); err != nil {
+			log.Debug("could not tell the gateway to send no more visitors", "err", err)
+		}
 		log.Info("shutting down: waiting for open connections", "timeout", drainTimeout)
 		drain(&mu, active, drainTimeout)
 		ln.Close()

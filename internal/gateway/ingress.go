@@ -29,9 +29,8 @@ import (
 // sessions; a stream carries many requests, one after the other, and idle
 // streams are kept for the next request like keep-alive connections.
 //
-// Each member of a tunnel's group has its own pool of streams: the pool's
-// key is the URL host "s<session id>.<name>", which the dialer turns back
-// into the member. The member is picked per request (least outstanding
+// Each agent session has its own HTTP client (and so its own pool of idle
+// streams, per tunnel). The member is picked per request (least outstanding
 // requests), so a single visitor's requests spread over the group too.
 
 // Defaults for the HTTP ingress.
@@ -40,15 +39,13 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
-	// idleStreamsPerMember bounds the idle streams kept for one member of
-	// a tunnel.
+	// idleStreamsPerMember bounds the idle streams a session keeps for
+	// one tunnel.
 	idleStreamsPerMember = 128
 )
 
 type ingress struct {
 	srv   *Server
-	h1    *http.Transport // HTTP/1.1 to backends
-	h2c   *http.Transport // HTTP/2 without TLS to backends that declared it
 	proxy *httputil.ReverseProxy
 
 	httpPort, httpsPort atomic.Int32 // public ports, for the tunnels' URLs
@@ -59,26 +56,6 @@ type ingress struct {
 
 func newIngress(s *Server) *ingress {
 	in := &ingress{srv: s, servers: make(map[*http.Server]struct{})}
-	in.h1 = &http.Transport{
-		DialContext:           in.dial,
-		MaxIdleConnsPerHost:   idleStreamsPerMember,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: s.cfg.ResponseTimeout,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
-	}
-	var h2c http.Protocols
-	h2c.SetUnencryptedHTTP2(true)
-	in.h2c = &http.Transport{
-		DialContext:           in.dial,
-		Protocols:             &h2c,
-		MaxIdleConnsPerHost:   idleStreamsPerMember,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: s.cfg.ResponseTimeout,
-		DisableCompression:    true,
-	}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:      in.rewrite,
 		Transport:    roundTripperFunc(in.roundTrip),
@@ -187,10 +164,6 @@ func (in *ingress) shutdown(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
-	if ctx == nil {
-		in.h1.CloseIdleConnections()
-		in.h2c.CloseIdleConnections()
-	}
 }
 
 // ServeHTTPIngress serves the tunnels over plain HTTP on ln, by host name,
@@ -440,10 +413,6 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 // none of the request's body has been sent.
 func (in *ingress) roundTrip(req *http.Request) (*http.Response, error) {
 	rt := req.Context().Value(routeKey{}).(*route)
-	tr := in.h1
-	if rt.pol.h2c {
-		tr = in.h2c
-	}
 	var body *retryBody
 	if req.Body != nil && req.Body != http.NoBody {
 		body = &retryBody{rc: req.Body}
@@ -456,12 +425,8 @@ func (in *ingress) roundTrip(req *http.Request) (*http.Response, error) {
 		if m == nil {
 			break
 		}
-		out := *req
-		u := *req.URL
-		u.Host = memberHost(m.id, rt.t.name)
-		out.URL = &u
 		m.outstanding.Add(1)
-		resp, err := tr.RoundTrip(&out)
+		resp, err := m.httpTransport(rt.pol.h2c).RoundTrip(req)
 		if err == nil {
 			resp.Body = releaseBody(resp.Body, func() { m.outstanding.Add(-1) })
 			return resp, nil
@@ -506,10 +471,6 @@ func (t *tunnel) pick(skip []uint64) *session {
 	return best
 }
 
-func memberHost(id uint64, name string) string {
-	return "s" + strconv.FormatUint(id, 10) + "." + name
-}
-
 var errNoAgent = errors.New("no agent online")
 
 // dialError is a failure to get a stream to a backend; retry says whether
@@ -529,33 +490,68 @@ func (e *dialError) Error() string {
 
 func (e *dialError) Unwrap() error { return e.err }
 
-// dial opens a stream to the member named by addr and waits for its agent
-// to say it reached the backend.
-func (in *ingress) dial(ctx context.Context, _, addr string) (net.Conn, error) {
-	host, _, _ := net.SplitHostPort(addr)
-	idStr, name, _ := strings.Cut(strings.TrimPrefix(host, "s"), ".")
-	id, _ := strconv.ParseUint(idStr, 10, 64)
-	var m *session
-	if t := in.srv.reg.route(name); t != nil {
-		for _, x := range t.live() {
-			if x.id == id {
-				m = x
-				break
-			}
+// httpTransport is the session's client for HTTP requests (HTTP/2 without
+// TLS when h2c): its idle connections are the session's idle streams, kept
+// per tunnel (the URL host is the tunnel's name).
+func (ss *session) httpTransport(h2c bool) *http.Transport {
+	ss.httpMu.Lock()
+	defer ss.httpMu.Unlock()
+	if ss.h1 == nil {
+		timeout := ss.srv.cfg.ResponseTimeout
+		ss.h1 = &http.Transport{
+			DialContext:           ss.dialHTTP,
+			MaxIdleConnsPerHost:   idleStreamsPerMember,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: timeout,
+			ExpectContinueTimeout: time.Second,
+			DisableCompression:    true,
+			WriteBufferSize:       32 << 10,
+			ReadBufferSize:        32 << 10,
+		}
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		ss.h2c = &http.Transport{
+			DialContext:           ss.dialHTTP,
+			Protocols:             &p,
+			MaxIdleConnsPerHost:   idleStreamsPerMember,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: timeout,
+			DisableCompression:    true,
 		}
 	}
-	if m == nil {
+	if h2c {
+		return ss.h2c
+	}
+	return ss.h1
+}
+
+// closeIdleHTTP closes the session's idle HTTP streams.
+func (ss *session) closeIdleHTTP() {
+	ss.httpMu.Lock()
+	h1, h2c := ss.h1, ss.h2c
+	ss.httpMu.Unlock()
+	if h1 != nil {
+		h1.CloseIdleConnections()
+		h2c.CloseIdleConnections()
+	}
+}
+
+// dialHTTP opens a stream for HTTP requests to the tunnel named by addr's
+// host and waits for the agent to say it reached the backend.
+func (ss *session) dialHTTP(ctx context.Context, _, addr string) (net.Conn, error) {
+	name, _, _ := net.SplitHostPort(addr)
+	if !ss.serves(name) {
 		return nil, &dialError{retry: true, err: errNoAgent}
 	}
 	visitor := ""
 	if rt, ok := ctx.Value(routeKey{}).(*route); ok {
 		visitor = rt.remote
 	}
-	st, err := m.openStream(ctx, name, visitor)
+	st, err := ss.openStream(ctx, name, visitor)
 	if err != nil {
 		return nil, &dialError{retry: true, err: err}
 	}
-	status, err := readStatus(ctx, st, in.srv.cfg.StatusTimeout)
+	status, err := readStatus(ctx, st, ss.srv.cfg.StatusTimeout)
 	if err != nil {
 		st.Reset()
 		var ne net.Error

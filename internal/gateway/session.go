@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,9 @@ type session struct {
 	// outstanding counts the HTTP requests in flight on this session, for
 	// least-outstanding balancing.
 	outstanding atomic.Int64
+	// The session's HTTP clients, made on first use; see httpTransport.
+	httpMu  sync.Mutex
+	h1, h2c *http.Transport
 
 	mu      sync.Mutex
 	tunnels []*tunnel // tunnels this session is a member of
@@ -120,6 +124,14 @@ func (s *Server) serveConn(conn net.Conn) {
 				ss.log.Debug("control stream ended", "err", err)
 			}
 			return
+		}
+		if _, ok := m.(*protocol.Drain); ok {
+			// The agent is stopping: no new visitors, and its idle HTTP
+			// streams go, so that it need not wait for them; visitors in
+			// flight go on until the agent closes the session.
+			ss.log.Info("agent draining: sending it no more visitors")
+			ss.leave()
+			continue
 		}
 		reg, ok := m.(*protocol.Register)
 		if !ok {
@@ -219,7 +231,8 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	return &protocol.Registered{Name: t.name, Port: t.port, HTTPURL: httpURL, HTTPSURL: httpsURL}
 }
 
-// leave removes the session from every tunnel it joined.
+// leave removes the session from every tunnel it joined and closes its
+// idle HTTP streams; it registers nothing more.
 func (ss *session) leave() {
 	ss.mu.Lock()
 	ts := ss.tunnels
@@ -229,6 +242,19 @@ func (ss *session) leave() {
 	for _, t := range ts {
 		ss.srv.reg.leave(t, ss)
 	}
+	ss.closeIdleHTTP()
+}
+
+// serves reports whether the session is a member of tunnel name.
+func (ss *session) serves(name string) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, t := range ss.tunnels {
+		if t.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // addTunnel records membership; it fails if the session already ended.

@@ -15,7 +15,9 @@ func FuzzReadMessage(f *testing.F) {
 		&Login{Token: "s3cret"},
 		&LoginOK{Identity: "anonymous"},
 		&Register{Name: "example", Port: 30000, PreferPort: 30001},
-		&Registered{Name: "example", Port: 30000},
+		&Registered{Name: "example", Port: 30000, HTTPURL: "http://example.gw.example"},
+		&Register{Name: "web", BasicAuth: &BasicAuth{User: "u", Password: "p"}, AllowIPs: []string{"10.0.0.0/8"}, H2C: true},
+		&Drain{},
 		&Error{Code: CodeUnauthorized, Message: "token refused"},
 	} {
 		var buf bytes.Buffer

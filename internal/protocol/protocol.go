@@ -44,6 +44,7 @@ const (
 	TypeRegister   Type = 4
 	TypeRegistered Type = 5
 	TypeError      Type = 6
+	TypeDrain      Type = 7
 )
 
 func (t Type) String() string {
@@ -60,6 +61,8 @@ func (t Type) String() string {
 		return "registered"
 	case TypeError:
 		return "error"
+	case TypeDrain:
+		return "drain"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -123,6 +126,11 @@ type Registered struct {
 	HTTPSURL string `json:"https_url,omitempty"`
 }
 
+// Drain tells the gateway that the agent is stopping: it sends the session
+// no new visitors and closes its idle HTTP streams, while the visitors in
+// flight go on until the agent closes the session. No reply.
+type Drain struct{}
+
 // Error refuses the last request. Code is one of the Code constants.
 type Error struct {
 	Code    Code   `json:"code"`
@@ -135,6 +143,7 @@ func (*LoginOK) Type() Type    { return TypeLoginOK }
 func (*Register) Type() Type   { return TypeRegister }
 func (*Registered) Type() Type { return TypeRegistered }
 func (*Error) Type() Type      { return TypeError }
+func (*Drain) Type() Type      { return TypeDrain }
 
 func (m *Hello) validate() error {
 	if m.Version < 1 {
@@ -222,6 +231,8 @@ func (m *Registered) validate() error {
 	}
 	return nil
 }
+
+func (m *Drain) validate() error { return nil }
 
 func (m *Error) validate() error {
 	if m.Code == "" {
@@ -340,6 +351,8 @@ func DecodeMessage(t Type, payload []byte) (Message, error) {
 		m = new(Registered)
 	case TypeError:
 		m = new(Error)
+	case TypeDrain:
+		m = new(Drain)
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrMalformed, uint8(t))
 	}

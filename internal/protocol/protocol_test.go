@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
@@ -18,11 +19,14 @@ func TestMessageRoundTrip(t *testing.T) {
 		&LoginOK{Identity: "token-abcd"},
 		&Register{Name: "example", Port: 33605},
 		&Register{Name: "demo-1", PreferPort: 30001},
+		&Register{Name: "web", BasicAuth: &BasicAuth{User: "alice", Password: "pa:ss word"}, AllowIPs: []string{"10.0.0.0/8", "192.0.2.7", "2001:db8::/32"}, H2C: true},
 		&Registered{Name: "example", Port: 33605},
+		&Registered{Name: "web", Port: 33606, HTTPURL: "http://web.gw.example:8080", HTTPSURL: "https://web.gw.example"},
 		&Error{Code: CodeNameTaken, Message: `name "example" is taken`},
+		&Drain{},
 	}
-	for _, m := range msgs {
-		t.Run(m.Type().String(), func(t *testing.T) {
+	for i, m := range msgs {
+		t.Run(fmt.Sprintf("%d-%s", i, m.Type()), func(t *testing.T) {
 			var buf bytes.Buffer
 			if err := WriteMessage(&buf, m); err != nil {
 				t.Fatal(err)
@@ -62,6 +66,12 @@ func TestReadMessageRejects(t *testing.T) {
 		{"empty name", frame(TypeRegister, `{"name":""}`), nil},
 		{"port out of range", frame(TypeRegister, `{"name":"a","port":70000}`), nil},
 		{"negative port", frame(TypeRegister, `{"name":"a","port":-1}`), nil},
+		{"basic auth without password", frame(TypeRegister, `{"name":"a","basic_auth":{"user":"u"}}`), nil},
+		{"basic auth user with colon", frame(TypeRegister, `{"name":"a","basic_auth":{"user":"u:v","password":"p"}}`), nil},
+		{"basic auth user too long", frame(TypeRegister, `{"name":"a","basic_auth":{"user":"`+strings.Repeat("u", MaxCredLen+1)+`","password":"p"}}`), nil},
+		{"bad allowed address", frame(TypeRegister, `{"name":"a","allow_ips":["10.0.0.0/33"]}`), nil},
+		{"too many allowed addresses", frame(TypeRegister, `{"name":"a","allow_ips":[`+strings.Repeat(`"10.0.0.1",`, MaxAllowIPs)+`"10.0.0.1"]}`), nil},
+		{"URL too long", frame(TypeRegistered, `{"name":"a","port":1,"http_url":"`+strings.Repeat("h", MaxURLLen+1)+`"}`), nil},
 		{"token too long", frame(TypeLogin, `{"token":"`+strings.Repeat("x", MaxTokenLen+1)+`"}`), nil},
 		{"error without code", frame(TypeError, `{"message":"x"}`), nil},
 		{"oversized length", []byte{byte(TypeHello), 0xff, 0xff}, nil},

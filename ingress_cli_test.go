@@ -1,0 +1,113 @@
+package diglett_test
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett/internal/cli"
+)
+
+// TestCommandLineHTTPS runs both command lines with the HTTP ingress and a
+// fixed certificate (--cert/--key): the agent prints the tunnel's URLs and
+// a visitor reaches the backend over HTTPS by host name, behind basic auth.
+func TestCommandLineHTTPS(t *testing.T) {
+	checkLeaks(t)
+	dir := t.TempDir()
+	cert, pool := testCA(t, "*."+testDomain)
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+
+	lo, hi := randomPortWindow()
+	httpAddr, httpsAddr := freeAddr(t), freeAddr(t)
+	var sout, serr syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- cli.Server(ctx, []string{"-l", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
+			"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
+			"--domain", strings.ToUpper(testDomain) + ".", "--http-addr", httpAddr, "--https-addr", httpsAddr,
+			"--cert", certFile, "--key", keyFile}, &sout, &serr)
+	}()
+	var once sync.Once
+	stopServer := func() {
+		cancel()
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Errorf("server command: %v", err)
+			}
+		case <-time.After(2 * eventually):
+			t.Error("server command did not stop")
+		}
+		t.Logf("server command stdout:\n%s\nstderr:\n%s", &sout, &serr)
+	}
+	t.Cleanup(func() { once.Do(stopServer) })
+	banner := regexp.MustCompile(`diglett-server listening on (\S+)\ngateway key fingerprint: (SHA256:\S+)\n`)
+	var m []string
+	if err := poll(eventually, func() error {
+		if m = banner.FindStringSubmatch(sout.String()); m == nil {
+			return errors.New("no banner")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("server command did not start:\n%s\n%s", &sout, &serr)
+	}
+
+	backend := nameBackend(t, "through the command lines")
+	a := startAgentCommand(t, "-g", m[1], "-n", "example", "--fingerprint", m[2],
+		"--known-gateways", filepath.Join(dir, "known_gateways"), "--basic-auth", "alice:secret", backend)
+	a.tunnel(t, "example")
+	_, httpPort, _ := strings.Cut(httpAddr, ":")
+	_, httpsPort, _ := strings.Cut(httpsAddr, ":")
+	for _, want := range []string{
+		"example: https://example.gw.test:" + httpsPort + " -> " + backend + "\n",
+		"example: http://example.gw.test:" + httpPort + " -> " + backend + "\n",
+	} {
+		if !strings.Contains(a.stdout.String(), want) {
+			t.Errorf("agent did not print %q; it printed:\n%s", want, &a.stdout)
+		}
+	}
+
+	g := &testGateway{HTTPAddr: httpAddr, HTTPSAddr: httpsAddr, CA: pool}
+	c := g.httpClient(t)
+	if code, _ := get(t, c, "https://example.gw.test/"); code != http.StatusUnauthorized {
+		t.Fatalf("without the password: status %d, want 401", code)
+	}
+	req, _ := http.NewRequest("GET", "https://example.gw.test/", nil)
+	req.SetBasicAuth("alice", "secret")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("with the password: %s %d, want HTTP/2 200", resp.Proto, resp.StatusCode)
+	}
+	// The gateway keeps idle HTTP streams to the agent; a stopping agent
+	// has them closed (drain) instead of waiting out its 10 s grace.
+	start := time.Now()
+	if err := a.stop(); err != nil {
+		t.Fatalf("agent command: %v", err)
+	}
+	if d := time.Since(start); d > promptly {
+		t.Errorf("agent took %v to stop with only idle HTTP streams open", d)
+	}
+	once.Do(stopServer)
+}
