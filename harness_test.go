@@ -219,6 +219,7 @@ type gatewayOptions struct {
 	TrustedProxies    []netip.Prefix
 	ResponseTimeout   time.Duration
 	ReadHeaderTimeout time.Duration
+	VisitorAccess     gateway.VisitorAccess
 	// HTTPSTLS replaces the test CA's certificate for the HTTPS port.
 	HTTPSTLS *tls.Config
 	// HTTPChallenge wraps the plain HTTP handler (ACME HTTP-01).
@@ -297,6 +298,7 @@ func startGateway(t *testing.T, o gatewayOptions) *testGateway {
 		TrustedProxies:    o.TrustedProxies,
 		ResponseTimeout:   o.ResponseTimeout,
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
+		VisitorAccess:     o.VisitorAccess,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -26,6 +27,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/internal/gateway"
 )
 
 func TestHTTPWebSocket(t *testing.T) {
@@ -272,6 +274,37 @@ func TestHTTPVisitorAccess(t *testing.T) {
 	expectTurnedAway(t, authLn.Addr().String())
 	if n := seen.Load(); n != 2 {
 		t.Fatalf("backend saw %d requests, want the 2 allowed ones", n)
+	}
+}
+
+func TestHTTPVisitorAccessPolicy(t *testing.T) {
+	checkLeaks(t)
+	withAuth := func(c *diglett.Config) { c.BasicAuth = "alice:secret" }
+	withIPs := func(c *diglett.Config) { c.AllowIPs = []string{"127.0.0.1"} }
+	for _, tc := range []struct {
+		policy gateway.VisitorAccess
+		opt    func(*diglett.Config)
+		want   string // "" for accepted
+	}{
+		{gateway.VisitorAccessDeny, withAuth, "does not take visitor rules"},
+		{gateway.VisitorAccessDeny, withIPs, "does not take visitor rules"},
+		{gateway.VisitorAccessDeny, func(*diglett.Config) {}, ""},
+		{gateway.VisitorAccessRequire, func(*diglett.Config) {}, "only tunnels with basic auth or allowed IPs"},
+		{gateway.VisitorAccessRequire, withAuth, ""},
+		{gateway.VisitorAccessRequire, withIPs, ""},
+	} {
+		g := httpGateway(t, gatewayOptions{VisitorAccess: tc.policy})
+		cfg := agentConfig(t, g, "app")
+		cfg.Fingerprint = g.Fingerprint
+		tc.opt(&cfg)
+		_, err := listen(t, cfg)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", tc.policy, err)
+		case tc.want != "" && (!errors.Is(err, diglett.ErrNameRefused) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: err = %v, want ErrNameRefused saying %q", tc.policy, err, tc.want)
+		}
+		g.Close()
 	}
 }
 

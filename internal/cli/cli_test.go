@@ -18,7 +18,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	}{
 		{"server", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Server(ctx, a, o, e) },
 			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keepalive", "DIGLETT_LISTEN",
-				"--domain", "--http-addr", "--https-addr", "--trusted-proxies", "--http-response-timeout", "--acme-email", "--acme-ca", "--acme-staging", "--acme-ca-root"}},
+				"--domain", "--http-addr", "--https-addr", "--trusted-proxies", "--http-response-timeout", "--acme-email", "--acme-ca", "--acme-staging", "--acme-ca-root", "--visitor-access"}},
 		{"agent", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Agent(ctx, a, o, e) },
 			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keepalive", "DIGLETT_GATEWAY", "<backend>",
 				"--basic-auth", "--allow-ips", "--h2c"}},
@@ -98,6 +98,7 @@ func TestServerArgumentErrors(t *testing.T) {
 		{"bad domain", []string{"--domain", "not a domain", "--http-addr", "127.0.0.1:0"}, "domain"},
 		{"https without certificate", []string{"--domain", "gw.example", "--https-addr", "127.0.0.1:0"}, "certificate"},
 		{"acme and cert", []string{"--domain", "gw.example", "--acme-email", "a@example.com", "--cert", badTokens, "--key", badTokens}, "exclusive"},
+		{"bad visitor access", []string{"--visitor-access", "maybe"}, "visitor-access"},
 		{"bad trusted proxy", []string{"--trusted-proxies", "10.0.0.0/8,nonsense"}, "--trusted-proxies"},
 	}
 	for _, tt := range tests {

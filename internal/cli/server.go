@@ -45,6 +45,7 @@ type serverCmd struct {
 	ACMEEmail           string        `name:"acme-email" placeholder:"EMAIL" help:"Obtain certificates for NAME.DOMAIN automatically over ACME, with this contact address."`
 	ACMECA              string        `name:"acme-ca" placeholder:"URL" help:"ACME directory URL (default: Let's Encrypt production). Setting it enables ACME."`
 	ACMEStaging         bool          `name:"acme-staging" help:"Use Let's Encrypt's staging directory (test certificates). Enables ACME."`
+	VisitorAccess       string        `name:"visitor-access" default:"allow" enum:"allow,deny,require" help:"Whether agents may guard tunnels with basic auth and IP allow-lists: allow, deny (refuse such tunnels) or require (refuse tunnels without)."`
 	ACMECARoot          string        `name:"acme-ca-root" type:"existingfile" placeholder:"FILE" help:"Trust this CA bundle (PEM) for the ACME directory's own HTTPS (a private ACME server)."`
 }
 
@@ -123,6 +124,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Domain:          c.Domain,
 		TrustedProxies:  trusted,
 		ResponseTimeout: c.HTTPResponseTimeout,
+		VisitorAccess:   gateway.VisitorAccess(c.VisitorAccess),
 	})
 	if err != nil {
 		return err

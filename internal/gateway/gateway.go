@@ -74,7 +74,25 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds a visitor's request headers. Default 64 KiB.
 	MaxHeaderBytes int
+	// VisitorAccess is the gateway's policy on the visitor rules agents set
+	// at registration (basic auth, IP allow-lists). Default VisitorAccessAllow.
+	VisitorAccess VisitorAccess
 }
+
+// VisitorAccess is a policy on the visitor rules of tunnels.
+type VisitorAccess string
+
+// Visitor access policies.
+const (
+	// VisitorAccessAllow lets agents set visitor rules, or none.
+	VisitorAccessAllow VisitorAccess = "allow"
+	// VisitorAccessDeny refuses registrations with visitor rules, for a
+	// gateway whose operator controls access elsewhere.
+	VisitorAccessDeny VisitorAccess = "deny"
+	// VisitorAccessRequire refuses registrations without basic auth or an
+	// IP allow-list: nothing is published open to everyone.
+	VisitorAccessRequire VisitorAccess = "require"
+)
 
 // Defaults for Config.
 const (
@@ -98,6 +116,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Lease < 0 {
 		return errors.New("gateway: negative lease")
+	}
+	switch c.VisitorAccess {
+	case "", VisitorAccessAllow, VisitorAccessDeny, VisitorAccessRequire:
+	default:
+		return fmt.Errorf("gateway: visitor access policy %q: want allow, deny or require", c.VisitorAccess)
 	}
 	if c.Domain != "" {
 		d := strings.TrimSuffix(strings.ToLower(c.Domain), ".")
@@ -147,6 +170,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.VisitorAccess == "" {
+		c.VisitorAccess = VisitorAccessAllow
 	}
 	return c
 }

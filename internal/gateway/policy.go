@@ -18,6 +18,19 @@ type visitorPolicy struct {
 	h2c   bool           // the backend speaks HTTP/2 without TLS
 }
 
+// checkVisitorAccess applies the gateway's policy to the visitor rules of
+// a registration.
+func checkVisitorAccess(policy VisitorAccess, req *protocol.Register) *protocol.Error {
+	rules := req.BasicAuth != nil || len(req.AllowIPs) > 0
+	switch {
+	case policy == VisitorAccessDeny && rules:
+		return refuse(protocol.CodeForbidden, "this gateway does not take visitor rules (basic auth, allowed IPs) from agents")
+	case policy == VisitorAccessRequire && !rules:
+		return refuse(protocol.CodeForbidden, "this gateway publishes only tunnels with basic auth or allowed IPs")
+	}
+	return nil
+}
+
 func newVisitorPolicy(req *protocol.Register) (*visitorPolicy, error) {
 	allow, err := protocol.ParseAllowIPs(req.AllowIPs)
 	if err != nil {

@@ -222,6 +222,10 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 		}
 		return &protocol.Error{Code: protocol.CodeInternal, Message: "authorization failed"}
 	}
+	if perr := checkVisitorAccess(ss.srv.cfg.VisitorAccess, req); perr != nil {
+		ss.log.Info("name refused", "name", req.Name, "code", perr.Code, "reason", perr.Message)
+		return perr
+	}
 	t, perr := ss.srv.reg.join(ss, req)
 	if perr != nil {
 		ss.log.Info("name refused", "name", req.Name, "code", perr.Code, "reason", perr.Message)
