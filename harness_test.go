@@ -62,14 +62,14 @@ const (
 // checkLeaks verifies, after t and all its cleanups have ended, that every
 // goroutine started during t has returned. Call it first in each test so
 // that its cleanup runs last.
-func checkLeaks(t *testing.T) {
+func checkLeaks(t testing.TB) {
 	t.Helper()
 	t.Cleanup(func() { verifyNoLeaks(t) })
 }
 
 // verifyNoLeaks fails t if goroutines beyond those ignored by opts are
 // still running after a grace period.
-func verifyNoLeaks(t *testing.T, opts ...goleak.Option) {
+func verifyNoLeaks(t testing.TB, opts ...goleak.Option) {
 	t.Helper()
 	// certmagic keeps one rate limiter per ACME account for the life of
 	// the process, by design: once TestHTTPSACME ran, it stays.
@@ -242,7 +242,7 @@ type testGateway struct {
 	HTTPAddr, HTTPSAddr string
 	CA                  *x509.CertPool // trusts the HTTPS certificate
 
-	t         *testing.T
+	t         testing.TB
 	serveErr  chan error
 	ingresses int // Serve*Ingress calls whose result is in serveErr
 	closeOnce sync.Once
@@ -257,7 +257,7 @@ const (
 	testLease     = 5 * time.Second
 )
 
-func startGateway(t *testing.T, o gatewayOptions) *testGateway {
+func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 	t.Helper()
 	if o.Auth == nil {
 		o.Auth = auth.AllowAll{}
@@ -430,7 +430,7 @@ func (g *testGateway) Close() {
 
 // agentConfig is a Config for an agent of g publishing name, with its own
 // known_gateways file and its logs in the test log.
-func agentConfig(t *testing.T, g *testGateway, name string) diglett.Config {
+func agentConfig(t testing.TB, g *testGateway, name string) diglett.Config {
 	log, _ := newLogger(t, "agent "+name)
 	return diglett.Config{
 		Gateway:       g.Addr,
@@ -446,7 +446,7 @@ func agentConfig(t *testing.T, g *testGateway, name string) diglett.Config {
 // listen runs diglett.Listen for the test; the listener is closed when the
 // test ends. Listen must return within 30s: one that retries instead of
 // failing shows up as a slow error, not a hung test.
-func listen(t *testing.T, cfg diglett.Config) (*diglett.Listener, error) {
+func listen(t testing.TB, cfg diglett.Config) (*diglett.Listener, error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	timer := time.AfterFunc(30*time.Second, cancel)
@@ -463,7 +463,7 @@ func listen(t *testing.T, cfg diglett.Config) (*diglett.Listener, error) {
 	return ln, nil
 }
 
-func mustListen(t *testing.T, cfg diglett.Config) *diglett.Listener {
+func mustListen(t testing.TB, cfg diglett.Config) *diglett.Listener {
 	t.Helper()
 	ln, err := listen(t, cfg)
 	if err != nil {
@@ -475,7 +475,7 @@ func mustListen(t *testing.T, cfg diglett.Config) *diglett.Listener {
 // forward serves the visitors of ln the way the agent command does: it
 // dials backend for each one, refuses the visitor when that fails, and
 // relays both ways with half-close kept. It stops when ln is closed.
-func forward(t *testing.T, ln *diglett.Listener, backend string) {
+func forward(t testing.TB, ln *diglett.Listener, backend string) {
 	var wg sync.WaitGroup
 	done := make(chan struct{})
 	go func() {
@@ -506,7 +506,7 @@ func forward(t *testing.T, ln *diglett.Listener, backend string) {
 }
 
 // startBackend serves handle on a new 127.0.0.1 port until the test ends.
-func startBackend(t *testing.T, handle func(c *net.TCPConn)) string {
+func startBackend(t testing.TB, handle func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -518,7 +518,7 @@ func startBackend(t *testing.T, handle func(c *net.TCPConn)) string {
 
 // serveBackend serves handle on ln until the test ends; at the end it
 // closes every connection still open and waits for the handlers.
-func serveBackend(t *testing.T, ln net.Listener, handle func(c *net.TCPConn)) {
+func serveBackend(t testing.TB, ln net.Listener, handle func(c *net.TCPConn)) {
 	var (
 		mu    sync.Mutex
 		conns = make(map[net.Conn]struct{})
@@ -561,7 +561,7 @@ func serveBackend(t *testing.T, ln net.Listener, handle func(c *net.TCPConn)) {
 
 // startEcho starts a backend that sends back what it receives and
 // half-closes at EOF.
-func startEcho(t *testing.T) string {
+func startEcho(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -571,7 +571,7 @@ func startEcho(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func serveEcho(t *testing.T, ln net.Listener) {
+func serveEcho(t testing.TB, ln net.Listener) {
 	serveBackend(t, ln, func(c *net.TCPConn) {
 		buf := make([]byte, 32<<10)
 		if _, err := io.CopyBuffer(c, struct{ io.Reader }{c}, buf); err == nil {
@@ -581,7 +581,7 @@ func serveEcho(t *testing.T, ln net.Listener) {
 }
 
 // unusedAddr is a 127.0.0.1 address where nothing listens.
-func unusedAddr(t *testing.T) string {
+func unusedAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -22,7 +22,7 @@ import (
 const testDomain = "gw.test"
 
 // startHTTPBackend serves h on a new 127.0.0.1 port until the test ends.
-func startHTTPBackend(t *testing.T, h http.Handler) string {
+func startHTTPBackend(t testing.TB, h http.Handler) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,7 +42,7 @@ func startHTTPBackend(t *testing.T, h http.Handler) string {
 }
 
 // nameBackend answers every request with its name.
-func nameBackend(t *testing.T, name string) string {
+func nameBackend(t testing.TB, name string) string {
 	return startHTTPBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		fmt.Fprint(w, name)
@@ -50,7 +50,7 @@ func nameBackend(t *testing.T, name string) string {
 }
 
 // startHTTPAgent runs an agent of g publishing name, forwarding to backend.
-func startHTTPAgent(t *testing.T, g *testGateway, name, backend string, opts ...func(*diglett.Config)) *diglett.Listener {
+func startHTTPAgent(t testing.TB, g *testGateway, name, backend string, opts ...func(*diglett.Config)) *diglett.Listener {
 	t.Helper()
 	cfg := agentConfig(t, g, name)
 	cfg.Fingerprint = g.Fingerprint
@@ -62,7 +62,7 @@ func startHTTPAgent(t *testing.T, g *testGateway, name, backend string, opts ...
 	return ln
 }
 
-func httpGateway(t *testing.T, o gatewayOptions) *testGateway {
+func httpGateway(t testing.TB, o gatewayOptions) *testGateway {
 	t.Helper()
 	o.Domain = testDomain
 	return startGateway(t, o)

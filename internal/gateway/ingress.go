@@ -217,7 +217,7 @@ func (s *Server) ServeHTTPSIngress(ln net.Listener, tc *tls.Config) error {
 	}
 	defer s.http.untrack(hs)
 	s.http.httpsPort.Store(int32(listenerPort(ln)))
-	hl := &handshakeListener{Listener: ln, tls: tc, timeout: s.cfg.ReadHeaderTimeout, ctx: s.ctx, conns: make(chan net.Conn), done: make(chan struct{}), log: s.log}
+	hl := newHandshakeListener(s.ctx, ln, tc, s.cfg.ReadHeaderTimeout, s.log)
 	err := hs.Serve(hl)
 	hl.wait()
 	if errors.Is(err, http.ErrServerClosed) {
@@ -588,8 +588,8 @@ func (in *ingress) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	var de *dialError
 	var ne net.Error
 	switch {
-	case rt != nil && rt.body != nil && rt.body.err != nil:
-		log.Debug("visitor sent a malformed body", "err", rt.body.err)
+	case rt != nil && rt.body != nil && rt.body.err() != nil:
+		log.Debug("visitor sent a malformed body", "err", rt.body.err())
 		w.Header().Set("Connection", "close")
 		httpError(w, http.StatusBadRequest, "malformed request body")
 	case r.Context().Err() != nil:
@@ -628,15 +628,23 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 // backend.
 type visitorBody struct {
 	io.ReadCloser
-	err error
+	failed atomic.Pointer[error] // read by the handler, written by the transport
 }
 
 func (b *visitorBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
-		b.err = err
+		b.failed.CompareAndSwap(nil, &err)
 	}
 	return n, err
+}
+
+// err is the first error reading the body, if any.
+func (b *visitorBody) err() error {
+	if p := b.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // retryBody lets a request be sent again to another member when none of
@@ -704,31 +712,34 @@ type handshakeListener struct {
 	tls     *tls.Config
 	timeout time.Duration
 	log     *slog.Logger
-	ctx     context.Context // ends with the server
+	ctx     context.Context // ends with the server or when the listener closes
+	cancel  context.CancelFunc
 	conns   chan net.Conn
 	done    chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
-	started bool
-	mu      sync.Mutex
-	acceptE error
+
+	mu  sync.Mutex
+	err error // why Accept fails, once done is closed
+}
+
+func newHandshakeListener(ctx context.Context, ln net.Listener, tc *tls.Config, timeout time.Duration, log *slog.Logger) *handshakeListener {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &handshakeListener{Listener: ln, tls: tc, timeout: timeout, log: log, ctx: ctx, cancel: cancel,
+		conns: make(chan net.Conn), done: make(chan struct{})}
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l
 }
 
 func (l *handshakeListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	if !l.started {
-		l.started = true
-		l.wg.Add(1)
-		go l.acceptLoop()
-	}
-	l.mu.Unlock()
 	select {
 	case c := <-l.conns:
 		return c, nil
 	case <-l.done:
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		return nil, l.acceptE
+		return nil, l.err
 	}
 }
 
@@ -749,7 +760,7 @@ func (l *handshakeListener) acceptLoop() {
 				}
 			}
 			l.mu.Lock()
-			l.acceptE = err
+			l.err = err
 			l.mu.Unlock()
 			l.Close()
 			return
@@ -792,11 +803,12 @@ func (l *handshakeListener) handshake(raw net.Conn) {
 func (l *handshakeListener) Close() error {
 	l.once.Do(func() {
 		l.mu.Lock()
-		if l.acceptE == nil {
-			l.acceptE = net.ErrClosed
+		if l.err == nil {
+			l.err = net.ErrClosed
 		}
 		l.mu.Unlock()
 		close(l.done)
+		l.cancel()
 		l.Listener.Close()
 	})
 	return nil
