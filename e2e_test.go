@@ -13,7 +13,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -1060,41 +1059,10 @@ func freePorts(t *testing.T, lo, hi, n int) []int {
 func TestCommandLine(t *testing.T) {
 	checkLeaks(t)
 	lo, hi := randomPortWindow()
-	var sout, serr syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		errc <- cli.Server(ctx, []string{"-l", "127.0.0.1:0", "--data-dir", t.TempDir(),
-			"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
-			"--lease", "2s", "--keepalive", "3s"}, &sout, &serr)
-	}()
-	stopServer := func() {
-		cancel()
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Errorf("server command: %v", err)
-			}
-		case <-time.After(2 * eventually):
-			t.Error("server command did not stop")
-		}
-		t.Logf("server command stdout:\n%s\nstderr:\n%s", &sout, &serr)
-	}
-	var once sync.Once
-	t.Cleanup(func() { once.Do(stopServer) })
-
-	banner := regexp.MustCompile(`diglett-server listening on (\S+)\ngateway key fingerprint: (SHA256:\S+)\n`)
-	var m []string
-	if err := poll(eventually, func() error {
-		if m = banner.FindStringSubmatch(sout.String()); m == nil {
-			return errors.New("no banner")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("server command printed no address and fingerprint:\n%s\n%s", &sout, &serr)
-	}
-	gatewayAddr, fp := m[1], m[2]
+	srv := startServerCommand(t, "-l", "127.0.0.1:0", "--data-dir", t.TempDir(),
+		"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
+		"--lease", "2s", "--keepalive", "3s")
+	gatewayAddr, fp := srv.Addr, srv.Fingerprint
 
 	backend := startEcho(t)
 	a := startAgentCommand(t, "-g", gatewayAddr, "-n", "example", "--fingerprint", fp,
@@ -1107,12 +1075,12 @@ func TestCommandLine(t *testing.T) {
 	if want := fmt.Sprintf("example: tcp://127.0.0.1:%s -> %s\n", port, backend); a.stdout.String() != want {
 		t.Errorf("agent printed %q, want %q", &a.stdout, want)
 	}
-	waitFor(t, "server log", &serr, fmt.Sprintf("register domain 'example' -> '%s'", port))
+	waitFor(t, "server log", &srv.stderr, fmt.Sprintf("register domain 'example' -> '%s'", port))
 	mustRoundTrip(t, public, "through both command lines")
 
 	if err := a.stop(); err != nil {
 		t.Fatalf("agent command: %v", err)
 	}
-	waitFor(t, "server log", &serr, "unregister domain 'example'")
-	once.Do(stopServer)
+	waitFor(t, "server log", &srv.stderr, "unregister domain 'example'")
+	srv.stop()
 }

@@ -772,6 +772,55 @@ func isTimeout(err error) bool {
 }
 
 // agentCommand is the agent command line running in-process.
+// serverCommand is diglett-server run through its command line.
+type serverCommand struct {
+	Addr, Fingerprint string // from its banner
+	stdout, stderr    syncBuffer
+	t                 *testing.T
+	cancel            context.CancelFunc
+	errc              chan error
+	stopOnce          sync.Once
+}
+
+var serverBanner = regexp.MustCompile(`diglett-server listening on (\S+)\ngateway key fingerprint: (SHA256:\S+)\n`)
+
+// startServerCommand runs the server command with args until the test ends
+// and waits for its banner; it must then stop cleanly.
+func startServerCommand(t *testing.T, args ...string) *serverCommand {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &serverCommand{t: t, cancel: cancel, errc: make(chan error, 1)}
+	go func() { s.errc <- cli.Server(ctx, args, &s.stdout, &s.stderr) }()
+	t.Cleanup(s.stop)
+	var m []string
+	if err := poll(eventually, func() error {
+		if m = serverBanner.FindStringSubmatch(s.stdout.String()); m == nil {
+			return errors.New("no banner")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("server command printed no address and fingerprint:\n%s\n%s", &s.stdout, &s.stderr)
+	}
+	s.Addr, s.Fingerprint = m[1], m[2]
+	return s
+}
+
+// stop ends the server as Ctrl-C would; it must return no error.
+func (s *serverCommand) stop() {
+	s.stopOnce.Do(func() {
+		s.cancel()
+		select {
+		case err := <-s.errc:
+			if err != nil {
+				s.t.Errorf("server command: %v", err)
+			}
+		case <-time.After(2 * eventually):
+			s.t.Error("server command did not stop")
+		}
+		s.t.Logf("server command stdout:\n%s\nstderr:\n%s", &s.stdout, &s.stderr)
+	})
+}
+
 type agentCommand struct {
 	stdout, stderr syncBuffer
 	cancel         context.CancelFunc

@@ -1,21 +1,15 @@
 package diglett_test
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/diglett/diglett/internal/cli"
 )
 
 // TestCommandLineHTTPS runs both command lines with the HTTP ingress and a
@@ -35,43 +29,13 @@ func TestCommandLineHTTPS(t *testing.T) {
 
 	lo, hi := randomPortWindow()
 	httpAddr, httpsAddr := freeAddr(t), freeAddr(t)
-	var sout, serr syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		errc <- cli.Server(ctx, []string{"-l", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
-			"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
-			"--domain", strings.ToUpper(testDomain) + ".", "--http-addr", httpAddr, "--https-addr", httpsAddr,
-			"--cert", certFile, "--key", keyFile}, &sout, &serr)
-	}()
-	var once sync.Once
-	stopServer := func() {
-		cancel()
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Errorf("server command: %v", err)
-			}
-		case <-time.After(2 * eventually):
-			t.Error("server command did not stop")
-		}
-		t.Logf("server command stdout:\n%s\nstderr:\n%s", &sout, &serr)
-	}
-	t.Cleanup(func() { once.Do(stopServer) })
-	banner := regexp.MustCompile(`diglett-server listening on (\S+)\ngateway key fingerprint: (SHA256:\S+)\n`)
-	var m []string
-	if err := poll(eventually, func() error {
-		if m = banner.FindStringSubmatch(sout.String()); m == nil {
-			return errors.New("no banner")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("server command did not start:\n%s\n%s", &sout, &serr)
-	}
+	srv := startServerCommand(t, "-l", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
+		"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
+		"--domain", strings.ToUpper(testDomain)+".", "--http-addr", httpAddr, "--https-addr", httpsAddr,
+		"--cert", certFile, "--key", keyFile)
 
 	backend := nameBackend(t, "through the command lines")
-	a := startAgentCommand(t, "-g", m[1], "-n", "example", "--fingerprint", m[2],
+	a := startAgentCommand(t, "-g", srv.Addr, "-n", "example", "--fingerprint", srv.Fingerprint,
 		"--known-gateways", filepath.Join(dir, "known_gateways"), "--basic-auth", "alice:secret", backend)
 	a.tunnel(t, "example")
 	_, httpPort, _ := strings.Cut(httpAddr, ":")
@@ -109,5 +73,5 @@ func TestCommandLineHTTPS(t *testing.T) {
 	if d := time.Since(start); d > promptly {
 		t.Errorf("agent took %v to stop with only idle HTTP streams open", d)
 	}
-	once.Do(stopServer)
+	srv.stop()
 }

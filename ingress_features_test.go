@@ -413,35 +413,6 @@ func TestHTTPSmuggling(t *testing.T) {
 	}
 }
 
-// rawHTTPAll sends req as is to addr and returns the status of every
-// response until the gateway closes the connection.
-func rawHTTPAll(t *testing.T, addr, req string) []int {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, promptly)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(eventually))
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
-	var codes []int
-	for {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			if errorsIsTimeout(err) {
-				t.Fatalf("connection still open after %v", codes)
-			}
-			return codes
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		codes = append(codes, resp.StatusCode)
-	}
-}
-
 func TestHTTPSlowloris(t *testing.T) {
 	checkLeaks(t)
 	g := httpGateway(t, gatewayOptions{ReadHeaderTimeout: time.Minute})

@@ -2,7 +2,6 @@ package diglett_test
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -83,26 +82,53 @@ func get(t testing.TB, c *http.Client, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// rawHTTP sends req as is to addr and returns the response status line and
-// the whole response.
-func rawHTTP(t *testing.T, addr, req string) (int, string) {
+// sendRaw writes req as is on a new connection to addr, which is closed
+// when the test ends, and returns a reader of the answer.
+func sendRaw(t *testing.T, addr, req string) *bufio.Reader {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, promptly)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(eventually))
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	return bufio.NewReader(c)
+}
+
+// rawHTTP sends req as is to addr and returns the first response's status
+// and body.
+func rawHTTP(t *testing.T, addr, req string) (int, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(sendRaw(t, addr, req), nil)
 	if err != nil {
 		t.Fatalf("read response to %q: %v", req, err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, string(b)
+}
+
+// rawHTTPAll sends req as is to addr and returns the status of every
+// response until the gateway closes the connection.
+func rawHTTPAll(t *testing.T, addr, req string) []int {
+	t.Helper()
+	br := sendRaw(t, addr, req)
+	var codes []int
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			if errorsIsTimeout(err) {
+				t.Fatalf("connection still open after %v", codes)
+			}
+			return codes
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
 }
 
 func TestHTTPHostRouting(t *testing.T) {
@@ -328,5 +354,3 @@ func errorsIsTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
-
-var _ = context.Background

@@ -242,27 +242,14 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 	}()
-	var backoff time.Duration
 	for {
-		conn, err := ln.Accept()
+		conn, err := accept(ln, s.ctx.Done(), s.log, "accept agent connection")
 		if err != nil {
-			if s.shuttingDown() {
+			if s.shuttingDown() || s.ctx.Err() != nil {
 				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept agent connection", "err", err, "retry_in", backoff)
-				select {
-				case <-time.After(backoff):
-				case <-s.ctx.Done():
-					return ErrServerClosed
-				}
-				continue
 			}
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
-		backoff = 0
 		select {
 		case s.hs <- struct{}{}:
 		default:
@@ -275,6 +262,31 @@ func (s *Server) Serve(ln net.Listener) error {
 			defer s.wg.Done()
 			s.serveConn(conn)
 		}()
+	}
+}
+
+// accept waits for ln's next connection. Accept errors that are timeouts
+// (the process is out of file descriptors, say) are retried after a pause
+// that doubles up to a second, until done is closed; any other error is
+// returned.
+func accept(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) (net.Conn, error) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err == nil {
+			return c, nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+		log.Warn(what, "err", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-done:
+			return nil, err
+		}
 	}
 }
 

@@ -745,27 +745,15 @@ func (l *handshakeListener) Accept() (net.Conn, error) {
 
 func (l *handshakeListener) acceptLoop() {
 	defer l.wg.Done()
-	var backoff time.Duration
 	for {
-		raw, err := l.Listener.Accept()
+		raw, err := accept(l.Listener, l.done, l.log, "accept visitor")
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-l.done:
-					return
-				}
-			}
 			l.mu.Lock()
 			l.err = err
 			l.mu.Unlock()
 			l.Close()
 			return
 		}
-		backoff = 0
 		l.wg.Add(1)
 		go l.handshake(raw)
 	}

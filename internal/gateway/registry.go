@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -305,20 +304,11 @@ func (t *tunnel) reconcile() {
 // acceptLoop serves the tunnel's public port until it closes.
 func (t *tunnel) acceptLoop() {
 	defer t.reg.srv.visitors.Done()
-	var backoff time.Duration
 	for {
-		c, err := t.ln.Accept()
+		c, err := accept(t.ln, t.reg.srv.ctx.Done(), t.log, "accept visitor")
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				t.log.Warn("accept visitor", "err", err, "retry_in", backoff)
-				time.Sleep(backoff)
-				continue
-			}
 			return
 		}
-		backoff = 0
 		t.reg.srv.visitors.Add(1)
 		go func() {
 			defer t.reg.srv.visitors.Done()
