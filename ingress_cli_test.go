@@ -5,11 +5,14 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/autotls/pebbletest"
 )
 
 // TestCommandLineHTTPS runs both command lines with the HTTP ingress and a
@@ -74,4 +77,56 @@ func TestCommandLineHTTPS(t *testing.T) {
 		t.Errorf("agent took %v to stop with only idle HTTP streams open", d)
 	}
 	srv.stop()
+}
+
+// TestCommandLineACME runs both command lines with certificates from a
+// real ACME server (pebble), configured by the server's flags only.
+func TestCommandLineACME(t *testing.T) {
+	checkLeaks(t)
+	dir := t.TempDir()
+	httpAddr, httpsAddr := freeAddr(t), freeAddr(t)
+	p := pebbletest.Start(t, addrPort(t, httpAddr), addrPort(t, httpsAddr))
+	// After the server has stopped: its ACME client's keep-alive
+	// connections end only when the CA closes them.
+	t.Cleanup(p.CloseClientConnections)
+	lo, hi := randomPortWindow()
+	srv := startServerCommand(t, "-l", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
+		"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
+		"--domain", testDomain, "--http-addr", httpAddr, "--https-addr", httpsAddr,
+		"--acme-ca", p.DirectoryURL, "--acme-ca-root", p.RootCAFile, "--acme-email", "ops@example.com")
+	a := startAgentCommand(t, "-g", srv.Addr, "-n", "secure", "--fingerprint", srv.Fingerprint,
+		"--known-gateways", filepath.Join(dir, "known_gateways"), nameBackend(t, "secure"))
+	a.tunnel(t, "secure")
+	if want := "secure: https://secure.gw.test:" + fmt.Sprint(addrPort(t, httpsAddr)); !strings.Contains(a.stdout.String(), want) {
+		t.Errorf("agent did not print %q:\n%s", want, &a.stdout)
+	}
+
+	g := &testGateway{HTTPAddr: httpAddr, HTTPSAddr: httpsAddr, CA: p.IssuerRoots(t)}
+	if code, body := get(t, g.httpClient(t), "https://secure.gw.test/"); code != 200 || body != "secure" {
+		t.Fatalf("status %d body %q", code, body)
+	}
+	if n := p.Orders(); n != 1 {
+		t.Errorf("%d certificate orders, want 1", n)
+	}
+	var stored []string
+	filepath.WalkDir(filepath.Join(dir, "data", "certs"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(path, ".crt") {
+			stored = append(stored, filepath.Base(path))
+		}
+		return nil
+	})
+	if len(stored) != 1 || stored[0] != "secure.gw.test.crt" {
+		t.Errorf("certificates stored under the data dir: %v", stored)
+	}
+	a.stop()
+	srv.stop()
+}
+
+func addrPort(t *testing.T, addr string) int {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(ap.Port())
 }

@@ -354,3 +354,127 @@ func errorsIsTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestHTTPGroupRetry checks that a request that cannot reach one member's
+// backend goes to another member before the visitor sees an error.
+func TestHTTPGroupRetry(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{})
+	startHTTPAgent(t, g, "group", unusedAddr(t))
+	startHTTPAgent(t, g, "group", startHTTPBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "good %s", b)
+	})))
+	c := g.httpClient(t)
+	for i := range 20 {
+		resp, err := c.Post("http://group.gw.test/", "text/plain", strings.NewReader(fmt.Sprint(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != fmt.Sprintf("good %d", i) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
+		}
+	}
+}
+
+// TestHTTPStreamReuse checks that requests reuse idle streams, as
+// keep-alive connections: the agent dials its backend once per stream.
+func TestHTTPStreamReuse(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &countingListener{Listener: ln}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(counted)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	startHTTPAgent(t, g, "reuse", ln.Addr().String())
+	c := g.httpClient(t)
+	for range 50 {
+		if code, _ := get(t, c, "http://reuse.gw.test/"); code != 200 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	if n := counted.accepts.Load(); n != 1 {
+		t.Fatalf("50 requests one after the other opened %d streams, want 1", n)
+	}
+	// Eight visitors at once: the gateway opens streams as it needs them
+	// (perhaps a few more, when a stream frees up while another is being
+	// opened); once it has them, it opens no more.
+	parallel := func() {
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 20 {
+					get(t, c, "http://reuse.gw.test/")
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	parallel()
+	warm := counted.accepts.Load()
+	parallel()
+	if n := counted.accepts.Load(); n != warm {
+		t.Fatalf("with %d idle streams, 8 visitors opened %d more", warm, n-warm)
+	}
+}
+
+type countingListener struct {
+	net.Listener
+	accepts atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepts.Add(1)
+	}
+	return c, err
+}
+
+// TestHTTPLimits checks the bounds on what a visitor may send: header size,
+// and the time to send headers (or finish a TLS handshake).
+func TestHTTPLimits(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{ReadHeaderTimeout: time.Second})
+	startHTTPAgent(t, g, "app", nameBackend(t, "app"))
+
+	big := "GET / HTTP/1.1\r\nHost: app.gw.test\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n"
+	if code, _ := rawHTTP(t, g.HTTPAddr, big); code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("100 KiB of headers: status %d, want 431", code)
+	}
+	for _, tc := range []struct{ name, addr, partial string }{
+		{"http headers", g.HTTPAddr, "GET / HTTP/1.1\r\nHost: app.gw.test\r\n"},
+		{"tls handshake", g.HTTPSAddr, "\x16\x03\x01\x02\x00\x01"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", tc.addr, promptly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, tc.partial)
+			// The gateway gives up after a second; "eventually" is far
+			// beyond.
+			c.SetReadDeadline(time.Now().Add(eventually))
+			_, err = io.Copy(io.Discard, c)
+			if errorsIsTimeout(err) {
+				t.Fatalf("connection still open after %v", eventually)
+			}
+		})
+	}
+}

@@ -124,6 +124,8 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 			ln:       ln,
 			log:      r.srv.log.With("tunnel", req.Name),
 		}
+		// The ingress may see the tunnel as soon as it is published.
+		t.visitors.Store(pol)
 		r.byName[t.name] = t
 		r.byPort[t.port] = t
 		r.publishLocked()

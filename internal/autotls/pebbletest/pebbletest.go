@@ -54,6 +54,9 @@ type Pebble struct {
 	// RootCAs trusts the HTTPS certificate of pebble and of its front: the
 	// ACME client's trust for the CA's own endpoint.
 	RootCAs *x509.CertPool
+	// RootCAFile is the PEM file of that certificate, for a client
+	// configured by file.
+	RootCAFile string
 
 	mgmtURL   string
 	newOrder  string // path of the newOrder endpoint
@@ -96,7 +99,7 @@ func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 			t.Logf("pebble output:\n%s", out.String())
 		}
 	})
-	p := &Pebble{RootCAs: roots}
+	p := &Pebble{RootCAs: roots, RootCAFile: filepath.Join(dir, "cert.pem")}
 	var pebbleURL string
 	for attempt := 1; ; attempt++ {
 		// Free ports are picked then released, so another process may
