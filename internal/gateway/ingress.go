@@ -504,9 +504,9 @@ func (ss *session) httpTransport(h2c bool) *http.Transport {
 			IdleConnTimeout:       90 * time.Second,
 			ResponseHeaderTimeout: timeout,
 			ExpectContinueTimeout: time.Second,
-			DisableCompression:    true,
-			WriteBufferSize:       32 << 10,
-			ReadBufferSize:        32 << 10,
+			// The default 4 KiB buffers: bodies bypass them in large
+			// reads and writes, and an idle stream holds both.
+			DisableCompression: true,
 		}
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
