@@ -26,6 +26,7 @@ type Conn struct {
 	statusErr  error
 	readEOF    atomic.Bool
 	closeOnce  sync.Once
+	closed     func() // called once, when the connection is closed
 }
 
 // lingerTimeout bounds how long a closed Conn keeps discarding what the
@@ -81,6 +82,7 @@ func (c *Conn) CloseWrite() error {
 func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		defer c.closed()
 		c.sendStatus(protocol.StatusOK)
 		if c.readEOF.Load() {
 			err = c.st.Close()
@@ -109,7 +111,7 @@ func (c *Conn) linger() {
 // Reset abandons the connection at once: the visitor's connection is reset
 // and data not yet delivered may be lost.
 func (c *Conn) Reset() error {
-	c.closeOnce.Do(func() {})
+	c.closeOnce.Do(c.closed)
 	return c.st.Reset()
 }
 
@@ -124,7 +126,10 @@ func (c *Conn) Abort(err error) error {
 	}
 	c.sendStatus(s)
 	var cerr error
-	c.closeOnce.Do(func() { cerr = c.st.Close() })
+	c.closeOnce.Do(func() {
+		defer c.closed()
+		cerr = c.st.Close()
+	})
 	return cerr
 }
 

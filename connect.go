@@ -5,45 +5,113 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"time"
+
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/quictransport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
+	"github.com/diglett/diglett/internal/transport/wstransport"
 )
 
 // Software is the version string the agent sends in its hello.
 var Software = "diglett"
 
-// connect dials the gateway, logs in and registers every name. prev holds
-// the ports of an earlier session: they are asked for again as hints, so a
-// restarted gateway gives the same ports back when it can.
-func (l *Listener) connect(ctx context.Context, prev []Tunnel) (transport.Session, []Tunnel, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
-	defer cancel()
-	d := net.Dialer{KeepAlive: l.cfg.KeepAlive}
-	raw, err := d.DialContext(ctx, "tcp", l.cfg.Gateway)
-	if err != nil {
-		return nil, nil, fmt.Errorf("dial gateway: %w", err)
-	}
-	sess, err := tlsmux.Client(ctx, raw, l.tls, tlsmux.Config{KeepAlive: l.cfg.KeepAlive})
-	if err != nil {
-		// Our own verification verdict explains itself; drop TLS's wrapping.
-		var te *trustError
-		if errors.As(err, &te) {
-			return nil, nil, te
-		}
-		return nil, nil, fmt.Errorf("connect to gateway %s: %w", l.cfg.Gateway, err)
-	}
-	tunnels, err := l.handshake(ctx, sess, prev)
-	if err != nil {
-		sess.Close()
-		return nil, nil, err
-	}
-	return sess, tunnels, nil
+// transportConfig is the sessions' tuning from the agent's Config.
+func (c *Config) transportConfig() transport.Config {
+	return transport.Config{KeepAlivePeriod: c.KeepAlivePeriod, MaxIdleTimeout: c.MaxIdleTimeout}.WithDefaults()
 }
 
-func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev []Tunnel) ([]Tunnel, error) {
+// dial opens a session to the gateway over one transport and
+// authenticates the gateway (the TLS configuration's verification).
+func (k *link) dial(ctx context.Context, via string) (transport.Session, error) {
+	cfg := &k.l.cfg
+	tc := k.tls.Clone()
+	var sess transport.Session
+	var err error
+	switch via {
+	case TransportQUIC:
+		tc.NextProtos = []string{protocol.ALPN}
+		sess, err = quictransport.Dial(ctx, k.gateway, tc, cfg.transportConfig())
+	case TransportTCP:
+		d := net.Dialer{KeepAlive: cfg.transportConfig().KeepAlivePeriod}
+		var raw net.Conn
+		raw, err = d.DialContext(ctx, "tcp", k.gateway)
+		if err != nil {
+			return nil, fmt.Errorf("dial gateway: %w", err)
+		}
+		sess, err = tlsmux.Client(ctx, raw, tc, cfg.transportConfig())
+	case TransportWebSocket:
+		// The HTTPS port first (a network that lets only HTTPS out
+		// reaches it, perhaps through a proxy), then the agent port;
+		// each gets its share of the time left.
+		addrs := []string{k.webSocketAddr()}
+		if k.gateway != addrs[0] {
+			addrs = append(addrs, k.gateway)
+		}
+		for i, addr := range addrs {
+			actx, cancel := shareOf(ctx, len(addrs)-i)
+			sess, err = wstransport.Dial(actx, addr, tc, k.proxy, cfg.transportConfig())
+			cancel()
+			if err == nil || ctx.Err() != nil || isTrustError(err) {
+				break
+			}
+		}
+	default:
+		return nil, fmt.Errorf("unknown transport %q", via)
+	}
+	if err != nil {
+		if isTrustError(err) {
+			var te *trustError
+			errors.As(err, &te)
+			return nil, te
+		}
+		return nil, fmt.Errorf("connect to gateway %s over %s: %w", k.gateway, via, err)
+	}
+	return sess, nil
+}
+
+// shareOf is ctx with 1/n of the time it has left.
+func shareOf(ctx context.Context, n int) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok || n <= 1 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, time.Until(dl)/time.Duration(n))
+}
+
+func isTrustError(err error) bool {
+	var te *trustError
+	return errors.As(err, &te)
+}
+
+// webSocketAddr is where WebSocket sessions go when the agent port is out
+// of reach: Config.WebSocketAddr, or port 443 of the gateway's host.
+func (k *link) webSocketAddr() string {
+	if a := k.l.cfg.WebSocketAddr; a != "" {
+		return a
+	}
+	host, _, _ := net.SplitHostPort(k.gateway)
+	return net.JoinHostPort(host, "443")
+}
+
+// proxyFunc chooses the proxy of WebSocket sessions: fixed, or from
+// HTTPS_PROXY and NO_PROXY (read once, when the listener starts).
+func proxyFunc(fixed *url.URL) func(*http.Request) (*url.URL, error) {
+	if fixed != nil {
+		return http.ProxyURL(fixed)
+	}
+	env := httpproxy.FromEnvironment().ProxyFunc()
+	return func(r *http.Request) (*url.URL, error) { return env(r.URL) }
+}
+
+// handshake logs in on sess and registers every name.
+func (k *link) handshake(ctx context.Context, sess transport.Session, via string, prev []Tunnel) (*linkSession, error) {
+	cfg := &k.l.cfg
 	ctrl, err := sess.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open control stream: %w", err)
@@ -57,7 +125,7 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 	if err := protocol.WriteMessage(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software}); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
 	}
-	m, err := l.reply(ctrl, "hello")
+	m, err := reply(ctrl, "hello")
 	if err != nil {
 		return nil, err
 	}
@@ -69,24 +137,25 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 		return nil, fmt.Errorf("%w: gateway speaks protocol version %d, this agent speaks version %d: use an agent of the same release as the gateway",
 			ErrVersionMismatch, hello.Version, protocol.Version)
 	}
-	if err := protocol.WriteMessage(ctrl, &protocol.Login{Token: l.cfg.Token}); err != nil {
+	if err := protocol.WriteMessage(ctrl, &protocol.Login{Token: cfg.Token}); err != nil {
 		return nil, fmt.Errorf("send login: %w", err)
 	}
-	if m, err = l.reply(ctrl, "login"); err != nil {
+	if m, err = reply(ctrl, "login"); err != nil {
 		return nil, err
 	}
 	if _, ok := m.(*protocol.LoginOK); !ok {
 		return nil, fmt.Errorf("gateway answered login with %s", m.Type())
 	}
 
-	var tunnels []Tunnel
-	for i, name := range l.cfg.names() {
-		req, err := l.cfg.register(name)
+	host, _, _ := net.SplitHostPort(k.gateway)
+	ls := &linkSession{sess: sess, via: via, ctrl: ctrl}
+	for i, name := range cfg.names() {
+		req, err := cfg.register(name)
 		if err != nil {
 			return nil, err
 		}
 		if i == 0 {
-			req.Port = l.cfg.Port
+			req.Port = cfg.Port
 		}
 		for _, t := range prev {
 			if t.Name == name {
@@ -96,7 +165,7 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 		if err := protocol.WriteMessage(ctrl, req); err != nil {
 			return nil, fmt.Errorf("send register: %w", err)
 		}
-		m, err := l.reply(ctrl, "register "+name)
+		m, err := reply(ctrl, "register "+name)
 		if err != nil {
 			return nil, fmt.Errorf("register %q: %w", name, err)
 		}
@@ -104,12 +173,9 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 		if !ok || r.Name != name {
 			return nil, fmt.Errorf("gateway answered register %q with %s", name, m.Type())
 		}
-		tunnels = append(tunnels, Tunnel{Name: name, Addr: Addr{Host: l.host, Port: r.Port}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL})
+		ls.tunnels = append(ls.tunnels, Tunnel{Name: name, Addr: Addr{Host: host, Port: r.Port}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL})
 	}
 	ctrl.SetDeadline(time.Time{})
-	l.mu.Lock()
-	l.ctrl = ctrl
-	l.mu.Unlock()
 	// The control stream stays open for the session's life; the gateway
 	// closing it ends the session.
 	go func() {
@@ -120,12 +186,12 @@ func (l *Listener) handshake(ctx context.Context, sess transport.Session, prev [
 			}
 		}
 	}()
-	return tunnels, nil
+	return ls, nil
 }
 
 // reply reads the gateway's answer to a request, turning an Error message
 // into a *RefusedError.
-func (l *Listener) reply(ctrl transport.Stream, what string) (protocol.Message, error) {
+func reply(ctrl transport.Stream, what string) (protocol.Message, error) {
 	m, err := protocol.ReadMessage(ctrl)
 	if err != nil {
 		return nil, fmt.Errorf("read reply to %s: %w", what, err)

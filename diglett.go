@@ -24,7 +24,6 @@ package diglett
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -32,6 +31,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,14 +41,37 @@ import (
 
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
-	"github.com/diglett/diglett/internal/transport"
-	"github.com/diglett/diglett/internal/transport/tlsmux"
 )
 
 // Config configures Listen. Zero values take the documented defaults.
 type Config struct {
 	// Gateway is the gateway's agent address, host:port. Required.
 	Gateway string
+	// Gateways are further gateways, host:port, that publish the same
+	// names: the agent keeps Connections sessions to each, and their
+	// visitors arrive on the same Listener.
+	Gateways []string
+	// Transport is how sessions reach the gateway: TransportAuto (the
+	// default: QUIC, else TLS over TCP, else WebSocket, trying the faster
+	// ones again later), TransportQUIC, TransportTCP or
+	// TransportWebSocket.
+	Transport string
+	// Connections is how many sessions the agent keeps to each gateway;
+	// the gateway spreads visitors over them, and one dying loses only its
+	// own connections. Default 2.
+	Connections int
+	// WebSocketAddr is where WebSocket sessions go when the gateway's agent
+	// port cannot be reached: the host:port of the gateway's HTTPS port.
+	// Default port 443 of the gateway's host.
+	WebSocketAddr string
+	// Proxy is the HTTP proxy WebSocket sessions go through (CONNECT; basic
+	// auth from the URL's user info). Nil: HTTPS_PROXY and NO_PROXY from
+	// the environment.
+	Proxy *url.URL
+	// UpgradeInterval is how often a session on a slower transport than
+	// the best one tries the faster ones again (TransportAuto only).
+	// Default 5m.
+	UpgradeInterval time.Duration
 	// Name is the tunnel name to register, a DNS label. Required.
 	Name string
 	// Names are further names registered on the same connection; their
@@ -67,7 +91,16 @@ type Config struct {
 	// KnownGateways is the file of pinned gateway keys. Default
 	// known_gateways under the user's config dir.
 	KnownGateways string
-	// KeepAlive bounds dead-peer detection. Default 15s.
+	// KeepAlivePeriod is how long a session may be silent before the agent
+	// sends a keepalive. Default 5s.
+	KeepAlivePeriod time.Duration
+	// MaxIdleTimeout bounds dead-peer detection: a gateway that stopped
+	// answering is noticed, and the session replaced, within this time.
+	// Default 15s.
+	MaxIdleTimeout time.Duration
+	// KeepAlive is MaxIdleTimeout's former name.
+	//
+	// Deprecated: use MaxIdleTimeout.
 	KeepAlive time.Duration
 	// DialTimeout bounds one connection attempt, TLS and login included.
 	// Default 10s.
@@ -95,9 +128,19 @@ type Config struct {
 
 // Defaults for Config.
 const (
-	DefaultDialTimeout = 10 * time.Second
-	DefaultMaxBackoff  = 30 * time.Second
-	DefaultBacklog     = 256
+	DefaultDialTimeout     = 10 * time.Second
+	DefaultMaxBackoff      = 30 * time.Second
+	DefaultBacklog         = 256
+	DefaultConnections     = 2
+	DefaultUpgradeInterval = 5 * time.Minute
+)
+
+// Transports, for Config.Transport.
+const (
+	TransportAuto      = "auto"
+	TransportQUIC      = "quic"
+	TransportTCP       = "tcp"
+	TransportWebSocket = "ws"
 )
 
 // Validate reports the first problem with c.
@@ -105,10 +148,26 @@ func (c *Config) Validate() error {
 	if c.Gateway == "" {
 		return errors.New("no gateway address")
 	}
-	if _, port, err := net.SplitHostPort(c.Gateway); err != nil {
-		return fmt.Errorf("gateway address %q: want host:port", c.Gateway)
-	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("gateway address %q: bad port", c.Gateway)
+	for _, g := range c.gateways() {
+		if err := validAddr("gateway address", g); err != nil {
+			return err
+		}
+	}
+	if c.WebSocketAddr != "" {
+		if err := validAddr("WebSocket address", c.WebSocketAddr); err != nil {
+			return err
+		}
+	}
+	switch c.Transport {
+	case "", TransportAuto, TransportQUIC, TransportTCP, TransportWebSocket:
+	default:
+		return fmt.Errorf("transport %q: want auto, quic, tcp or ws", c.Transport)
+	}
+	if c.Connections < 0 || c.Connections > 16 {
+		return fmt.Errorf("connections %d: want 1 to 16", c.Connections)
+	}
+	if c.Proxy != nil && c.Proxy.Scheme != "http" && c.Proxy.Scheme != "https" {
+		return fmt.Errorf("proxy %s: want an http:// or https:// URL", c.Proxy.Redacted())
 	}
 	for _, n := range c.names() {
 		if err := protocol.ValidateName(n); err != nil {
@@ -152,6 +211,26 @@ func (c *Config) names() []string {
 	return append([]string{c.Name}, c.Names...)
 }
 
+// gateways lists Gateway and Gateways without repeats.
+func (c *Config) gateways() []string {
+	var gs []string
+	for _, g := range append([]string{c.Gateway}, c.Gateways...) {
+		if !slices.Contains(gs, g) {
+			gs = append(gs, g)
+		}
+	}
+	return gs
+}
+
+func validAddr(what, a string) error {
+	if _, port, err := net.SplitHostPort(a); err != nil {
+		return fmt.Errorf("%s %q: want host:port", what, a)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("%s %q: bad port", what, a)
+	}
+	return nil
+}
+
 func (c Config) withDefaults() Config {
 	c.Name = protocol.NormalizeName(c.Name)
 	names := make([]string, len(c.Names))
@@ -159,8 +238,17 @@ func (c Config) withDefaults() Config {
 		names[i] = protocol.NormalizeName(n)
 	}
 	c.Names = names
-	if c.KeepAlive <= 0 {
-		c.KeepAlive = tlsmux.DefaultKeepAlive
+	if c.MaxIdleTimeout <= 0 {
+		c.MaxIdleTimeout = c.KeepAlive
+	}
+	if c.Transport == "" {
+		c.Transport = TransportAuto
+	}
+	if c.Connections <= 0 {
+		c.Connections = DefaultConnections
+	}
+	if c.UpgradeInterval <= 0 {
+		c.UpgradeInterval = DefaultUpgradeInterval
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = DefaultDialTimeout
@@ -216,63 +304,102 @@ func (t Tunnel) URLs() []string {
 	return urls
 }
 
-// Listener is a net.Listener whose connections come from the gateway.
+// Listener is a net.Listener whose connections come from the gateways.
 type Listener struct {
 	cfg    Config
 	log    *slog.Logger
-	tls    *tls.Config
-	host   string
 	conns  chan *Conn
 	ctx    context.Context
 	cancel context.CancelFunc
-	done   chan struct{} // closed when the run loop has ended
+	done   chan struct{} // closed when every link has stopped
 	wg     sync.WaitGroup
+	links  []*link // Connections per gateway, the first gateway's first
 
 	mu       sync.Mutex
 	err      error // why the listener stopped
-	tunnels  []Tunnel
-	ctrl     transport.Stream // control stream of the current session
 	draining atomic.Bool
 }
 
 var _ net.Listener = (*Listener)(nil)
 
-// Listen connects to the gateway and registers the configured names. It
-// returns once they are live, or the first error: the agent fails fast at
-// start (a wrong token, a refused name or an unreachable gateway), and once
-// started it reconnects on its own until Close. As with net.ListenConfig,
-// ctx bounds only the initial connection, not the listener's life.
+// Listen connects to the gateways and registers the configured names. It
+// returns once they are live on one session to each gateway, or the first
+// error: the agent fails fast at start (a wrong token, a refused name or an
+// unreachable gateway); the other sessions connect in the background, and
+// once started the listener reconnects on its own until Close. As with
+// net.ListenConfig, ctx bounds only the initial connection, not the
+// listener's life.
 func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	tc, err := cfg.tlsConfig(cfg.Logger)
-	if err != nil {
-		return nil, err
-	}
-	host, _, _ := net.SplitHostPort(cfg.Gateway)
 	lctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{
 		cfg:    cfg,
-		tls:    tc,
-		log:    cfg.Logger.With("gateway", cfg.Gateway),
-		host:   host,
+		log:    cfg.Logger,
 		conns:  make(chan *Conn, cfg.Backlog),
 		ctx:    lctx,
 		cancel: cancel,
 		done:   make(chan struct{}),
 	}
-	sess, tunnels, err := l.connect(ctx, nil)
-	if err != nil {
+	proxy := proxyFunc(cfg.Proxy)
+	var firsts []*link
+	for _, g := range cfg.gateways() {
+		tc, err := cfg.tlsConfig(g, cfg.Logger)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		for i := range cfg.Connections {
+			k := newLink(l, g, i, tc, proxy)
+			l.links = append(l.links, k)
+			if i == 0 {
+				firsts = append(firsts, k)
+			}
+		}
+	}
+	// The first session to each gateway, all at once.
+	sessions := make([]*linkSession, len(firsts))
+	errs := make([]error, len(firsts))
+	var wg sync.WaitGroup
+	for i, k := range firsts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sessions[i], errs[i] = k.connect(ctx, nil)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, ls := range sessions {
+			if ls != nil {
+				ls.sess.Close()
+			}
+		}
 		cancel()
 		return nil, err
 	}
-	l.tunnels = tunnels
-	for _, t := range tunnels {
-		l.log.Info("tunnel ready", "tunnel", t.Name, "urls", t.URLs())
+	for i, k := range firsts {
+		k.setCurrent(sessions[i])
 	}
-	go l.run(sess)
+	var runs sync.WaitGroup
+	for _, k := range l.links {
+		var first *linkSession
+		if i := slices.Index(firsts, k); i >= 0 {
+			first = sessions[i]
+		}
+		runs.Add(1)
+		go func() {
+			defer runs.Done()
+			k.run(first)
+		}()
+	}
+	go func() {
+		runs.Wait()
+		l.wg.Wait()
+		close(l.done)
+	}()
 	return l, nil
 }
 
@@ -330,100 +457,66 @@ func (l *Listener) Close() error {
 	}
 }
 
-// Drain asks the gateway to send this listener no new visitors and to close
-// the idle HTTP connections it keeps open to it; the connections in flight
-// go on, and the listener no longer reconnects. Call it when stopping,
-// before waiting for the open connections to end, then Close.
+// Drain asks the gateways to send this listener no new visitors and to
+// close the idle HTTP connections they keep open to it; the connections in
+// flight go on, and the listener no longer reconnects. Call it when
+// stopping, before waiting for the open connections to end, then Close.
 func (l *Listener) Drain() error {
 	l.draining.Store(true)
-	l.mu.Lock()
-	ctrl := l.ctrl
-	l.mu.Unlock()
-	if ctrl == nil {
-		return nil
+	var errs []error
+	for _, k := range l.links {
+		if err := k.drain(); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	ctrl.SetWriteDeadline(time.Now().Add(l.cfg.DialTimeout))
-	if err := protocol.WriteMessage(ctrl, &protocol.Drain{}); err != nil {
-		return fmt.Errorf("drain: %w", err)
+	return errors.Join(errs...)
+}
+
+// Addr is the public address of the tunnel for Config.Name on the first
+// gateway.
+func (l *Listener) Addr() net.Addr {
+	if ts := l.Tunnels(); len(ts) > 0 {
+		return ts[0].Addr
+	}
+	return Addr{}
+}
+
+// Tunnels lists the registered names and their public addresses on the
+// first gateway.
+func (l *Listener) Tunnels() []Tunnel {
+	return l.tunnelsOf(l.cfg.Gateway)
+}
+
+// AllTunnels lists the registered names and their public addresses on
+// every gateway, the first gateway's first.
+func (l *Listener) AllTunnels() []Tunnel {
+	var all []Tunnel
+	for _, g := range l.cfg.gateways() {
+		all = append(all, l.tunnelsOf(g)...)
+	}
+	return all
+}
+
+// tunnelsOf is what the first registered session to gateway was given.
+func (l *Listener) tunnelsOf(gateway string) []Tunnel {
+	for _, k := range l.links {
+		if k.gateway != gateway {
+			continue
+		}
+		if ts := k.tunnelList(); len(ts) > 0 {
+			return ts
+		}
 	}
 	return nil
 }
 
-// Addr is the public address of the tunnel for Config.Name.
-func (l *Listener) Addr() net.Addr {
+// stop records why the listener stopped, if it is the first reason.
+func (l *Listener) stop(err error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.tunnels[0].Addr
-}
-
-// Tunnels lists the registered names and their public addresses.
-func (l *Listener) Tunnels() []Tunnel {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]Tunnel(nil), l.tunnels...)
-}
-
-// publicAddr is the public address of the tunnel name, if this listener
-// serves it.
-func (l *Listener) publicAddr(name string) (Addr, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, t := range l.tunnels {
-		if t.Name == name {
-			return t.Addr, true
-		}
+	if l.err == nil {
+		l.err = err
 	}
-	return Addr{}, false
-}
-
-// run serves sessions and reconnects until the listener stops.
-func (l *Listener) run(sess transport.Session) {
-	defer close(l.done)
-	defer l.wg.Wait()
-	attempt := 0
-	for {
-		started := time.Now()
-		l.serve(sess)
-		if l.ctx.Err() != nil || l.draining.Load() {
-			return
-		}
-		if time.Since(started) > l.cfg.MaxBackoff {
-			attempt = 0
-		}
-		l.log.Warn("disconnected from gateway, reconnecting")
-		for {
-			d := backoff(attempt, l.cfg.MaxBackoff)
-			attempt++
-			select {
-			case <-time.After(d):
-			case <-l.ctx.Done():
-				return
-			}
-			var tunnels []Tunnel
-			var err error
-			sess, tunnels, err = l.connect(l.ctx, l.Tunnels())
-			if err == nil {
-				l.mu.Lock()
-				l.tunnels = tunnels
-				l.mu.Unlock()
-				for _, t := range tunnels {
-					l.log.Info("tunnel ready", "tunnel", t.Name, "urls", t.URLs())
-				}
-				break
-			}
-			if l.ctx.Err() != nil {
-				return
-			}
-			if IsFatal(err) {
-				l.log.Error("giving up", "err", err)
-				l.mu.Lock()
-				l.err = err
-				l.mu.Unlock()
-				return
-			}
-			l.log.Warn("reconnect failed", "err", err, "attempt", attempt)
-		}
-	}
+	l.mu.Unlock()
 }
 
 // backoff is exponential backoff with full jitter: a random wait between 0
@@ -434,52 +527,4 @@ func backoff(attempt int, max time.Duration) time.Duration {
 		ceil = max
 	}
 	return rand.N(ceil) + time.Millisecond
-}
-
-// serve accepts the gateway's streams on sess until it ends.
-func (l *Listener) serve(sess transport.Session) {
-	stop := context.AfterFunc(l.ctx, func() { sess.Close() })
-	defer stop()
-	defer sess.Close()
-	for {
-		st, err := sess.AcceptStream(l.ctx)
-		if err != nil {
-			return
-		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			l.handleStream(st)
-		}()
-	}
-}
-
-// streamHeaderTimeout bounds how long the gateway may take to send a
-// stream's header.
-const streamHeaderTimeout = 10 * time.Second
-
-func (l *Listener) handleStream(st transport.Stream) {
-	st.SetReadDeadline(time.Now().Add(streamHeaderTimeout))
-	h, err := protocol.ReadStreamHeader(st)
-	if err != nil {
-		l.log.Warn("bad stream from gateway", "err", err)
-		st.Close()
-		return
-	}
-	st.SetReadDeadline(time.Time{})
-	public, found := l.publicAddr(h.Name)
-	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor), public: public}
-	if !found {
-		l.log.Warn("gateway sent a connection for a name this agent does not serve", "tunnel", h.Name)
-		c.sendStatus(protocol.StatusUnknownTunnel)
-		st.Close()
-		return
-	}
-	select {
-	case l.conns <- c:
-	default:
-		l.log.Warn("visitor refused: accept backlog full", "tunnel", h.Name, "visitor", h.Visitor, "backlog", l.cfg.Backlog)
-		c.sendStatus(protocol.StatusBusy)
-		st.Close()
-	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/diglett/diglett/internal/cli"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 )
 
@@ -473,7 +474,7 @@ func fakeGateway(t *testing.T, reply protocol.Message) (string, <-chan *protocol
 		if err != nil {
 			return
 		}
-		sess, err := tlsmux.Server(ctx, conn, tc, tlsmux.Config{})
+		sess, err := tlsmux.Server(ctx, conn, tc, transport.Config{})
 		if err != nil {
 			return
 		}
@@ -489,7 +490,7 @@ func fakeGateway(t *testing.T, reply protocol.Message) (string, <-chan *protocol
 		got, _ = m.(*protocol.Hello)
 		protocol.WriteMessage(st, reply)
 		select {
-		case <-sess.Done():
+		case <-sess.Context().Done():
 		case <-ctx.Done():
 		}
 	}()

@@ -36,6 +36,7 @@ import (
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
+	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 )
 
@@ -244,7 +245,7 @@ type testGateway struct {
 
 	t         testing.TB
 	serveErr  chan error
-	ingresses int // Serve*Ingress calls whose result is in serveErr
+	ingresses int // Serve* calls besides Serve whose result is in serveErr
 	closeOnce sync.Once
 }
 
@@ -292,7 +293,7 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 		Lease:             o.Lease,
 		HandshakeTimeout:  o.HandshakeTimeout,
 		StatusTimeout:     o.StatusTimeout,
-		KeepAlive:         testKeepAlive,
+		Transport:         transport.Config{MaxIdleTimeout: testKeepAlive},
 		Logger:            log,
 		Domain:            o.Domain,
 		TrustedProxies:    o.TrustedProxies,
@@ -322,9 +323,16 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 		PortMax:     o.PortMax,
 		Logs:        sink,
 		t:           t,
-		serveErr:    make(chan error, 3),
+		serveErr:    make(chan error, 4),
 	}
 	go func() { g.serveErr <- srv.Serve(ln) }()
+	// QUIC on the same port number, over UDP.
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("gateway listen QUIC: %v", err)
+	}
+	g.ingresses++
+	go func() { g.serveErr <- srv.ServeQUIC(pc) }()
 	t.Cleanup(g.Close)
 	if o.Domain != "" {
 		g.startIngress(o)
@@ -354,7 +362,7 @@ func (g *testGateway) startIngress(o gatewayOptions) {
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	g.HTTPAddr, g.HTTPSAddr = hl.Addr().String(), tl.Addr().String()
-	g.ingresses = 2
+	g.ingresses += 2
 	go func() { g.serveErr <- g.ServeHTTPIngress(hl, o.HTTPChallenge) }()
 	go func() { g.serveErr <- g.ServeHTTPSIngress(tl, tc) }()
 }
@@ -433,13 +441,17 @@ func (g *testGateway) Close() {
 func agentConfig(t testing.TB, g *testGateway, name string) diglett.Config {
 	log, _ := newLogger(t, "agent "+name)
 	return diglett.Config{
-		Gateway:       g.Addr,
-		Name:          name,
-		KnownGateways: filepath.Join(t.TempDir(), "known_gateways"),
-		KeepAlive:     testKeepAlive,
-		DialTimeout:   5 * time.Second,
-		MaxBackoff:    time.Second,
-		Logger:        log,
+		Gateway:        g.Addr,
+		Name:           name,
+		KnownGateways:  filepath.Join(t.TempDir(), "known_gateways"),
+		MaxIdleTimeout: testKeepAlive,
+		// One TLS session each, unless a test asks for more: the tests
+		// of other transports and of several sessions say so.
+		Transport:   diglett.TransportTCP,
+		Connections: 1,
+		DialTimeout: 5 * time.Second,
+		MaxBackoff:  time.Second,
+		Logger:      log,
 	}
 }
 
@@ -644,6 +656,7 @@ type proxy struct {
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
+	pairs  [][2]net.Conn // in the order they were made
 	killed bool
 	wg     sync.WaitGroup
 }
@@ -699,7 +712,25 @@ func (p *proxy) relay(c net.Conn) {
 		u.Close()
 		return
 	}
+	p.mu.Lock()
+	p.pairs = append(p.pairs, [2]net.Conn{c, u})
+	p.mu.Unlock()
 	relay.Pipe(c, u)
+}
+
+// KillOne resets the oldest connection through the proxy, both ways, and
+// leaves the others alone.
+func (p *proxy) KillOne() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pairs) == 0 {
+		return
+	}
+	for _, c := range p.pairs[0] {
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	p.pairs = p.pairs[1:]
 }
 
 // Kill closes the proxy and resets every connection through it.
@@ -725,7 +756,7 @@ func rawSession(t *testing.T, addr string) *tlsmux.Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := tlsmux.Client(ctx, conn, rawTLSConfig(), tlsmux.Config{KeepAlive: testKeepAlive})
+	sess, err := tlsmux.Client(ctx, conn, rawTLSConfig(), transport.Config{MaxIdleTimeout: testKeepAlive})
 	if err != nil {
 		t.Fatalf("raw session: %v", err)
 	}
@@ -760,7 +791,7 @@ func expectClosed(t *testing.T, c net.Conn, within time.Duration) {
 func expectSessionEnd(t *testing.T, sess *tlsmux.Session, d time.Duration) {
 	t.Helper()
 	select {
-	case <-sess.Done():
+	case <-sess.Context().Done():
 	case <-time.After(d):
 		t.Fatalf("gateway kept the session open for %v", d)
 	}

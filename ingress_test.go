@@ -389,7 +389,32 @@ func TestHTTPStreamReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	counted := &countingListener{Listener: ln}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}
+	// In a round, the backend holds every request until all eight have
+	// arrived: eight requests are in flight at once.
+	var (
+		mu      sync.Mutex
+		waiting int
+		release = make(chan struct{})
+	)
+	const width = 8
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/round" {
+			mu.Lock()
+			waiting++
+			ch := release
+			if waiting == width {
+				waiting = 0
+				close(release)
+				release = make(chan struct{})
+			}
+			mu.Unlock()
+			select {
+			case <-ch:
+			case <-r.Context().Done():
+			}
+		}
+		fmt.Fprint(w, "ok")
+	})}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -409,27 +434,30 @@ func TestHTTPStreamReuse(t *testing.T) {
 	if n := counted.accepts.Load(); n != 1 {
 		t.Fatalf("50 requests one after the other opened %d streams, want 1", n)
 	}
-	// Eight visitors at once: the gateway opens streams as it needs them
-	// (perhaps a few more, when a stream frees up while another is being
-	// opened); once it has them, it opens no more.
-	parallel := func() {
+	round := func() {
 		var wg sync.WaitGroup
-		for range 8 {
+		for range width {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for range 20 {
-					get(t, c, "http://reuse.gw.test/")
-				}
+				get(t, c, "http://reuse.gw.test/round")
 			}()
 		}
 		wg.Wait()
 	}
-	parallel()
+	// The first round opens the streams it needs (perhaps one more, when
+	// a stream frees up while another is being opened); later rounds find
+	// them idle and open none.
+	round()
 	warm := counted.accepts.Load()
-	parallel()
+	if warm < width {
+		t.Fatalf("%d requests in flight at once on %d streams", width, warm)
+	}
+	for range 3 {
+		round()
+	}
 	if n := counted.accepts.Load(); n != warm {
-		t.Fatalf("with %d idle streams, 8 visitors opened %d more", warm, n-warm)
+		t.Fatalf("with %d idle streams, %d requests at once opened %d more", warm, width, n-warm)
 	}
 }
 

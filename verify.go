@@ -12,17 +12,18 @@ import (
 	"github.com/diglett/diglett/internal/protocol"
 )
 
-// tlsConfig builds the agent's TLS configuration. The gateway is always
+// tlsConfig builds the agent's TLS configuration for gateway (its address
+// as configured, whatever port a transport reaches). The gateway is always
 // authenticated, in this order:
 //  1. an explicit Fingerprint must match the gateway's key;
 //  2. a certificate that verifies against RootCAs (or the system roots) is
 //     trusted as is;
 //  3. with no RootCAs configured, a self-signed gateway is pinned on first
 //     use in the known_gateways file and must keep the same key.
-func (c *Config) tlsConfig(log *slog.Logger) (*tls.Config, error) {
-	host, _, err := net.SplitHostPort(c.Gateway)
+func (c *Config) tlsConfig(gateway string, log *slog.Logger) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(gateway)
 	if err != nil {
-		return nil, fmt.Errorf("gateway address %q: %w", c.Gateway, err)
+		return nil, fmt.Errorf("gateway address %q: %w", gateway, err)
 	}
 	known := identity.KnownGateways{Path: c.KnownGateways}
 	if known.Path == "" {
@@ -32,7 +33,6 @@ func (c *Config) tlsConfig(log *slog.Logger) (*tls.Config, error) {
 		}
 		known.Path = p
 	}
-	gateway := c.Gateway
 	verify := func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("gateway sent no certificate")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine: Go's module
-# dependencies, a C compiler for the race detector, and pebble, the ACME
-# test server.
+# dependencies, a C compiler for the race detector, and the programs the
+# end-to-end tests run: pebble (ACME test server), tinyproxy (HTTP forward
+# proxy) and iptables (blocked ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -16,5 +17,16 @@ fi
 if ! command -v pebble >/dev/null 2>&1; then
 	echo "test-deps: installing pebble, the ACME test server"
 	apt-get update -qq && apt-get install -y -qq pebble
+fi
+if ! command -v tinyproxy >/dev/null 2>&1; then
+	# The WebSocket transport's tests start their own instance; the
+	# system service the package may start is not used.
+	echo "test-deps: installing tinyproxy, the HTTP forward proxy for tests"
+	apt-get update -qq && apt-get install -y -qq tinyproxy
+fi
+if ! command -v iptables >/dev/null 2>&1; then
+	# The transport fallback tests block the agent port on loopback.
+	echo "test-deps: installing iptables, for the firewall rules of the fallback tests"
+	apt-get update -qq && apt-get install -y -qq iptables
 fi
 "$GO" mod download

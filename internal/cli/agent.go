@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -21,7 +22,7 @@ import (
 )
 
 type agentCmd struct {
-	Gateway       string           `short:"g" required:"" placeholder:"HOST:PORT" help:"Gateway to connect to."`
+	Gateway       []string         `short:"g" required:"" sep:"none" placeholder:"HOST:PORT" help:"Gateway to connect to (repeatable: the names are published on every gateway)."`
 	Name          []string         `short:"n" required:"" sep:"none" placeholder:"NAME" help:"Name to publish (repeatable)."`
 	Token         string           `short:"t" placeholder:"TOKEN" help:"Token the gateway knows this agent by."`
 	Debug         int              `short:"d" type:"counter" help:"Log more (repeatable)."`
@@ -29,7 +30,12 @@ type agentCmd struct {
 	Fingerprint   string           `placeholder:"SHA256:..." help:"Trust only the gateway whose key has this fingerprint (printed by diglett-server at start)."`
 	CA            string           `name:"ca" type:"existingfile" placeholder:"FILE" help:"Verify the gateway's certificate against this CA bundle (PEM) instead of the system roots; disables pinning on first use."`
 	KnownGateways string           `type:"path" placeholder:"FILE" help:"File of pinned gateway keys (default: known_gateways in the user's config dir)."`
-	KeepAlive     time.Duration    `name:"keepalive" default:"15s" help:"Detect a dead gateway within this time."`
+	KeepAlive     time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
+	MaxIdle       time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead gateway (no answer at all) within this time."`
+	Transport     string           `default:"auto" enum:"auto,quic,tcp,ws" help:"How to reach the gateway: quic, tcp (TLS), ws (WebSocket over TLS, through HTTPS_PROXY if set), or auto: the first that works in that order, trying the faster ones again later."`
+	Connections   int              `default:"2" help:"Sessions to keep to each gateway; visitors are spread over them and one dying loses only its own connections."`
+	WSAddr        string           `name:"ws-addr" placeholder:"HOST:PORT" help:"Where WebSocket sessions go when the agent port is blocked (default: port 443 of the gateway's host)."`
+	Proxy         string           `placeholder:"URL" help:"HTTP proxy for WebSocket sessions, http://[user:pass@]host:port (default: HTTPS_PROXY and NO_PROXY from the environment)."`
 	DialTimeout   time.Duration    `default:"10s" help:"Give up on reaching the backend after this time."`
 	BasicAuth     string           `name:"basic-auth" placeholder:"USER:PASS" help:"Make the gateway ask HTTP visitors for this user and password (the tunnel's raw TCP port then refuses visitors)."`
 	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR,..." help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
@@ -50,18 +56,30 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg := diglett.Config{
-		Gateway:       c.Gateway,
-		Name:          c.Name[0],
-		Names:         c.Name[1:],
-		Token:         c.Token,
-		Port:          c.Port,
-		Fingerprint:   c.Fingerprint,
-		KnownGateways: c.KnownGateways,
-		KeepAlive:     c.KeepAlive,
-		Logger:        log,
-		BasicAuth:     c.BasicAuth,
-		AllowIPs:      c.AllowIPs,
-		H2C:           c.H2C,
+		Gateway:         c.Gateway[0],
+		Gateways:        c.Gateway[1:],
+		Transport:       c.Transport,
+		Connections:     c.Connections,
+		WebSocketAddr:   c.WSAddr,
+		Name:            c.Name[0],
+		Names:           c.Name[1:],
+		Token:           c.Token,
+		Port:            c.Port,
+		Fingerprint:     c.Fingerprint,
+		KnownGateways:   c.KnownGateways,
+		KeepAlivePeriod: c.KeepAlive,
+		MaxIdleTimeout:  c.MaxIdle,
+		Logger:          log,
+		BasicAuth:       c.BasicAuth,
+		AllowIPs:        c.AllowIPs,
+		H2C:             c.H2C,
+	}
+	if c.Proxy != "" {
+		u, err := url.Parse(c.Proxy)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("--proxy %q: want http://[user:pass@]host:port", c.Proxy)
+		}
+		cfg.Proxy = u
 	}
 	if c.CA != "" {
 		pem, err := os.ReadFile(c.CA)
@@ -77,7 +95,7 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range ln.Tunnels() {
+	for _, t := range ln.AllTunnels() {
 		for _, u := range t.URLs() {
 			fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, u, backend)
 		}

@@ -17,10 +17,10 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		flags []string
 	}{
 		{"server", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Server(ctx, a, o, e) },
-			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keepalive", "DIGLETT_LISTEN",
+			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keep-alive-period", "--max-idle-timeout", "quic", "DIGLETT_LISTEN",
 				"--domain", "--http-addr", "--https-addr", "--trusted-proxies", "--http-response-timeout", "--acme-email", "--acme-ca", "--acme-staging", "--acme-ca-root", "--visitor-access"}},
 		{"agent", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Agent(ctx, a, o, e) },
-			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keepalive", "DIGLETT_GATEWAY", "<backend>",
+			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keep-alive-period", "--max-idle-timeout", "--transport", "--connections", "--ws-addr", "--proxy", "DIGLETT_GATEWAY", "<backend>",
 				"--basic-auth", "--allow-ips", "--h2c"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -126,7 +126,7 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 	if err := parse(&c, "diglett", "", []string{"localhost:9000"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
-	if c.Gateway != "gw.example:20000" || len(c.Name) != 1 || c.Name[0] != "example" || c.Token != "s3cret" || c.Port != 30001 {
+	if strings.Join(c.Gateway, ",") != "gw.example:20000" || len(c.Name) != 1 || c.Name[0] != "example" || c.Token != "s3cret" || c.Port != 30001 {
 		t.Fatalf("parsed %+v", c)
 	}
 	// Flags win over the environment.
@@ -134,7 +134,7 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 	if err := parse(&c, "diglett", "", []string{"-g", "other:1", "-n", "a", "-n", "b", "-dd", "9000"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
-	if c.Gateway != "other:1" || strings.Join(c.Name, ",") != "a,b" || c.Debug != 2 {
+	if strings.Join(c.Gateway, ",") != "other:1" || strings.Join(c.Name, ",") != "a,b" || c.Debug != 2 {
 		t.Fatalf("parsed %+v", c)
 	}
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/diglett/diglett/internal/gateway"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/quictransport"
 )
 
 type serverCmd struct {
@@ -34,7 +36,9 @@ type serverCmd struct {
 	Lease       time.Duration    `default:"60s" help:"How long a disconnected agent's names and ports stay reserved for it."`
 	Cert        string           `type:"existingfile" placeholder:"FILE" help:"TLS certificate (PEM) for agent connections, e.g. from a CA. Default: a self-signed certificate for the key in the data dir."`
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
-	KeepAlive   time.Duration    `name:"keepalive" default:"15s" help:"Detect a dead agent within this time."`
+	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
+	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time."`
+	QUIC        bool             `name:"quic" default:"true" negatable:"" help:"Also take agents over QUIC on the --listen port number over UDP (--no-quic to disable)."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 
 	Domain              string        `placeholder:"DOMAIN" help:"Serve tunnel NAME over HTTP(S) as NAME.DOMAIN on shared ports (point a wildcard DNS record *.DOMAIN at this host)."`
@@ -119,7 +123,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		PortMax:         hi,
 		PublicHost:      c.PublicBind,
 		Lease:           c.Lease,
-		KeepAlive:       c.KeepAlive,
+		Transport:       transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
 		Logger:          log,
 		Domain:          c.Domain,
 		TrustedProxies:  trusted,
@@ -154,6 +158,18 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	serves = append(serves, func() error { return srv.Serve(ln) })
+	if c.QUIC {
+		// The same port number, over UDP.
+		pc, err := net.ListenPacket("udp", ln.Addr().String())
+		if err != nil {
+			return fmt.Errorf("listen for agents over QUIC (--no-quic to do without): %w", err)
+		}
+		closers = append(closers, pc)
+		serves = append(serves, func() error { return srv.ServeQUIC(pc) })
+		if w := quictransport.CheckUDPBuffers(); w != "" {
+			log.Warn(w)
+		}
+	}
 	var hl, tl net.Listener
 	if ing.httpAddr != "" {
 		if hl, err = listen("HTTP visitors", ing.httpAddr); err != nil {

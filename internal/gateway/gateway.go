@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -19,7 +20,8 @@ import (
 	"github.com/diglett/diglett/internal/auth"
 	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/protocol"
-	"github.com/diglett/diglett/internal/transport/tlsmux"
+	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/wstransport"
 )
 
 // Config configures a Server. Zero values take the documented defaults.
@@ -41,8 +43,10 @@ type Config struct {
 	Lease time.Duration
 	// HandshakeTimeout bounds TLS, hello and login. Default 10s.
 	HandshakeTimeout time.Duration
-	// KeepAlive bounds dead-peer detection. Default 15s.
-	KeepAlive time.Duration
+	// Transport tunes agent sessions on every transport: keepalive period,
+	// dead-peer detection, stream cap and windows. Zero fields take the
+	// transport package's defaults.
+	Transport transport.Config
 	// StatusTimeout bounds how long the gateway waits for an agent to say
 	// whether it reached its backend. Default 30s.
 	StatusTimeout time.Duration
@@ -143,9 +147,7 @@ func (c Config) withDefaults() Config {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	if c.KeepAlive <= 0 {
-		c.KeepAlive = tlsmux.DefaultKeepAlive
-	}
+	c.Transport = c.Transport.WithDefaults()
 	if c.StatusTimeout <= 0 {
 		c.StatusTimeout = DefaultStatusTimeout
 	}
@@ -189,8 +191,10 @@ type Server struct {
 	nextID atomic.Uint64 // session ids
 	http   *ingress
 
+	agentWS *wsServer // WebSocket agents, on the agent port and the HTTPS port
+
 	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
+	listeners map[io.Closer]struct{} // agent listeners, TCP and QUIC
 	sessions  map[*session]struct{}
 	closed    bool
 	wg        sync.WaitGroup // session and listener goroutines
@@ -205,7 +209,7 @@ func New(cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13
-	tc.NextProtos = []string{protocol.ALPN}
+	tc.NextProtos = []string{protocol.ALPN, wstransport.ALPN}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:       cfg,
@@ -214,11 +218,12 @@ func New(cfg Config) (*Server, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		hs:        make(chan struct{}, cfg.MaxHandshakes),
-		listeners: make(map[net.Listener]struct{}),
+		listeners: make(map[io.Closer]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
 	s.reg = newRegistry(s)
 	s.http = newIngress(s)
+	s.startAgentWS()
 	return s, nil
 }
 
@@ -250,9 +255,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
-		select {
-		case s.hs <- struct{}{}:
-		default:
+		release, ok := s.trySlot()
+		if !ok {
 			s.log.Debug("agent connection refused: too many handshakes in progress", "agent", conn.RemoteAddr())
 			conn.Close()
 			continue
@@ -260,7 +264,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(conn)
+			s.serveConn(conn, release)
 		}()
 	}
 }
@@ -304,6 +308,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.http.shutdown(nil)
+	s.agentWS.close()
 	for _, ss := range sessions {
 		ss.close()
 	}

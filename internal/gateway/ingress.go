@@ -21,6 +21,7 @@ import (
 	"github.com/diglett/diglett/internal/httpguard"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/wstransport"
 )
 
 // The HTTP ingress serves every tunnel on shared HTTP and HTTPS ports: a
@@ -209,6 +210,7 @@ func (s *Server) ServeHTTPSIngress(ln net.Listener, tc *tls.Config) error {
 	if tc.MinVersion == 0 {
 		tc.MinVersion = tls.VersionTLS12
 	}
+	tc = s.agentTLS(tc)
 	hs := s.http.newHTTPServer(s.http)
 	hs.TLSConfig = tc
 	if !s.http.track(hs) {
@@ -217,7 +219,7 @@ func (s *Server) ServeHTTPSIngress(ln net.Listener, tc *tls.Config) error {
 	}
 	defer s.http.untrack(hs)
 	s.http.httpsPort.Store(int32(listenerPort(ln)))
-	hl := newHandshakeListener(s.ctx, ln, tc, s.cfg.ReadHeaderTimeout, s.log)
+	hl := newHandshakeListener(s.ctx, ln, tc, s.cfg.ReadHeaderTimeout, s.log, s.agentWS.push)
 	err := hs.Serve(hl)
 	hl.wait()
 	if errors.Is(err, http.ErrServerClosed) {
@@ -714,6 +716,7 @@ type handshakeListener struct {
 	log     *slog.Logger
 	ctx     context.Context // ends with the server or when the listener closes
 	cancel  context.CancelFunc
+	agent   func(*tls.Conn) // takes WebSocket agent connections
 	conns   chan net.Conn
 	done    chan struct{}
 	once    sync.Once
@@ -723,9 +726,9 @@ type handshakeListener struct {
 	err error // why Accept fails, once done is closed
 }
 
-func newHandshakeListener(ctx context.Context, ln net.Listener, tc *tls.Config, timeout time.Duration, log *slog.Logger) *handshakeListener {
+func newHandshakeListener(ctx context.Context, ln net.Listener, tc *tls.Config, timeout time.Duration, log *slog.Logger, agent func(*tls.Conn)) *handshakeListener {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &handshakeListener{Listener: ln, tls: tc, timeout: timeout, log: log, ctx: ctx, cancel: cancel,
+	l := &handshakeListener{Listener: ln, tls: tc, timeout: timeout, log: log, ctx: ctx, cancel: cancel, agent: agent,
 		conns: make(chan net.Conn), done: make(chan struct{})}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -777,6 +780,9 @@ func (l *handshakeListener) handshake(raw net.Conn) {
 		// A certificate authority checking a TLS-ALPN challenge: the
 		// handshake was the whole exchange.
 		tc.Close()
+		return
+	case wstransport.ALPN:
+		l.agent(tc)
 		return
 	default:
 		c = httpguard.Wrap(tc)

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
+	"github.com/diglett/diglett/internal/transport/wstransport"
 )
 
 // session is one live agent connection.
@@ -60,28 +62,73 @@ func (ss *session) openStream(ctx context.Context, name, visitor string) (transp
 	return st, nil
 }
 
-// serveConn runs one agent connection from handshake to teardown.
-func (s *Server) serveConn(conn net.Conn) {
+// serveConn runs one TCP agent connection: the TLS handshake, then by its
+// ALPN either the multiplexer or a WebSocket upgrade (served by the
+// gateway's WebSocket server, which hands the session back to
+// serveSession). release gives back its handshake slot.
+func (s *Server) serveConn(conn net.Conn, release func()) {
 	log := s.log.With("agent", conn.RemoteAddr().String())
-	var releaseOnce sync.Once
-	release := func() { releaseOnce.Do(func() { <-s.hs }) }
-	defer release()
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	ts, err := tlsmux.Server(hsCtx, conn, s.tls, tlsmux.Config{KeepAlive: s.cfg.KeepAlive})
+	tc := tls.Server(conn, s.tls)
+	err := tc.HandshakeContext(hsCtx)
+	if err == nil && tc.ConnectionState().Version != tls.VersionTLS13 {
+		err = errors.New("agent did not negotiate TLS 1.3")
+	}
 	if err != nil {
 		log.Debug("agent handshake failed", "err", err)
+		conn.Close()
+		release()
 		return
 	}
+	if tc.ConnectionState().NegotiatedProtocol == wstransport.ALPN {
+		// The upgrade request is bounded by the WebSocket server's
+		// header timeout; the session takes a slot of its own.
+		release()
+		s.agentWS.push(tc)
+		return
+	}
+	ts, err := tlsmux.New(tc, tc.ConnectionState(), false, s.cfg.Transport)
+	if err != nil {
+		log.Debug("agent session failed", "err", err)
+		release()
+		return
+	}
+	s.serveSession(ts, "tcp", release)
+}
+
+// trySlot takes a handshake slot if one is free; release gives it back
+// (once, however often it is called).
+func (s *Server) trySlot() (release func(), ok bool) {
+	select {
+	case s.hs <- struct{}{}:
+		var once sync.Once
+		return func() { once.Do(func() { <-s.hs }) }, true
+	default:
+		return nil, false
+	}
+}
+
+// serveSession runs one agent session, over any transport, from its login
+// to its end. release gives back the session's handshake slot; it is
+// called once the agent has logged in, or when the session ends.
+func (s *Server) serveSession(ts transport.Session, via string, release func()) {
+	defer release()
+	log := s.log.With("agent", ts.RemoteAddr().String(), "transport", via)
+	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
 	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, log: log}
 	if !s.addSession(ss) {
-		ts.Close()
+		ts.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
 		return
 	}
 	defer func() {
 		ts.Close()
 		s.removeSession(ss)
 		ss.leave()
+		if ss.identity.Name != "" {
+			ss.log.Info("agent disconnected", "why", context.Cause(ts.Context()))
+		}
 	}()
 
 	ctrl, err := ts.AcceptStream(hsCtx)
@@ -99,7 +146,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	ctrl.SetDeadline(time.Time{})
 	release()
 	ss.log = log.With("identity", ss.identity.Name)
-	ss.log.Debug("agent logged in")
+	ss.log.Info("agent logged in")
 
 	// The agent opens only the control stream; refuse any other.
 	s.wg.Add(1)
@@ -150,11 +197,11 @@ func (s *Server) serveConn(conn net.Conn) {
 // session is torn down: the multiplexer sends asynchronously and drops what
 // is still queued when the session closes. It waits for the agent to hang
 // up, for a second at most.
-func (s *Server) flush(ts *tlsmux.Session) {
+func (s *Server) flush(ts transport.Session) {
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {
-	case <-ts.Done():
+	case <-ts.Context().Done():
 	case <-t.C:
 	case <-s.ctx.Done():
 	}

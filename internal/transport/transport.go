@@ -1,13 +1,17 @@
 // Package transport defines the session and stream abstractions that carry
 // tunnel traffic between an agent and the gateway. Implementations live in
-// sub-packages (tlsmux today); the gateway and the agent know only these
-// interfaces.
+// sub-packages: tlsmux (TLS over TCP with a stream multiplexer, also used
+// over WebSocket by wstransport) and quictransport (QUIC). The gateway and
+// the agent know only these interfaces; transporttest is the conformance
+// suite every implementation passes.
 package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
+	"time"
 )
 
 // Stream is one reliable, ordered, bidirectional byte stream of a Session.
@@ -28,12 +32,78 @@ type Session interface {
 	OpenStream(ctx context.Context) (Stream, error)
 	// AcceptStream waits for the next stream opened by the peer.
 	AcceptStream(ctx context.Context) (Stream, error)
-	// Close tears down the session and every stream on it.
+	// CloseWithError tears down the session and every stream on it,
+	// telling the peer why.
+	CloseWithError(code ErrorCode, reason string) error
+	// Close is CloseWithError(CodeNone, "").
 	Close() error
-	// Done is closed when the session has ended, for whatever reason.
-	Done() <-chan struct{}
+	// Context ends when the session has ended, for whatever reason.
+	Context() context.Context
+	// ConnectionState is the TLS state the session was authenticated
+	// with.
+	ConnectionState() tls.ConnectionState
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
+}
+
+// ErrorCode says why a session was closed.
+type ErrorCode uint32
+
+// Session error codes.
+const (
+	CodeNone         ErrorCode = 0 // normal close
+	CodeProtocol     ErrorCode = 1 // the peer broke the protocol
+	CodeShuttingDown ErrorCode = 2 // the side closing is stopping
+	CodeIdle         ErrorCode = 3 // the peer went silent
+)
+
+// Config tunes a session. The zero value is usable: every zero field takes
+// the documented default. Every transport honours it.
+type Config struct {
+	// KeepAlivePeriod is how long a session may be silent before a side
+	// sends a keepalive. Default 5s.
+	KeepAlivePeriod time.Duration
+	// MaxIdleTimeout bounds dead-peer detection: a peer that stops
+	// answering (no FIN, no RST: packets silently dropped) is noticed and
+	// the session closed within this time. Default 15s; at least twice
+	// KeepAlivePeriod.
+	MaxIdleTimeout time.Duration
+	// MaxIncomingStreams caps the streams opened by the peer that are open
+	// at once; a stream above the cap is refused and the session survives.
+	// Default 16384.
+	MaxIncomingStreams int
+	// StreamWindow is the largest receive window a stream grows to, in
+	// bytes. Default 16 MiB.
+	StreamWindow int
+}
+
+// Defaults for Config.
+const (
+	DefaultKeepAlivePeriod    = 5 * time.Second
+	DefaultMaxIdleTimeout     = 15 * time.Second
+	DefaultMaxIncomingStreams = 16384
+	DefaultStreamWindow       = 16 << 20
+)
+
+// WithDefaults returns c with its zero fields set to the defaults, and the
+// keepalive period shortened to half the idle timeout when it is longer.
+func (c Config) WithDefaults() Config {
+	if c.MaxIdleTimeout <= 0 {
+		c.MaxIdleTimeout = DefaultMaxIdleTimeout
+	}
+	if c.KeepAlivePeriod <= 0 {
+		c.KeepAlivePeriod = DefaultKeepAlivePeriod
+	}
+	if c.KeepAlivePeriod > c.MaxIdleTimeout/2 {
+		c.KeepAlivePeriod = c.MaxIdleTimeout / 2
+	}
+	if c.MaxIncomingStreams <= 0 {
+		c.MaxIncomingStreams = DefaultMaxIncomingStreams
+	}
+	if c.StreamWindow <= 0 {
+		c.StreamWindow = DefaultStreamWindow
+	}
+	return c
 }
 
 // ErrSessionClosed is returned by operations on a session that has ended.

@@ -1,62 +1,34 @@
 // Package tlsmux is the TLS-over-TCP transport: one TLS 1.3 connection
 // carrying many streams through the yamux stream multiplexer (the libp2p
-// implementation, which has real half-close and stream reset).
+// implementation, which has real half-close and stream reset). New runs the
+// same multiplexer over any other authenticated connection (a WebSocket,
+// say).
 package tlsmux
 
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/libp2p/go-yamux/v5"
 
 	"github.com/diglett/diglett/internal/transport"
 )
 
-// Config tunes a session. The zero value is usable: every zero field takes
-// the documented default.
-type Config struct {
-	// KeepAlive bounds dead-peer detection: a silent peer is noticed and
-	// the session closed within this time. Default 15s.
-	KeepAlive time.Duration
-	// MaxIncomingStreams caps the streams opened by the peer that are open
-	// at once; a stream above the cap is reset and the session survives.
-	// Default 16384.
-	MaxIncomingStreams int
-	// StreamWindow is the largest receive window a stream grows to, in
-	// bytes. Default 16 MiB.
-	StreamWindow int
-}
-
-// Defaults for Config.
-const (
-	DefaultKeepAlive          = 15 * time.Second
-	DefaultMaxIncomingStreams = 16384
-	DefaultStreamWindow       = 16 << 20
-)
-
-func (c Config) yamux() *yamux.Config {
-	if c.KeepAlive <= 0 {
-		c.KeepAlive = DefaultKeepAlive
-	}
-	if c.MaxIncomingStreams <= 0 {
-		c.MaxIncomingStreams = DefaultMaxIncomingStreams
-	}
-	if c.StreamWindow <= 0 {
-		c.StreamWindow = DefaultStreamWindow
-	}
+func yamuxConfig(c transport.Config) *yamux.Config {
+	c = c.WithDefaults()
 	yc := yamux.DefaultConfig()
 	yc.LogOutput = io.Discard
-	// A ping goes out after KeepAlive/3 of silence; it must be sent and
-	// answered within KeepAlive/3 each: a dead peer is noticed within
-	// KeepAlive.
+	// A ping goes out every KeepAlivePeriod; it must be sent and answered
+	// within the rest of MaxIdleTimeout: a dead peer is noticed within
+	// MaxIdleTimeout. Every other write must finish within that rest too.
 	yc.EnableKeepAlive = true
-	yc.KeepAliveInterval = c.KeepAlive / 3
-	yc.ConnectionWriteTimeout = c.KeepAlive / 3
+	yc.KeepAliveInterval = c.KeepAlivePeriod
+	yc.ConnectionWriteTimeout = c.MaxIdleTimeout - c.KeepAlivePeriod
 	yc.MaxIncomingStreams = uint32(c.MaxIncomingStreams)
 	yc.AcceptBacklog = 1024
 	yc.MaxStreamWindowSize = uint32(max(c.StreamWindow, 256<<10))
@@ -65,36 +37,54 @@ func (c Config) yamux() *yamux.Config {
 
 // Server performs the server side of the TLS handshake on conn (bounded by
 // ctx) and starts a session over it. conn is closed on failure.
-func Server(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg Config) (*Session, error) {
-	return start(ctx, conn, tls.Server(conn, tlsConf), cfg, yamux.Server)
+func Server(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg transport.Config) (*Session, error) {
+	tc := tls.Server(conn, tlsConf)
+	if err := handshake(ctx, tc); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return New(tc, tc.ConnectionState(), false, cfg)
 }
 
 // Client performs the client side of the TLS handshake on conn (bounded by
 // ctx) and starts a session over it. conn is closed on failure.
-func Client(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg Config) (*Session, error) {
-	return start(ctx, conn, tls.Client(conn, tlsConf), cfg, yamux.Client)
+func Client(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg transport.Config) (*Session, error) {
+	tc := tls.Client(conn, tlsConf)
+	if err := handshake(ctx, tc); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return New(tc, tc.ConnectionState(), true, cfg)
 }
 
-type newMux func(net.Conn, *yamux.Config, func() (yamux.MemoryManager, error)) (*yamux.Session, error)
-
-func start(ctx context.Context, raw net.Conn, tc *tls.Conn, cfg Config, mux newMux) (*Session, error) {
+func handshake(ctx context.Context, tc *tls.Conn) error {
 	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("tls handshake: %w", err)
+		return fmt.Errorf("tls handshake: %w", err)
 	}
 	if v := tc.ConnectionState().Version; v != tls.VersionTLS13 {
-		raw.Close()
-		return nil, fmt.Errorf("tls handshake: negotiated version %#x, need TLS 1.3", v)
+		return fmt.Errorf("tls handshake: negotiated version %#x, need TLS 1.3", v)
 	}
-	ms, err := mux(tc, cfg.yamux(), nil)
+	return nil
+}
+
+// New starts a session over conn, a connection authenticated by state;
+// client says which side of the multiplexer this is. conn is closed on
+// failure and when the session ends.
+func New(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config) (*Session, error) {
+	newMux := yamux.Server
+	if client {
+		newMux = yamux.Client
+	}
+	ms, err := newMux(conn, yamuxConfig(cfg), nil)
 	if err != nil {
-		raw.Close()
+		conn.Close()
 		return nil, fmt.Errorf("start multiplexer: %w", err)
 	}
-	s := &Session{mux: ms, tls: tc, done: make(chan struct{}), accepted: make(chan *yamux.Stream)}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := &Session{mux: ms, conn: conn, state: state, ctx: ctx, cancel: cancel, accepted: make(chan *yamux.Stream)}
 	go func() {
 		<-ms.CloseChan()
-		s.Close()
+		s.closeWith(transport.ErrSessionClosed)
 	}()
 	go s.acceptLoop()
 	return s, nil
@@ -103,16 +93,19 @@ func start(ctx context.Context, raw net.Conn, tc *tls.Conn, cfg Config, mux newM
 // Session is a tlsmux session. It implements transport.Session.
 type Session struct {
 	mux       *yamux.Session
-	tls       *tls.Conn
+	conn      net.Conn
+	state     tls.ConnectionState
 	accepted  chan *yamux.Stream
-	done      chan struct{}
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
 	closeOnce sync.Once
 }
 
 var _ transport.Session = (*Session)(nil)
 
-// ConnectionState reports the TLS state of the session's connection.
-func (s *Session) ConnectionState() tls.ConnectionState { return s.tls.ConnectionState() }
+// ConnectionState reports the TLS state the session was authenticated
+// with.
+func (s *Session) ConnectionState() tls.ConnectionState { return s.state }
 
 // OpenStream opens a stream to the peer.
 func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {
@@ -130,7 +123,7 @@ func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 		return st, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-s.done:
+	case <-s.ctx.Done():
 		return nil, fmt.Errorf("accept stream: %w", transport.ErrSessionClosed)
 	}
 }
@@ -141,12 +134,12 @@ func (s *Session) acceptLoop() {
 	for {
 		st, err := s.mux.AcceptStream()
 		if err != nil {
-			s.Close()
+			s.closeWith(err)
 			return
 		}
 		select {
 		case s.accepted <- st:
-		case <-s.done:
+		case <-s.ctx.Done():
 			st.Reset()
 			return
 		}
@@ -160,24 +153,44 @@ func (s *Session) wrapErr(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// Close ends the session and all its streams.
-func (s *Session) Close() error {
+// CloseWithError ends the session and all its streams; the peer's
+// operations fail with an error carrying code.
+func (s *Session) CloseWithError(code transport.ErrorCode, reason string) error {
 	s.closeOnce.Do(func() {
-		close(s.done)
-		s.mux.Close()
-		s.tls.Close()
+		err := transport.ErrSessionClosed
+		if reason != "" {
+			err = fmt.Errorf("%w: %s", err, reason)
+		}
+		s.cancel(err)
+		s.mux.CloseWithError(uint32(code))
+		s.conn.Close()
 	})
 	return nil
 }
 
-// Done is closed when the session ends.
-func (s *Session) Done() <-chan struct{} { return s.done }
+// Close ends the session and all its streams.
+func (s *Session) Close() error { return s.CloseWithError(transport.CodeNone, "") }
+
+func (s *Session) closeWith(cause error) {
+	s.closeOnce.Do(func() {
+		var ge *yamux.GoAwayError
+		if errors.As(cause, &ge) && ge.Remote {
+			cause = fmt.Errorf("%w: closed by the peer (code %d)", transport.ErrSessionClosed, ge.ErrorCode)
+		}
+		s.cancel(cause)
+		s.mux.Close()
+		s.conn.Close()
+	})
+}
+
+// Context ends when the session does; context.Cause says why.
+func (s *Session) Context() context.Context { return s.ctx }
 
 // LocalAddr is the local address of the underlying connection.
-func (s *Session) LocalAddr() net.Addr { return s.tls.LocalAddr() }
+func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
 
 // RemoteAddr is the peer's address.
-func (s *Session) RemoteAddr() net.Addr { return s.tls.RemoteAddr() }
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
 // NumStreams reports the streams currently open on the session.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }

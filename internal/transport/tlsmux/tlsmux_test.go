@@ -38,7 +38,7 @@ func clientTLS() *tls.Config {
 
 // pairOver connects a client and a server session over real TCP on
 // loopback, through wrap (which may interpose on the client's connection).
-func pairOver(t *testing.T, cfg Config, wrap func(net.Conn) net.Conn) (*Session, *Session) {
+func pairOver(t *testing.T, cfg transport.Config, wrap func(net.Conn) net.Conn) (*Session, *Session) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func pairOver(t *testing.T, cfg Config, wrap func(net.Conn) net.Conn) (*Session,
 func TestConformance(t *testing.T) {
 	const maxIncoming = 64
 	transporttest.Run(t, func(t *testing.T) (transport.Session, transport.Session) {
-		c, s := pairOver(t, Config{MaxIncomingStreams: maxIncoming}, nil)
+		c, s := pairOver(t, transport.Config{MaxIncomingStreams: maxIncoming}, nil)
 		return c, s
 	}, transporttest.Options{MaxIncoming: maxIncoming})
 }
@@ -104,7 +104,7 @@ func serveOne(t *testing.T, timeout time.Duration) (addr string, errc <-chan err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		s, err := Server(ctx, c, serverTLS(t), Config{})
+		s, err := Server(ctx, c, serverTLS(t), transport.Config{})
 		if err == nil {
 			s.Close()
 		}
@@ -174,8 +174,8 @@ func (b *blackhole) Read(p []byte) (int, error) {
 
 func TestDeadPeerDetected(t *testing.T) {
 	var bh *blackhole
-	keepAlive := 900 * time.Millisecond
-	c, s := pairOver(t, Config{KeepAlive: keepAlive}, func(c net.Conn) net.Conn {
+	idle := 900 * time.Millisecond
+	c, s := pairOver(t, transport.Config{MaxIdleTimeout: idle}, func(c net.Conn) net.Conn {
 		bh = &blackhole{Conn: c}
 		return bh
 	})
@@ -198,8 +198,8 @@ func TestDeadPeerDetected(t *testing.T) {
 	bh.mu.Unlock()
 	for name, sess := range map[string]*Session{"client": c, "server": s} {
 		select {
-		case <-sess.Done():
-		case <-time.After(10 * keepAlive):
+		case <-sess.Context().Done():
+		case <-time.After(10 * idle):
 			t.Fatalf("%s did not notice the dead peer", name)
 		}
 	}

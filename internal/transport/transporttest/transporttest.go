@@ -214,7 +214,7 @@ func testCloseSession(t *testing.T, pair Pair) {
 	_, peer := openPair(t, c, s)
 	c.Close()
 	select {
-	case <-s.Done():
+	case <-s.Context().Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("peer session did not end after Close")
 	}
@@ -278,7 +278,7 @@ func testStreamCap(t *testing.T, pair Pair, limit int) {
 	}
 	// The session survives, and closing one stream makes room.
 	select {
-	case <-c.Done():
+	case <-c.Context().Done():
 		t.Fatal("session ended when the cap was hit")
 	default:
 	}

@@ -1,0 +1,342 @@
+package diglett
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport"
+)
+
+// A link is one of the sessions the agent keeps to a gateway
+// (Config.Connections per gateway). Each link connects, registers the
+// names, serves the gateway's streams, and reconnects with backoff on its
+// own; the gateway treats every live session as a member of the names'
+// groups and spreads visitors over them.
+type link struct {
+	l       *Listener
+	gateway string // host:port as configured: the key of its pinned identity
+	index   int
+	tls     *tls.Config
+	proxy   func(*http.Request) (*url.URL, error)
+	log     *slog.Logger
+
+	mu  sync.Mutex
+	cur *linkSession
+}
+
+// linkSession is a session of a link, logged in and registered.
+type linkSession struct {
+	sess    transport.Session
+	via     string // the transport
+	ctrl    transport.Stream
+	tunnels []Tunnel
+	conns   sync.WaitGroup // visitor connections not yet closed
+}
+
+func newLink(l *Listener, gateway string, index int, tc *tls.Config, proxy func(*http.Request) (*url.URL, error)) *link {
+	return &link{l: l, gateway: gateway, index: index, tls: tc, proxy: proxy,
+		log: l.log.With("gateway", gateway, "session", index)}
+}
+
+func (k *link) setCurrent(ls *linkSession) {
+	k.mu.Lock()
+	k.cur = ls
+	k.mu.Unlock()
+}
+
+// tunnelList is what the link's current session registered.
+func (k *link) tunnelList() []Tunnel {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cur == nil {
+		return nil
+	}
+	return slices.Clone(k.cur.tunnels)
+}
+
+// drain tells the gateway to send the current session no new visitors.
+func (k *link) drain() error {
+	k.mu.Lock()
+	ls := k.cur
+	k.mu.Unlock()
+	if ls == nil {
+		return nil
+	}
+	return ls.drain(k.l.cfg.DialTimeout)
+}
+
+func (ls *linkSession) drain(timeout time.Duration) error {
+	ls.ctrl.SetWriteDeadline(time.Now().Add(timeout))
+	if err := protocol.WriteMessage(ls.ctrl, &protocol.Drain{}); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	return nil
+}
+
+// run serves the link's sessions, reconnecting, until the listener stops.
+// first, if not nil, is an already connected session.
+func (k *link) run(first *linkSession) {
+	l := k.l
+	ls := first
+	attempt := 0
+	wait := false
+	for {
+		for ls == nil {
+			if wait {
+				select {
+				case <-time.After(backoff(attempt, l.cfg.MaxBackoff)):
+				case <-l.ctx.Done():
+					return
+				}
+				attempt++
+			}
+			wait = true
+			var err error
+			ls, err = k.connect(l.ctx, l.tunnelsOf(k.gateway))
+			if l.ctx.Err() != nil || l.draining.Load() {
+				if ls != nil {
+					ls.sess.Close()
+				}
+				return
+			}
+			if err != nil {
+				if IsFatal(err) {
+					k.log.Error("giving up", "err", err)
+					l.stop(err)
+					return
+				}
+				k.log.Warn("reconnect failed", "err", err, "attempt", attempt)
+			}
+		}
+		started := time.Now()
+		next := k.serve(ls)
+		if l.ctx.Err() != nil || l.draining.Load() {
+			if next != nil {
+				next.sess.Close()
+			}
+			return
+		}
+		if next != nil {
+			ls = next
+			continue
+		}
+		if time.Since(started) > l.cfg.MaxBackoff {
+			attempt = 0
+		}
+		k.log.Warn("disconnected from gateway, reconnecting")
+		ls, wait = nil, attempt > 0
+	}
+}
+
+// serve accepts the gateway's streams on ls until it ends, or until a
+// session over a faster transport replaces it: serve then returns that
+// one, and ls is retired in the background.
+func (k *link) serve(ls *linkSession) *linkSession {
+	l := k.l
+	k.setCurrent(ls)
+	stop := context.AfterFunc(l.ctx, func() { ls.sess.Close() })
+	defer stop()
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		k.acceptStreams(ls)
+	}()
+	better := k.betterThan(ls.via)
+	if len(better) == 0 {
+		<-accepted
+		ls.sess.Close()
+		return nil
+	}
+	timer := time.NewTimer(l.cfg.UpgradeInterval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-accepted:
+			ls.sess.Close()
+			return nil
+		case <-timer.C:
+			next, err := k.connectOver(l.ctx, better, ls.tunnels, false)
+			if err != nil {
+				k.log.Debug("faster transports still fail", "transports", better, "err", err)
+				timer.Reset(l.cfg.UpgradeInterval)
+				continue
+			}
+			k.log.Info("moved to a faster transport", "from", ls.via, "to", next.via)
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				k.retire(ls, accepted)
+			}()
+			return next
+		}
+	}
+}
+
+// retire drains ls and closes it once its visitor connections have ended,
+// after drainTimeout at most.
+func (k *link) retire(ls *linkSession, accepted <-chan struct{}) {
+	defer ls.sess.Close()
+	if err := ls.drain(k.l.cfg.DialTimeout); err != nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		ls.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-accepted:
+	case <-time.After(drainTimeout):
+	case <-k.l.ctx.Done():
+	}
+}
+
+// drainTimeout bounds how long a retired session waits for its visitors.
+const drainTimeout = 30 * time.Second
+
+// acceptStreams hands the gateway's streams on ls to Accept until the
+// session ends.
+func (k *link) acceptStreams(ls *linkSession) {
+	for {
+		st, err := ls.sess.AcceptStream(k.l.ctx)
+		if err != nil {
+			return
+		}
+		k.l.wg.Add(1)
+		go func() {
+			defer k.l.wg.Done()
+			k.handleStream(ls, st)
+		}()
+	}
+}
+
+// streamHeaderTimeout bounds how long the gateway may take to send a
+// stream's header.
+const streamHeaderTimeout = 10 * time.Second
+
+func (k *link) handleStream(ls *linkSession, st transport.Stream) {
+	l := k.l
+	st.SetReadDeadline(time.Now().Add(streamHeaderTimeout))
+	h, err := protocol.ReadStreamHeader(st)
+	if err != nil {
+		k.log.Warn("bad stream from gateway", "err", err)
+		st.Close()
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	var public Addr
+	found := false
+	for _, t := range ls.tunnels {
+		if t.Name == h.Name {
+			public, found = t.Addr, true
+		}
+	}
+	ls.conns.Add(1)
+	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor), public: public, closed: ls.conns.Done}
+	if !found {
+		k.log.Warn("gateway sent a connection for a name this agent does not serve", "tunnel", h.Name)
+		c.sendStatus(protocol.StatusUnknownTunnel)
+		c.Reset()
+		return
+	}
+	select {
+	case l.conns <- c:
+	default:
+		k.log.Warn("visitor refused: accept backlog full", "tunnel", h.Name, "visitor", h.Visitor, "backlog", l.cfg.Backlog)
+		c.sendStatus(protocol.StatusBusy)
+		c.Abort(nil)
+	}
+}
+
+// transportOrder is the order transports are tried in for Config.Transport.
+func transportOrder(t string) []string {
+	if t == TransportAuto {
+		return []string{TransportQUIC, TransportTCP, TransportWebSocket}
+	}
+	return []string{t}
+}
+
+// betterThan lists the transports preferred to via.
+func (k *link) betterThan(via string) []string {
+	order := transportOrder(k.l.cfg.Transport)
+	if i := slices.Index(order, via); i > 0 {
+		return order[:i]
+	}
+	return nil
+}
+
+// connect dials the gateway over the configured transports in turn and
+// logs in. prev holds the tunnels of an earlier session: their ports are
+// asked for again as hints, so a restarted gateway gives the same ports
+// back when it can.
+func (k *link) connect(ctx context.Context, prev []Tunnel) (*linkSession, error) {
+	return k.connectOver(ctx, transportOrder(k.l.cfg.Transport), prev, true)
+}
+
+// autoAttemptTimeout bounds one transport's attempt when there are others
+// to fall back on: a blocked port usually answers with silence.
+const autoAttemptTimeout = 4 * time.Second
+
+// connectOver tries the transports in order; only a transport failure
+// moves on to the next one (a refusal by the gateway, or a gateway that
+// cannot be trusted, ends the attempt). announce logs the tunnels.
+func (k *link) connectOver(ctx context.Context, order []string, prev []Tunnel, announce bool) (*linkSession, error) {
+	var failed []string
+	var last error
+	for _, via := range order {
+		timeout := k.l.cfg.DialTimeout
+		if len(order) > 1 {
+			timeout = min(timeout, autoAttemptTimeout)
+		}
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		sess, err := k.dial(actx, via)
+		if err != nil {
+			cancel()
+			var te *trustError
+			if errors.As(err, &te) {
+				return nil, te
+			}
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("no answer within %v", timeout)
+			}
+			failed = append(failed, via+": "+err.Error())
+			last = err
+			continue
+		}
+		ls, err := k.handshake(actx, sess, via, prev)
+		cancel()
+		if err != nil {
+			sess.Close()
+			return nil, err
+		}
+		if len(failed) > 0 {
+			k.log.Info("connected over "+via, "because", strings.Join(failed, "; "))
+		} else {
+			k.log.Debug("connected over " + via)
+		}
+		if announce && k.index == 0 {
+			for _, t := range ls.tunnels {
+				k.log.Info("tunnel ready", "tunnel", t.Name, "urls", t.URLs(), "transport", via)
+			}
+		}
+		return ls, nil
+	}
+	if len(order) == 1 {
+		return nil, last
+	}
+	return nil, fmt.Errorf("connect to gateway %s: every transport failed: %s", k.gateway, strings.Join(failed, "; "))
+}

@@ -1,0 +1,265 @@
+package diglett_test
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/internal/transport/wstransport/proxytest"
+)
+
+// TestTransportsEndToEnd runs a TCP tunnel and an HTTP tunnel over each
+// transport.
+func TestTransportsEndToEnd(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{})
+	echo := startEcho(t)
+	for _, via := range []string{diglett.TransportQUIC, diglett.TransportTCP, diglett.TransportWebSocket} {
+		t.Run(via, func(t *testing.T) {
+			over := func(c *diglett.Config) {
+				c.Transport = via
+				c.WebSocketAddr = g.HTTPSAddr
+			}
+			cfg := agentConfig(t, g, "tcp-"+via)
+			cfg.Fingerprint = g.Fingerprint
+			over(&cfg)
+			ln := mustListen(t, cfg)
+			forward(t, ln, echo)
+			mustRoundTrip(t, ln.Addr().String(), "over "+via)
+
+			startHTTPAgent(t, g, "web-"+via, nameBackend(t, via), over)
+			if code, body := get(t, g.httpClient(t), "https://web-"+via+".gw.test/"); code != 200 || body != via {
+				t.Fatalf("HTTP over %s: %d %q", via, code, body)
+			}
+			waitFor(t, "gateway log", g.Logs, "transport="+via)
+		})
+	}
+}
+
+// TestWebSocketOnHTTPSPort reaches the gateway only through its HTTPS port,
+// as an agent that may only make HTTPS connections would: the gateway
+// answers it with its own key, which the agent pins.
+func TestWebSocketOnHTTPSPort(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{})
+	cfg := agentConfig(t, g, "web")
+	cfg.Transport = diglett.TransportWebSocket
+	cfg.Gateway = "127.0.0.1:" + strconv.Itoa(addrPortOf(t, unusedAddr(t)))
+	cfg.WebSocketAddr = g.HTTPSAddr
+	cfg.Fingerprint = g.Fingerprint
+	ln := mustListen(t, cfg)
+	forward(t, ln, nameBackend(t, "through 443"))
+	if code, body := get(t, g.httpClient(t), "https://web.gw.test/"); code != 200 || body != "through 443" {
+		t.Fatalf("%d %q", code, body)
+	}
+
+	// Another key on the HTTPS port is refused like on the agent port.
+	cfg = agentConfig(t, g, "web2")
+	cfg.Transport = diglett.TransportWebSocket
+	cfg.Gateway = g.HTTPSAddr
+	cfg.Fingerprint = fingerprint(t, newKey(t))
+	if _, err := listen(t, cfg); !isKeyMismatch(err) {
+		t.Fatalf("wrong fingerprint over WebSocket: err = %v", err)
+	}
+}
+
+func isKeyMismatch(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "gateway key mismatch")
+}
+
+func addrPortOf(t testing.TB, addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// blockPort drops every packet to port on loopback (proto "udp" or "tcp")
+// until the test ends, as a firewall that answers nothing would.
+func blockPort(t *testing.T, proto string, port int) (unblock func()) {
+	t.Helper()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		msg := "iptables is not installed (scripts/test-deps.sh installs it)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	rule := []string{"INPUT", "-i", "lo", "-p", proto, "--dport", strconv.Itoa(port), "-j", "DROP"}
+	if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+		msg := fmt.Sprintf("iptables: %v: %s", err, out)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	var once sync.Once
+	unblock = func() {
+		once.Do(func() {
+			if out, err := exec.Command("iptables", append([]string{"-D"}, rule...)...).CombinedOutput(); err != nil {
+				t.Errorf("iptables: %v: %s", err, out)
+			}
+		})
+	}
+	t.Cleanup(unblock)
+	return unblock
+}
+
+// TestAutoFallback blocks UDP, then raw TCP, to the agent port: the agent
+// says which transport it chose and why, the tunnel works, and once UDP is
+// open again it moves to QUIC.
+func TestAutoFallback(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{})
+	port := addrPortOf(t, g.Addr)
+	newAgent := func(t *testing.T, name string) (*diglett.Listener, *logSink) {
+		log, sink := newLogger(t, "agent "+name)
+		cfg := agentConfig(t, g, name)
+		cfg.Logger = log
+		cfg.Transport = diglett.TransportAuto
+		cfg.WebSocketAddr = g.HTTPSAddr
+		cfg.Fingerprint = g.Fingerprint
+		cfg.UpgradeInterval = time.Second
+		ln := mustListen(t, cfg)
+		forward(t, ln, nameBackend(t, name))
+		return ln, sink
+	}
+	c := g.httpClient(t)
+
+	t.Run("udp blocked", func(t *testing.T) {
+		unblockUDP := blockPort(t, "udp", port)
+		_, logs := newAgent(t, "noudp")
+		waitFor(t, "agent log", logs, "connected over tcp")
+		if !strings.Contains(logs.String(), "quic: ") {
+			t.Errorf("the agent did not say why QUIC was not used:\n%s", logs)
+		}
+		if code, body := get(t, c, "http://noudp.gw.test/"); code != 200 || body != "noudp" {
+			t.Fatalf("%d %q", code, body)
+		}
+		unblockUDP()
+		waitFor(t, "agent log", logs, "from=tcp to=quic")
+		for range 20 {
+			if code, body := get(t, c, "http://noudp.gw.test/"); code != 200 || body != "noudp" {
+				t.Fatalf("after the move: %d %q", code, body)
+			}
+		}
+	})
+	t.Run("udp and tcp blocked", func(t *testing.T) {
+		blockPort(t, "udp", port)
+		blockPort(t, "tcp", port)
+		_, logs := newAgent(t, "onlyhttps")
+		waitFor(t, "agent log", logs, "connected over ws")
+		if code, body := get(t, c, "http://onlyhttps.gw.test/"); code != 200 || body != "onlyhttps" {
+			t.Fatalf("%d %q", code, body)
+		}
+	})
+}
+
+// TestSessionLossUnderLoad keeps two sessions for one agent and kills one
+// while visitors keep coming: once the gateway has seen it go, no new
+// visitor fails, and the agent replaces the session.
+func TestSessionLossUnderLoad(t *testing.T) {
+	checkLeaks(t)
+	g := startGateway(t, gatewayOptions{})
+	p := startProxy(t, g.Addr)
+	cfg := agentConfig(t, g, "ha")
+	cfg.Gateway = p.Addr()
+	cfg.Fingerprint = g.Fingerprint
+	cfg.Connections = 2
+	ln := mustListen(t, cfg)
+	forward(t, ln, startEcho(t))
+	waitForN(t, "gateway log", g.Logs, "agent logged in", 2)
+	public := ln.Addr().String()
+
+	var (
+		killed    atomic.Bool
+		failedNew atomic.Int64
+		okNew     atomic.Int64
+		stop      = make(chan struct{})
+		wg        sync.WaitGroup
+	)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				after := killed.Load()
+				err := roundTrip(public, fmt.Sprintf("worker %d visitor %d", w, i))
+				if !after {
+					continue
+				}
+				if err != nil {
+					failedNew.Add(1)
+					t.Logf("visitor after the session loss failed: %v", err)
+				} else {
+					okNew.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.KillOne()
+	waitFor(t, "gateway log", g.Logs, "agent disconnected")
+	killed.Store(true)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	if failedNew.Load() != 0 || okNew.Load() == 0 {
+		t.Fatalf("after one session died: %d new visitors failed, %d succeeded", failedNew.Load(), okNew.Load())
+	}
+	// The agent replaces the lost session.
+	waitForN(t, "gateway log", g.Logs, "agent logged in", 3)
+}
+
+// TestWebSocketThroughProxy reaches the gateway only through a real HTTP
+// forward proxy (tinyproxy), with proxy basic auth, and checks the clear
+// refusals when the proxy wants credentials or denies the port.
+func TestWebSocketThroughProxy(t *testing.T) {
+	checkLeaks(t)
+	g := httpGateway(t, gatewayOptions{})
+	httpsPort := addrPortOf(t, g.HTTPSAddr)
+	p := proxytest.Start(t, proxytest.Options{User: "agent", Password: "s3cret", ConnectPorts: []int{httpsPort}})
+	agent := func(name string, proxy *url.URL) diglett.Config {
+		cfg := agentConfig(t, g, name)
+		cfg.Transport = diglett.TransportWebSocket
+		cfg.Gateway = g.Addr
+		cfg.WebSocketAddr = g.HTTPSAddr
+		cfg.Fingerprint = g.Fingerprint
+		cfg.Proxy = proxy
+		return cfg
+	}
+	ln := mustListen(t, agent("proxied", p.AuthURL()))
+	forward(t, ln, nameBackend(t, "through the proxy"))
+	if code, body := get(t, g.httpClient(t), "https://proxied.gw.test/"); code != 200 || body != "through the proxy" {
+		t.Fatalf("%d %q", code, body)
+	}
+	if got := p.Connects(); len(got) == 0 || got[0] != g.HTTPSAddr {
+		t.Fatalf("the proxy saw CONNECTs to %v, want %s", got, g.HTTPSAddr)
+	}
+
+	if _, err := listen(t, agent("noauth", p.URL)); err == nil || !strings.Contains(err.Error(), "407") {
+		t.Errorf("without proxy credentials: err = %v, want the proxy's 407", err)
+	}
+	// The proxy allows only the HTTPS port: the agent port is refused.
+	cfg := agent("agentport", p.AuthURL())
+	cfg.WebSocketAddr = g.Addr
+	if _, err := listen(t, cfg); err == nil || !strings.Contains(err.Error(), "refused CONNECT") {
+		t.Errorf("to a port the proxy denies: err = %v, want the proxy's refusal", err)
+	}
+}
