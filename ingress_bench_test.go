@@ -7,13 +7,16 @@ import (
 	"net"
 	"net/http"
 	"testing"
+
+	"github.com/diglett/diglett"
 )
 
 // BenchmarkHTTP compares, in the same run, small HTTP requests sent
 // directly to a backend with the same requests through the gateway's HTTP
-// ingress (routed by Host) and through the tunnel's public TCP port, over
-// 64 keep-alive connections ("parallel") and one ("serial"). The ratio of
-// ns/op to "direct" is the figure that counts on a shared machine:
+// ingress (routed by Host) and through the tunnel's public TCP port, with
+// the agent's session over each transport, over 64 keep-alive connections
+// ("parallel") and one ("serial"). The ratio of ns/op to "direct" is the
+// figure that counts on a shared machine:
 //
 //	go test -run '^$' -bench BenchmarkHTTP -count 5 . | benchstat -
 func BenchmarkHTTP(b *testing.B) {
@@ -22,13 +25,20 @@ func BenchmarkHTTP(b *testing.B) {
 		w.Write(body)
 	}))
 	g := httpGateway(b, gatewayOptions{})
-	ln := startHTTPAgent(b, g, "bench", backend)
 	paths := []struct {
 		name, dial, host string
 	}{
 		{"direct", backend, backend},
-		{"host", g.HTTPAddr, "bench." + testDomain},
-		{"tcp-port", ln.Addr().String(), ln.Addr().String()},
+	}
+	for _, via := range []string{diglett.TransportTCP, diglett.TransportQUIC, diglett.TransportWebSocket} {
+		name := "bench-" + via
+		ln := startHTTPAgent(b, g, name, backend, func(c *diglett.Config) {
+			c.Transport = via
+			c.WebSocketAddr = g.HTTPSAddr
+		})
+		paths = append(paths,
+			struct{ name, dial, host string }{"host-" + via, g.HTTPAddr, name + "." + testDomain},
+			struct{ name, dial, host string }{"tcp-port-" + via, ln.Addr().String(), ln.Addr().String()})
 	}
 	for _, mode := range []string{"serial", "parallel"} {
 		for _, p := range paths {

@@ -133,7 +133,7 @@ func (k *link) run(first *linkSession) {
 		if time.Since(started) > l.cfg.MaxBackoff {
 			attempt = 0
 		}
-		k.log.Warn("disconnected from gateway, reconnecting")
+		k.log.Warn("disconnected from gateway, reconnecting", "transport", ls.via, "why", context.Cause(ls.sess.Context()))
 		ls, wait = nil, attempt > 0
 	}
 }

@@ -1,6 +1,7 @@
 package diglett_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -89,6 +90,21 @@ func addrPortOf(t testing.TB, addr string) int {
 // until the test ends, as a firewall that answers nothing would.
 func blockPort(t *testing.T, proto string, port int) (unblock func()) {
 	t.Helper()
+	return dropRules(t, []string{"-p", proto, "--dport", strconv.Itoa(port)})
+}
+
+// silence drops every packet to and from port on loopback, as a peer that
+// vanished without a FIN or a reset would look.
+func silence(t *testing.T, proto string, port int) (unblock func()) {
+	t.Helper()
+	return dropRules(t, []string{"-p", proto, "--dport", strconv.Itoa(port)}, []string{"-p", proto, "--sport", strconv.Itoa(port)})
+}
+
+// dropRules adds a DROP rule on loopback input for each match, removed by
+// unblock or when the test ends. Without iptables the test fails under
+// CI=true and is skipped otherwise.
+func dropRules(t *testing.T, matches ...[]string) (unblock func()) {
+	t.Helper()
 	if _, err := exec.LookPath("iptables"); err != nil {
 		msg := "iptables is not installed (scripts/test-deps.sh installs it)"
 		if os.Getenv("CI") == "true" {
@@ -96,24 +112,73 @@ func blockPort(t *testing.T, proto string, port int) (unblock func()) {
 		}
 		t.Skip(msg)
 	}
-	rule := []string{"INPUT", "-i", "lo", "-p", proto, "--dport", strconv.Itoa(port), "-j", "DROP"}
-	if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
-		msg := fmt.Sprintf("iptables: %v: %s", err, out)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+	var rules [][]string
+	for _, m := range matches {
+		rules = append(rules, append(append([]string{"INPUT", "-i", "lo"}, m...), "-j", "DROP"))
 	}
 	var once sync.Once
 	unblock = func() {
 		once.Do(func() {
-			if out, err := exec.Command("iptables", append([]string{"-D"}, rule...)...).CombinedOutput(); err != nil {
-				t.Errorf("iptables: %v: %s", err, out)
+			for _, rule := range rules {
+				if out, err := exec.Command("iptables", append([]string{"-D"}, rule...)...).CombinedOutput(); err != nil {
+					t.Errorf("iptables: %v: %s", err, out)
+				}
 			}
 		})
 	}
+	for i, rule := range rules {
+		if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+			rules = rules[:i]
+			unblock()
+			msg := fmt.Sprintf("iptables: %v: %s", err, out)
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
 	t.Cleanup(unblock)
 	return unblock
+}
+
+// TestDeadPeerDetected silences an agent's session (every packet dropped,
+// no FIN, no reset) on each transport: both sides notice within the idle
+// timeout, and the agent is back once the network is.
+func TestDeadPeerDetected(t *testing.T) {
+	checkLeaks(t)
+	for _, tc := range []struct{ via, proto string }{
+		{diglett.TransportTCP, "tcp"},
+		{diglett.TransportQUIC, "udp"},
+	} {
+		t.Run(tc.via, func(t *testing.T) {
+			g := startGateway(t, gatewayOptions{})
+			log, logs := newLogger(t, "agent")
+			cfg := agentConfig(t, g, "quiet")
+			cfg.Logger = log
+			cfg.Transport = tc.via
+			cfg.Fingerprint = g.Fingerprint
+			ln := mustListen(t, cfg)
+			forward(t, ln, startEcho(t))
+			unblock := silence(t, tc.proto, addrPortOf(t, g.Addr))
+			// Both notice within the idle timeout; "eventually" adds
+			// slack for a loaded machine.
+			err := poll(testKeepAlive+eventually, func() error {
+				if !strings.Contains(g.Logs.String(), "agent disconnected") {
+					return errors.New("the gateway has not noticed")
+				}
+				if !strings.Contains(logs.String(), "disconnected from gateway") {
+					return errors.New("the agent has not noticed")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			unblock()
+			waitForN(t, "gateway log", g.Logs, "agent logged in", 2)
+			mustRoundTrip(t, ln.Addr().String(), "back after the silence")
+		})
+	}
 }
 
 // TestAutoFallback blocks UDP, then raw TCP, to the agent port: the agent

@@ -82,10 +82,6 @@ func New(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Co
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &Session{mux: ms, conn: conn, state: state, ctx: ctx, cancel: cancel, accepted: make(chan *yamux.Stream)}
-	go func() {
-		<-ms.CloseChan()
-		s.closeWith(transport.ErrSessionClosed)
-	}()
 	go s.acceptLoop()
 	return s, nil
 }
@@ -129,7 +125,8 @@ func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 }
 
 // acceptLoop hands the multiplexer's streams to AcceptStream callers, so
-// that AcceptStream can honour a context. It ends with the session.
+// that AcceptStream can honour a context. It ends with the session, whose
+// end it notices first (the multiplexer's accept fails with the reason).
 func (s *Session) acceptLoop() {
 	for {
 		st, err := s.mux.AcceptStream()
@@ -139,6 +136,8 @@ func (s *Session) acceptLoop() {
 		}
 		select {
 		case s.accepted <- st:
+		case <-s.mux.CloseChan():
+			st.Reset()
 		case <-s.ctx.Done():
 			st.Reset()
 			return
@@ -171,11 +170,19 @@ func (s *Session) CloseWithError(code transport.ErrorCode, reason string) error 
 // Close ends the session and all its streams.
 func (s *Session) Close() error { return s.CloseWithError(transport.CodeNone, "") }
 
+// closeWith ends the session because of cause, the multiplexer's reason.
 func (s *Session) closeWith(cause error) {
 	s.closeOnce.Do(func() {
 		var ge *yamux.GoAwayError
-		if errors.As(cause, &ge) && ge.Remote {
+		switch {
+		case errors.As(cause, &ge) && ge.Remote:
 			cause = fmt.Errorf("%w: closed by the peer (code %d)", transport.ErrSessionClosed, ge.ErrorCode)
+		case errors.Is(cause, yamux.ErrKeepAliveTimeout), errors.Is(cause, yamux.ErrConnectionWriteTimeout):
+			cause = fmt.Errorf("%w: the peer went silent (%v)", transport.ErrSessionClosed, cause)
+		case errors.Is(cause, yamux.ErrSessionShutdown):
+			cause = transport.ErrSessionClosed
+		default:
+			cause = fmt.Errorf("%w: %v", transport.ErrSessionClosed, cause)
 		}
 		s.cancel(cause)
 		s.mux.Close()
