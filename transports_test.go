@@ -42,7 +42,43 @@ func TestTransportsEndToEnd(t *testing.T) {
 				t.Fatalf("HTTP over %s: %d %q", via, code, body)
 			}
 			waitFor(t, "gateway log", g.Logs, "transport="+via)
+
+			// The gateway's key is checked the same way.
+			bad := agentConfig(t, g, "bad-"+via)
+			over(&bad)
+			bad.Fingerprint = fingerprint(t, newKey(t))
+			if _, err := listen(t, bad); !errors.Is(err, diglett.ErrGatewayKeyMismatch) {
+				t.Fatalf("wrong key over %s: err = %v, want ErrGatewayKeyMismatch", via, err)
+			}
 		})
+	}
+}
+
+// TestSeveralGateways publishes one name on two gateways with two sessions
+// to each: visitors of either gateway reach the backend.
+func TestSeveralGateways(t *testing.T) {
+	checkLeaks(t)
+	g1 := httpGateway(t, gatewayOptions{})
+	g2 := httpGateway(t, gatewayOptions{Key: g1.Key})
+	cfg := agentConfig(t, g1, "both")
+	cfg.Gateways = []string{g2.Addr}
+	cfg.Fingerprint = g1.Fingerprint
+	cfg.Connections = 2
+	ln := mustListen(t, cfg)
+	forward(t, ln, nameBackend(t, "both"))
+	waitForN(t, "first gateway log", g1.Logs, "agent logged in", 2)
+	waitForN(t, "second gateway log", g2.Logs, "agent logged in", 2)
+	for _, g := range []*testGateway{g1, g2} {
+		if code, body := get(t, g.httpClient(t), "http://both.gw.test/"); code != 200 || body != "both" {
+			t.Fatalf("through %s: %d %q", g.Addr, code, body)
+		}
+	}
+	all := ln.AllTunnels()
+	if len(all) != 2 || all[0].Addr.String() == all[1].Addr.String() {
+		t.Fatalf("AllTunnels = %v, want one tunnel on each gateway", all)
+	}
+	if ln.Addr().String() != all[0].Addr.String() {
+		t.Fatalf("Addr = %v, want the first gateway's %v", ln.Addr(), all[0].Addr)
 	}
 }
 
