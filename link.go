@@ -134,7 +134,7 @@ func (k *link) run(first *linkSession) {
 			attempt = 0
 		}
 		k.log.Warn("disconnected from gateway, reconnecting", "transport", ls.via, "why", context.Cause(ls.sess.Context()))
-		ls, wait = nil, attempt > 0
+		ls, wait = nil, true
 	}
 }
 
@@ -247,7 +247,7 @@ func (k *link) handleStream(ls *linkSession, st transport.Stream) {
 	if !found {
 		k.log.Warn("gateway sent a connection for a name this agent does not serve", "tunnel", h.Name)
 		c.sendStatus(protocol.StatusUnknownTunnel)
-		c.Reset()
+		c.Abort(nil)
 		return
 	}
 	select {
