@@ -13,13 +13,16 @@
 //	fmt.Println("public address:", ln.Addr())
 //	http.Serve(ln, handler)
 //
-// The connection to the gateway is TLS 1.3 and the gateway is always
-// authenticated: by a CA-signed certificate, by an explicit fingerprint, or
-// by the key pinned on first use in the known_gateways file. When the
-// connection drops, the listener reconnects with exponential backoff and
-// registers the same names again; the gateway keeps them (and their ports)
-// leased for the agent's identity meanwhile. Accept returns an error only
-// when the listener is closed or a fatal error stops it (see IsFatal).
+// The listener keeps Config.Connections sessions to each gateway, over QUIC,
+// TLS over TCP or WebSocket over TLS (Config.Transport; by default the first
+// of them that works), and the gateway is always authenticated: by a
+// CA-signed certificate, by an explicit fingerprint, or by the key pinned on
+// first use in the known_gateways file. When a session drops, it is
+// reconnected with exponential backoff and the same names registered again;
+// the gateway keeps them (and their ports) leased for the agent's identity
+// meanwhile, and sends visitors to the other sessions. Accept returns an
+// error only when the listener is closed or a fatal error stops it (see
+// IsFatal).
 package diglett
 
 import (
