@@ -28,5 +28,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadMessage$$' -fuzztime $(FUZZTIME) ./internal/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzReadStreamHeader$$' -fuzztime $(FUZZTIME) ./internal/protocol
 
+# Measure diglett against the direct path; writes bench/results.md and
+# bench/results.png (BENCH_RUNS=1 for a quick run, see scripts/bench.sh).
+bench: build
+	./scripts/bench.sh
+
 clean:
 	rm -rf bin

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/diglett/diglett"
+)
+
+// memResult is the gateway's memory with idle agent sessions.
+type memResult struct {
+	sessions      int
+	before, after int64 // VmRSS, bytes
+	setup         time.Duration
+	errors        int
+	firstErr      error
+}
+
+func (m *memResult) perSession() float64 {
+	return float64(m.after-m.before) / 1024 / float64(m.sessions)
+}
+
+// memory starts a fresh gateway, opens o.sessions idle agent sessions to
+// it from this process (diglett.Listen with one TLS-over-TCP session each,
+// one name and public port each), and compares the gateway's resident
+// memory before and after.
+func (b *bench) memory(ctx context.Context) (*memResult, error) {
+	n := b.o.sessions
+	fmt.Fprintf(os.Stderr, "bench: gateway memory with %d idle agent sessions\n", n)
+	g, addr, fp, err := b.startGateway(ctx, "gateway-memory", b.o.portsMem, false)
+	if err != nil {
+		return nil, err
+	}
+	defer b.ps.stopAll()
+	settle := func() int64 {
+		// The gateway's heap settles within a few seconds of idleness;
+		// take the last of a few samples.
+		var v int64
+		for i := 0; i < 5 && ctx.Err() == nil; i++ {
+			time.Sleep(time.Second)
+			v = rss(g.pid())
+		}
+		return v
+	}
+	m := &memResult{sessions: n}
+	m.before = settle()
+
+	logf, err := os.Create(filepath.Join(b.logDir, "memory-agents.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		lns  []*diglett.Listener
+		wg   sync.WaitGroup
+		work = make(chan int)
+	)
+	start := time.Now()
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				dctx, dcancel := context.WithTimeout(lctx, 30*time.Second)
+				ln, err := diglett.Listen(dctx, diglett.Config{
+					Gateway:     addr,
+					Name:        fmt.Sprintf("idle%05d", i),
+					Transport:   diglett.TransportTCP,
+					Connections: 1,
+					Fingerprint: fp,
+					Logger:      log,
+				})
+				dcancel()
+				mu.Lock()
+				if err != nil {
+					m.errors++
+					if m.firstErr == nil {
+						m.firstErr = err
+					}
+				} else {
+					lns = append(lns, ln)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	m.setup = time.Since(start)
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	if err := g.alive(); err != nil {
+		return nil, err
+	}
+	if len(lns) == 0 {
+		return nil, fmt.Errorf("no session opened: %v", m.firstErr)
+	}
+	m.sessions = len(lns)
+	m.after = settle()
+	fmt.Fprintf(os.Stderr, "  %d sessions in %v (%d failed), gateway RSS %.1f MB -> %.1f MB: %.1f KB per session\n",
+		m.sessions, m.setup.Round(time.Millisecond), m.errors, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession())
+	return m, ctx.Err()
+}

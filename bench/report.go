@@ -1,0 +1,411 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// row is one line of the results table.
+type row struct {
+	label, unit string
+	dkey, key   string // keys of direct's figure and of the transports'
+	digits      int
+	added       bool // a difference to direct, computed per run; no direct column
+}
+
+func rows() []row {
+	rs := []row{
+		{"Bulk TCP, 1 stream, visitor → backend", "Gbit/s", "bulk1_up", "bulk1_up", 2, false},
+		{"Bulk TCP, 1 stream, backend → visitor", "Gbit/s", "bulk1_down", "bulk1_down", 2, false},
+		{"Bulk TCP, 8 streams, visitor → backend", "Gbit/s", "bulk8_up", "bulk8_up", 2, false},
+		{"Bulk TCP, 8 streams, backend → visitor", "Gbit/s", "bulk8_down", "bulk8_down", 2, false},
+	}
+	for _, c := range []int{64, 256} {
+		for _, w := range []struct{ name, key string }{{"HTTP by Host", "host"}, {"HTTP via TCP port", "tcp"}} {
+			k := fmt.Sprintf("%s%d", w.key, c)
+			d := fmt.Sprintf("http%d", c)
+			rs = append(rs,
+				row{fmt.Sprintf("%s, %d conns", w.name, c), "req/s", d + "_rps", k + "_rps", 0, false},
+				row{fmt.Sprintf("%s, %d conns, p50", w.name, c), "ms", d + "_p50", k + "_p50", 3, false},
+				row{fmt.Sprintf("%s, %d conns, p99", w.name, c), "ms", d + "_p99", k + "_p99", 3, false},
+			)
+		}
+	}
+	rs = append(rs,
+		row{"New connection per request, by Host", "conn/s", "close_cps", "hostclose_cps", 0, false},
+		row{"New connection per request, via TCP port", "conn/s", "close_cps", "tcpclose_cps", 0, false},
+	)
+	for _, w := range []struct{ name, key string }{{"by Host", "host"}, {"via TCP port", "tcp"}} {
+		rs = append(rs,
+			row{"1,000 req/s, " + w.name + ", p50", "ms", "lat_p50", "lat" + w.key + "_p50", 3, false},
+			row{"1,000 req/s, " + w.name + ", p99", "ms", "lat_p99", "lat" + w.key + "_p99", 3, false},
+			row{"1,000 req/s, " + w.name + ", added p50", "ms", "", "add" + w.key + "_p50", 3, true},
+			row{"1,000 req/s, " + w.name + ", added p99", "ms", "", "add" + w.key + "_p99", 3, true},
+		)
+	}
+	rs = append(rs,
+		row{"Gateway + agent peak RSS, HTTP by Host, 64 conns", "MB", "", "host64_rss", 1, true},
+		row{"Gateway + agent peak RSS, HTTP via TCP port, 64 conns", "MB", "", "tcp64_rss", 1, true},
+		row{"Gateway + agent CPU per request, HTTP by Host, 64 conns", "µs", "", "host64_cpu", 1, true},
+		row{"Gateway + agent CPU per request, HTTP via TCP port, 64 conns", "µs", "", "tcp64_cpu", 1, true},
+	)
+	return rs
+}
+
+// value is the median over runs of a path's value for key.
+func (b *bench) value(path, key string) (float64, bool) {
+	v, _, _ := b.figure(path, key, "")
+	var has bool
+	for _, res := range b.results {
+		_, ok := res[path][key]
+		has = has || ok
+	}
+	return v, has
+}
+
+// figure is the median over runs of a path's value for key, and of its
+// ratio to direct's dkey within each run; ok is false when the ratio was
+// not measured.
+func (b *bench) figure(path, key, dkey string) (v, ratio float64, ok bool) {
+	var vs, rs []float64
+	for _, res := range b.results {
+		x, has := res[path][key]
+		if !has {
+			continue
+		}
+		vs = append(vs, x)
+		if dkey != "" {
+			if d, has := res["direct"][dkey]; has && d != 0 {
+				rs = append(rs, x/d)
+			}
+		}
+	}
+	if len(vs) == 0 {
+		return 0, 0, false
+	}
+	return median(vs), median(rs), len(rs) > 0
+}
+
+func (b *bench) transports() []string {
+	var ts []string
+	for _, t := range b.targets[1:] {
+		ts = append(ts, t.name)
+	}
+	return ts
+}
+
+func (b *bench) report() error {
+	var w strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
+	ts := b.transports()
+
+	p("# diglett benchmark results\n\n")
+	p("Written by `make bench` (scripts/bench.sh, program in bench/). Every figure is the median of %d run(s); the ratio in parentheses is the median of the per-run ratios to the direct path measured in the same run, one path after the other.\n\n", b.o.runs)
+	p("- Date: %s (took %v)\n", b.started.Format("2006-01-02 15:04:05 MST"), b.duration.Round(time.Second))
+	p("- Machine: %s CPU(s) (`nproc`), %s, Linux %s, %s\n", cmdOut("nproc"), cpuModel(), readTrim("/proc/sys/kernel/osrelease"), runtime.Version())
+	p("- Commit: %s\n", commit())
+	p("- Command: `%s`\n", b.o.command)
+	p("- Settings: %d s per wrk/iperf3 measurement (wrk 2 threads; iperf3 `-O 1` omits the first second), %d s at %d req/s over 64 keep-alive connections for latency (plus 1 s of warm-up), transports %s\n",
+		b.o.secs, b.o.latSecs, b.o.rate, strings.Join(ts, ", "))
+	p("- Tools: %s; %s\n", firstLine(cmdOutAll("wrk", "-v")), firstLine(cmdOut("iperf3", "--version")))
+	p("- Direct: a Go HTTP server answering 100 bytes with keep-alive, and `iperf3 -s`, on 127.0.0.1. Tunnels: `bin/diglett-server` (HTTP ingress on its own port, routed by `Host: NAME.%s`) and one `bin/diglett` agent per transport and backend, with its default 2 sessions.\n\n", domain)
+
+	p("## Figures\n\n")
+	p("| workload | unit | direct |")
+	for _, t := range ts {
+		p(" %s |", t)
+	}
+	p("\n| --- | --- | --- |")
+	for range ts {
+		p(" --- |")
+	}
+	p("\n")
+	for _, r := range rows() {
+		var cells []string
+		any := false
+		if r.added {
+			cells = append(cells, "—")
+		} else if v, ok := b.value("direct", r.dkey); ok {
+			cells = append(cells, num(v, r.digits))
+			any = true
+		} else {
+			cells = append(cells, "")
+		}
+		for _, t := range ts {
+			v, ratio, ok := b.figure(t, r.key, r.dkey)
+			switch {
+			case r.added:
+				if v, has := b.value(t, r.key); has {
+					if r.unit == "ms" {
+						cells = append(cells, fmt.Sprintf("%+.*f", r.digits, v))
+					} else {
+						cells = append(cells, num(v, r.digits))
+					}
+					any = true
+				} else {
+					cells = append(cells, "")
+				}
+			case ok:
+				cells = append(cells, fmt.Sprintf("%s (%.2f×)", num(v, r.digits), ratio))
+				any = true
+			default:
+				cells = append(cells, "")
+			}
+		}
+		if any {
+			p("| %s | %s | %s |\n", r.label, r.unit, strings.Join(cells, " | "))
+		}
+	}
+	p("\nThroughput ratios above 1× are better than direct, latency ratios below 1×. \"Added\" is the tunnel's figure minus direct's, within each run. RSS and CPU are those of the gateway and of the agent serving that tunnel, sampled during the 64-connection run (the gateway also holds the other transports' agents, idle meanwhile).\n\n")
+
+	if b.mem != nil {
+		m := b.mem
+		p("## Gateway memory with idle agent sessions\n\n")
+		p("A fresh gateway; %d sessions opened from the bench process with `diglett.Listen` (TLS over TCP, `Connections: 1`, one name and public port each) in %v", m.sessions, m.setup.Round(time.Millisecond))
+		if m.errors > 0 {
+			p(", %d failed (first: %v)", m.errors, m.firstErr)
+		}
+		p(".\n\n| gateway VmRSS idle | with %d sessions | per session |\n| --- | --- | --- |\n| %.1f MB | %.1f MB | %.1f KB |\n\n",
+			m.sessions, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession())
+	}
+
+	p("## Targets of issue 5\n\n")
+	p("| target |")
+	for _, t := range ts {
+		p(" %s |", t)
+	}
+	p("\n| --- |")
+	for range ts {
+		p(" --- |")
+	}
+	p("\n")
+	type tgt struct {
+		label, key, dkey string
+		limit            float64
+		atMost           bool
+		unit             string // "×", or the unit of an added ("+") or absolute figure
+	}
+	tgts := []tgt{
+		{"HTTP by Host, 64 conns: ≥ 0.40× direct req/s", "host64_rps", "http64_rps", 0.40, false, "×"},
+		{"HTTP via TCP port, 64 conns: ≥ 0.50× direct req/s", "tcp64_rps", "http64_rps", 0.50, false, "×"},
+		{"HTTP via TCP port, 256 conns: ≥ 0.50× direct req/s", "tcp256_rps", "http256_rps", 0.50, false, "×"},
+		{"Bulk TCP, 1 stream, visitor → backend: ≥ 0.30× direct", "bulk1_up", "bulk1_up", 0.30, false, "×"},
+		{"Bulk TCP, 1 stream, backend → visitor: ≥ 0.30× direct", "bulk1_down", "bulk1_down", 0.30, false, "×"},
+		{"Added latency at 1,000 req/s by Host: p50 ≤ +0.15 ms", "addhost_p50", "", 0.15, true, " ms"},
+		{"Added latency at 1,000 req/s by Host: p99 ≤ +0.5 ms", "addhost_p99", "", 0.5, true, " ms"},
+		{"Added latency at 1,000 req/s via TCP port: p50 ≤ +0.15 ms", "addtcp_p50", "", 0.15, true, " ms"},
+		{"Added latency at 1,000 req/s via TCP port: p99 ≤ +0.5 ms", "addtcp_p99", "", 0.5, true, " ms"},
+		{"Gateway + agent ≤ 40 MB RSS under 64-conn HTTP by Host", "host64_rss", "", 40, true, "MB"},
+	}
+	for _, g := range tgts {
+		var cells []string
+		measured := false
+		for _, t := range ts {
+			_, ratio, ok := b.figure(t, g.key, g.dkey)
+			if g.dkey == "" {
+				ratio, ok = b.value(t, g.key)
+			}
+			if !ok {
+				cells = append(cells, "not measured")
+				continue
+			}
+			measured = true
+			pass := ratio >= g.limit
+			if g.atMost {
+				pass = ratio <= g.limit
+			}
+			verdict := "**FAIL**"
+			if pass {
+				verdict = "pass"
+			}
+			switch g.unit {
+			case "×":
+				cells = append(cells, fmt.Sprintf("%s %.2f×", verdict, ratio))
+			case "MB":
+				cells = append(cells, fmt.Sprintf("%s %.1f MB", verdict, ratio))
+			default:
+				cells = append(cells, fmt.Sprintf("%s %+.2f%s", verdict, ratio, g.unit))
+			}
+		}
+		if measured {
+			p("| %s | %s |\n", g.label, strings.Join(cells, " | "))
+		}
+	}
+	if b.mem != nil {
+		verdict := "**FAIL**"
+		if b.mem.perSession() <= 20 {
+			verdict = "pass"
+		}
+		p("\n≤ 20 KB of gateway memory per idle agent session (tcp): %s, %.1f KB.\n", verdict, b.mem.perSession())
+	}
+	p("\nNot measured yet: memory per idle stream (10,000 streams), 10,000 concurrent keep-alive visitors, head-of-line blocking with a stalled download.\n\n")
+
+	p("## Errors and notes\n\n")
+	nerr := 0
+	for k, n := range b.errs {
+		if n > 0 {
+			p("- %s: %d errors (socket errors or non-2xx answers, summed over runs)\n", k, n)
+			nerr++
+		}
+	}
+	if nerr == 0 {
+		p("- wrk and the latency generator saw no errors (socket errors, timeouts, non-2xx answers).\n")
+	}
+	if b.lag > 0 {
+		p("- The latency generator's schedule woke up to %.2f ms late (p99 of its own lag, worst path); that lag is not counted in the latencies, waiting for a free connection is.\n", b.lag)
+	}
+	for _, n := range b.notes {
+		p("- %s\n", n)
+	}
+	p("\n![ratios to direct](results.png)\n")
+
+	if err := os.MkdirAll(b.o.out, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(b.o.out, "results.md"), []byte(w.String()), 0o644); err != nil {
+		return err
+	}
+	if err := b.chart(filepath.Join(b.o.out, "results.png")); err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote %s and %s\n", filepath.Join(b.o.out, "results.md"), filepath.Join(b.o.out, "results.png"))
+	return nil
+}
+
+// chart draws the main ratios to direct as bars per transport, with the
+// targets beside them.
+func (b *bench) chart(path string) error {
+	groups := []struct {
+		label, key, dkey string
+		target           float64
+	}{
+		{"bulk 1 stream\nvisitor → backend", "bulk1_up", "bulk1_up", 0.30},
+		{"bulk 1 stream\nbackend → visitor", "bulk1_down", "bulk1_down", 0.30},
+		{"HTTP by Host\n64 conns", "host64_rps", "http64_rps", 0.40},
+		{"HTTP via TCP port\n64 conns", "tcp64_rps", "http64_rps", 0.50},
+	}
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("diglett through each transport, ratio to direct (median of %d runs)", b.o.runs)
+	p.Y.Label.Text = "× direct (higher is better)"
+	p.Y.Min = 0
+	p.Add(plotter.NewGrid())
+	ts := b.transports()
+	colors := []color.Color{
+		color.RGBA{0x1f, 0x77, 0xb4, 0xff},
+		color.RGBA{0xff, 0x7f, 0x0e, 0xff},
+		color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
+		color.RGBA{0xd6, 0x27, 0x28, 0xff},
+	}
+	n := len(ts) + 1
+	width := vg.Points(18)
+	ymax := 1.0
+	for i := 0; i < n; i++ {
+		vals := make(plotter.Values, len(groups))
+		name := "target"
+		fill := color.Color(color.Gray{0xb0})
+		for j, g := range groups {
+			if i < len(ts) {
+				_, r, ok := b.figure(ts[i], g.key, g.dkey)
+				if ok && !math.IsNaN(r) {
+					vals[j] = r
+				}
+			} else {
+				vals[j] = g.target
+			}
+			ymax = math.Max(ymax, vals[j])
+		}
+		if i < len(ts) {
+			name = ts[i]
+			fill = colors[i%len(colors)]
+		}
+		bars, err := plotter.NewBarChart(vals, width)
+		if err != nil {
+			return err
+		}
+		bars.Color = fill
+		bars.LineStyle.Width = 0
+		bars.Offset = width * vg.Length(float64(i)-float64(n-1)/2)
+		p.Add(bars)
+		p.Legend.Add(name, bars)
+	}
+	p.Y.Max = math.Ceil(ymax*10)/10 + 0.05
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(10)
+	var labels []string
+	for _, g := range groups {
+		labels = append(labels, g.label)
+	}
+	p.NominalX(labels...)
+	p.X.Min = -0.6
+	p.X.Max = float64(len(groups)) - 0.4
+	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+}
+
+func num(v float64, digits int) string {
+	if digits == 0 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.*f", digits, v)
+}
+
+func cmdOut(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// cmdOutAll is cmdOut for programs that print their version on stderr
+// with a non-zero exit.
+func cmdOutAll(name string, args ...string) string {
+	out, _ := exec.Command(name, args...).CombinedOutput()
+	return strings.TrimSpace(string(out))
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func cpuModel() string {
+	for _, l := range strings.Split(readTrim("/proc/cpuinfo"), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func commit() string {
+	c := cmdOut("git", "rev-parse", "--short", "HEAD")
+	st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output()
+	switch {
+	case err != nil:
+		return c + " (dirty state unknown)"
+	case len(strings.TrimSpace(string(st))) > 0:
+		return fmt.Sprintf("%s, dirty (%d tracked files modified)", c, len(strings.Split(strings.TrimSpace(string(st)), "\n")))
+	default:
+		return c + ", clean"
+	}
+}

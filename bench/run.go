@@ -1,0 +1,405 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const domain = "bench.test"
+
+// target is one way to reach the HTTP backend and the iperf3 server.
+type target struct {
+	name      string // "direct" or a transport
+	httpAgent *proc  // nil for direct
+	bulkAgent *proc
+	httpAddr  string // the backend, or the tunnel's public TCP port
+	hostName  string // the tunnel's host name on the gateway's HTTP port
+	bulkPort  int    // iperf3's port, or its tunnel's public TCP port
+}
+
+// bench holds everything started for a run of the suite.
+type bench struct {
+	o        options
+	logDir   string
+	ps       procs
+	gateway  *proc
+	gwAddr   string
+	gwHTTP   string
+	fp       string
+	backend  string
+	targets  []*target
+	results  []map[string]map[string]float64 // run -> path -> key -> value
+	errs     map[string]int64                // "path key" -> errors seen
+	mem      *memResult
+	started  time.Time
+	duration time.Duration
+	notes    []string
+	lag      float64 // worst p99 of the latency generator's own lag, ms
+}
+
+func run(ctx context.Context, o options) error {
+	for _, t := range [][2]string{{"wrk", "wrk"}, {"iperf3", "iperf3"}} {
+		if err := lookTool(t[0], t[1]); err != nil {
+			return err
+		}
+	}
+	for _, b := range []string{"diglett", "diglett-server"} {
+		if _, err := os.Stat(filepath.Join(o.bin, b)); err != nil {
+			return fmt.Errorf("%s: %w (run make build)", filepath.Join(o.bin, b), err)
+		}
+	}
+	b := &bench{o: o, errs: map[string]int64{}, started: time.Now()}
+	if o.keepLogs != "" {
+		b.logDir = o.keepLogs
+		if err := os.MkdirAll(b.logDir, 0o755); err != nil {
+			return err
+		}
+	} else {
+		d, err := os.MkdirTemp("", "diglett-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		b.logDir = d
+	}
+	defer b.ps.stopAll()
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
+	for r := 0; r < o.runs; r++ {
+		fmt.Fprintf(os.Stderr, "bench: run %d of %d\n", r+1, o.runs)
+		res := map[string]map[string]float64{}
+		for _, t := range b.targets {
+			res[t.name] = map[string]float64{}
+		}
+		b.results = append(b.results, res)
+		if err := b.measure(ctx, res); err != nil {
+			return err
+		}
+	}
+	b.scanLogs()
+	b.ps.stopAll()
+	if o.want("memory") && o.sessions > 0 {
+		m, err := b.memory(ctx)
+		if err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
+		b.mem = m
+	}
+	b.duration = time.Since(b.started)
+	return b.report()
+}
+
+func (b *bench) setup(ctx context.Context) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	be, err := startProc(b.logDir, "backend", exe, "backend", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	b.ps.add(be)
+	m, err := be.waitLines(10*time.Second, regexp.MustCompile(`^backend listening on (\S+)`))
+	if err != nil {
+		return err
+	}
+	b.backend = m[0][1]
+
+	iperfPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	ip, err := startProc(b.logDir, "iperf3-server", "iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(iperfPort))
+	if err != nil {
+		return err
+	}
+	b.ps.add(ip)
+	if err := waitTCP(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(iperfPort)), 10*time.Second); err != nil {
+		return fmt.Errorf("iperf3 server: %w", err)
+	}
+	b.targets = append(b.targets, &target{name: "direct", httpAddr: b.backend, hostName: b.backend, bulkPort: iperfPort})
+
+	b.gateway, b.gwAddr, b.fp, err = b.startGateway(ctx, "gateway", b.o.portsMain, true)
+	if err != nil {
+		return err
+	}
+	kg := filepath.Join(b.logDir, "known_gateways")
+	tcpLine := func(name string) *regexp.Regexp {
+		return regexp.MustCompile(`^` + name + `: tcp://(\S+) -> `)
+	}
+	for _, tr := range b.o.transports {
+		t := &target{name: tr}
+		agent := func(name, backend string) (*proc, error) {
+			args := []string{"-g", b.gwAddr, "--transport", tr, "--known-gateways", kg, "-n", name}
+			if tr == "ws" {
+				args = append(args, "--ws-addr", b.gwAddr)
+			}
+			p, err := startProc(b.logDir, "agent-"+name, filepath.Join(b.o.bin, "diglett"), append(args, backend)...)
+			if err == nil {
+				b.ps.add(p)
+			}
+			return p, err
+		}
+		hn := "http-" + tr
+		if t.httpAgent, err = agent(hn, b.backend); err != nil {
+			return err
+		}
+		m, err := t.httpAgent.waitLines(30*time.Second, tcpLine(hn), regexp.MustCompile(`^`+hn+`: http://(\S+) -> `))
+		if err != nil {
+			return err
+		}
+		t.httpAddr = m[0][1]
+		host, _, _ := strings.Cut(m[1][1], ":")
+		t.hostName = host
+		bn := "iperf-" + tr
+		if t.bulkAgent, err = agent(bn, net.JoinHostPort("127.0.0.1", strconv.Itoa(iperfPort))); err != nil {
+			return err
+		}
+		if m, err = t.bulkAgent.waitLines(30*time.Second, tcpLine(bn)); err != nil {
+			return err
+		}
+		_, ps, _ := net.SplitHostPort(m[0][1])
+		if t.bulkPort, err = strconv.Atoi(ps); err != nil {
+			return fmt.Errorf("agent %s printed %q: %w", bn, m[0][0], err)
+		}
+		b.targets = append(b.targets, t)
+	}
+	// Every path answers before anything is measured.
+	for _, t := range b.targets {
+		if err := checkHTTP(ctx, t.httpAddr, t.httpAddr); err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		if t.httpAgent != nil {
+			if err := checkHTTP(ctx, b.gwHTTP, t.hostName); err != nil {
+				return fmt.Errorf("%s by Host: %w", t.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// startGateway starts bin/diglett-server with its HTTP ingress when http.
+func (b *bench) startGateway(ctx context.Context, name, ports string, http bool) (*proc, string, string, error) {
+	agentPort, err := freePort()
+	if err != nil {
+		return nil, "", "", err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(agentPort))
+	args := []string{"-l", addr, "--data-dir", filepath.Join(b.logDir, name+"-data"), "--public-bind", "127.0.0.1", "--ports", ports}
+	if http {
+		hp, err := freePort()
+		if err != nil {
+			return nil, "", "", err
+		}
+		b.gwHTTP = net.JoinHostPort("127.0.0.1", strconv.Itoa(hp))
+		args = append(args, "--domain", domain, "--http-addr", b.gwHTTP)
+	}
+	g, err := startProc(b.logDir, name, filepath.Join(b.o.bin, "diglett-server"), args...)
+	if err != nil {
+		return nil, "", "", err
+	}
+	b.ps.add(g)
+	m, err := g.waitLines(15*time.Second, regexp.MustCompile(`^gateway key fingerprint: (\S+)`))
+	if err != nil {
+		return nil, "", "", err
+	}
+	if err := waitTCP(ctx, addr, 10*time.Second); err != nil {
+		return nil, "", "", err
+	}
+	if http {
+		if err := waitTCP(ctx, b.gwHTTP, 10*time.Second); err != nil {
+			return nil, "", "", err
+		}
+	}
+	return g, addr, m[0][1], nil
+}
+
+// alive fails when the gateway or an agent has exited.
+func (b *bench) alive() error {
+	for _, p := range b.ps.list {
+		if err := p.alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "  "+format+"\n", args...)
+}
+
+// measure runs every workload once on every path, paths one after the
+// other within each workload.
+func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) error {
+	o := b.o
+	if o.want("bulk") {
+		for _, streams := range []int{1, 8} {
+			for _, reverse := range []bool{false, true} {
+				key := fmt.Sprintf("bulk%d_up", streams)
+				if reverse {
+					key = fmt.Sprintf("bulk%d_down", streams)
+				}
+				for _, t := range b.targets {
+					v, err := runIperf(ctx, o.secs, t.bulkPort, streams, reverse)
+					if err != nil {
+						return fmt.Errorf("%s %s: %w", t.name, key, err)
+					}
+					res[t.name][key] = v
+					b.progress("%-6s %-12s %8.2f Gbit/s", t.name, key, v)
+				}
+				if err := b.alive(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if o.want("http") {
+		for _, conns := range []int{64, 256} {
+			for _, t := range b.targets {
+				type way struct {
+					key, url string
+					headers  []string
+				}
+				var ways []way
+				if t.httpAgent == nil {
+					ways = []way{{fmt.Sprintf("http%d", conns), "http://" + t.httpAddr + "/", nil}}
+				} else {
+					ways = []way{
+						{fmt.Sprintf("host%d", conns), "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName}},
+						{fmt.Sprintf("tcp%d", conns), "http://" + t.httpAddr + "/", nil},
+					}
+				}
+				for _, w := range ways {
+					var stopRSS func() int64
+					var cpu0 time.Duration
+					if t.httpAgent != nil && conns == 64 {
+						stopRSS = peakRSS(b.gateway.pid(), t.httpAgent.pid())
+						cpu0 = cpuTime(b.gateway.pid()) + cpuTime(t.httpAgent.pid())
+					}
+					r, err := runWrk(ctx, o.secs, conns, w.url, w.headers...)
+					if stopRSS != nil {
+						peak := stopRSS()
+						cpu := cpuTime(b.gateway.pid()) + cpuTime(t.httpAgent.pid()) - cpu0
+						res[t.name][w.key+"_rss"] = float64(peak) / (1 << 20)
+						if r.requests > 0 {
+							res[t.name][w.key+"_cpu"] = float64(cpu.Microseconds()) / float64(r.requests)
+						}
+					}
+					if err != nil {
+						return fmt.Errorf("%s %s: %w", t.name, w.key, err)
+					}
+					res[t.name][w.key+"_rps"] = r.rps
+					res[t.name][w.key+"_p50"] = r.p50
+					res[t.name][w.key+"_p99"] = r.p99
+					b.errs[t.name+" "+w.key] += r.errors
+					b.progress("%-6s %-8s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d", t.name, w.key, r.rps, r.p50, r.p99, r.errors)
+				}
+			}
+			if err := b.alive(); err != nil {
+				return err
+			}
+		}
+	}
+	if o.want("close") {
+		for _, t := range b.targets {
+			type way struct {
+				key, url string
+				headers  []string
+			}
+			ways := []way{{"close", "http://" + t.httpAddr + "/", []string{"Connection: close"}}}
+			if t.httpAgent != nil {
+				ways = []way{
+					{"hostclose", "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName, "Connection: close"}},
+					{"tcpclose", "http://" + t.httpAddr + "/", []string{"Connection: close"}},
+				}
+			}
+			for _, w := range ways {
+				r, err := runWrk(ctx, o.secs, 64, w.url, w.headers...)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", t.name, w.key, err)
+				}
+				res[t.name][w.key+"_cps"] = r.rps
+				b.errs[t.name+" "+w.key] += r.errors
+				b.progress("%-6s %-9s %8.0f conn/s  errors %d", t.name, w.key, r.rps, r.errors)
+			}
+		}
+		if err := b.alive(); err != nil {
+			return err
+		}
+	}
+	if o.want("latency") {
+		for _, t := range b.targets {
+			type way struct{ key, addr, host string }
+			ways := []way{{"lat", t.httpAddr, t.httpAddr}}
+			if t.httpAgent != nil {
+				ways = []way{{"lathost", b.gwHTTP, t.hostName}, {"lattcp", t.httpAddr, t.httpAddr}}
+			}
+			for _, w := range ways {
+				r, err := fixedRate(ctx, w.addr, w.host, o.rate, 64, o.latSecs)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", t.name, w.key, err)
+				}
+				res[t.name][w.key+"_p50"] = r.p50
+				res[t.name][w.key+"_p99"] = r.p99
+				b.errs[t.name+" "+w.key] += r.errors
+				b.progress("%-6s %-8s p50 %.3f ms  p99 %.3f ms  max %.3f ms  (%d requests, %d errors, sender lag p99 %.3f ms)",
+					t.name, w.key, r.p50, r.p99, r.max, r.requests, r.errors, r.late)
+				b.lag = max(b.lag, r.late)
+			}
+		}
+		// What the tunnel adds, within this run.
+		d := res["direct"]
+		for _, t := range b.targets[1:] {
+			for _, k := range []string{"host", "tcp"} {
+				for _, q := range []string{"p50", "p99"} {
+					if v, ok := res[t.name]["lat"+k+"_"+q]; ok {
+						res[t.name]["add"+k+"_"+q] = v - d["lat_"+q]
+					}
+				}
+			}
+		}
+		if err := b.alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scanLogs notes the warnings, errors and panics the gateway and agents
+// logged while being measured.
+func (b *bench) scanLogs() {
+	re := regexp.MustCompile(`level=(WARN|ERROR)|panic:|fatal error:`)
+	// Expected on this set-up: no tokens file, first use of the key.
+	expected := regexp.MustCompile(`msg="(no --tokens file|pinned the key of a new gateway)`)
+	for _, p := range b.ps.list {
+		data, err := os.ReadFile(p.logPath)
+		if err != nil {
+			continue
+		}
+		counts := map[string]int{}
+		var first []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if m := re.FindString(l); m != "" && !expected.MatchString(l) {
+				counts[m]++
+				if len(first) < 3 {
+					first = append(first, l)
+				}
+			}
+		}
+		if len(counts) > 0 {
+			b.notes = append(b.notes, fmt.Sprintf("%s logged %v; first lines:\n\n    %s", p.name, counts, strings.Join(first, "\n    ")))
+		}
+	}
+}
