@@ -23,6 +23,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -932,5 +933,57 @@ func expectTurnedAway(t *testing.T, addr string) {
 	}
 	if n != 0 {
 		t.Fatalf("visitor of %s got %d bytes", addr, n)
+	}
+}
+
+// load keeps workers calling a function until stopped, and counts the
+// outcomes of the calls that started after mark.
+type load struct {
+	marked     atomic.Bool
+	failed, ok atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// startLoad runs workers goroutines calling do(worker, call) in a loop.
+func startLoad(t *testing.T, workers int, do func(worker, call int) error) *load {
+	l := &load{stop: make(chan struct{})}
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				after := l.marked.Load()
+				err := do(w, i)
+				switch {
+				case !after:
+				case err != nil:
+					l.failed.Add(1)
+					t.Logf("call after the mark failed: %v", err)
+				default:
+					l.ok.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// mark starts counting.
+func (l *load) mark() { l.marked.Store(true) }
+
+// finish stops the workers and fails t unless every call started after the
+// mark succeeded, and some did.
+func (l *load) finish(t *testing.T, what string) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if l.failed.Load() != 0 || l.ok.Load() == 0 {
+		t.Fatalf("after %s: %d calls failed, %d succeeded", what, l.failed.Load(), l.ok.Load())
 	}
 }

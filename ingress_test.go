@@ -98,6 +98,17 @@ func sendRaw(t *testing.T, addr, req string) *bufio.Reader {
 	return bufio.NewReader(c)
 }
 
+// getErr fetches url with c and returns the status, or the error.
+func getErr(c *http.Client, url string) (int, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadAll(resp.Body)
+	return resp.StatusCode, err
+}
+
 // rawHTTP sends req as is to addr and returns the first response's status
 // and body.
 func rawHTTP(t *testing.T, addr, req string) (int, string) {
@@ -301,52 +312,18 @@ func TestHTTPGroupBalancing(t *testing.T) {
 
 	// Under load, one member leaves: requests started after it left all
 	// succeed.
-	var (
-		killed    atomic.Bool
-		failedNew atomic.Int64
-		okNew     atomic.Int64
-		stop      = make(chan struct{})
-		wg        sync.WaitGroup
-	)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				after := killed.Load()
-				resp, err := c.Get("http://group.gw.test/")
-				if err == nil {
-					_, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
-				}
-				if after {
-					if err != nil {
-						failedNew.Add(1)
-						t.Logf("request after the member left failed: %v", err)
-					} else {
-						okNew.Add(1)
-					}
-				}
-			}
-		}()
-	}
+	l := startLoad(t, 8, func(int, int) error {
+		code, err := getErr(c, "http://group.gw.test/")
+		if err == nil && code != 200 {
+			err = fmt.Errorf("status %d", code)
+		}
+		return err
+	})
 	time.Sleep(300 * time.Millisecond)
 	agents[0].Close()
-	killed.Store(true)
+	l.mark()
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
-	if failedNew.Load() != 0 || okNew.Load() == 0 {
-		t.Fatalf("after one member left: %d requests failed, %d succeeded", failedNew.Load(), okNew.Load())
-	}
+	l.finish(t, "one member left")
 }
 
 // errorsIsTimeout reports whether err is a timeout.

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,47 +282,15 @@ func TestSessionLossUnderLoad(t *testing.T) {
 	waitForN(t, "gateway log", g.Logs, "agent logged in", 2)
 	public := ln.Addr().String()
 
-	var (
-		killed    atomic.Bool
-		failedNew atomic.Int64
-		okNew     atomic.Int64
-		stop      = make(chan struct{})
-		wg        sync.WaitGroup
-	)
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				after := killed.Load()
-				err := roundTrip(public, fmt.Sprintf("worker %d visitor %d", w, i))
-				if !after {
-					continue
-				}
-				if err != nil {
-					failedNew.Add(1)
-					t.Logf("visitor after the session loss failed: %v", err)
-				} else {
-					okNew.Add(1)
-				}
-			}
-		}()
-	}
+	l := startLoad(t, 8, func(w, i int) error {
+		return roundTrip(public, fmt.Sprintf("worker %d visitor %d", w, i))
+	})
 	time.Sleep(300 * time.Millisecond)
 	p.KillOne()
 	waitFor(t, "gateway log", g.Logs, "agent disconnected")
-	killed.Store(true)
+	l.mark()
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
-	if failedNew.Load() != 0 || okNew.Load() == 0 {
-		t.Fatalf("after one session died: %d new visitors failed, %d succeeded", failedNew.Load(), okNew.Load())
-	}
+	l.finish(t, "one session died")
 	// The agent replaces the lost session.
 	waitForN(t, "gateway log", g.Logs, "agent logged in", 3)
 }

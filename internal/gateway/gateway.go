@@ -233,20 +233,10 @@ var ErrServerClosed = errors.New("gateway: server closed")
 // Serve accepts agent connections on ln until the server is closed. It
 // always closes ln.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
+	if !s.track(ln) {
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
+	defer s.untrack(ln)
 	for {
 		conn, err := accept(ln, s.ctx.Done(), s.log, "accept agent connection")
 		if err != nil {
@@ -267,6 +257,27 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.serveConn(conn, release)
 		}()
 	}
+}
+
+// track records an agent listener, to be closed with the server; when the
+// server is already closed it closes ln and returns false.
+func (s *Server) track(ln io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		ln.Close()
+		return false
+	}
+	s.listeners[ln] = struct{}{}
+	return true
+}
+
+// untrack forgets and closes a listener recorded by track.
+func (s *Server) untrack(ln io.Closer) {
+	s.mu.Lock()
+	delete(s.listeners, ln)
+	s.mu.Unlock()
+	ln.Close()
 }
 
 // accept waits for ln's next connection. Accept errors that are timeouts

@@ -32,20 +32,10 @@ func (s *Server) ServeQUIC(pconn net.PacketConn) error {
 		pconn.Close()
 		return fmt.Errorf("gateway: QUIC: %w", err)
 	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
+	if !s.track(ln) {
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
+	defer s.untrack(ln)
 	for {
 		sess, err := ln.Accept(s.ctx)
 		if err != nil {
