@@ -18,13 +18,27 @@ import (
 // bodySize is the size of the direct backend's answers.
 const bodySize = 100
 
+// streamChunk is the size of each write of the backend's endless /stream.
+const streamChunk = 64 << 10
+
 // runBackend serves a 100-byte body on addr with keep-alive, with headers
-// set in advance so the server sniffs nothing.
+// set in advance so the server sniffs nothing; GET /stream answers an
+// endless body instead, written 64 KiB at a time.
 func runBackend(addr string) error {
 	body := bytes.Repeat([]byte("x"), bodySize)
 	ctype := []string{"text/plain"}
 	clen := []string{fmt.Sprint(bodySize)}
+	chunk := bytes.Repeat([]byte("s"), streamChunk)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			// An endless body, 64 KiB per write, until the visitor goes.
+			w.Header().Set("Content-Type", "application/octet-stream")
+			for {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}
 		hd := w.Header()
 		hd["Content-Type"] = ctype
 		hd["Content-Length"] = clen

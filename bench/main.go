@@ -20,9 +20,16 @@
 //   - latency at a fixed 1,000 requests/s over 64 keep-alive connections
 //     (an open-loop generator in this program, HDR histograms): p50 and p99
 //     and what the tunnel adds to them;
+//   - head-of-line ("hol"): 8 visitors downloading an endless body
+//     (GET /stream) through the public TCP port, aggregate rate without and
+//     with a 9th visitor that stops reading its own download;
 //
 // and once, against a fresh gateway, the gateway's resident memory with
-// 1,000 idle agent sessions opened from this process with diglett.Listen.
+// 1,000 idle agent sessions opened from this process with diglett.Listen;
+// then, each against a fresh gateway and tcp agent, the gateway's memory
+// per idle stream with 10,000 connections held open through the public TCP
+// port ("streams"), and 10,000 concurrent keep-alive visitors by Host and
+// through the public TCP port, two requests each ("visitors").
 // Every figure is the median over the runs, and so is its ratio to direct
 // (the ratio is taken within each run).
 //
@@ -84,7 +91,7 @@ func main() {
 	flag.StringVar(&o.portsMem, "mem-ports", "22000-23999", "public port range of the memory gateway (more than -sessions ports)")
 	flag.StringVar(&o.command, "command", strings.Join(os.Args, " "), "command line recorded in results.md")
 	flag.StringVar(&o.keepLogs, "logs", "", "directory for the processes' logs (default: a temporary one, removed)")
-	flag.StringVar(&only, "only", "", "comma-separated subset of bulk,http,close,latency,memory (default: all)")
+	flag.StringVar(&only, "only", "", "comma-separated subset of bulk,http,close,hol,latency,memory,streams,visitors (default: all)")
 	flag.Parse()
 	o.transports = strings.Split(transports, ",")
 	o.stepTimeout = 60 * time.Second

@@ -38,6 +38,7 @@ type bench struct {
 	results  []map[string]map[string]float64 // run -> path -> key -> value
 	errs     map[string]int64                // "path key" -> errors seen
 	mem      *memResult
+	conns    *connsResult
 	started  time.Time
 	duration time.Duration
 	notes    []string
@@ -93,6 +94,13 @@ func run(ctx context.Context, o options) error {
 		}
 		b.mem = m
 	}
+	if o.want("visitors") || o.want("streams") {
+		c, err := b.manyConns(ctx)
+		if err != nil {
+			return fmt.Errorf("10,000 connections: %w", err)
+		}
+		b.conns = c
+	}
 	b.duration = time.Since(b.started)
 	return b.report()
 }
@@ -102,20 +110,9 @@ func (b *bench) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	port, err := freePort()
-	if err != nil {
+	if b.backend, err = b.startBackend(exe, "backend"); err != nil {
 		return err
 	}
-	be, err := startProc(b.logDir, "backend", exe, "backend", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return err
-	}
-	b.ps.add(be)
-	m, err := be.waitLines(10*time.Second, regexp.MustCompile(`^backend listening on (\S+)`))
-	if err != nil {
-		return err
-	}
-	b.backend = m[0][1]
 
 	iperfPort, err := freePort()
 	if err != nil {
@@ -188,6 +185,25 @@ func (b *bench) setup(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// startBackend starts this program as the direct backend and returns its
+// address.
+func (b *bench) startBackend(exe, name string) (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	be, err := startProc(b.logDir, name, exe, "backend", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return "", err
+	}
+	b.ps.add(be)
+	m, err := be.waitLines(10*time.Second, regexp.MustCompile(`^backend listening on (\S+)`))
+	if err != nil {
+		return "", err
+	}
+	return m[0][1], nil
 }
 
 // startGateway starts bin/diglett-server with its HTTP ingress when http.
@@ -339,6 +355,11 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 			return err
 		}
 	}
+	if o.want("hol") {
+		if err := b.headOfLine(ctx, res); err != nil {
+			return err
+		}
+	}
 	if o.want("latency") {
 		for _, t := range b.targets {
 			type way struct{ key, addr, host string }
@@ -379,11 +400,14 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 
 // scanLogs notes the warnings, errors and panics the gateway and agents
 // logged while being measured.
-func (b *bench) scanLogs() {
+func (b *bench) scanLogs() { b.scanProcLogs(b.ps.list) }
+
+// scanProcLogs is scanLogs for the given processes.
+func (b *bench) scanProcLogs(list []*proc) {
 	re := regexp.MustCompile(`level=(WARN|ERROR)|panic:|fatal error:`)
 	// Expected on this set-up: no tokens file, first use of the key.
 	expected := regexp.MustCompile(`msg="(no --tokens file|pinned the key of a new gateway)`)
-	for _, p := range b.ps.list {
+	for _, p := range list {
 		data, err := os.ReadFile(p.logPath)
 		if err != nil {
 			continue

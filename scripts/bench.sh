@@ -7,8 +7,8 @@
 # Environment: BENCH_RUNS (3), BENCH_SECS (5, per wrk/iperf3 run),
 # BENCH_LATENCY_SECS (10), BENCH_SESSIONS (1000, idle sessions for the
 # memory figure; 0 skips it), BENCH_TRANSPORTS (tcp,quic,ws), BENCH_ONLY
-# (a subset of bulk,http,close,latency,memory), BENCH_LOGS (a directory to
-# keep the processes' logs in).
+# (a subset of bulk,http,close,hol,latency,memory,streams,visitors),
+# BENCH_LOGS (a directory to keep the processes' logs in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -34,7 +34,11 @@ command -v "$GO" >/dev/null 2>&1 || { echo "bench: Go not found (looked for $GO 
 # Release binaries (make bench has built them already; this is quick then).
 ${MAKE:-make} --no-print-directory build GO="$GO" >/dev/null
 
-# The memory figure opens 1,000 sessions from one process.
+# The memory figure opens 1,000 sessions from one process, and the streams
+# and visitors figures hold 10,000 connections in the bench process, the
+# gateway, the agent and the backend each (they inherit this limit; where
+# the hard limit is lower, as in some containers, it is used if it is
+# above 11,000, else the bench says so).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d)
