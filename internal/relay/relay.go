@@ -1,6 +1,8 @@
 // Package relay copies bytes both ways between two connections, keeping
 // TCP half-close: EOF on one side becomes CloseWrite on the other, and an
-// error on either side closes both.
+// error on either side closes both. A direction that waits for data holds
+// no copy buffer (on a TCP connection) or a small one (on a stream), so that
+// idle connections cost little memory however busy they once were.
 package relay
 
 import (
@@ -10,9 +12,19 @@ import (
 	"sync"
 )
 
-const bufSize = 32 << 10
+const (
+	// bufSize is the copy buffer of a busy direction.
+	bufSize = 32 << 10
+	// smallSize is the buffer a direction reading a stream holds while it
+	// waits: a read that fills it switches to a bufSize buffer until a
+	// read fits in smallSize again.
+	smallSize = 4 << 10
+)
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var (
+	bufPool   = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallSize); return &b }}
+)
 
 type closeWriter interface{ CloseWrite() error }
 
@@ -41,9 +53,13 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // oneWay copies src to dst. On EOF it half-closes dst; on an error it closes
 // both, which also ends the other direction.
 func oneWay(dst, src net.Conn) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
-	bufPool.Put(bp)
+	var n int64
+	var err error
+	if rc := rawConn(src); rc != nil {
+		n, err = copyRaw(dst, rc)
+	} else {
+		n, err = copySmallFirst(dst, src)
+	}
 	if err == nil {
 		if cw, ok := dst.(closeWriter); ok {
 			if cw.CloseWrite() == nil {
@@ -76,7 +92,52 @@ func abort(c net.Conn) {
 	}
 }
 
-// readerOnly and writerOnly hide ReadFrom/WriteTo so io.CopyBuffer uses the
-// pooled buffer instead of allocating its own.
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
+// copySmallFirst copies src to dst until EOF (a nil error) or an error,
+// reading into a small buffer while the data comes in small pieces and into
+// a pooled bufSize one while it comes in bulk.
+func copySmallFirst(dst io.Writer, src io.Reader) (int64, error) {
+	small := smallPool.Get().(*[]byte)
+	defer smallPool.Put(small)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bufPool.Put(big)
+		}
+	}()
+	var written int64
+	for {
+		buf := *small
+		if big != nil {
+			buf = *big
+		}
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if err := writeAll(dst, buf[:n], &written); err != nil {
+				return written, err
+			}
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = bufPool.Get().(*[]byte)
+		case big != nil && n <= smallSize:
+			bufPool.Put(big)
+			big = nil
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+// writeAll writes p to dst, adding what was written to *written.
+func writeAll(dst io.Writer, p []byte, written *int64) error {
+	n, err := dst.Write(p)
+	*written += int64(n)
+	if err == nil && n != len(p) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
