@@ -44,8 +44,9 @@ type Config struct {
 	// HandshakeTimeout bounds TLS, hello and login. Default 10s.
 	HandshakeTimeout time.Duration
 	// Transport tunes agent sessions on every transport: keepalive period,
-	// dead-peer detection, stream cap and windows. Zero fields take the
-	// transport package's defaults.
+	// dead-peer detection and windows. Zero fields take the transport
+	// package's defaults. MaxIncomingStreams is always 1: an agent opens
+	// only its control stream, and the transport itself refuses any other.
 	Transport transport.Config
 	// StatusTimeout bounds how long the gateway waits for an agent to say
 	// whether it reached its backend. Default 30s.
@@ -148,6 +149,7 @@ func (c Config) withDefaults() Config {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	c.Transport = c.Transport.WithDefaults()
+	c.Transport.MaxIncomingStreams = 1
 	if c.StatusTimeout <= 0 {
 		c.StatusTimeout = DefaultStatusTimeout
 	}

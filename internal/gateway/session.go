@@ -148,19 +148,8 @@ func (s *Server) serveSession(ts transport.Session, via string, release func()) 
 	ss.log = log.With("identity", ss.identity.Name)
 	ss.log.Info("agent logged in")
 
-	// The agent opens only the control stream; refuse any other.
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			st, err := ts.AcceptStream(s.ctx)
-			if err != nil {
-				return
-			}
-			st.Close()
-		}
-	}()
-
+	// The agent opens only the control stream: the session takes no other
+	// (Config.Transport.MaxIncomingStreams is 1), so nothing accepts here.
 	for {
 		m, err := protocol.ReadMessage(ctrl)
 		if err != nil {

@@ -30,7 +30,14 @@ func yamuxConfig(c transport.Config) *yamux.Config {
 	yc.KeepAliveInterval = c.KeepAlivePeriod
 	yc.ConnectionWriteTimeout = c.MaxIdleTimeout - c.KeepAlivePeriod
 	yc.MaxIncomingStreams = uint32(c.MaxIncomingStreams)
-	yc.AcceptBacklog = 1024
+	// The multiplexer's defaults for the queue of streams not yet accepted
+	// (also its bound on streams opened and not yet acknowledged); a
+	// larger one costs 8 bytes per slot in every session, idle or not.
+	yc.AcceptBacklog = 256
+	// TLS and WebSocket connections buffer what they read already (a
+	// whole record or frame); the multiplexer's own 4 KiB read buffer per
+	// session would only copy it once more.
+	yc.ReadBufSize = 0
 	yc.MaxStreamWindowSize = uint32(max(c.StreamWindow, 256<<10))
 	return yc
 }
