@@ -55,7 +55,7 @@ type Config struct {
 	// visitors arrive on the same Listener.
 	Gateways []string
 	// Transport is how sessions reach the gateway: TransportAuto (the
-	// default: QUIC, else TLS over TCP, else WebSocket, trying the faster
+	// default: TLS over TCP, else QUIC, else WebSocket, trying the faster
 	// ones again later), TransportQUIC, TransportTCP or
 	// TransportWebSocket.
 	Transport string

@@ -237,20 +237,20 @@ func TestAutoFallback(t *testing.T) {
 	}
 	c := g.httpClient(t)
 
-	t.Run("udp blocked", func(t *testing.T) {
-		unblockUDP := blockPort(t, "udp", port)
-		_, logs := newAgent(t, "noudp")
-		waitFor(t, "agent log", logs, "connected over tcp")
-		if !strings.Contains(logs.String(), "quic: ") {
-			t.Errorf("the agent did not say why QUIC was not used:\n%s", logs)
+	t.Run("tcp blocked", func(t *testing.T) {
+		unblockTCP := blockPort(t, "tcp", port)
+		_, logs := newAgent(t, "notcp")
+		waitFor(t, "agent log", logs, "connected over quic")
+		if !strings.Contains(logs.String(), "tcp: ") {
+			t.Errorf("the agent did not say why TCP was not used:\n%s", logs)
 		}
-		if code, body := get(t, c, "http://noudp.gw.test/"); code != 200 || body != "noudp" {
+		if code, body := get(t, c, "http://notcp.gw.test/"); code != 200 || body != "notcp" {
 			t.Fatalf("%d %q", code, body)
 		}
-		unblockUDP()
-		waitFor(t, "agent log", logs, "from=tcp to=quic")
+		unblockTCP()
+		waitFor(t, "agent log", logs, "from=quic to=tcp")
 		for range 20 {
-			if code, body := get(t, c, "http://noudp.gw.test/"); code != 200 || body != "noudp" {
+			if code, body := get(t, c, "http://notcp.gw.test/"); code != 200 || body != "notcp" {
 				t.Fatalf("after the move: %d %q", code, body)
 			}
 		}

@@ -29,10 +29,11 @@ type agentCmd struct {
 	Port          int              `placeholder:"N" help:"Ask for this public TCP port (it must be free and in the gateway's range)."`
 	Fingerprint   string           `placeholder:"SHA256:..." help:"Trust only the gateway whose key has this fingerprint (printed by diglett-server at start)."`
 	CA            string           `name:"ca" type:"existingfile" placeholder:"FILE" help:"Verify the gateway's certificate against this CA bundle (PEM) instead of the system roots; disables pinning on first use."`
+	DebugAddr     string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6061."`
 	KnownGateways string           `type:"path" placeholder:"FILE" help:"File of pinned gateway keys (default: known_gateways in the user's config dir)."`
 	KeepAlive     time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
 	MaxIdle       time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead gateway (no answer at all) within this time."`
-	Transport     string           `default:"auto" enum:"auto,quic,tcp,ws" help:"How to reach the gateway: quic, tcp (TLS), ws (WebSocket over TLS, through HTTPS_PROXY if set), or auto: the first that works in that order, trying the faster ones again later."`
+	Transport     string           `default:"auto" enum:"auto,tcp,quic,ws" help:"How to reach the gateway: tcp (TLS), quic, ws (WebSocket over TLS, through HTTPS_PROXY if set), or auto: the first that works in that order, trying the faster ones again later."`
 	Connections   int              `default:"2" help:"Sessions to keep to each gateway; visitors are spread over them and one dying loses only its own connections."`
 	WSAddr        string           `name:"ws-addr" placeholder:"HOST:PORT" help:"Where WebSocket sessions go when the agent port is blocked (default: port 443 of the gateway's host)."`
 	Proxy         string           `placeholder:"URL" help:"HTTP proxy for WebSocket sessions, http://[user:pass@]host:port (default: HTTPS_PROXY and NO_PROXY from the environment)."`
@@ -89,6 +90,11 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
 			return fmt.Errorf("--ca %s: no PEM certificates in the file", c.CA)
+		}
+	}
+	if c.DebugAddr != "" {
+		if err := serveDebug(ctx, c.DebugAddr, log); err != nil {
+			return err
 		}
 	}
 	ln, err := diglett.Listen(ctx, cfg)

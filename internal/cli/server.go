@@ -38,6 +38,7 @@ type serverCmd struct {
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
 	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
 	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time."`
+	DebugAddr   string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060."`
 	QUIC        bool             `name:"quic" default:"true" negatable:"" help:"Also take agents over QUIC on the --listen port number over UDP (--no-quic to disable)."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 
@@ -152,6 +153,11 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		closers = append(closers, ln)
 		return ln, nil
+	}
+	if c.DebugAddr != "" {
+		if err := serveDebug(ctx, c.DebugAddr, log); err != nil {
+			return err
+		}
 	}
 	ln, err := listen("agents", c.Listen)
 	if err != nil {
