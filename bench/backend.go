@@ -21,15 +21,31 @@ const bodySize = 100
 // streamChunk is the size of each write of the backend's endless /stream.
 const streamChunk = 64 << 10
 
-// runBackend serves a 100-byte body on addr with keep-alive, with headers
-// set in advance so the server sniffs nothing; GET /stream answers an
-// endless body instead, written 64 KiB at a time.
+// runBackend serves handler's answers on addr with keep-alive.
 func runBackend(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("backend listening on", ln.Addr())
+	return serveBackend(ln)
+}
+
+// serveBackend serves handler on ln until ln fails.
+func serveBackend(ln net.Listener) error {
+	srv := &http.Server{Handler: handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+	return srv.Serve(ln)
+}
+
+// handler answers a 100-byte body, with headers set in advance so the
+// server sniffs nothing; GET /stream answers an endless body instead,
+// written 64 KiB at a time.
+func handler() http.Handler {
 	body := bytes.Repeat([]byte("x"), bodySize)
 	ctype := []string{"text/plain"}
 	clen := []string{fmt.Sprint(bodySize)}
 	chunk := bytes.Repeat([]byte("s"), streamChunk)
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/stream" {
 			// An endless body, 64 KiB per write, until the visitor goes.
 			w.Header().Set("Content-Type", "application/octet-stream")
@@ -44,13 +60,6 @@ func runBackend(addr string) error {
 		hd["Content-Length"] = clen
 		w.Write(body)
 	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	fmt.Println("backend listening on", ln.Addr())
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
-	return srv.Serve(ln)
 }
 
 // checkHTTP fetches / from addr with the given Host and checks that the

@@ -168,7 +168,7 @@ func (b *bench) headOfLine(ctx context.Context, res map[string]map[string]float6
 		}
 		b.errs[t.name+" hol"] += int64(base.errors)
 		b.errs[t.name+" hol-stalled"] += int64(with.errors)
-		b.progress("%-6s hol      8 visitors %6.2f Gbit/s (slowest %.3f), with a stalled one %6.2f Gbit/s (slowest %.3f): %.2f×  errors %d/%d %v",
+		b.progress("%-7s hol      8 visitors %6.2f Gbit/s (slowest %.3f), with a stalled one %6.2f Gbit/s (slowest %.3f): %.2f×  errors %d/%d %v",
 			t.name, base.rate, base.slowest, with.rate, with.slowest, r["hol_ratio"], base.errors, with.errors, firstErr(base.first, with.first))
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -8,7 +8,11 @@
 // backend and one publishing the iperf3 server. Then, in every run, each
 // workload is measured on the direct path and through each transport one
 // after the other, so that the ratios to direct come from the same minutes
-// of a shared machine:
+// of a shared machine. Two reference paths are measured beside them
+// (-refs): "library", the app itself serving HTTP on diglett.Listen (TLS
+// over TCP) with no agent process, and "floor", two chained plain TCP
+// relay processes with no encryption and no multiplexing in front of the
+// backend and the iperf3 server, the cheapest two-process path:
 //
 //   - bulk TCP through the tunnel's public TCP port with iperf3: 1 and 8
 //     streams, visitor to backend and back (-R), Gbit/s;
@@ -38,7 +42,9 @@
 //
 //	go run . -bin ../bin -out . -runs 3
 //
-// The same binary serves as the direct backend: "bench backend ADDR".
+// The same binary serves as the direct backend, "bench backend ADDR", as
+// the floor's relays, "bench relay TARGET...", and as the library's app,
+// "bench libbackend GATEWAY FINGERPRINT NAME KNOWN_GATEWAYS_FILE".
 package main
 
 import (
@@ -66,19 +72,16 @@ type options struct {
 	command     string   // the command line recorded in the results
 	keepLogs    string   // directory for the processes' logs
 	only        map[string]bool
-	stepTimeout time.Duration // bound on one external tool run beyond its duration
+	refs        map[string]bool // reference paths measured: floor, library
+	stepTimeout time.Duration   // bound on one external tool run beyond its duration
 }
 
 func main() {
-	if len(os.Args) == 3 && os.Args[1] == "backend" {
-		if err := runBackend(os.Args[2]); err != nil {
-			fmt.Fprintln(os.Stderr, "bench backend:", err)
-			os.Exit(1)
-		}
+	if len(os.Args) > 1 && subcommand(os.Args[1], os.Args[2:]) {
 		return
 	}
 	var o options
-	var transports, only string
+	var transports, only, refs string
 	flag.StringVar(&o.bin, "bin", "bin", "directory of the release binaries diglett and diglett-server")
 	flag.StringVar(&o.out, "out", "bench", "directory for results.md and results.png")
 	flag.IntVar(&o.runs, "runs", 3, "runs of every measurement (medians are quoted)")
@@ -92,8 +95,20 @@ func main() {
 	flag.StringVar(&o.command, "command", strings.Join(os.Args, " "), "command line recorded in results.md")
 	flag.StringVar(&o.keepLogs, "logs", "", "directory for the processes' logs (default: a temporary one, removed)")
 	flag.StringVar(&only, "only", "", "comma-separated subset of bulk,http,close,hol,latency,memory,streams,visitors (default: all)")
+	flag.StringVar(&refs, "refs", "floor,library", "comma-separated reference paths to measure beside the transports: floor, library (empty: none)")
 	flag.Parse()
 	o.transports = strings.Split(transports, ",")
+	o.refs = map[string]bool{}
+	for _, r := range strings.Split(refs, ",") {
+		switch r {
+		case "":
+		case refFloor, refLibrary:
+			o.refs[r] = true
+		default:
+			fmt.Fprintf(os.Stderr, "bench: -refs: unknown reference path %q (want floor, library)\n", r)
+			os.Exit(2)
+		}
+	}
 	o.stepTimeout = 60 * time.Second
 	if only != "" {
 		o.only = map[string]bool{}
@@ -110,4 +125,27 @@ func main() {
 	}
 }
 
+// subcommand runs the bench binary's helper programs (backend, relay,
+// libbackend) and reports whether cmd and args named one; it exits on
+// error.
+func subcommand(cmd string, args []string) bool {
+	var err error
+	switch {
+	case cmd == "backend" && len(args) == 1:
+		err = runBackend(args[0])
+	case cmd == "relay" && len(args) > 0:
+		err = runRelay(args)
+	case cmd == "libbackend" && len(args) == 4:
+		err = runLibBackend(args[0], args[1], args[2], args[3])
+	default:
+		return false
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+	return true
+}
+
+// want reports whether step is to be measured (-only).
 func (o *options) want(step string) bool { return o.only == nil || o.only[step] }

@@ -97,7 +97,9 @@ func (b *bench) figure(path, key, dkey string) (v, ratio float64, ok bool) {
 	return median(vs), median(rs), len(rs) > 0
 }
 
-func (b *bench) transports() []string {
+// paths lists the measured paths but direct, in column order: the
+// transports, then the reference paths library and floor.
+func (b *bench) paths() []string {
 	var ts []string
 	for _, t := range b.targets[1:] {
 		ts = append(ts, t.name)
@@ -105,10 +107,32 @@ func (b *bench) transports() []string {
 	return ts
 }
 
+// transports lists the measured transports.
+func (b *bench) transports() []string {
+	var ts []string
+	for _, t := range b.targets[1:] {
+		if !b.o.refs[t.name] {
+			ts = append(ts, t.name)
+		}
+	}
+	return ts
+}
+
+// offers reports whether the path has the figure key at all (see
+// target.offers).
+func (b *bench) offers(path, key string) bool {
+	for _, t := range b.targets {
+		if t.name == path {
+			return t.offers(key)
+		}
+	}
+	return false
+}
+
 func (b *bench) report() error {
 	var w strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
-	ts := b.transports()
+	ts := b.paths()
 
 	p("# diglett benchmark results\n\n")
 	p("Written by `make bench` (scripts/bench.sh, program in bench/). Every figure is the median of %d run(s); the ratio in parentheses is the median of the per-run ratios to the direct path measured in the same run, one path after the other.\n\n", b.o.runs)
@@ -116,10 +140,17 @@ func (b *bench) report() error {
 	p("- Machine: %s CPU(s) (`nproc`), %s, Linux %s, %s\n", cmdOut("nproc"), cpuModel(), readTrim("/proc/sys/kernel/osrelease"), runtime.Version())
 	p("- Commit: %s\n", commit())
 	p("- Command: `%s`\n", b.o.command)
-	p("- Settings: %d s per wrk/iperf3 measurement (wrk 2 threads; iperf3 `-O 1` omits the first second), %d s at %d req/s over 64 keep-alive connections for latency (plus 1 s of warm-up), transports %s\n",
-		b.o.secs, b.o.latSecs, b.o.rate, strings.Join(ts, ", "))
+	p("- Settings: %d s per wrk/iperf3 measurement (wrk 2 threads; iperf3 `-O 1` omits the first second), %d s at %d req/s over 64 keep-alive connections for latency (plus 1 s of warm-up), transports %s, reference paths %s\n",
+		b.o.secs, b.o.latSecs, b.o.rate, strings.Join(b.transports(), ", "), orNone(b.refs()))
 	p("- Tools: %s; %s\n", firstLine(cmdOutAll("wrk", "-v")), firstLine(cmdOut("iperf3", "--version")))
-	p("- Direct: a Go HTTP server answering 100 bytes with keep-alive, and `iperf3 -s`, on 127.0.0.1. Tunnels: `bin/diglett-server` (HTTP ingress on its own port, routed by `Host: NAME.%s`) and one `bin/diglett` agent per transport and backend, with its default 2 sessions.\n\n", domain)
+	p("- Direct: a Go HTTP server answering 100 bytes with keep-alive, and `iperf3 -s`, on 127.0.0.1. Tunnels: `bin/diglett-server` (HTTP ingress on its own port, routed by `Host: NAME.%s`) and one `bin/diglett` agent per transport and backend, with its default 2 sessions.", domain)
+	if b.o.refs[refLibrary] {
+		p(" Library (reference): the app itself serves the same handler on `diglett.Listen` (TLS over TCP, default 2 sessions) to the same gateway, with no agent process and no hop from an agent to a backend; it has no iperf3 behind it, so no bulk figures.")
+	}
+	if b.o.refs[refFloor] {
+		p(" Floor (reference): two chained plain TCP relay processes (`bench relay`, 32 KiB copy buffers, half-close kept) in front of the direct backend and `iperf3 -s`, with no encryption and no multiplexing, modelling the cheapest two-process path (gateway + agent) on this machine; it has no Host routing, so only the \"via TCP port\" ways and bulk, and no RSS or CPU figures.")
+	}
+	p("\n\n")
 
 	p("## Figures\n\n")
 	p("| workload | unit | direct |")
@@ -167,7 +198,11 @@ func (b *bench) report() error {
 			p("| %s | %s | %s |\n", r.label, r.unit, strings.Join(cells, " | "))
 		}
 	}
-	p("\nThroughput ratios above 1× are better than direct, latency ratios below 1×. \"Added\" is the tunnel's figure minus direct's, within each run. RSS and CPU are those of the gateway and of the agent serving that tunnel, sampled during the 64-connection run (the gateway also holds the other transports' agents, idle meanwhile).\n\n")
+	p("\nThroughput ratios above 1× are better than direct, latency ratios below 1×. \"Added\" is the path's figure minus direct's, within each run. RSS and CPU are those of the gateway and of the agent serving that tunnel, sampled during the 64-connection run (the gateway also holds the other paths' agents, idle meanwhile).")
+	if b.o.refs[refLibrary] {
+		p(" For library the second process is the app itself, so its RSS and CPU include the HTTP server's own work, which for the other paths happens in the backend, outside these figures.")
+	}
+	p("\n\n")
 
 	if b.mem != nil {
 		m := b.mem
@@ -182,7 +217,7 @@ func (b *bench) report() error {
 
 	if _, ok := b.value("direct", "hol_rate"); ok {
 		p("## Head-of-line: a visitor that stops reading\n\n")
-		p("Through each tunnel's public TCP port (the backend itself for direct), %d visitors each download `GET /stream` (an endless body the backend writes 64 KiB at a time) at once for %d s (after 0.5 s not counted); then again while a %dth visitor holds a download of its own open on the same tunnel and never reads after the headers (opened 1 s before, so that every buffer on its way is full). Target: the %d visitors' aggregate rate with the stalled one within 10%% of the rate without it (ratio ≥ 0.90).\n\n",
+		p("Through each tunnel's public TCP port (the backend itself for direct, the outer relay for floor), %d visitors each download `GET /stream` (an endless body the backend writes 64 KiB at a time) at once for %d s (after 0.5 s not counted); then again while a %dth visitor holds a download of its own open on the same tunnel and never reads after the headers (opened 1 s before, so that every buffer on its way is full). Target: the %d visitors' aggregate rate with the stalled one within 10%% of the rate without it (ratio ≥ 0.90).\n\n",
 			holVisitors, b.o.secs, holVisitors+1, holVisitors)
 		p("| path | %d visitors | with a stalled one | ratio | slowest visitor, without / with | target ≥ 0.90 |\n| --- | --- | --- | --- | --- | --- |\n", holVisitors)
 		for _, path := range append([]string{"direct"}, ts...) {
@@ -265,6 +300,10 @@ func (b *bench) report() error {
 			if g.dkey == "" {
 				ratio, ok = b.value(t, g.key)
 			}
+			if !b.offers(t, g.key) {
+				cells = append(cells, "—")
+				continue
+			}
 			if !ok {
 				cells = append(cells, "not measured")
 				continue
@@ -294,6 +333,9 @@ func (b *bench) report() error {
 	}
 	if anyTarget {
 		p("%s", table.String())
+		if len(b.refs()) > 0 {
+			p("\nThe reference columns are yardsticks, not held to the targets (a dash marks a figure the path does not have): floor is two plain TCP relays in a chain, with no encryption and no multiplexing, the cheapest two-process path (gateway + agent) on this machine, and library is the app serving on `diglett.Listen` itself, without the agent process.\n")
+		}
 	}
 	if b.mem != nil {
 		verdict := "**FAIL**"
@@ -375,16 +417,23 @@ func (b *bench) chart(path string) error {
 		{"HTTP via TCP port\n64 conns", "tcp64_rps", "http64_rps", 0.50},
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("diglett through each transport, ratio to direct (median of %d runs)", b.o.runs)
+	p.Title.Text = fmt.Sprintf("diglett through each transport and the reference paths, ratio to direct (median of %d runs)", b.o.runs)
 	p.Y.Label.Text = "× direct (higher is better)"
 	p.Y.Min = 0
 	p.Add(plotter.NewGrid())
-	ts := b.transports()
+	// The reference paths are drawn too, after the transports, so that each
+	// group shows the floor beside the transports; a path without a figure
+	// (library's bulk, floor by Host) has no bar there.
+	ts := b.paths()
 	colors := []color.Color{
 		color.RGBA{0x1f, 0x77, 0xb4, 0xff},
 		color.RGBA{0xff, 0x7f, 0x0e, 0xff},
 		color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
 		color.RGBA{0xd6, 0x27, 0x28, 0xff},
+	}
+	refColors := map[string]color.Color{
+		refLibrary: color.RGBA{0x94, 0x67, 0xbd, 0xff},
+		refFloor:   color.RGBA{0x8c, 0x56, 0x4b, 0xff},
 	}
 	n := len(ts) + 1
 	width := vg.Points(18)
@@ -407,6 +456,9 @@ func (b *bench) chart(path string) error {
 		if i < len(ts) {
 			name = ts[i]
 			fill = colors[i%len(colors)]
+			if c, ok := refColors[name]; ok {
+				fill = c
+			}
 		}
 		bars, err := plotter.NewBarChart(vals, width)
 		if err != nil {
@@ -430,6 +482,25 @@ func (b *bench) chart(path string) error {
 	p.X.Min = -0.6
 	p.X.Max = float64(len(groups)) - 0.4
 	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+}
+
+// refs lists the measured reference paths, in column order.
+func (b *bench) refs() []string {
+	var rs []string
+	for _, t := range b.targets[1:] {
+		if b.o.refs[t.name] {
+			rs = append(rs, t.name)
+		}
+	}
+	return rs
+}
+
+// orNone joins ss with commas, or says "none".
+func orNone(ss []string) string {
+	if len(ss) == 0 {
+		return "none"
+	}
+	return strings.Join(ss, ", ")
 }
 
 func verdict(pass bool) string {

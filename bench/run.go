@@ -16,12 +16,34 @@ const domain = "bench.test"
 
 // target is one way to reach the HTTP backend and the iperf3 server.
 type target struct {
-	name      string // "direct" or a transport
-	httpAgent *proc  // nil for direct
+	name      string // "direct", a transport, or a reference path (refs.go)
+	server    *proc  // what serves the tunnel beside the gateway: the agent, or the app for library; nil for direct and floor
 	bulkAgent *proc
-	httpAddr  string // the backend, or the tunnel's public TCP port
-	hostName  string // the tunnel's host name on the gateway's HTTP port
-	bulkPort  int    // iperf3's port, or its tunnel's public TCP port
+	httpAddr  string // the backend, or the tunnel's public TCP port (the outer relay's for floor)
+	hostName  string // the tunnel's host name on the gateway's HTTP port; empty without Host routing
+	bulkPort  int    // iperf3's port, or its tunnel's public TCP port; 0 without bulk
+}
+
+// direct reports whether t is the direct path, whose figures have keys of
+// their own (http64_rps, close_cps, lat_p50, ...).
+func (t *target) direct() bool { return t.name == "direct" }
+
+// byHost reports whether t is reached through the gateway's HTTP ingress
+// as well as through its public TCP port.
+func (t *target) byHost() bool { return !t.direct() && t.hostName != "" }
+
+// offers reports whether t has the figure key at all: floor has no Host
+// routing and no RSS or CPU figures, library no bulk path.
+func (t *target) offers(key string) bool {
+	switch {
+	case strings.HasPrefix(key, "bulk"):
+		return t.bulkPort != 0
+	case strings.HasSuffix(key, "_rss"), strings.HasSuffix(key, "_cpu"):
+		return t.server != nil
+	case strings.HasPrefix(key, "host"), strings.HasPrefix(key, "lathost"), strings.HasPrefix(key, "addhost"):
+		return t.direct() || t.byHost()
+	}
+	return true
 }
 
 // bench holds everything started for a run of the suite.
@@ -126,7 +148,7 @@ func (b *bench) setup(ctx context.Context) error {
 	if err := waitTCP(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(iperfPort)), 10*time.Second); err != nil {
 		return fmt.Errorf("iperf3 server: %w", err)
 	}
-	b.targets = append(b.targets, &target{name: "direct", httpAddr: b.backend, hostName: b.backend, bulkPort: iperfPort})
+	b.targets = append(b.targets, &target{name: "direct", httpAddr: b.backend, bulkPort: iperfPort})
 
 	b.gateway, b.gwAddr, b.fp, err = b.startGateway(ctx, "gateway", b.o.portsMain, true)
 	if err != nil {
@@ -150,10 +172,10 @@ func (b *bench) setup(ctx context.Context) error {
 			return p, err
 		}
 		hn := "http-" + tr
-		if t.httpAgent, err = agent(hn, b.backend); err != nil {
+		if t.server, err = agent(hn, b.backend); err != nil {
 			return err
 		}
-		m, err := t.httpAgent.waitLines(30*time.Second, tcpLine(hn), regexp.MustCompile(`^`+hn+`: http://(\S+) -> `))
+		m, err := t.server.waitLines(30*time.Second, tcpLine(hn), regexp.MustCompile(`^`+hn+`: http://(\S+) -> `))
 		if err != nil {
 			return err
 		}
@@ -173,12 +195,25 @@ func (b *bench) setup(ctx context.Context) error {
 		}
 		b.targets = append(b.targets, t)
 	}
+	for _, r := range refOrder {
+		if !b.o.refs[r] {
+			continue
+		}
+		if r == refLibrary {
+			err = b.startLibrary(exe, kg)
+		} else {
+			err = b.startFloor(exe, iperfPort)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", r, err)
+		}
+	}
 	// Every path answers before anything is measured.
 	for _, t := range b.targets {
 		if err := checkHTTP(ctx, t.httpAddr, t.httpAddr); err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
-		if t.httpAgent != nil {
+		if t.byHost() {
 			if err := checkHTTP(ctx, b.gwHTTP, t.hostName); err != nil {
 				return fmt.Errorf("%s by Host: %w", t.name, err)
 			}
@@ -268,12 +303,15 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 					key = fmt.Sprintf("bulk%d_down", streams)
 				}
 				for _, t := range b.targets {
+					if t.bulkPort == 0 {
+						continue
+					}
 					v, err := runIperf(ctx, o.secs, t.bulkPort, streams, reverse)
 					if err != nil {
 						return fmt.Errorf("%s %s: %w", t.name, key, err)
 					}
 					res[t.name][key] = v
-					b.progress("%-6s %-12s %8.2f Gbit/s", t.name, key, v)
+					b.progress("%-7s %-12s %8.2f Gbit/s", t.name, key, v)
 				}
 				if err := b.alive(); err != nil {
 					return err
@@ -289,25 +327,26 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 					headers  []string
 				}
 				var ways []way
-				if t.httpAgent == nil {
+				switch {
+				case t.direct():
 					ways = []way{{fmt.Sprintf("http%d", conns), "http://" + t.httpAddr + "/", nil}}
-				} else {
-					ways = []way{
-						{fmt.Sprintf("host%d", conns), "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName}},
-						{fmt.Sprintf("tcp%d", conns), "http://" + t.httpAddr + "/", nil},
-					}
+				case t.byHost():
+					ways = []way{{fmt.Sprintf("host%d", conns), "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName}}}
+				}
+				if !t.direct() {
+					ways = append(ways, way{fmt.Sprintf("tcp%d", conns), "http://" + t.httpAddr + "/", nil})
 				}
 				for _, w := range ways {
 					var stopRSS func() int64
 					var cpu0 time.Duration
-					if t.httpAgent != nil && conns == 64 {
-						stopRSS = peakRSS(b.gateway.pid(), t.httpAgent.pid())
-						cpu0 = cpuTime(b.gateway.pid()) + cpuTime(t.httpAgent.pid())
+					if t.server != nil && conns == 64 {
+						stopRSS = peakRSS(b.gateway.pid(), t.server.pid())
+						cpu0 = cpuTime(b.gateway.pid()) + cpuTime(t.server.pid())
 					}
 					r, err := runWrk(ctx, o.secs, conns, w.url, w.headers...)
 					if stopRSS != nil {
 						peak := stopRSS()
-						cpu := cpuTime(b.gateway.pid()) + cpuTime(t.httpAgent.pid()) - cpu0
+						cpu := cpuTime(b.gateway.pid()) + cpuTime(t.server.pid()) - cpu0
 						res[t.name][w.key+"_rss"] = float64(peak) / (1 << 20)
 						if r.requests > 0 {
 							res[t.name][w.key+"_cpu"] = float64(cpu.Microseconds()) / float64(r.requests)
@@ -320,7 +359,7 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 					res[t.name][w.key+"_p50"] = r.p50
 					res[t.name][w.key+"_p99"] = r.p99
 					b.errs[t.name+" "+w.key] += r.errors
-					b.progress("%-6s %-8s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d", t.name, w.key, r.rps, r.p50, r.p99, r.errors)
+					b.progress("%-7s %-8s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d", t.name, w.key, r.rps, r.p50, r.p99, r.errors)
 				}
 			}
 			if err := b.alive(); err != nil {
@@ -335,10 +374,10 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 				headers  []string
 			}
 			ways := []way{{"close", "http://" + t.httpAddr + "/", []string{"Connection: close"}}}
-			if t.httpAgent != nil {
-				ways = []way{
-					{"hostclose", "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName, "Connection: close"}},
-					{"tcpclose", "http://" + t.httpAddr + "/", []string{"Connection: close"}},
+			if !t.direct() {
+				ways = []way{{"tcpclose", "http://" + t.httpAddr + "/", []string{"Connection: close"}}}
+				if t.byHost() {
+					ways = append([]way{{"hostclose", "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName, "Connection: close"}}}, ways...)
 				}
 			}
 			for _, w := range ways {
@@ -348,7 +387,7 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 				}
 				res[t.name][w.key+"_cps"] = r.rps
 				b.errs[t.name+" "+w.key] += r.errors
-				b.progress("%-6s %-9s %8.0f conn/s  errors %d", t.name, w.key, r.rps, r.errors)
+				b.progress("%-7s %-9s %8.0f conn/s  errors %d", t.name, w.key, r.rps, r.errors)
 			}
 		}
 		if err := b.alive(); err != nil {
@@ -364,8 +403,11 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 		for _, t := range b.targets {
 			type way struct{ key, addr, host string }
 			ways := []way{{"lat", t.httpAddr, t.httpAddr}}
-			if t.httpAgent != nil {
-				ways = []way{{"lathost", b.gwHTTP, t.hostName}, {"lattcp", t.httpAddr, t.httpAddr}}
+			if !t.direct() {
+				ways = []way{{"lattcp", t.httpAddr, t.httpAddr}}
+				if t.byHost() {
+					ways = append([]way{{"lathost", b.gwHTTP, t.hostName}}, ways...)
+				}
 			}
 			for _, w := range ways {
 				r, err := fixedRate(ctx, w.addr, w.host, o.rate, 64, o.latSecs)
@@ -375,12 +417,12 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 				res[t.name][w.key+"_p50"] = r.p50
 				res[t.name][w.key+"_p99"] = r.p99
 				b.errs[t.name+" "+w.key] += r.errors
-				b.progress("%-6s %-8s p50 %.3f ms  p99 %.3f ms  max %.3f ms  (%d requests, %d errors, sender lag p99 %.3f ms)",
+				b.progress("%-7s %-8s p50 %.3f ms  p99 %.3f ms  max %.3f ms  (%d requests, %d errors, sender lag p99 %.3f ms)",
 					t.name, w.key, r.p50, r.p99, r.max, r.requests, r.errors, r.late)
 				b.lag = max(b.lag, r.late)
 			}
 		}
-		// What the tunnel adds, within this run.
+		// What each path adds, within this run.
 		d := res["direct"]
 		for _, t := range b.targets[1:] {
 			for _, k := range []string{"host", "tcp"} {

@@ -6,9 +6,11 @@
 #
 # Environment: BENCH_RUNS (3), BENCH_SECS (5, per wrk/iperf3 run),
 # BENCH_LATENCY_SECS (10), BENCH_SESSIONS (1000, idle sessions for the
-# memory figure; 0 skips it), BENCH_TRANSPORTS (tcp,quic,ws), BENCH_ONLY
-# (a subset of bulk,http,close,hol,latency,memory,streams,visitors),
-# BENCH_LOGS (a directory to keep the processes' logs in).
+# memory figure; 0 skips it), BENCH_TRANSPORTS (tcp,quic,ws), BENCH_REFS
+# (floor,library: the reference paths measured beside the transports;
+# empty for none), BENCH_ONLY (a subset of
+# bulk,http,close,hol,latency,memory,streams,visitors), BENCH_LOGS (a
+# directory to keep the processes' logs in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -54,9 +56,10 @@ trap 'exit 130' INT TERM
 
 cmdline="./scripts/bench.sh"
 if [ -n "${MAKELEVEL:-}" ]; then cmdline="make bench"; fi
-for v in BENCH_RUNS BENCH_SECS BENCH_LATENCY_SECS BENCH_SESSIONS BENCH_TRANSPORTS BENCH_ONLY; do
+for v in BENCH_RUNS BENCH_SECS BENCH_LATENCY_SECS BENCH_SESSIONS BENCH_TRANSPORTS BENCH_REFS BENCH_ONLY; do
 	if [ -n "${!v:-}" ]; then cmdline="$v=${!v} $cmdline"; fi
 done
+if [ -n "${BENCH_REFS+set}" ] && [ -z "$BENCH_REFS" ]; then cmdline="BENCH_REFS= $cmdline"; fi
 
 "$work/bench" -bin bin -out bench \
 	-runs "${BENCH_RUNS:-3}" \
@@ -64,6 +67,7 @@ done
 	-latency-secs "${BENCH_LATENCY_SECS:-10}" \
 	-sessions "${BENCH_SESSIONS:-1000}" \
 	-transports "${BENCH_TRANSPORTS:-tcp,quic,ws}" \
+	-refs "${BENCH_REFS-floor,library}" \
 	-only "${BENCH_ONLY:-}" \
 	-logs "${BENCH_LOGS:-}" \
 	-command "$cmdline" &
