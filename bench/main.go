@@ -126,7 +126,7 @@ func main() {
 }
 
 // subcommand runs the bench binary's helper programs (backend, relay,
-// libbackend) and reports whether cmd and args named one; it exits on
+// proxy, libbackend) and reports whether cmd and args named one; it exits on
 // error.
 func subcommand(cmd string, args []string) bool {
 	var err error
@@ -135,6 +135,8 @@ func subcommand(cmd string, args []string) bool {
 		err = runBackend(args[0])
 	case cmd == "relay" && len(args) > 0:
 		err = runRelay(args)
+	case cmd == "proxy" && len(args) == 1:
+		err = runProxy(args[0])
 	case cmd == "libbackend" && len(args) == 4:
 		err = runLibBackend(args[0], args[1], args[2], args[3])
 	default:

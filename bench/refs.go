@@ -7,6 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/signal"
 	"regexp"
@@ -24,7 +27,8 @@ import (
 //
 //   - floor: two chained plain TCP relay processes ("bench relay"), no
 //     encryption and no multiplexing, the cheapest two-process path (a
-//     gateway and an agent) on the machine; no Host routing;
+//     gateway and an agent) on the machine; by Host, the standard
+//     library's reverse proxy ("bench proxy") in front of the inner relay;
 //   - library: the app serves HTTP itself on diglett.Listen over TLS over
 //     TCP ("bench libbackend"), with no agent process and no hop from an
 //     agent to a backend; no iperf3 behind it, so no bulk figures.
@@ -264,11 +268,58 @@ func (b *bench) startFloor(exe string, iperfPort int) error {
 	if err != nil {
 		return err
 	}
+	// By Host: the standard library's reverse proxy in the gateway's
+	// place, in front of the same inner relay.
+	px, err := startProc(b.logDir, "proxy", exe, "proxy", inner[0])
+	if err != nil {
+		return err
+	}
+	b.ps.add(px)
+	pm, err := px.waitLines(10*time.Second, regexp.MustCompile(`^proxy (\S+) -> `))
+	if err != nil {
+		return err
+	}
 	_, ps, _ := net.SplitHostPort(outer[1])
 	port, err := strconv.Atoi(ps)
 	if err != nil {
 		return fmt.Errorf("relay printed %q: %w", outer[1], err)
 	}
-	b.targets = append(b.targets, &target{name: refFloor, httpAddr: outer[0], bulkPort: port})
+	b.targets = append(b.targets, &target{name: refFloor, httpAddr: outer[0], bulkPort: port, hostName: "floor." + domain, hostAddr: pm[0][1]})
+	return nil
+}
+
+// runProxy serves HTTP on a fresh loopback port with the standard
+// library's reverse proxy to target (keep-alive, up to 256 idle
+// connections, no compression: as the gateway's ingress is set up), prints
+// "proxy ADDR -> TARGET", and runs until SIGTERM or SIGINT.
+func runProxy(target string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	u := &url.URL{Scheme: "http", Host: target}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(u)
+			r.Out.Host = r.In.Host
+			r.SetXForwarded()
+		},
+		Transport: &http.Transport{
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		},
+	}
+	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Printf("proxy %s -> %s\n", ln.Addr(), target)
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
 	return nil
 }

@@ -148,7 +148,7 @@ func (b *bench) report() error {
 		p(" Library (reference): the app itself serves the same handler on `diglett.Listen` (TLS over TCP, default 2 sessions) to the same gateway, with no agent process and no hop from an agent to a backend; it has no iperf3 behind it, so no bulk figures.")
 	}
 	if b.o.refs[refFloor] {
-		p(" Floor (reference): two chained plain TCP relay processes (`bench relay`, 32 KiB copy buffers, half-close kept) in front of the direct backend and `iperf3 -s`, with no encryption and no multiplexing, modelling the cheapest two-process path (gateway + agent) on this machine; it has no Host routing, so only the \"via TCP port\" ways and bulk, and no RSS or CPU figures.")
+		p(" Floor (reference): two chained plain TCP relay processes (`bench relay`, 32 KiB copy buffers, half-close kept) in front of the direct backend and `iperf3 -s`, with no encryption and no multiplexing, modelling the cheapest two-process path (gateway + agent) on this machine; by Host, the standard library's reverse proxy (`bench proxy`, set up as the gateway's ingress) takes the outer relay's place; no RSS or CPU figures.")
 	}
 	p("\n\n")
 
@@ -334,7 +334,7 @@ func (b *bench) report() error {
 	if anyTarget {
 		p("%s", table.String())
 		if len(b.refs()) > 0 {
-			p("\nThe reference columns are yardsticks, not held to the targets (a dash marks a figure the path does not have): floor is two plain TCP relays in a chain, with no encryption and no multiplexing, the cheapest two-process path (gateway + agent) on this machine, and library is the app serving on `diglett.Listen` itself, without the agent process.\n")
+			p("\nThe reference columns are yardsticks, not held to the targets (a dash marks a figure the path does not have): floor is two plain TCP relays in a chain (by Host: the standard library's reverse proxy, then a plain relay), with no encryption and no multiplexing, the cheapest two-process path (gateway + agent) on this machine, and library is the app serving on `diglett.Listen` itself, without the agent process.\n")
 		}
 	}
 	if b.mem != nil {
@@ -423,7 +423,7 @@ func (b *bench) chart(path string) error {
 	p.Add(plotter.NewGrid())
 	// The reference paths are drawn too, after the transports, so that each
 	// group shows the floor beside the transports; a path without a figure
-	// (library's bulk, floor by Host) has no bar there.
+	// (library's bulk) has no bar there.
 	ts := b.paths()
 	colors := []color.Color{
 		color.RGBA{0x1f, 0x77, 0xb4, 0xff},

@@ -21,6 +21,7 @@ type target struct {
 	bulkAgent *proc
 	httpAddr  string // the backend, or the tunnel's public TCP port (the outer relay's for floor)
 	hostName  string // the tunnel's host name on the gateway's HTTP port; empty without Host routing
+	hostAddr  string // where requests by Host go, when not the gateway's HTTP port (floor's proxy)
 	bulkPort  int    // iperf3's port, or its tunnel's public TCP port; 0 without bulk
 }
 
@@ -32,8 +33,16 @@ func (t *target) direct() bool { return t.name == "direct" }
 // as well as through its public TCP port.
 func (t *target) byHost() bool { return !t.direct() && t.hostName != "" }
 
-// offers reports whether t has the figure key at all: floor has no Host
-// routing and no RSS or CPU figures, library no bulk path.
+// hostVia is the address t's requests by Host go to.
+func (b *bench) hostVia(t *target) string {
+	if t.hostAddr != "" {
+		return t.hostAddr
+	}
+	return b.gwHTTP
+}
+
+// offers reports whether t has the figure key at all: floor has no RSS or
+// CPU figures, library no bulk path.
 func (t *target) offers(key string) bool {
 	switch {
 	case strings.HasPrefix(key, "bulk"):
@@ -214,7 +223,7 @@ func (b *bench) setup(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
 		if t.byHost() {
-			if err := checkHTTP(ctx, b.gwHTTP, t.hostName); err != nil {
+			if err := checkHTTP(ctx, b.hostVia(t), t.hostName); err != nil {
 				return fmt.Errorf("%s by Host: %w", t.name, err)
 			}
 		}
@@ -331,7 +340,7 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 				case t.direct():
 					ways = []way{{fmt.Sprintf("http%d", conns), "http://" + t.httpAddr + "/", nil}}
 				case t.byHost():
-					ways = []way{{fmt.Sprintf("host%d", conns), "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName}}}
+					ways = []way{{fmt.Sprintf("host%d", conns), "http://" + b.hostVia(t) + "/", []string{"Host: " + t.hostName}}}
 				}
 				if !t.direct() {
 					ways = append(ways, way{fmt.Sprintf("tcp%d", conns), "http://" + t.httpAddr + "/", nil})
@@ -377,7 +386,7 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 			if !t.direct() {
 				ways = []way{{"tcpclose", "http://" + t.httpAddr + "/", []string{"Connection: close"}}}
 				if t.byHost() {
-					ways = append([]way{{"hostclose", "http://" + b.gwHTTP + "/", []string{"Host: " + t.hostName, "Connection: close"}}}, ways...)
+					ways = append([]way{{"hostclose", "http://" + b.hostVia(t) + "/", []string{"Host: " + t.hostName, "Connection: close"}}}, ways...)
 				}
 			}
 			for _, w := range ways {
@@ -406,7 +415,7 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 			if !t.direct() {
 				ways = []way{{"lattcp", t.httpAddr, t.httpAddr}}
 				if t.byHost() {
-					ways = append([]way{{"lathost", b.gwHTTP, t.hostName}}, ways...)
+					ways = append([]way{{"lathost", b.hostVia(t), t.hostName}}, ways...)
 				}
 			}
 			for _, w := range ways {
