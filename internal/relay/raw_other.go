@@ -5,11 +5,11 @@ package relay
 import (
 	"io"
 	"net"
-	"syscall"
 )
 
-// rawConn is nil where reading a socket in its readiness callback is not
-// supported: every direction copies through copySmallFirst.
-func rawConn(net.Conn) syscall.RawConn { return nil }
-
-func copyRaw(io.Writer, syscall.RawConn) (int64, error) { panic("unreachable") }
+// copyConn copies src to dst until EOF (a nil error) or an error. Reading
+// a socket in its readiness callback is done on unix only: here every
+// direction copies through copySmallFirst.
+func copyConn(dst io.Writer, src net.Conn) (int64, error) {
+	return copySmallFirst(dst, src)
+}

@@ -22,6 +22,15 @@ func rawConn(c net.Conn) syscall.RawConn {
 	return rc
 }
 
+// copyConn copies src to dst until EOF (a nil error) or an error: a TCP
+// source through copyRaw, any other through copySmallFirst.
+func copyConn(dst io.Writer, src net.Conn) (int64, error) {
+	if rc := rawConn(src); rc != nil {
+		return copyRaw(dst, rc)
+	}
+	return copySmallFirst(dst, src)
+}
+
 // copyRaw copies the socket rc to dst until EOF (a nil error) or an error.
 // It reads in the runtime's readiness callback and takes a pooled buffer
 // only for the read itself, so that a connection waiting for data holds
@@ -50,23 +59,17 @@ func copyRaw(dst io.Writer, rc syscall.RawConn) (int64, error) {
 			return true
 		})
 		if err != nil {
-			if buf != nil {
-				bufPool.Put(buf)
-			}
-			return written, err
+			return written, err // closed or past the deadline: no buffer kept
 		}
-		if rerr != nil {
-			bufPool.Put(buf)
-			return written, os.NewSyscallError("read", rerr)
+		switch {
+		case rerr != nil:
+			err = os.NewSyscallError("read", rerr)
+		case n > 0:
+			err = writeAll(dst, (*buf)[:n], &written)
 		}
-		if n <= 0 {
-			bufPool.Put(buf)
-			return written, nil // EOF
-		}
-		werr := writeAll(dst, (*buf)[:n], &written)
 		bufPool.Put(buf)
-		if werr != nil {
-			return written, werr
+		if err != nil || n <= 0 {
+			return written, err // n == 0 with no error is EOF
 		}
 	}
 }

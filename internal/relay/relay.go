@@ -53,13 +53,7 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // oneWay copies src to dst. On EOF it half-closes dst; on an error it closes
 // both, which also ends the other direction.
 func oneWay(dst, src net.Conn) (int64, error) {
-	var n int64
-	var err error
-	if rc := rawConn(src); rc != nil {
-		n, err = copyRaw(dst, rc)
-	} else {
-		n, err = copySmallFirst(dst, src)
-	}
+	n, err := copyConn(dst, src)
 	if err == nil {
 		if cw, ok := dst.(closeWriter); ok {
 			if cw.CloseWrite() == nil {
