@@ -1,6 +1,7 @@
 package diglett
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -26,7 +27,8 @@ type Conn struct {
 	statusErr  error
 	readEOF    atomic.Bool
 	closeOnce  sync.Once
-	closed     func() // called once, when the connection is closed
+	closed     func()          // called once, when the connection is closed
+	session    context.Context // ends with the session carrying the stream
 }
 
 // lingerTimeout bounds how long a closed Conn keeps discarding what the
@@ -37,6 +39,17 @@ var _ net.Conn = (*Conn)(nil)
 
 // Name is the tunnel the visitor reached.
 func (c *Conn) Name() string { return c.name }
+
+// SessionContext ends when the session to the gateway that carries the
+// connection has ended: the connection is then dead, even where no read or
+// write is pending to notice it (a visitor that half-closed, waiting for a
+// backend that sends nothing). A forwarder stops its relay then.
+func (c *Conn) SessionContext() context.Context {
+	if c.session == nil {
+		return context.Background()
+	}
+	return c.session
+}
 
 // sendStatus tells the gateway, once, whether the connection is served.
 func (c *Conn) sendStatus(s protocol.Status) error {

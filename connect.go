@@ -57,7 +57,7 @@ func (k *link) dial(ctx context.Context, via string) (transport.Session, error) 
 			actx, cancel := shareOf(ctx, len(addrs)-i)
 			sess, err = wstransport.Dial(actx, addr, tc, k.proxy, cfg.transportConfig())
 			cancel()
-			if err == nil || ctx.Err() != nil || isTrustError(err) {
+			if err == nil || ctx.Err() != nil || isTrustError(err) || isBusyAlert(err) {
 				break
 			}
 		}
@@ -70,9 +70,46 @@ func (k *link) dial(ctx context.Context, via string) (transport.Session, error) 
 			errors.As(err, &te)
 			return nil, te
 		}
+		if isBusyAlert(err) {
+			return nil, fmt.Errorf("connect to gateway %s over %s: %w", k.gateway, via, ErrGatewayBusy)
+		}
 		return nil, fmt.Errorf("connect to gateway %s over %s: %w", k.gateway, via, err)
 	}
 	return sess, nil
+}
+
+// isBusyAlert reports whether err, a failed TLS handshake, is the gateway's
+// refusal of a TCP connection because it is busy: a fatal TLS alert
+// user_canceled before its first handshake message. crypto/tls reports a
+// received alert as a *net.OpError "remote error" whose Err is the alert,
+// of a type it does not export: its text tells it.
+func isBusyAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error" && oe.Err != nil && oe.Err.Error() == "tls: user canceled"
+}
+
+// sessionEndWait bounds how long a failed handshake waits for its session
+// to end, to learn whether the gateway closed it because it is busy.
+const sessionEndWait = 250 * time.Millisecond
+
+// closedBusy reports whether the gateway closed sess because it is busy
+// (transport.CodeBusy): over QUIC and WebSocket it refuses sessions that
+// way, and it cuts off a handshake that way for a newcomer. err is the
+// handshake's failure; the session's end may come a moment after it.
+func closedBusy(sess transport.Session, err error) bool {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return false
+	}
+	t := time.NewTimer(sessionEndWait)
+	defer t.Stop()
+	select {
+	case <-sess.Context().Done():
+	case <-t.C:
+		return false
+	}
+	var pe *transport.PeerClosedError
+	return errors.As(context.Cause(sess.Context()), &pe) && pe.Code == transport.CodeBusy
 }
 
 // shareOf is ctx with 1/n of the time it has left.
@@ -172,6 +209,9 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 		r, ok := m.(*protocol.Registered)
 		if !ok || r.Name != name {
 			return nil, fmt.Errorf("gateway answered register %q with %s", name, m.Type())
+		}
+		if want := max(req.Port, req.PreferPort); want != 0 && r.Port != want {
+			k.log.Warn("the gateway gave the tunnel another port than it had", "tunnel", name, "asked", want, "got", r.Port)
 		}
 		ls.tunnels = append(ls.tunnels, Tunnel{Name: name, Addr: Addr{Host: host, Port: r.Port}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL})
 	}

@@ -328,10 +328,12 @@ var _ net.Listener = (*Listener)(nil)
 // Listen connects to the gateways and registers the configured names. It
 // returns once they are live on one session to each gateway, or the first
 // error: the agent fails fast at start (a wrong token, a refused name or an
-// unreachable gateway); the other sessions connect in the background, and
-// once started the listener reconnects on its own until Close. As with
-// net.ListenConfig, ctx bounds only the initial connection, not the
-// listener's life.
+// unreachable gateway), except when a gateway says it is busy
+// (ErrGatewayBusy): then Listen logs "gateway busy, retrying" and retries
+// with backoff until ctx ends. The other sessions connect in the
+// background, and once started the listener reconnects on its own until
+// Close. As with net.ListenConfig, ctx bounds only the initial connection,
+// not the listener's life.
 func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -370,7 +372,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sessions[i], errs[i] = k.connect(ctx, nil)
+			sessions[i], errs[i] = k.connectFirst(ctx)
 		}()
 	}
 	wg.Wait()

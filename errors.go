@@ -3,6 +3,7 @@ package diglett
 import (
 	"errors"
 
+	"github.com/diglett/diglett/internal/printable"
 	"github.com/diglett/diglett/internal/protocol"
 )
 
@@ -27,6 +28,13 @@ var (
 	// ErrGatewayUntrusted: the gateway's certificate did not verify
 	// against the configured CA (fatal).
 	ErrGatewayUntrusted = errors.New("gateway certificate not trusted")
+	// ErrQuotaExceeded: the identity reached one of its quotas on the
+	// gateway (names, ports or sessions); the message says which.
+	ErrQuotaExceeded = errors.New("quota exceeded")
+	// ErrGatewayBusy: the gateway is at its limit of connections in
+	// their handshake and refused this one; the agent retries with
+	// backoff, at start too.
+	ErrGatewayBusy = errors.New("gateway busy")
 	// ErrRefused: the gateway refused a request for another reason.
 	ErrRefused = errors.New("refused by the gateway")
 )
@@ -46,7 +54,11 @@ type RefusedError struct {
 	Message string // the gateway's explanation
 }
 
-func (e *RefusedError) Error() string { return e.Message }
+// Error is the gateway's explanation made safe to print: control
+// characters and terminal escapes are shown escaped (\x1b, \n), and the
+// length is bounded, so that a gateway can neither forge log lines nor
+// drive the agent's terminal.
+func (e *RefusedError) Error() string { return printable.String(e.Message, printable.MaxRunes) }
 
 // Unwrap maps the wire code to a sentinel error.
 func (e *RefusedError) Unwrap() error {
@@ -61,14 +73,19 @@ func (e *RefusedError) Unwrap() error {
 		return ErrPortUnavailable
 	case protocol.CodeVersion:
 		return ErrVersionMismatch
+	case protocol.CodeQuotaExceeded:
+		return ErrQuotaExceeded
 	}
 	return ErrRefused
 }
 
+// refusal makes the RefusedError of a gateway's Error message; its Message
+// is already safe to print, for callers that print it rather than the
+// error.
 func refusal(m *protocol.Error) error {
 	msg := m.Message
 	if msg == "" {
 		msg = string(m.Code)
 	}
-	return &RefusedError{Code: string(m.Code), Message: msg}
+	return &RefusedError{Code: string(m.Code), Message: printable.String(msg, printable.MaxRunes)}
 }

@@ -214,6 +214,13 @@ type gatewayOptions struct {
 	HandshakeTimeout time.Duration      // default 5s
 	StatusTimeout    time.Duration      // default gateway.DefaultStatusTimeout
 	Registerer       expose.Registerer
+	LeaseFile        string     // default none
+	Quota            auth.Quota // default the gateway's
+	// HalfCloseTimeout, MaxVisitors, MaxVisitorsPerTunnel: gateway
+	// defaults if zero.
+	HalfCloseTimeout     time.Duration
+	MaxVisitors          int
+	MaxVisitorsPerTunnel int
 
 	// HTTP ingress: with a Domain the gateway serves HTTP and HTTPS (a
 	// certificate for *.Domain from a test CA) on 127.0.0.1.
@@ -222,6 +229,11 @@ type gatewayOptions struct {
 	ResponseTimeout   time.Duration
 	ReadHeaderTimeout time.Duration
 	VisitorAccess     gateway.VisitorAccess
+	// BodyReadTimeout and MaxRequestsPerSource: gateway defaults if zero.
+	BodyReadTimeout      time.Duration
+	MaxRequestsPerSource int
+	// MaxHandshakesPerSource: the gateway's default if zero.
+	MaxHandshakesPerSource int
 	// HTTPSTLS replaces the test CA's certificate for the HTTPS port.
 	HTTPSTLS *tls.Config
 	// HTTPChallenge wraps the plain HTTP handler (ACME HTTP-01).
@@ -301,6 +313,17 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 		ResponseTimeout:   o.ResponseTimeout,
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
 		VisitorAccess:     o.VisitorAccess,
+		LeaseFile:         o.LeaseFile,
+		Quota:             o.Quota,
+
+		HalfCloseTimeout:     o.HalfCloseTimeout,
+		MaxVisitors:          o.MaxVisitors,
+		MaxVisitorsPerTunnel: o.MaxVisitorsPerTunnel,
+
+		BodyReadTimeout:      o.BodyReadTimeout,
+		MaxRequestsPerSource: o.MaxRequestsPerSource,
+
+		MaxHandshakesPerSource: o.MaxHandshakesPerSource,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -243,7 +243,7 @@ func (k *link) handleStream(ls *linkSession, st transport.Stream) {
 		}
 	}
 	ls.conns.Add(1)
-	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor), public: public, closed: ls.conns.Done}
+	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor), public: public, closed: ls.conns.Done, session: ls.sess.Context()}
 	if !found {
 		k.log.Warn("gateway sent a connection for a name this agent does not serve", "tunnel", h.Name)
 		c.sendStatus(protocol.StatusUnknownTunnel)
@@ -279,6 +279,34 @@ func (k *link) betterThan(via string) []string {
 	return nil
 }
 
+// connectFirst is a link's first connection, at start: like connect it
+// fails fast, except when the gateway is busy: then it retries with
+// backoff until ctx ends.
+func (k *link) connectFirst(ctx context.Context) (*linkSession, error) {
+	var busy error
+	for attempt := 0; ; attempt++ {
+		ls, err := k.connect(ctx, nil)
+		switch {
+		case err == nil:
+			return ls, nil
+		case busy != nil && ctx.Err() != nil:
+			return nil, busy // still busy when ctx ended
+		case !errors.Is(err, ErrGatewayBusy) || ctx.Err() != nil:
+			return nil, err
+		}
+		busy = err
+		wait := backoff(attempt, k.l.cfg.MaxBackoff)
+		k.log.Warn("gateway busy, retrying", "in", wait.Round(time.Millisecond), "attempt", attempt+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, busy
+		}
+	}
+}
+
 // connect dials the gateway over the configured transports in turn and
 // logs in. prev holds the tunnels of an earlier session: their ports are
 // asked for again as hints, so a restarted gateway gives the same ports
@@ -310,6 +338,9 @@ func (k *link) connectOver(ctx context.Context, order []string, prev []Tunnel, a
 			if errors.As(err, &te) {
 				return nil, te
 			}
+			if errors.Is(err, ErrGatewayBusy) {
+				return nil, err // a refusal: the other transports would get it too
+			}
 			if ctx.Err() != nil {
 				return nil, err
 			}
@@ -323,6 +354,9 @@ func (k *link) connectOver(ctx context.Context, order []string, prev []Tunnel, a
 		ls, err := k.handshake(actx, sess, via, prev)
 		cancel()
 		if err != nil {
+			if closedBusy(sess, err) {
+				err = fmt.Errorf("connect to gateway %s over %s: %w", k.gateway, via, ErrGatewayBusy)
+			}
 			sess.Close()
 			return nil, err
 		}

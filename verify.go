@@ -58,12 +58,22 @@ func (c *Config) tlsConfig(gateway string, log *slog.Logger) (*tls.Config, error
 		}
 		e, ok, err := known.Lookup(gateway)
 		if err != nil {
-			return err
+			return knownGatewaysError(err)
 		}
-		if ok {
-			if e.Fingerprint == got {
+		if !ok {
+			// Another session, or another agent process, may have
+			// pinned the gateway since the lookup: Add then returns
+			// that entry, checked like any other.
+			var added bool
+			if e, added, err = known.Add(gateway, got); err != nil {
+				return knownGatewaysError(err)
+			}
+			if added {
+				log.Warn("pinned the key of a new gateway", "gateway", gateway, "fingerprint", got, "file", known.Path)
 				return nil
 			}
+		}
+		if e.Fingerprint != got {
 			return &trustError{ErrGatewayKeyMismatch, fmt.Sprintf("gateway key mismatch: the key of gateway %s has CHANGED.\n"+
 				"  pinned:    %s (%s line %d)\n"+
 				"  presented: %s\n"+
@@ -71,10 +81,6 @@ func (c *Config) tlsConfig(gateway string, log *slog.Logger) (*tls.Config, error
 				"If the change is expected, delete line %d of %s, or run with --fingerprint %s",
 				gateway, e.Fingerprint, known.Path, e.Line, got, e.Line, known.Path, got)}
 		}
-		if err := known.Add(gateway, got); err != nil {
-			return err
-		}
-		log.Warn("pinned the key of a new gateway", "gateway", gateway, "fingerprint", got, "file", known.Path)
 		return nil
 	}
 	return &tls.Config{
@@ -94,3 +100,16 @@ type trustError struct {
 
 func (e *trustError) Error() string { return e.msg }
 func (e *trustError) Unwrap() error { return e.sentinel }
+
+// knownGatewaysError makes a fatal trust error of a known_gateways file
+// that cannot be used: the agent must not connect (nor pin the gateway
+// again) until the user fixes it.
+func knownGatewaysError(err error) error {
+	var me *identity.MalformedError
+	if errors.As(err, &me) {
+		return &trustError{ErrGatewayUntrusted, fmt.Sprintf("known_gateways %v\n"+
+			"Fix or delete line %d of %s (a deleted gateway is pinned again on first use), or run with --fingerprint.",
+			err, me.Line, me.Path)}
+	}
+	return &trustError{ErrGatewayUntrusted, err.Error()}
+}

@@ -257,7 +257,9 @@ func (b *bench) startGateway(ctx context.Context, name, ports string, http bool)
 		return nil, "", "", err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(agentPort))
-	args := []string{"-l", addr, "--data-dir", filepath.Join(b.logDir, name+"-data"), "--public-bind", "127.0.0.1", "--ports", ports}
+	args := []string{"-l", addr, "--data-dir", filepath.Join(b.logDir, name+"-data"), "--public-bind", "127.0.0.1", "--ports", ports,
+		// Every agent here is the one anonymous identity: no quotas.
+		"--max-names-per-identity", "0", "--max-ports-per-identity", "0", "--max-sessions-per-identity", "0"}
 	if http {
 		hp, err := freePort()
 		if err != nil {

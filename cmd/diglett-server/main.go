@@ -5,17 +5,17 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/diglett/diglett/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext(func() {
+		fmt.Fprintln(os.Stderr, "second signal: exiting now")
+		os.Exit(1)
+	})
 	err := cli.Server(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !cli.IsHelp(err) {

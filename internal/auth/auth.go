@@ -13,6 +13,39 @@ import (
 type Identity struct {
 	// Name is stable across reconnects and restarts of the gateway.
 	Name string
+	// Quota overrides the gateway's default quotas for this identity,
+	// field by field; its zero value takes every default.
+	Quota Quota
+}
+
+// Quota bounds what one identity may hold on a gateway at once. A zero
+// field takes the gateway's default; a negative one means no limit.
+type Quota struct {
+	// Names is how many names the identity may hold, live or leased.
+	Names int `yaml:"names,omitempty"`
+	// Ports is how many public TCP ports its tunnels may hold.
+	Ports int `yaml:"ports,omitempty"`
+	// Sessions is how many agent sessions it may have logged in at once.
+	Sessions int `yaml:"sessions,omitempty"`
+	// CertOrdersPerHour is how many hosts of its tunnels may have a
+	// certificate ordered (ACME) in any hour.
+	CertOrdersPerHour int `yaml:"cert_orders_per_hour,omitempty"`
+}
+
+// Or returns q with its zero fields taken from def.
+func (q Quota) Or(def Quota) Quota {
+	pick := func(a, b int) int {
+		if a != 0 {
+			return a
+		}
+		return b
+	}
+	return Quota{
+		Names:             pick(q.Names, def.Names),
+		Ports:             pick(q.Ports, def.Ports),
+		Sessions:          pick(q.Sessions, def.Sessions),
+		CertOrdersPerHour: pick(q.CertOrdersPerHour, def.CertOrdersPerHour),
+	}
 }
 
 // Credentials is what an agent presents at login.

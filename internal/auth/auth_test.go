@@ -80,6 +80,9 @@ func TestLoadTokensErrors(t *testing.T) {
 		"malformed glob":  {"- token: x\n  names: [\"a[\"]", "a["},
 		"duplicate token": {"- token: x\n  names: [a]\n- token: x\n  names: [b]", "duplicate"},
 		"empty file":      {"", "tokens file"},
+		"bad quota":       {"- token: x\n  names: [a]\n  quota: {names: -2}", "quota names"},
+		"quota field":     {"- token: x\n  names: [a]\n  quota: {nmes: 3}", "nmes"},
+		"two quotas":      {"- token: x\n  identity: i\n  names: [a]\n  quota: {names: 3}\n- token: y\n  identity: i\n  names: [b]\n  quota: {names: 4}", "different quota"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -94,6 +97,30 @@ func TestLoadTokensErrors(t *testing.T) {
 	}
 	if _, err := LoadTokens(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
 		t.Fatal("missing file accepted")
+	}
+}
+
+// TestTokenQuota: an entry's quota reaches the identity, and Or fills the
+// fields it leaves to the gateway.
+func TestTokenQuota(t *testing.T) {
+	tok, err := LoadTokens(writeFile(t, "- token: q\n  identity: ci\n  names: [a]\n  quota: {names: 200, sessions: -1}\n- token: plain\n  names: [b]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tok.Authenticate(context.Background(), Credentials{Token: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Quota{Names: 64, Ports: 64, Sessions: 64, CertOrdersPerHour: 20}
+	if got, want := id.Quota.Or(def), (Quota{Names: 200, Ports: 64, Sessions: -1, CertOrdersPerHour: 20}); got != want {
+		t.Errorf("quota %+v, want %+v", got, want)
+	}
+	plain, err := tok.Authenticate(context.Background(), Credentials{Token: "plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := plain.Quota.Or(def); got != def {
+		t.Errorf("entry without a quota: %+v, want the defaults %+v", got, def)
 	}
 }
 

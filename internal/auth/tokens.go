@@ -26,6 +26,9 @@ type TokenEntry struct {
 	// Identity names the owner; names belong to identities. Default: a
 	// short hash of the token, so it is stable across restarts.
 	Identity string `yaml:"identity,omitempty"`
+	// Quota overrides the gateway's default quotas for this entry's
+	// identity: 0 or absent takes the default, -1 means no limit.
+	Quota Quota `yaml:"quota,omitempty"`
 }
 
 // Tokens authenticates agents by static tokens, each scoped to name
@@ -33,6 +36,7 @@ type TokenEntry struct {
 type Tokens struct {
 	byHash map[[sha256.Size]byte]*TokenEntry
 	byID   map[string][]string // identity -> patterns
+	quotas map[string]Quota    // identity -> its quota overrides
 }
 
 var _ Authenticator = (*Tokens)(nil)
@@ -64,7 +68,7 @@ func NewTokens(entries []TokenEntry) (*Tokens, error) {
 	if len(entries) == 0 {
 		return nil, errors.New("no tokens")
 	}
-	t := &Tokens{byHash: make(map[[sha256.Size]byte]*TokenEntry), byID: make(map[string][]string)}
+	t := &Tokens{byHash: make(map[[sha256.Size]byte]*TokenEntry), byID: make(map[string][]string), quotas: make(map[string]Quota)}
 	for i := range entries {
 		e := entries[i]
 		if e.Token == "" {
@@ -81,6 +85,9 @@ func NewTokens(entries []TokenEntry) (*Tokens, error) {
 				return nil, fmt.Errorf("entry %d: %w", i+1, err)
 			}
 		}
+		if err := validQuota(e.Quota); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i+1, err)
+		}
 		h := sha256.Sum256([]byte(e.Token))
 		if _, dup := t.byHash[h]; dup {
 			return nil, fmt.Errorf("entry %d: duplicate token", i+1)
@@ -88,10 +95,27 @@ func NewTokens(entries []TokenEntry) (*Tokens, error) {
 		if e.Identity == "" {
 			e.Identity = "token-" + hex.EncodeToString(h[:4])
 		}
+		if prev, ok := t.quotas[e.Identity]; ok && prev != e.Quota {
+			return nil, fmt.Errorf("entry %d: identity %q already has a different quota in an earlier entry: give it one quota", i+1, e.Identity)
+		}
 		t.byHash[h] = &e
 		t.byID[e.Identity] = append(t.byID[e.Identity], e.Names...)
+		t.quotas[e.Identity] = e.Quota
 	}
 	return t, nil
+}
+
+// validQuota refuses quota values below -1.
+func validQuota(q Quota) error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"names", q.Names}, {"ports", q.Ports}, {"sessions", q.Sessions}, {"cert_orders_per_hour", q.CertOrdersPerHour}} {
+		if f.v < -1 {
+			return fmt.Errorf("quota %s: %d: want a count, 0 for the gateway's default or -1 for no limit", f.name, f.v)
+		}
+	}
+	return nil
 }
 
 func validatePattern(p string) error {
@@ -117,7 +141,7 @@ func (t *Tokens) Authenticate(_ context.Context, c Credentials) (Identity, error
 	if !ok {
 		return Identity{}, ErrUnauthorized
 	}
-	return Identity{Name: e.Identity}, nil
+	return Identity{Name: e.Identity, Quota: e.Quota}, nil
 }
 
 // Authorize allows name if one of the identity's patterns matches it.

@@ -12,12 +12,12 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/alecthomas/kong"
 
 	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/internal/printable"
 	"github.com/diglett/diglett/internal/relay"
 )
 
@@ -32,12 +32,14 @@ type agentCmd struct {
 	DebugAddr     string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6061."`
 	KnownGateways string           `type:"path" placeholder:"FILE" help:"File of pinned gateway keys (default: known_gateways in the user's config dir)."`
 	KeepAlive     time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
-	MaxIdle       time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead gateway (no answer at all) within this time."`
+	MaxIdle       time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead gateway (no answer at all) within this time; at least 2s. A longer --keep-alive-period is lowered to half of it."`
 	Transport     string           `default:"auto" enum:"auto,tcp,quic,ws" help:"How to reach the gateway: tcp (TLS), quic, ws (WebSocket over TLS, through HTTPS_PROXY if set), or auto: the first that works in that order, trying the faster ones again later."`
 	Connections   int              `default:"2" help:"Sessions to keep to each gateway; visitors are spread over them and one dying loses only its own connections."`
 	WSAddr        string           `name:"ws-addr" placeholder:"HOST:PORT" help:"Where WebSocket sessions go when the agent port is blocked (default: port 443 of the gateway's host)."`
 	Proxy         string           `placeholder:"URL" help:"HTTP proxy for WebSocket sessions, http://[user:pass@]host:port (default: HTTPS_PROXY and NO_PROXY from the environment)."`
 	DialTimeout   time.Duration    `default:"10s" help:"Give up on reaching the backend after this time."`
+	DrainTimeout  time.Duration    `name:"drain-timeout" default:"10s" help:"On SIGINT or SIGTERM, wait this long for open connections to end, then close them and exit (a second signal exits at once)."`
+	HalfClose     time.Duration    `name:"half-close-timeout" default:"60s" help:"Close a connection that one side has half-closed when the other sends nothing for this long."`
 	BasicAuth     string           `name:"basic-auth" placeholder:"USER:PASS" help:"Make the gateway ask HTTP visitors for this user and password (the tunnel's raw TCP port then refuses visitors)."`
 	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR,..." help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
 	H2C           bool             `name:"h2c" help:"The backend speaks HTTP/2 without TLS (gRPC, say): the gateway speaks HTTP/2 to it."`
@@ -54,6 +56,9 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log := newLogger(stderr, c.Debug)
 	backend, err := backendAddr(c.Backend)
 	if err != nil {
+		return err
+	}
+	if err := checkIdleTimeout(c.KeepAlive, c.MaxIdle, log); err != nil {
 		return err
 	}
 	cfg := diglett.Config{
@@ -103,10 +108,15 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	for _, t := range ln.AllTunnels() {
 		for _, u := range t.URLs() {
-			fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, u, backend)
+			// The URLs come from the gateway: printed safe.
+			fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, printable.String(u, 0), backend)
 		}
 	}
-	return forward(ctx, ln, backend, c.DialTimeout, log)
+	return forward(ctx, ln, backend, forwardOptions{
+		dialTimeout:      c.DialTimeout,
+		drainTimeout:     c.DrainTimeout,
+		halfCloseTimeout: c.HalfClose,
+	}, log)
 }
 
 // backendAddr accepts HOST:PORT or a bare PORT.
@@ -127,29 +137,38 @@ func backendAddr(s string) (string, error) {
 	return s, nil
 }
 
+// forwardOptions tunes forward.
+type forwardOptions struct {
+	dialTimeout      time.Duration // bounds a backend dial
+	drainTimeout     time.Duration // how long a stopping agent waits for open connections
+	halfCloseTimeout time.Duration // bounds a half-closed relay (relay.Options)
+}
+
 // forward serves visitors from ln by dialing backend, until ctx ends or
 // the listener stops on a fatal error. When ctx ends it stops taking new
-// visitors, gives those in flight up to drainTimeout, then disconnects.
-func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTimeout time.Duration, log *slog.Logger) error {
+// visitors, gives those in flight up to o.drainTimeout, then aborts both
+// sides of every relay still open and disconnects. A relay whose session
+// to the gateway ends is aborted at once.
+func forward(ctx context.Context, ln *diglett.Listener, backend string, o forwardOptions, log *slog.Logger) error {
 	var (
-		mu       sync.Mutex
-		active   = make(map[net.Conn]struct{})
-		wg       sync.WaitGroup
-		draining atomic.Bool
-		drained  = make(chan struct{})
+		rs      = newRelays()
+		wg      sync.WaitGroup
+		drained = make(chan struct{})
 	)
 	stop := context.AfterFunc(ctx, func() {
 		defer close(drained)
-		draining.Store(true)
 		if err := ln.Drain(); err != nil {
 			log.Debug("could not tell the gateway to send no more visitors", "err", err)
 		}
-		log.Info("shutting down: waiting for open connections", "timeout", drainTimeout)
-		drain(&mu, active, drainTimeout)
+		log.Info("shutting down: waiting for open connections", "connections", rs.len(), "timeout", o.drainTimeout)
+		if !rs.wait(o.drainTimeout) {
+			log.Warn("drain time is up: closing the connections still open", "connections", rs.len())
+		}
+		rs.abortAll()
 		ln.Close()
 	})
 	defer stop()
-	d := net.Dialer{Timeout: dialTimeout}
+	d := net.Dialer{Timeout: o.dialTimeout}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -159,7 +178,7 @@ func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTime
 				return nil
 			}
 			ln.Close()
-			drain(&mu, active, 0)
+			rs.abortAll()
 			wg.Wait()
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -167,53 +186,158 @@ func forward(ctx context.Context, ln *diglett.Listener, backend string, dialTime
 			return err
 		}
 		vc := c.(*diglett.Conn)
-		if draining.Load() {
+		r := rs.add(vc)
+		if r == nil { // draining
 			vc.Abort(nil)
 			continue
 		}
-		mu.Lock()
-		active[vc] = struct{}{}
-		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() {
-				mu.Lock()
-				delete(active, vc)
-				mu.Unlock()
-			}()
-			l := log.With("tunnel", vc.Name(), "visitor", vc.RemoteAddr().String())
-			bc, err := d.Dial("tcp", backend)
-			if err != nil {
-				l.Warn("backend refused the connection", "backend", backend, "err", err)
-				vc.Abort(err)
-				return
-			}
-			l.Debug("visitor connected")
-			up, down, err := relay.Pipe(vc, bc)
-			l.Debug("visitor disconnected", "sent", up, "received", down, "err", err)
+			defer rs.remove(r)
+			r.run(&d, backend, o.halfCloseTimeout, log)
 		}()
 	}
 }
 
-// drainTimeout is how long a stopping agent waits for open connections.
-const drainTimeout = 10 * time.Second
+// relayPair is a visitor's connection and, once dialed, its backend's.
+type relayPair struct {
+	vc        *diglett.Conn
+	ctx       context.Context // ends when the pair is aborted: bounds the dial
+	cancel    context.CancelFunc
+	stopWatch func() bool // stops watching the visitor's session
 
-// drain waits until no connection is active, for at most grace, then
-// closes those still open.
-func drain(mu *sync.Mutex, active map[net.Conn]struct{}, grace time.Duration) {
-	deadline := time.Now().Add(grace)
-	for {
-		mu.Lock()
-		n := len(active)
-		if n == 0 || !time.Now().Before(deadline) {
-			for c := range active {
-				c.Close()
-			}
-			mu.Unlock()
-			return
+	mu      sync.Mutex
+	bc      net.Conn
+	aborted bool
+}
+
+// run dials the backend and relays both ways until both sides are done or
+// the pair is aborted.
+func (p *relayPair) run(d *net.Dialer, backend string, halfClose time.Duration, log *slog.Logger) {
+	vc := p.vc
+	l := log.With("tunnel", vc.Name(), "visitor", vc.RemoteAddr().String())
+	bc, err := d.DialContext(p.ctx, "tcp", backend)
+	if err != nil {
+		if p.ctx.Err() == nil {
+			l.Warn("backend refused the connection", "backend", backend, "err", err)
 		}
-		mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
+		vc.Abort(err)
+		return
+	}
+	if !p.setBackend(bc) {
+		bc.Close()
+		return
+	}
+	l.Debug("visitor connected")
+	up, down, err := relay.PipeWith(vc, bc, relay.Options{HalfCloseTimeout: halfClose})
+	l.Debug("visitor disconnected", "sent", up, "received", down, "err", err)
+}
+
+// setBackend records the backend connection; false when the pair was
+// aborted meanwhile.
+func (p *relayPair) setBackend(bc net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.aborted {
+		return false
+	}
+	p.bc = bc
+	return true
+}
+
+// abort resets both sides, which ends the relay's goroutines at once.
+func (p *relayPair) abort() {
+	p.mu.Lock()
+	p.aborted = true
+	bc := p.bc
+	p.mu.Unlock()
+	p.cancel()
+	p.vc.Reset()
+	if bc != nil {
+		if tc, ok := bc.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		bc.Close()
+	}
+}
+
+// relays are the relays of a forwarder.
+type relays struct {
+	mu     sync.Mutex
+	pairs  map[*relayPair]struct{}
+	closed bool          // no more relays: the forwarder is stopping
+	empty  chan struct{} // closed when pairs empties; made by wait
+}
+
+func newRelays() *relays { return &relays{pairs: make(map[*relayPair]struct{})} }
+
+// add starts tracking vc's relay; nil once the relays are closed. The
+// relay is aborted as soon as vc's session to the gateway ends.
+func (rs *relays) add(vc *diglett.Conn) *relayPair {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.closed {
+		return nil
+	}
+	p := &relayPair{vc: vc}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.stopWatch = context.AfterFunc(vc.SessionContext(), p.abort)
+	rs.pairs[p] = struct{}{}
+	return p
+}
+
+func (rs *relays) remove(p *relayPair) {
+	p.stopWatch()
+	p.cancel()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	delete(rs.pairs, p)
+	if len(rs.pairs) == 0 && rs.empty != nil {
+		close(rs.empty)
+		rs.empty = nil
+	}
+}
+
+func (rs *relays) len() int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return len(rs.pairs)
+}
+
+// wait waits until no relay is left, for at most d; it reports whether
+// none is.
+func (rs *relays) wait(d time.Duration) bool {
+	rs.mu.Lock()
+	if len(rs.pairs) == 0 {
+		rs.mu.Unlock()
+		return true
+	}
+	if rs.empty == nil {
+		rs.empty = make(chan struct{})
+	}
+	empty := rs.empty
+	rs.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-empty:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// abortAll takes no more relays and aborts those still open.
+func (rs *relays) abortAll() {
+	rs.mu.Lock()
+	rs.closed = true
+	pairs := make([]*relayPair, 0, len(rs.pairs))
+	for p := range rs.pairs {
+		pairs = append(pairs, p)
+	}
+	rs.mu.Unlock()
+	for _, p := range pairs {
+		p.abort()
 	}
 }

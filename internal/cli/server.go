@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -37,10 +38,22 @@ type serverCmd struct {
 	Cert        string           `type:"existingfile" placeholder:"FILE" help:"TLS certificate (PEM) for agent connections, e.g. from a CA. Default: a self-signed certificate for the key in the data dir."`
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
 	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
-	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time."`
+	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time; at least 2s. A longer --keep-alive-period is lowered to half of it."`
 	DebugAddr   string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060."`
 	QUIC        bool             `name:"quic" default:"true" negatable:"" help:"Also take agents over QUIC on the --listen port number over UDP (--no-quic to disable)."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
+
+	MaxNamesPerIdentity    int `name:"max-names-per-identity" default:"64" placeholder:"N" help:"Names one identity may hold, live or leased (0: no limit; a tokens file entry may set its own quota)."`
+	MaxPortsPerIdentity    int `name:"max-ports-per-identity" default:"64" placeholder:"N" help:"Public TCP ports one identity's tunnels may hold (0: no limit)."`
+	MaxSessionsPerIdentity int `name:"max-sessions-per-identity" default:"64" placeholder:"N" help:"Agent sessions one identity may have logged in at once (0: no limit)."`
+	MaxCertOrdersPerHour   int `name:"max-cert-orders-per-hour" default:"20" placeholder:"N" help:"Hosts of one identity's tunnels that may have a certificate ordered over ACME in any hour (0: no limit)."`
+
+	MaxHandshakes          int `name:"max-handshakes" default:"1024" placeholder:"N" help:"Agent connections in their handshake (TLS and login) at once; beyond it the sources holding the most are cut off, or newcomers told the gateway is busy."`
+	MaxHandshakesPerSource int `name:"max-handshakes-per-source" default:"32" placeholder:"N" help:"Agent connections in their handshake from one address (IPv6: one /64) at once; more are told the gateway is busy."`
+
+	HalfCloseTimeout     time.Duration `name:"half-close-timeout" default:"60s" help:"Reset a TCP visitor's connection that one side has half-closed when the other sends nothing for this long."`
+	MaxVisitors          int           `name:"max-visitors" default:"65536" placeholder:"N" help:"Visitor connections open at once on the whole gateway (TCP ports and HTTP(S)); more are refused at once. Lowered to fit the open-file limit."`
+	MaxVisitorsPerTunnel int           `name:"max-visitors-per-tunnel" default:"16384" placeholder:"N" help:"TCP visitors plus HTTP requests in flight at once per tunnel; more are refused at once (HTTP: 503)."`
 
 	Domain              string        `placeholder:"DOMAIN" help:"Serve tunnel NAME over HTTP(S) as NAME.DOMAIN on shared ports (point a wildcard DNS record *.DOMAIN at this host)."`
 	HTTPAddr            string        `name:"http-addr" placeholder:"ADDR" help:"Address of the shared HTTP port (default :80 with --domain; 'off' to disable)."`
@@ -52,6 +65,9 @@ type serverCmd struct {
 	ACMEStaging         bool          `name:"acme-staging" help:"Use Let's Encrypt's staging directory (test certificates). Enables ACME."`
 	VisitorAccess       string        `name:"visitor-access" default:"allow" enum:"allow,deny,require" help:"Whether agents may guard tunnels with basic auth and IP allow-lists: allow, deny (refuse such tunnels) or require (refuse tunnels without)."`
 	ACMECARoot          string        `name:"acme-ca-root" type:"existingfile" placeholder:"FILE" help:"Trust this CA bundle (PEM) for the ACME directory's own HTTPS (a private ACME server)."`
+
+	HTTPBodyTimeout          time.Duration `name:"http-body-timeout" default:"60s" help:"End a visitor's request whose body sends nothing for this long (408, or the connection closed once the response has started); a slow upload that keeps moving is not limited."`
+	HTTPMaxRequestsPerSource int           `name:"http-max-requests-per-source" default:"512" placeholder:"N" help:"HTTP requests in flight at once from one visitor address (IPv6: per /64); more are answered 429 Too Many Requests at once."`
 }
 
 // Server runs diglett-server with args until ctx ends.
@@ -67,6 +83,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if (c.Cert == "") != (c.Key == "") {
 		return errors.New("--cert and --key go together")
+	}
+	if err := checkIdleTimeout(c.KeepAlive, c.MaxIdle, log); err != nil {
+		return err
 	}
 	ing, err := c.ingress()
 	if err != nil {
@@ -85,14 +104,17 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return fmt.Errorf("load certificate: %w", err)
 		}
 	} else {
-		key, created, err := identity.LoadOrCreateKey(dataDir)
+		key, err := identity.OpenKey(dataDir)
 		if err != nil {
 			return err
 		}
-		if created {
-			log.Info("created a new gateway key", "file", filepath.Join(dataDir, identity.KeyFile))
+		if key.Created {
+			log.Info("created a new gateway key", "file", key.File)
 		}
-		if cert, err = identity.SelfSigned(key, "localhost"); err != nil {
+		if key.Warning != "" {
+			log.Warn("the gateway key is readable by other users: "+key.Warning, "file", key.File)
+		}
+		if cert, err = identity.SelfSigned(key.Signer, "localhost"); err != nil {
 			return err
 		}
 	}
@@ -130,6 +152,18 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		TrustedProxies:  trusted,
 		ResponseTimeout: c.HTTPResponseTimeout,
 		VisitorAccess:   gateway.VisitorAccess(c.VisitorAccess),
+		Quota:           c.quota(),
+		LeaseFile:       filepath.Join(dataDir, "leases.json"),
+
+		MaxHandshakes:          c.MaxHandshakes,
+		MaxHandshakesPerSource: c.MaxHandshakesPerSource,
+
+		HalfCloseTimeout:     c.HalfCloseTimeout,
+		MaxVisitors:          fitOpenFiles(c.MaxVisitors, log),
+		MaxVisitorsPerTunnel: c.MaxVisitorsPerTunnel,
+
+		BodyReadTimeout:      c.HTTPBodyTimeout,
+		MaxRequestsPerSource: c.HTTPMaxRequestsPerSource,
 	})
 	if err != nil {
 		return err
@@ -237,6 +271,23 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
+// quota is the default quota of an identity from the flags, where 0 means
+// no limit.
+func (c *serverCmd) quota() auth.Quota {
+	unlimited := func(n int) int {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	return auth.Quota{
+		Names:             unlimited(c.MaxNamesPerIdentity),
+		Ports:             unlimited(c.MaxPortsPerIdentity),
+		Sessions:          unlimited(c.MaxSessionsPerIdentity),
+		CertOrdersPerHour: unlimited(c.MaxCertOrdersPerHour),
+	}
+}
+
 // ingressPlan is what the HTTP ingress flags ask for.
 type ingressPlan struct {
 	httpAddr, httpsAddr string // "" when off
@@ -289,6 +340,20 @@ func parsePorts(s string) (lo, hi int, err error) {
 		return 0, 0, fmt.Errorf("--ports %q: want MIN-MAX within 1-65535, e.g. 30000-40000", s)
 	}
 	return lo, hi, nil
+}
+
+// checkIdleTimeout refuses a --max-idle-timeout below the floor, and says
+// when it lowers the keep-alive period (the agent's flags as the gateway's).
+func checkIdleTimeout(keepAlive, maxIdle time.Duration, log *slog.Logger) error {
+	if maxIdle < transport.MinMaxIdleTimeout {
+		return fmt.Errorf("--max-idle-timeout %v: want at least %v (a busy network would pass for a dead peer)", maxIdle, transport.MinMaxIdleTimeout)
+	}
+	tc := transport.Config{KeepAlivePeriod: keepAlive, MaxIdleTimeout: maxIdle}
+	if period, lowered := tc.KeepAliveLowered(); lowered {
+		log.Warn(fmt.Sprintf("keep-alive period lowered to %v because --max-idle-timeout is %v", period, maxIdle),
+			"keep-alive-period", keepAlive, "fix", "set --max-idle-timeout to at least twice --keep-alive-period")
+	}
+	return nil
 }
 
 func defaultDataDir() (string, error) {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
@@ -18,7 +19,11 @@ type statusConn struct {
 	transport.Stream
 	timeout time.Duration
 	visitor net.Conn
-	checked bool
+
+	mu       sync.Mutex
+	checked  bool      // the status was read; written under mu by Read
+	deadline time.Time // the read deadline set through SetReadDeadline
+	statusBy time.Time // the status's deadline, once its read started
 }
 
 // errBackend reports a status other than OK.
@@ -28,20 +33,59 @@ func (e errBackend) Error() string { return "agent: " + e.status.String() }
 
 func (s *statusConn) Read(p []byte) (int, error) {
 	if !s.checked {
-		s.Stream.SetReadDeadline(time.Now().Add(s.timeout))
-		st, err := protocol.ReadStatus(s.Stream)
-		s.Stream.SetReadDeadline(time.Time{})
-		if err != nil {
+		if err := s.readStatus(); err != nil {
 			reset(s.visitor)
-			return 0, fmt.Errorf("read stream status: %w", err)
+			return 0, err
 		}
-		if st != protocol.StatusOK {
-			reset(s.visitor)
-			return 0, errBackend{st}
-		}
-		s.checked = true
 	}
 	return s.Stream.Read(p)
+}
+
+// readStatus reads the agent's status within the status timeout, or the
+// read deadline if that comes first, and puts the read deadline back.
+func (s *statusConn) readStatus() error {
+	s.mu.Lock()
+	s.statusBy = time.Now().Add(s.timeout)
+	s.Stream.SetReadDeadline(earliest(s.statusBy, s.deadline))
+	s.mu.Unlock()
+	st, err := protocol.ReadStatus(s.Stream)
+	s.mu.Lock()
+	s.checked = true
+	s.Stream.SetReadDeadline(s.deadline)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("read stream status: %w", err)
+	}
+	if st != protocol.StatusOK {
+		return errBackend{st}
+	}
+	return nil
+}
+
+// SetReadDeadline sets the deadline of reads from the agent (the relay's
+// half-close bound); while the status is awaited, the status timeout
+// applies too.
+func (s *statusConn) SetReadDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deadline = t
+	if !s.checked && !s.statusBy.IsZero() {
+		t = earliest(t, s.statusBy)
+	}
+	return s.Stream.SetReadDeadline(t)
+}
+
+func (s *statusConn) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.Stream.SetWriteDeadline(t)
+}
+
+// earliest is the earlier of two deadlines; the zero time is none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // acceptLoop serves the tunnel's public port until it closes.
@@ -52,9 +96,15 @@ func (t *tunnel) acceptLoop() {
 		if err != nil {
 			return
 		}
+		release := t.reg.srv.limits.acquireTCP(t, c.RemoteAddr())
+		if release == nil {
+			reset(c)
+			continue
+		}
 		t.reg.srv.visitors.Add(1)
 		go func() {
 			defer t.reg.srv.visitors.Done()
+			defer release()
 			t.serveVisitor(c)
 		}()
 	}
@@ -100,7 +150,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		return
 	}
 	sc := &statusConn{Stream: st, timeout: srv.cfg.StatusTimeout, visitor: c}
-	if _, _, err := relay.Pipe(c, sc); err != nil {
+	if _, _, err := relay.PipeWith(c, sc, relay.Options{HalfCloseTimeout: srv.cfg.HalfCloseTimeout}); err != nil {
 		t.log.Debug("visitor connection ended", "visitor", c.RemoteAddr(), "err", err)
 	}
 }

@@ -51,9 +51,51 @@ type Config struct {
 	// StatusTimeout bounds how long the gateway waits for an agent to say
 	// whether it reached its backend. Default 30s.
 	StatusTimeout time.Duration
-	// MaxHandshakes caps the agent connections in their handshake at once;
-	// more are closed at once. Default 1024.
+	// HalfCloseTimeout bounds a TCP-port visitor's connection once one
+	// side has half-closed it (sent EOF): the other direction must carry
+	// data at least this often, or both sides are reset. A connection open
+	// both ways has no such bound. Default 60s.
+	HalfCloseTimeout time.Duration
+	// MaxVisitors caps the visitor connections open at once on the whole
+	// gateway: TCP-port visitors and HTTP(S) connections. Beyond it a TCP
+	// visitor is reset and an HTTP(S) connection closed at accept.
+	// Default 65536.
+	MaxVisitors int
+	// MaxVisitorsPerTunnel caps, per tunnel, its TCP-port visitors plus
+	// its HTTP requests in flight. Beyond it a TCP visitor is reset and an
+	// HTTP request answered 503 with Retry-After. Default 16384.
+	MaxVisitorsPerTunnel int
+	// MaxHandshakes caps the agent connections in their handshake at once
+	// (TLS, hello and login). When they are all taken, a newcomer from a
+	// source holding at least two fewer than the largest holder takes the
+	// place of that holder's oldest handshake; otherwise it is refused at
+	// once: its agent reports "gateway busy" and retries. Default 1024.
 	MaxHandshakes int
+	// MaxHandshakesPerSource caps the agent connections in their
+	// handshake from one source address (an IPv4 address, an IPv6 /64);
+	// more are refused at once. Default 32, at most MaxHandshakes.
+	MaxHandshakesPerSource int
+	// FirstByteTimeout bounds how long a new TCP agent connection may
+	// stay silent: its TLS ClientHello must start within it, the rest of
+	// the handshake has HandshakeTimeout. Default 3s.
+	FirstByteTimeout time.Duration
+	// LoginFailureLimit is how many failed logins (wrong tokens) from one
+	// source address (IPv6: per /64) within LoginFailureWindow lock that
+	// source out for LoginLockout: its logins are then refused at once
+	// (code too_many_failures), without asking Auth. A successful login
+	// from the source forgets its failures. Default 10.
+	LoginFailureLimit int
+	// LoginFailureWindow is the time over which failed logins are counted.
+	// Default 10m.
+	LoginFailureWindow time.Duration
+	// LoginLockout is how long a source that reached LoginFailureLimit is
+	// refused. Default 5m.
+	LoginLockout time.Duration
+	// LoginFailureDelay slows down guessing: a source's first three failed
+	// logins are answered at once, the next one after this delay, and each
+	// further one after twice the previous delay, up to 32 times it.
+	// Default 250ms (so up to 8s).
+	LoginFailureDelay time.Duration
 	// MaxNamesPerSession caps the names one agent session registers.
 	// Default protocol.MaxNames.
 	MaxNamesPerSession int
@@ -79,9 +121,30 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds a visitor's request headers. Default 64 KiB.
 	MaxHeaderBytes int
+	// BodyReadTimeout bounds the wait for each read of a visitor's request
+	// body: a body that delivers nothing for this long ends the request
+	// (408 if no response has started, else the connection is closed),
+	// while a slow upload that keeps moving is not limited. Default 60s.
+	BodyReadTimeout time.Duration
+	// MaxRequestsPerSource caps the HTTP requests in flight from one
+	// source address (the visitor's IP as the gateway can vouch for it;
+	// IPv6 per /64); more are answered 429 at once. Default 512.
+	MaxRequestsPerSource int
 	// VisitorAccess is the gateway's policy on the visitor rules agents set
 	// at registration (basic auth, IP allow-lists). Default VisitorAccessAllow.
 	VisitorAccess VisitorAccess
+
+	// Quota is every identity's default quota: names and public ports
+	// held (live or leased), sessions logged in at once, and certificate
+	// orders per hour. An Authenticator may override it per identity
+	// (auth.Identity.Quota). Zero fields take the Default* quotas;
+	// negative ones mean no limit.
+	Quota auth.Quota
+	// LeaseFile, if set, is where the registry keeps every tunnel's name,
+	// identity, port and lease, written atomically on each change, so that
+	// after a restart the names and ports stay reserved for their owners
+	// until their leases end. The CLI sets DATA_DIR/leases.json.
+	LeaseFile string
 }
 
 // VisitorAccess is a policy on the visitor rules of tunnels.
@@ -106,6 +169,14 @@ const (
 	DefaultLease            = 60 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultStatusTimeout    = 30 * time.Second
+
+	DefaultMaxHandshakes          = 1024
+	DefaultMaxHandshakesPerSource = 32
+	DefaultFirstByteTimeout       = 3 * time.Second
+	DefaultLoginFailureLimit      = 10
+	DefaultLoginFailureWindow     = 10 * time.Minute
+	DefaultLoginLockout           = 5 * time.Minute
+	DefaultLoginFailureDelay      = 250 * time.Millisecond
 )
 
 // Validate reports the first problem with c.
@@ -153,8 +224,36 @@ func (c Config) withDefaults() Config {
 	if c.StatusTimeout <= 0 {
 		c.StatusTimeout = DefaultStatusTimeout
 	}
+	if c.HalfCloseTimeout <= 0 {
+		c.HalfCloseTimeout = DefaultHalfCloseTimeout
+	}
+	if c.MaxVisitors <= 0 {
+		c.MaxVisitors = DefaultMaxVisitors
+	}
+	if c.MaxVisitorsPerTunnel <= 0 {
+		c.MaxVisitorsPerTunnel = DefaultMaxVisitorsPerTunnel
+	}
 	if c.MaxHandshakes <= 0 {
-		c.MaxHandshakes = 1024
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if c.MaxHandshakesPerSource <= 0 {
+		c.MaxHandshakesPerSource = DefaultMaxHandshakesPerSource
+	}
+	c.MaxHandshakesPerSource = min(c.MaxHandshakesPerSource, c.MaxHandshakes)
+	if c.FirstByteTimeout <= 0 {
+		c.FirstByteTimeout = DefaultFirstByteTimeout
+	}
+	if c.LoginFailureLimit <= 0 {
+		c.LoginFailureLimit = DefaultLoginFailureLimit
+	}
+	if c.LoginFailureWindow <= 0 {
+		c.LoginFailureWindow = DefaultLoginFailureWindow
+	}
+	if c.LoginLockout <= 0 {
+		c.LoginLockout = DefaultLoginLockout
+	}
+	if c.LoginFailureDelay <= 0 {
+		c.LoginFailureDelay = DefaultLoginFailureDelay
 	}
 	if c.MaxNamesPerSession <= 0 {
 		c.MaxNamesPerSession = protocol.MaxNames
@@ -175,9 +274,16 @@ func (c Config) withDefaults() Config {
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
+	if c.BodyReadTimeout <= 0 {
+		c.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if c.MaxRequestsPerSource <= 0 {
+		c.MaxRequestsPerSource = DefaultMaxRequestsPerSource
+	}
 	if c.VisitorAccess == "" {
 		c.VisitorAccess = VisitorAccessAllow
 	}
+	c.Quota = quotaDefaults(c.Quota)
 	return c
 }
 
@@ -189,9 +295,12 @@ type Server struct {
 	reg    *registry
 	ctx    context.Context // ends when the server closes
 	cancel context.CancelFunc
-	hs     chan struct{} // handshake slots
+	hs     *handshakes   // handshake slots
+	logins *loginLimiter // failed logins by source
 	nextID atomic.Uint64 // session ids
+	quotas *quotas
 	http   *ingress
+	limits *visitorLimits
 
 	agentWS *wsServer // WebSocket agents, on the agent port and the HTTPS port
 
@@ -219,12 +328,21 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
-		hs:        make(chan struct{}, cfg.MaxHandshakes),
+		hs:        newHandshakes(cfg.MaxHandshakes, cfg.MaxHandshakesPerSource, cfg.Logger),
+		logins:    newLoginLimiter(cfg, cfg.Logger),
 		listeners: make(map[io.Closer]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
+	s.quotas = newQuotas()
 	s.reg = newRegistry(s)
 	s.http = newIngress(s)
+	s.limits = newVisitorLimits(cfg)
+	if cfg.LeaseFile != "" {
+		if err := s.reg.keepLeases(time.Now()); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	s.startAgentWS()
 	return s, nil
 }
@@ -247,16 +365,15 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
-		release, ok := s.trySlot()
-		if !ok {
-			s.log.Debug("agent connection refused: too many handshakes in progress", "agent", conn.RemoteAddr())
-			conn.Close()
+		slot := s.hs.acquire(addrSource(conn.RemoteAddr()))
+		if slot == nil {
+			refuseBusy(conn)
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(conn, release)
+			s.serveConn(conn, slot)
 		}()
 	}
 }
@@ -328,6 +445,8 @@ func (s *Server) Close() error {
 	s.reg.close()
 	s.wg.Wait()
 	s.visitors.Wait()
+	s.hs.summary.close()
+	s.logins.close()
 	return nil
 }
 

@@ -46,8 +46,9 @@ const (
 )
 
 type ingress struct {
-	srv   *Server
-	proxy *httputil.ReverseProxy
+	srv     *Server
+	proxy   *httputil.ReverseProxy
+	sources *sourceLimiter // requests in flight per source
 
 	httpPort, httpsPort atomic.Int32 // public ports, for the tunnels' URLs
 
@@ -56,7 +57,8 @@ type ingress struct {
 }
 
 func newIngress(s *Server) *ingress {
-	in := &ingress{srv: s, servers: make(map[*http.Server]struct{})}
+	in := &ingress{srv: s, servers: make(map[*http.Server]struct{}),
+		sources: newSourceLimiter(s.cfg.MaxRequestsPerSource, s.log)}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:      in.rewrite,
 		Transport:    roundTripperFunc(in.roundTrip),
@@ -83,6 +85,7 @@ type route struct {
 	peer   netip.Addr
 	body   *visitorBody // nil without a body
 	remote string       // visitor address
+	host   string       // the validated Host, as the backend is told it
 }
 
 type routeKey struct{}
@@ -186,7 +189,7 @@ func (s *Server) ServeHTTPIngress(ln net.Listener, wrap func(http.Handler) http.
 	}
 	defer s.http.untrack(hs)
 	s.http.httpPort.Store(int32(listenerPort(ln)))
-	err := hs.Serve(httpguard.NewListener(ln))
+	err := hs.Serve(httpguard.NewListener(s.limitVisitors(ln)))
 	if errors.Is(err, http.ErrServerClosed) {
 		return ErrServerClosed
 	}
@@ -219,7 +222,7 @@ func (s *Server) ServeHTTPSIngress(ln net.Listener, tc *tls.Config) error {
 	}
 	defer s.http.untrack(hs)
 	s.http.httpsPort.Store(int32(listenerPort(ln)))
-	hl := newHandshakeListener(s.ctx, ln, tc, s.cfg.ReadHeaderTimeout, s.log, s.agentWS.push)
+	hl := newHandshakeListener(s.ctx, s.limitVisitors(ln), tc, s.cfg.ReadHeaderTimeout, s.log, s.agentWS.push)
 	err := hs.Serve(hl)
 	hl.wait()
 	if errors.Is(err, http.ErrServerClosed) {
@@ -257,31 +260,12 @@ func (s *Server) URLs(name string) (httpURL, httpsURL string) {
 	return httpURL, httpsURL
 }
 
-// HostAllowed reports whether host belongs to a registered or leased
-// tunnel: the gateway obtains certificates only for such hosts.
-func (s *Server) HostAllowed(_ context.Context, host string) error {
-	name, ok := s.tunnelName(host)
-	if !ok {
-		return fmt.Errorf("host %q is not a tunnel of domain %q", host, s.cfg.Domain)
-	}
-	if s.reg.route(name) == nil {
-		return fmt.Errorf("no tunnel named %q", name)
-	}
-	return nil
-}
-
 // tunnelName maps a Host header (or TLS server name) to a tunnel name:
-// case-insensitive, ignoring a port and a trailing dot.
+// case-insensitive, ignoring a port and a trailing dot. A host whose port
+// is not a number is no tunnel's (see parseHost).
 func (s *Server) tunnelName(host string) (string, bool) {
-	if i := strings.LastIndexByte(host, ':'); i > strings.LastIndexByte(host, ']') {
-		host = host[:i]
-	}
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	name, found := strings.CutSuffix(host, "."+s.cfg.Domain)
-	if !found || protocol.ValidateName(name) != nil {
-		return "", false
-	}
-	return name, true
+	name, _, err := s.parseHost(host)
+	return name, err == nil && name != ""
 }
 
 // ServeHTTP routes one visitor request.
@@ -290,8 +274,38 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if info == nil {
 		info = &connInfo{https: r.TLS != nil}
 	}
-	name, ok := in.srv.tunnelName(r.Host)
-	if !ok {
+	// Every wait for the visitor's body is bounded, whatever the answer:
+	// the server reads what a handler left unread.
+	if r.Body != nil && r.Body != http.NoBody {
+		tb := newTimedBody(w, r.Body, in.srv.cfg.BodyReadTimeout)
+		defer tb.finish(r.ProtoMajor == 1)
+		r.Body = tb
+	}
+	var peer netip.Addr
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		peer = ap.Addr().Unmap()
+	}
+	client := in.clientIP(r, peer)
+	src := requestSource(client)
+	if !in.sources.acquire(src) {
+		w.Header().Set("Retry-After", "1")
+		if r.ProtoMajor == 1 && r.ContentLength != 0 {
+			// Answer at once rather than after reading the body.
+			w.Header().Set("Connection", "close")
+		}
+		httpError(w, http.StatusTooManyRequests, "too many requests in flight from your address")
+		return
+	}
+	defer in.sources.release(src)
+	name, host, err := in.srv.parseHost(r.Host)
+	if err != nil {
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		httpError(w, http.StatusBadRequest, "malformed host")
+		return
+	}
+	if name == "" {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		return
 	}
@@ -300,11 +314,8 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		return
 	}
-	rt := &route{t: t, pol: t.policy(), https: info.https, remote: r.RemoteAddr}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		rt.peer = ap.Addr().Unmap()
-	}
-	if !rt.pol.allows(in.clientIP(r, rt.peer)) {
+	rt := &route{t: t, pol: t.policy(), https: info.https, remote: r.RemoteAddr, peer: peer, host: host}
+	if !rt.pol.allows(client) {
 		httpError(w, http.StatusForbidden, "your address may not reach this tunnel")
 		return
 	}
@@ -320,6 +331,11 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, "no agent is online for this tunnel")
 		return
 	}
+	release := in.admit(w, r, t) // MaxVisitorsPerTunnel
+	if release == nil {
+		return
+	}
+	defer release()
 	if r.Body != nil && r.Body != http.NoBody {
 		rt.body = &visitorBody{ReadCloser: r.Body}
 		r.Body = rt.body
@@ -362,20 +378,26 @@ func (in *ingress) trusted(ip netip.Addr) bool {
 
 // rewrite builds the request to the backend. The reverse proxy has already
 // removed hop-by-hop headers (including those a visitor named in
-// Connection) and every Forwarded and X-Forwarded-* header, so the ones set
-// here cannot be removed or spoofed by a visitor.
+// Connection) and Forwarded and X-Forwarded-For, -Host and -Proto; the
+// other headers only a proxy may set are dropped here unless the peer is a
+// trusted proxy (see clientClaimHeaders), so the ones set here cannot be
+// removed or spoofed by a visitor. The host the backend is told is the
+// validated one, never the visitor's text.
 func (in *ingress) rewrite(pr *httputil.ProxyRequest) {
 	rt := pr.In.Context().Value(routeKey{}).(*route)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = rt.t.name
-	pr.Out.Host = pr.In.Host
+	pr.Out.Host = rt.host
 	proto := "http"
 	if rt.https {
 		proto = "https"
 	}
 	h := pr.Out.Header
+	// Also for h2c tunnels: their backends get HTTP/2 with prior
+	// knowledge, where an Upgrade header fails the request.
+	stripH2CUpgrade(h)
 	forwardedFor := rt.peer.String()
-	forwarded := `for=` + forwardedNode(rt.peer) + `;host="` + pr.In.Host + `";proto=` + proto
+	forwarded := `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto
 	if in.trusted(rt.peer) {
 		if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
 			forwardedFor = strings.Join(prior, ", ") + ", " + forwardedFor
@@ -386,9 +408,11 @@ func (in *ingress) rewrite(pr *httputil.ProxyRequest) {
 		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
 			proto = v
 		}
+	} else {
+		dropClientClaims(h)
 	}
 	h.Set("X-Forwarded-For", forwardedFor)
-	h.Set("X-Forwarded-Host", pr.In.Host)
+	h.Set("X-Forwarded-Host", rt.host)
 	h.Set("X-Forwarded-Proto", proto)
 	h.Set("Forwarded", forwarded)
 	if rt.pol.user != "" {
@@ -590,6 +614,12 @@ func (in *ingress) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	var de *dialError
 	var ne net.Error
 	switch {
+	case rt != nil && rt.body != nil && errors.Is(rt.body.err(), errBodyTimeout):
+		log.Debug("visitor request body stalled", "err", rt.body.err())
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		httpError(w, http.StatusRequestTimeout, "the request body stalled")
 	case rt != nil && rt.body != nil && rt.body.err() != nil:
 		log.Debug("visitor sent a malformed body", "err", rt.body.err())
 		w.Header().Set("Connection", "close")

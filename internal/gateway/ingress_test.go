@@ -27,7 +27,8 @@ func TestTunnelName(t *testing.T) {
 		"[::1]:80":                 "",
 		"127.0.0.1":                "",
 		"":                         "",
-		"app.gw.example:":          "app",
+		"app.gw.example:":          "", // a port that is not a number
+		"app.gw.example:1,evil":    "",
 		"app.gw.example::1":        "",
 		"xn--bcher-kva.gw.example": "xn--bcher-kva",
 	} {

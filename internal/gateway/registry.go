@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diglett/diglett/internal/auth"
 	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/protocol"
 )
@@ -23,7 +24,9 @@ type registry struct {
 	mu     sync.Mutex
 	byName map[string]*tunnel
 	byPort map[int]*tunnel
+	owned  map[string]int // identity -> tunnels it holds, live or leased
 	closed bool
+	leases *leaseWriter // nil without Config.LeaseFile
 
 	// routes is a copy of byName for the HTTP ingress, replaced (never
 	// changed) under mu whenever a tunnel is added or removed, so that
@@ -32,9 +35,29 @@ type registry struct {
 }
 
 func newRegistry(s *Server) *registry {
-	r := &registry{srv: s, byName: make(map[string]*tunnel), byPort: make(map[int]*tunnel)}
+	r := &registry{srv: s, byName: make(map[string]*tunnel), byPort: make(map[int]*tunnel), owned: make(map[string]int)}
 	r.publishLocked()
 	return r
+}
+
+// keepLeases restores the leases of Config.LeaseFile and keeps the file up
+// to date from then on.
+func (r *registry) keepLeases(now time.Time) error {
+	path := r.srv.cfg.LeaseFile
+	recs, err := readLeases(path)
+	if err != nil {
+		return err
+	}
+	r.restore(recs, now)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.leases = newLeaseWriter(path, r.srv.log, func() []leaseRecord {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.snapshotLocked()
+	})
+	r.persistLocked()
+	return nil
 }
 
 // publishLocked replaces the routes snapshot. Called under r.mu.
@@ -58,13 +81,15 @@ type tunnel struct {
 	name     string
 	identity string
 	port     int
-	ln       net.Listener
+	ln       net.Listener // nil while a restored lease could not bind its port
 	log      *slog.Logger
+	quota    auth.Quota // the owner's, for its certificate orders
 
-	members atomic.Pointer[[]*session] // copy-on-write; written under reg.mu
-	next    atomic.Uint64              // round-robin cursor
-	lease   *time.Timer                // running while no agent is online; under reg.mu
-	removed bool                       // under reg.mu
+	members  atomic.Pointer[[]*session] // copy-on-write; written under reg.mu
+	next     atomic.Uint64              // round-robin cursor
+	lease    *time.Timer                // running while no agent is online; under reg.mu
+	leaseEnd time.Time                  // when lease fires; under reg.mu
+	removed  bool                       // under reg.mu
 
 	regMu     sync.Mutex // serializes registerer calls
 	regCloser io.Closer
@@ -104,11 +129,27 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 			r.mu.Unlock()
 			return nil, refuse(protocol.CodeNameTaken, "name %q is taken by another identity", req.Name)
 		}
+		if t.ln == nil {
+			// A lease restored without its port: bind one now.
+			ln, port, perr := r.listen(&protocol.Register{Port: req.Port, PreferPort: t.port})
+			if perr != nil {
+				r.mu.Unlock()
+				return nil, perr
+			}
+			t.ln, t.port = ln, port
+			r.byPort[port] = t
+			r.srv.visitors.Add(1)
+			go t.acceptLoop()
+		}
 		if req.Port != 0 && req.Port != t.port {
 			r.mu.Unlock()
 			return nil, refuse(protocol.CodePortUnavailable, "name %q already has port %d", req.Name, t.port)
 		}
 	} else {
+		if perr := r.checkQuotaLocked(ss); perr != nil {
+			r.mu.Unlock()
+			return nil, perr
+		}
 		ln, port, perr := r.listen(req)
 		if perr != nil {
 			r.mu.Unlock()
@@ -124,22 +165,21 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 		}
 		// The ingress may see the tunnel as soon as it is published.
 		t.visitors.Store(pol)
-		r.byName[t.name] = t
-		r.byPort[t.port] = t
-		r.publishLocked()
-		r.srv.visitors.Add(1)
-		go t.acceptLoop()
+		r.addLocked(t)
 	}
 	if t.lease != nil {
 		t.lease.Stop()
 		t.lease = nil
+		t.leaseEnd = time.Time{}
 	}
+	t.quota = ss.quota
 	t.visitors.Store(pol)
 	old := t.live()
 	members := make([]*session, 0, len(old)+1)
 	members = append(members, old...)
 	members = append(members, ss)
 	t.members.Store(&members)
+	r.persistLocked()
 	r.mu.Unlock()
 
 	if !ss.addTunnel(t) {
@@ -148,6 +188,33 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 	}
 	t.reconcile()
 	return t, nil
+}
+
+// addLocked publishes a new tunnel and serves its port. Called under r.mu.
+func (r *registry) addLocked(t *tunnel) {
+	r.byName[t.name] = t
+	if t.ln != nil {
+		r.byPort[t.port] = t
+		r.srv.visitors.Add(1)
+		go t.acceptLoop()
+	}
+	r.owned[t.identity]++
+	r.publishLocked()
+}
+
+// checkQuotaLocked refuses a new tunnel for ss's identity when it holds
+// as many names or ports as its quota allows. Called under r.mu.
+func (r *registry) checkQuotaLocked(ss *session) *protocol.Error {
+	id, q := ss.identity.Name, ss.quota
+	n := r.owned[id]
+	if q.Names >= 0 && n >= q.Names {
+		return quotaError(id, q.Names, "names (live or leased)")
+	}
+	// Every tunnel holds one public port.
+	if q.Ports >= 0 && n >= q.Ports {
+		return quotaError(id, q.Ports, "public ports")
+	}
+	return nil
 }
 
 // listen opens the public port for a new tunnel. Called under r.mu.
@@ -206,14 +273,22 @@ func (r *registry) leave(t *tunnel, ss *session) {
 	t.members.Store(&members)
 	if len(members) == 0 && !t.removed && t.lease == nil {
 		t.log.Info("agent offline, name and port leased", "port", t.port, "lease", r.srv.cfg.Lease)
-		// The callback reads timer only under r.mu, which is held here
-		// while timer is set.
-		var timer *time.Timer
-		timer = time.AfterFunc(r.srv.cfg.Lease, func() { r.expire(t, &timer) })
-		t.lease = timer
+		r.startLeaseLocked(t, r.srv.cfg.Lease)
+		r.persistLocked()
 	}
 	r.mu.Unlock()
 	t.reconcile()
+}
+
+// startLeaseLocked frees t after d unless an agent comes back. Called
+// under r.mu.
+func (r *registry) startLeaseLocked(t *tunnel, d time.Duration) {
+	// The callback reads timer only under r.mu, which is held here while
+	// timer is set.
+	var timer *time.Timer
+	timer = time.AfterFunc(d, func() { r.expire(t, &timer) })
+	t.lease = timer
+	t.leaseEnd = time.Now().Add(d)
 }
 
 // expire frees t when its lease ends with no agent back; timer is the
@@ -226,6 +301,7 @@ func (r *registry) expire(t *tunnel, timer **time.Timer) {
 	}
 	t.lease = nil
 	r.removeLocked(t)
+	r.persistLocked()
 	r.mu.Unlock()
 	t.log.Info("lease expired, name and port released", "port", t.port)
 	t.reconcile()
@@ -236,15 +312,20 @@ func (r *registry) removeLocked(t *tunnel) {
 	if r.byName[t.name] == t {
 		delete(r.byName, t.name)
 	}
-	if r.byPort[t.port] == t {
+	if t.ln != nil && r.byPort[t.port] == t {
 		delete(r.byPort, t.port)
+	}
+	if r.owned[t.identity]--; r.owned[t.identity] <= 0 {
+		delete(r.owned, t.identity)
 	}
 	r.publishLocked()
 	if t.lease != nil {
 		t.lease.Stop()
 		t.lease = nil
 	}
-	t.ln.Close()
+	if t.ln != nil {
+		t.ln.Close()
+	}
 }
 
 // closeListeners closes every public port; the registry accepts no more
@@ -253,7 +334,9 @@ func (r *registry) closeListeners() {
 	r.mu.Lock()
 	r.closed = true
 	for _, t := range r.byName {
-		t.ln.Close()
+		if t.ln != nil {
+			t.ln.Close()
+		}
 	}
 	r.mu.Unlock()
 }
@@ -262,6 +345,14 @@ func (r *registry) closeListeners() {
 func (r *registry) close() {
 	r.mu.Lock()
 	r.closed = true
+	if r.leases != nil {
+		// The tunnels' final state, before they are removed: a restart
+		// honours their leases.
+		final := r.snapshotLocked()
+		r.mu.Unlock()
+		r.leases.close(final)
+		r.mu.Lock()
+	}
 	ts := make([]*tunnel, 0, len(r.byName))
 	for _, t := range r.byName {
 		ts = append(ts, t)

@@ -27,6 +27,7 @@ type session struct {
 	sess     transport.Session
 	log      *slog.Logger
 	identity auth.Identity
+	quota    auth.Quota // the identity's, with the gateway's defaults
 
 	// outstanding counts the HTTP requests in flight on this session, for
 	// least-outstanding balancing.
@@ -65,58 +66,66 @@ func (ss *session) openStream(ctx context.Context, name, visitor string) (transp
 // serveConn runs one TCP agent connection: the TLS handshake, then by its
 // ALPN either the multiplexer or a WebSocket upgrade (served by the
 // gateway's WebSocket server, which hands the session back to
-// serveSession). release gives back its handshake slot.
-func (s *Server) serveConn(conn net.Conn, release func()) {
+// serveSession). slot is its handshake slot; shedding it closes conn.
+func (s *Server) serveConn(conn net.Conn, slot *hsSlot) {
 	log := s.log.With("agent", conn.RemoteAddr().String())
+	slot.onShed(func() { conn.Close() })
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	tc := tls.Server(conn, s.tls)
+	fb := newFirstByteConn(conn, s.cfg.FirstByteTimeout)
+	tc := tls.Server(fb, s.tls)
 	err := tc.HandshakeContext(hsCtx)
 	if err == nil && tc.ConnectionState().Version != tls.VersionTLS13 {
 		err = errors.New("agent did not negotiate TLS 1.3")
 	}
 	if err != nil {
-		log.Debug("agent handshake failed", "err", err)
+		var ne net.Error
+		if !fb.arrived.Load() && errors.As(err, &ne) && ne.Timeout() {
+			s.hs.silent.Add(1)
+			log.Debug("agent connection closed: it sent nothing", "within", s.cfg.FirstByteTimeout)
+		} else {
+			log.Debug("agent handshake failed", "err", err)
+		}
 		conn.Close()
-		release()
+		slot.release()
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol == wstransport.ALPN {
-		// The upgrade request is bounded by the WebSocket server's
-		// header timeout; the session takes a slot of its own.
-		release()
-		s.agentWS.push(tc)
+		// The slot goes with the connection to the WebSocket server,
+		// until the upgrade; the session then takes a slot of its own.
+		s.agentWS.pushHandshake(tc, slot)
 		return
 	}
 	ts, err := tlsmux.New(tc, tc.ConnectionState(), false, s.cfg.Transport)
 	if err != nil {
 		log.Debug("agent session failed", "err", err)
-		release()
+		slot.release()
 		return
 	}
-	s.serveSession(ts, "tcp", release)
+	s.serveSession(ts, "tcp", slot)
 }
 
-// trySlot takes a handshake slot if one is free; release gives it back
-// (once, however often it is called).
-func (s *Server) trySlot() (release func(), ok bool) {
-	select {
-	case s.hs <- struct{}{}:
-		var once sync.Once
-		return func() { once.Do(func() { <-s.hs }) }, true
-	default:
-		return nil, false
-	}
-}
+// errShed is why a handshake cut off for a newcomer ended.
+var errShed = errors.New("handshake cut off: the gateway is full")
 
 // serveSession runs one agent session, over any transport, from its login
-// to its end. release gives back the session's handshake slot; it is
-// called once the agent has logged in, or when the session ends.
-func (s *Server) serveSession(ts transport.Session, via string, release func()) {
-	defer release()
+// to its end. slot is the session's handshake slot, released once the
+// agent has logged in, or when the session ends; shedding it closes the
+// session with transport.CodeBusy.
+func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
+	defer slot.release()
 	log := s.log.With("agent", ts.RemoteAddr().String(), "transport", via)
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
+	hsCtx, shed := context.WithCancelCause(hsCtx)
+	defer shed(nil)
+	slot.onShed(func() { shed(errShed) })
+	stopShed := context.AfterFunc(hsCtx, func() {
+		if errors.Is(context.Cause(hsCtx), errShed) {
+			ts.CloseWithError(transport.CodeBusy, busyReason)
+		}
+	})
+	defer stopShed()
 	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, log: log}
 	if !s.addSession(ss) {
 		ts.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
@@ -127,6 +136,7 @@ func (s *Server) serveSession(ts transport.Session, via string, release func()) 
 		s.removeSession(ss)
 		ss.leave()
 		if ss.identity.Name != "" {
+			s.quotas.removeSession(ss.identity.Name)
 			ss.log.Info("agent disconnected", "why", context.Cause(ts.Context()))
 		}
 	}()
@@ -144,7 +154,8 @@ func (s *Server) serveSession(ts transport.Session, via string, release func()) 
 		return
 	}
 	ctrl.SetDeadline(time.Time{})
-	release()
+	stopShed()
+	slot.release()
 	ss.log = log.With("identity", ss.identity.Name)
 	ss.log.Info("agent logged in")
 
@@ -229,15 +240,30 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "expected login, got " + m.Type().String()})
 		return fmt.Errorf("expected login, got %s", m.Type())
 	}
+	src := addrSource(ss.sess.RemoteAddr())
+	if perr := ss.srv.logins.refusal(src); perr != nil {
+		ss.reply(ctrl, perr)
+		return errors.New(perr.Message)
+	}
 	id, err := ss.srv.cfg.Auth.Authenticate(ctx, auth.Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
 	if err != nil {
-		code, msg := protocol.CodeInternal, "authentication failed"
 		if errors.Is(err, auth.ErrUnauthorized) {
-			code, msg = protocol.CodeUnauthorized, "token refused by the gateway"
+			// Logged at Debug: the limiter sums failures up at Warn.
+			delay := ss.srv.logins.failed(ctx, src)
+			ss.log.Debug("agent login failed", "err", err, "delay", delay)
+			ss.reply(ctrl, &protocol.Error{Code: protocol.CodeUnauthorized, Message: "token refused by the gateway"})
+			return err
 		}
-		ss.reply(ctrl, &protocol.Error{Code: code, Message: msg})
+		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeInternal, Message: "authentication failed"})
 		ss.log.Info("agent refused", "err", err)
 		return err
+	}
+	ss.srv.logins.succeeded(src)
+	ss.quota = id.Quota.Or(ss.srv.cfg.Quota)
+	if perr := ss.srv.quotas.addSession(id.Name, ss.quota.Sessions); perr != nil {
+		ss.reply(ctrl, perr)
+		ss.log.Warn("agent refused", "identity", id.Name, "reason", perr.Message)
+		return errors.New(perr.Message)
 	}
 	ss.identity = id
 	return ss.reply(ctrl, &protocol.LoginOK{Identity: id.Name})

@@ -2,15 +2,19 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/quictransport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 	"github.com/diglett/diglett/internal/transport/wstransport"
@@ -27,7 +31,7 @@ import (
 func (s *Server) ServeQUIC(pconn net.PacketConn) error {
 	tc := s.tls.Clone()
 	tc.NextProtos = []string{protocol.ALPN}
-	ln, err := quictransport.Listen(pconn, tc, s.cfg.Transport)
+	ln, err := quictransport.Listen(pconn, tc, s.cfg.Transport, quictransport.ListenOptions{ResetKey: s.quicResetKey()})
 	if err != nil {
 		pconn.Close()
 		return fmt.Errorf("gateway: QUIC: %w", err)
@@ -44,18 +48,39 @@ func (s *Server) ServeQUIC(pconn net.PacketConn) error {
 			}
 			return fmt.Errorf("gateway: QUIC accept: %w", err)
 		}
-		release, ok := s.trySlot()
-		if !ok {
-			s.log.Debug("agent session refused: too many handshakes in progress", "agent", sess.RemoteAddr(), "transport", "quic")
-			sess.Close()
+		slot := s.hs.acquire(addrSource(sess.RemoteAddr()))
+		if slot == nil {
+			sess.CloseWithError(transport.CodeBusy, busyReason)
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveSession(sess, "quic", release)
+			s.serveSession(sess, "quic", slot)
 		}()
 	}
+}
+
+// quicResetKey is the key of the QUIC listener's stateless resets, derived
+// from the gateway's private key: stable across restarts, so that an agent
+// whose session the gateway no longer knows (it restarted, or dropped the
+// session while the agent was frozen) learns it from its next packet. A key
+// that cannot be read (a hardware key) gets a random one: resets then work
+// until the gateway restarts.
+func (s *Server) quicResetKey() *[32]byte {
+	var err error
+	if len(s.tls.Certificates) > 0 {
+		var key *[32]byte
+		if key, err = quictransport.ResetKey(s.tls.Certificates[0].PrivateKey); err == nil {
+			return key
+		}
+	} else {
+		err = errors.New("no certificate in the TLS configuration")
+	}
+	key := new([32]byte)
+	rand.Read(key[:])
+	s.log.Info("QUIC: stateless resets use a random key, so agents of a previous run of the gateway wait for their idle timeout after a restart", "reason", err)
+	return key
 }
 
 // wsServer serves WebSocket upgrades on connections whose TLS handshake the
@@ -66,20 +91,28 @@ type wsServer struct {
 	http  *http.Server
 	conns *connQueue
 	done  chan struct{} // closed when Serve returned
+
+	mu        sync.Mutex
+	upgrading map[net.Conn]*hsSlot // agent-port connections until their upgrade
 }
 
 func (s *Server) startAgentWS() {
-	w := &wsServer{srv: s, conns: newConnQueue(), done: make(chan struct{})}
+	w := &wsServer{srv: s, conns: newConnQueue(), done: make(chan struct{}), upgrading: make(map[net.Conn]*hsSlot)}
 	w.http = &http.Server{
 		Handler: wstransport.Handler(wstransport.HandlerConfig{
 			Config: s.cfg.Transport,
 			Accept: w.accept,
 		}),
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		// An agent sends one request, the upgrade: a connection that
+		// sent another one closes after the answer.
+		IdleTimeout:    s.cfg.HandshakeTimeout,
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:    func(net.Listener) context.Context { return s.ctx },
+		ConnState:      w.connState,
 	}
+	w.http.SetKeepAlivesEnabled(false)
 	s.agentWS = w
 	go func() {
 		defer close(w.done)
@@ -95,18 +128,60 @@ func (w *wsServer) push(c *tls.Conn) {
 	}
 }
 
+// pushHandshake hands an agent-port TLS connection that negotiated the
+// WebSocket ALPN to the server with its handshake slot, held until the
+// upgrade (or the connection's end).
+func (w *wsServer) pushHandshake(c *tls.Conn, slot *hsSlot) {
+	nc := wstransport.ServerConn(c)
+	w.mu.Lock()
+	w.upgrading[nc] = slot
+	w.mu.Unlock()
+	if !w.conns.push(nc) {
+		w.connState(nc, http.StateClosed)
+		c.Close()
+	}
+}
+
+// connState releases the handshake slot of an agent-port connection once
+// it is upgraded (hijacked) or closed.
+func (w *wsServer) connState(c net.Conn, state http.ConnState) {
+	if state != http.StateHijacked && state != http.StateClosed {
+		return
+	}
+	w.mu.Lock()
+	slot := w.upgrading[c]
+	delete(w.upgrading, c)
+	w.mu.Unlock()
+	if slot != nil {
+		slot.release()
+	}
+}
+
 func (w *wsServer) accept(sess *tlsmux.Session) {
-	release, ok := w.srv.trySlot()
-	if !ok {
-		w.srv.log.Debug("agent session refused: too many handshakes in progress", "agent", sess.RemoteAddr(), "transport", "ws")
-		sess.Close()
+	slot := w.srv.hs.acquire(addrSource(sess.RemoteAddr()))
+	if slot == nil {
+		w.refuse(sess)
 		return
 	}
 	w.srv.wg.Add(1)
 	go func() {
 		defer w.srv.wg.Done()
-		w.srv.serveSession(sess, "ws", release)
+		w.srv.serveSession(sess, "ws", slot)
 	}()
+}
+
+// refuse closes a session refused for want of a handshake slot with
+// transport.CodeBusy. It first reads the agent's hello, for a second at
+// most (on the request's goroutine): a TCP connection closed with data
+// unread is reset, and the agent could lose the reason.
+func (w *wsServer) refuse(sess *tlsmux.Session) {
+	ctx, cancel := context.WithTimeout(w.srv.ctx, time.Second)
+	defer cancel()
+	if st, err := sess.AcceptStream(ctx); err == nil {
+		st.SetReadDeadline(time.Now().Add(time.Second))
+		protocol.ReadMessage(st)
+	}
+	sess.CloseWithError(transport.CodeBusy, busyReason)
 }
 
 func (w *wsServer) close() {

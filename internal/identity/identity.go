@@ -4,6 +4,7 @@
 package identity
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,69 +17,106 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/diglett/diglett/internal/statefile"
 )
 
 // KeyFile is the name of the gateway key inside its data dir.
 const KeyFile = "gateway.key"
 
-// LoadOrCreateKey loads the gateway key from dir, creating dir and a new
-// ECDSA P-256 key (mode 0600) when there is none.
-func LoadOrCreateKey(dir string) (key crypto.Signer, created bool, err error) {
+// Key is the gateway key as OpenKey found or made it.
+type Key struct {
+	Signer  crypto.Signer
+	File    string // where it is kept
+	Created bool   // made by this call
+	// Warning, when not empty, says that other users may read the file,
+	// and how to fix it.
+	Warning string
+}
+
+// createAttempts bounds the rounds of OpenKey's read/create race: the file
+// is missing, another process creates it before we do, then it is gone
+// again before we read it, and so on.
+const createAttempts = 3
+
+// OpenKey loads the gateway key from dir, creating dir and a new ECDSA
+// P-256 key (mode 0600) when there is none. A key file that is there but
+// cannot be read or parsed (a symbolic link to nothing, a directory, no
+// permission, garbage) is an error naming the file and the fix; it is never
+// replaced.
+func OpenKey(dir string) (Key, error) {
 	file := filepath.Join(dir, KeyFile)
-	data, err := os.ReadFile(file)
-	if err == nil {
-		key, err := parseKey(data)
-		if err != nil {
-			return nil, false, fmt.Errorf("gateway key %s: %w", file, err)
+	for range createAttempts {
+		data, warning, err := statefile.ReadPrivate(file)
+		if err == nil {
+			s, err := parseKey(data)
+			if err != nil {
+				return Key{}, fmt.Errorf("gateway key %s: %w: restore it from a backup, or move it away to make a new key "+
+					"(agents that pinned the old key then refuse the gateway until told the new one)", file, err)
+			}
+			return Key{Signer: s, File: file, Warning: warning}, nil
 		}
-		return key, false, nil
+		if !errors.Is(err, fs.ErrNotExist) {
+			return Key{}, fmt.Errorf("gateway key: %w", err)
+		}
+		s, err := createKey(dir, file)
+		if err == nil {
+			return Key{Signer: s, File: file, Created: true}, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return Key{}, err
+		}
+		// Another gateway on this data dir created it first: use its.
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, false, fmt.Errorf("gateway key: %w", err)
-	}
+	return Key{}, fmt.Errorf("gateway key %s: created and removed again %d times while this gateway started: is another program changing the data dir?", file, createAttempts)
+}
+
+// LoadOrCreateKey is OpenKey for callers that need only the key.
+func LoadOrCreateKey(dir string) (key crypto.Signer, created bool, err error) {
+	k, err := OpenKey(dir)
+	return k.Signer, k.Created, err
+}
+
+// createKey makes a new key and writes it to file, whole, unless something
+// is there already (an error wrapping fs.ErrExist).
+func createKey(dir, file string) (crypto.Signer, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("data dir: %w", err)
+		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, false, fmt.Errorf("generate gateway key: %w", err)
+		return nil, fmt.Errorf("generate gateway key: %w", err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
-		return nil, false, fmt.Errorf("encode gateway key: %w", err)
+		return nil, fmt.Errorf("encode gateway key: %w", err)
 	}
 	pemData := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	// O_EXCL: two gateways starting on one data dir must not both write.
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return LoadOrCreateKey(dir)
-		}
-		return nil, false, fmt.Errorf("write gateway key: %w", err)
+	// Exclusive: two gateways starting on one data dir must not both
+	// write, and neither may read a half-written key.
+	if err := statefile.CreateExclusive(file, pemData, 0o600); err != nil {
+		return nil, fmt.Errorf("write gateway key: %w", err)
 	}
-	if _, err := f.Write(pemData); err != nil {
-		f.Close()
-		return nil, false, fmt.Errorf("write gateway key: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, false, fmt.Errorf("write gateway key: %w", err)
-	}
-	return k, true, nil
+	return k, nil
 }
 
 func parseKey(data []byte) (crypto.Signer, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("the file is empty")
+	}
 	block, _ := pem.Decode(data)
 	if block == nil {
-		return nil, errors.New("no PEM block")
+		return nil, errors.New("not a PEM private key")
 	}
 	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("not a PEM private key: %w", err)
 	}
 	s, ok := k.(crypto.Signer)
 	if !ok {

@@ -60,14 +60,14 @@ func TestKnownGateways(t *testing.T) {
 	if _, ok, err := k.Lookup("gw:20000"); ok || err != nil {
 		t.Fatalf("empty file: ok=%v err=%v", ok, err)
 	}
-	if err := k.Add("GW:20000", "SHA256:a"); err != nil {
-		t.Fatal(err)
+	if e, added, err := k.Add("GW:20000", fp(1)); err != nil || !added || e.Line != 1 {
+		t.Fatalf("add gw: %+v %v %v", e, added, err)
 	}
-	if err := k.Add("other:1", "SHA256:b"); err != nil {
-		t.Fatal(err)
+	if e, added, err := k.Add("other:1", fp(2)); err != nil || !added || e.Line != 2 {
+		t.Fatalf("add other: %+v %v %v", e, added, err)
 	}
 	e, ok, err := k.Lookup("gw:20000")
-	if err != nil || !ok || e.Fingerprint != "SHA256:a" || e.Line != 1 {
+	if err != nil || !ok || e.Fingerprint != fp(1) || e.Line != 1 {
 		t.Fatalf("lookup gw = %+v %v %v", e, ok, err)
 	}
 	e, ok, _ = k.Lookup("other:1")
@@ -76,5 +76,8 @@ func TestKnownGateways(t *testing.T) {
 	}
 	if _, ok, _ := k.Lookup("gw:20001"); ok {
 		t.Fatal("port ignored in lookup")
+	}
+	if _, _, err := k.Add("gw:3", "SHA256:a"); err == nil {
+		t.Fatal("a malformed fingerprint was pinned")
 	}
 }

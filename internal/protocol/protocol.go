@@ -266,6 +266,10 @@ const (
 	CodeTooManyNames    Code = "too_many_names"
 	CodeInternal        Code = "internal"
 	CodeShuttingDown    Code = "shutting_down"
+	CodeQuotaExceeded   Code = "quota_exceeded" // the identity reached one of its quotas; the message says which
+	// Too many failed logins from the agent's address: the message says
+	// when to retry.
+	CodeTooManyFailures Code = "too_many_failures"
 )
 
 // ValidateName checks that name is a DNS label: 1 to 63 characters of

@@ -2,14 +2,19 @@
 // TCP half-close: EOF on one side becomes CloseWrite on the other, and an
 // error on either side closes both. A direction that waits for data holds
 // no copy buffer (on a TCP connection) or a small one (on a stream), so that
-// idle connections cost little memory however busy they once were.
+// idle connections cost little memory however busy they once were. With
+// PipeWith, a half-closed relay whose open direction stands still is ended
+// after a bound, so that a peer that left is not waited for forever.
 package relay
 
 import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 const (
@@ -28,19 +33,43 @@ var (
 
 type closeWriter interface{ CloseWrite() error }
 
+// Options tunes PipeWith. The zero value is what Pipe does.
+type Options struct {
+	// HalfCloseTimeout bounds a half-closed relay: once one direction has
+	// ended with a clean EOF, the other must read something at least this
+	// often, and each of its writes must finish within it, or both
+	// connections are aborted and PipeWith returns ErrHalfCloseTimeout.
+	// A relay open both ways has no bound. Zero: no bound.
+	HalfCloseTimeout time.Duration
+}
+
+// ErrHalfCloseTimeout is PipeWith's error when it aborted a half-closed
+// relay whose open direction stood still for Options.HalfCloseTimeout.
+var ErrHalfCloseTimeout = errors.New("relay: half-closed connection idle too long")
+
 // Pipe copies a→b and b→a until both directions have ended, then closes
 // both connections. It returns the bytes copied each way and the first
 // error that was not a clean EOF or a close caused by the other direction.
 func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
+	return PipeWith(a, b, Options{})
+}
+
+// PipeWith is Pipe with options. The half-close bound works through the
+// connections' read and write deadlines: PipeWith owns them while it runs.
+func PipeWith(a, b net.Conn, o Options) (aToB, bToA int64, err error) {
+	var hc *halfClose
+	if o.HalfCloseTimeout > 0 {
+		hc = &halfClose{timeout: o.HalfCloseTimeout}
+	}
 	var wg sync.WaitGroup
 	var errAB error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		aToB, errAB = oneWay(b, a)
+		aToB, errAB = oneWay(b, a, hc)
 	}()
 	var errBA error
-	bToA, errBA = oneWay(a, b)
+	bToA, errBA = oneWay(a, b, hc)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -51,10 +80,19 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 }
 
 // oneWay copies src to dst. On EOF it half-closes dst; on an error it closes
-// both, which also ends the other direction.
-func oneWay(dst, src net.Conn) (int64, error) {
-	n, err := copyConn(dst, src)
+// both, which also ends the other direction. With hc, the direction left
+// open after an EOF is bounded.
+func oneWay(dst, src net.Conn, hc *halfClose) (int64, error) {
+	var w io.Writer = dst
+	if hc != nil {
+		w = &boundedWriter{dst: dst, src: src, hc: hc}
+	}
+	n, err := copyConn(w, src)
 	if err == nil {
+		if hc != nil {
+			// The other direction reads dst and writes src.
+			hc.start(dst, src)
+		}
 		if cw, ok := dst.(closeWriter); ok {
 			if cw.CloseWrite() == nil {
 				return n, nil
@@ -69,7 +107,53 @@ func oneWay(dst, src net.Conn) (int64, error) {
 		// Closed by the other direction or by the caller.
 		return n, nil
 	}
+	if hc != nil && hc.on.Load() && isTimeout(err) {
+		return n, ErrHalfCloseTimeout
+	}
 	return n, err
+}
+
+// halfClose is the state of a relay's half-close bound, shared by its two
+// directions.
+type halfClose struct {
+	timeout time.Duration
+	on      atomic.Bool // a direction has ended with EOF
+}
+
+// start bounds the direction still open, which reads r and writes w: the
+// one that ended calls it.
+func (h *halfClose) start(r, w net.Conn) {
+	h.on.Store(true)
+	d := time.Now().Add(h.timeout)
+	r.SetReadDeadline(d)
+	w.SetWriteDeadline(d)
+}
+
+// boundedWriter is the writer of a direction under a half-close bound:
+// once the bound is on, each write must finish within the timeout, and
+// each one moves the read deadline of the source on.
+type boundedWriter struct {
+	dst, src net.Conn
+	hc       *halfClose
+}
+
+func (w *boundedWriter) Write(p []byte) (int, error) {
+	on := w.hc.on.Load()
+	if on {
+		w.dst.SetWriteDeadline(time.Now().Add(w.hc.timeout))
+	}
+	n, err := w.dst.Write(p)
+	if on {
+		// Set after the write, so that a slow write does not eat the
+		// time the next read is given.
+		w.src.SetReadDeadline(time.Now().Add(w.hc.timeout))
+	}
+	return n, err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // abort closes c the way a failed TCP connection ends: with a reset, so the

@@ -36,6 +36,9 @@ const (
 	kindTCP  connKind = "tcp"  // *net.TCPConn: copyRaw on unix
 	kindPipe connKind = "pipe" // net.Pipe: copySmallFirst, no CloseWrite
 	kindUnix connKind = "unix" // *net.UnixConn: copySmallFirst, with CloseWrite
+	// kindStream is a multiplexed stream of a tlsmux session over TCP, as
+	// the agent and the gateway relay: copySmallFirst, with CloseWrite.
+	kindStream connKind = "stream"
 )
 
 // listen returns a listener closed at the end of the test.
@@ -110,6 +113,8 @@ func connPair(t testing.TB, kind connKind) (peer, end net.Conn) {
 		return dialAccept(t, listen(t, "tcp"))
 	case kindUnix:
 		return dialAccept(t, listen(t, "unix"))
+	case kindStream:
+		return streamPair(t)
 	}
 	t.Fatalf("unknown kind %q", kind)
 	return nil, nil
@@ -125,12 +130,23 @@ type pipeResult struct {
 // waits (bounded) for Pipe to return, so it never outlives the test.
 func startPipe(t testing.TB, a, b net.Conn) <-chan pipeResult {
 	t.Helper()
+	return startPipeFunc(t, a, b, Pipe)
+}
+
+// startPipeWith is startPipe for PipeWith(a, b, o).
+func startPipeWith(t testing.TB, a, b net.Conn, o Options) <-chan pipeResult {
+	t.Helper()
+	return startPipeFunc(t, a, b, func(a, b net.Conn) (int64, int64, error) { return PipeWith(a, b, o) })
+}
+
+func startPipeFunc(t testing.TB, a, b net.Conn, pipe func(a, b net.Conn) (int64, int64, error)) <-chan pipeResult {
+	t.Helper()
 	ch := make(chan pipeResult, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		var r pipeResult
-		r.aToB, r.bToA, r.err = Pipe(a, b)
+		r.aToB, r.bToA, r.err = pipe(a, b)
 		ch <- r
 	}()
 	t.Cleanup(func() {
@@ -682,10 +698,12 @@ func TestIdleRelayMemory(t *testing.T) {
 		name string
 		b    connKind // a is always TCP
 		bulk int      // bytes sent each way before the 10-byte messages
+		o    Options  // PipeWith's options
 	}{
 		{name: "tcp-tcp", b: kindTCP},
 		{name: "tcp-tcp/after-bulk", b: kindTCP, bulk: 256 << 10},
 		{name: "tcp-pipe/after-bulk", b: kindPipe, bulk: 256 << 10},
+		{name: "tcp-tcp/after-bulk/half-close-bound", b: kindTCP, bulk: 256 << 10, o: Options{HalfCloseTimeout: time.Minute}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := listen(t, "tcp")
@@ -738,7 +756,7 @@ func TestIdleRelayMemory(t *testing.T) {
 				} else {
 					pb, b = connPair(t, tc.b)
 				}
-				res := startPipe(t, a, b)
+				res := startPipeWith(t, a, b, tc.o)
 				exchange(pa, pb)
 				return pa, pb, res
 			}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 )
@@ -55,6 +56,7 @@ const (
 	CodeProtocol     ErrorCode = 1 // the peer broke the protocol
 	CodeShuttingDown ErrorCode = 2 // the side closing is stopping
 	CodeIdle         ErrorCode = 3 // the peer went silent
+	CodeBusy         ErrorCode = 4 // the gateway is at its limit of sessions in their handshake: try again later
 )
 
 // Config tunes a session. The zero value is usable: every zero field takes
@@ -65,8 +67,8 @@ type Config struct {
 	KeepAlivePeriod time.Duration
 	// MaxIdleTimeout bounds dead-peer detection: a peer that stops
 	// answering (no FIN, no RST: packets silently dropped) is noticed and
-	// the session closed within this time. Default 15s; at least twice
-	// KeepAlivePeriod.
+	// the session closed within this time of the last packet heard from
+	// it. Default 15s; at least twice KeepAlivePeriod (see WithDefaults).
 	MaxIdleTimeout time.Duration
 	// MaxIncomingStreams caps the streams opened by the peer that are open
 	// at once; a stream above the cap is refused and the session survives.
@@ -85,8 +87,15 @@ const (
 	DefaultStreamWindow       = 16 << 20
 )
 
+// MinMaxIdleTimeout is the least MaxIdleTimeout the command lines take:
+// below it, a keepalive (at most half of it) and its answer would have to
+// cross the network in a few hundred milliseconds, and a busy path or a
+// lost packet would pass for a dead peer.
+const MinMaxIdleTimeout = 2 * time.Second
+
 // WithDefaults returns c with its zero fields set to the defaults, and the
-// keepalive period shortened to half the idle timeout when it is longer.
+// keepalive period shortened to half the idle timeout when it is longer
+// (KeepAliveLowered tells the caller, who can say so).
 func (c Config) WithDefaults() Config {
 	if c.MaxIdleTimeout <= 0 {
 		c.MaxIdleTimeout = DefaultMaxIdleTimeout
@@ -106,5 +115,36 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// KeepAliveLowered reports whether WithDefaults shortens the keepalive
+// period of c (as set, or the default) because MaxIdleTimeout is less than
+// twice as long, and returns the period it uses.
+func (c Config) KeepAliveLowered() (period time.Duration, lowered bool) {
+	asked := c.KeepAlivePeriod
+	if asked <= 0 {
+		asked = DefaultKeepAlivePeriod
+	}
+	period = c.WithDefaults().KeepAlivePeriod
+	return period, period < asked
+}
+
 // ErrSessionClosed is returned by operations on a session that has ended.
 var ErrSessionClosed = errors.New("session closed")
+
+// PeerClosedError is why a session ended when the peer closed it with
+// CloseWithError: its code, and its reason where the transport carries one
+// (QUIC does, the multiplexer does not). It wraps ErrSessionClosed; find it
+// in a session's context.Cause with errors.As.
+type PeerClosedError struct {
+	Code   ErrorCode
+	Reason string
+}
+
+func (e *PeerClosedError) Error() string {
+	msg := fmt.Sprintf("%v: closed by the peer (code %d)", ErrSessionClosed, e.Code)
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
+}
+
+func (e *PeerClosedError) Unwrap() error { return ErrSessionClosed }

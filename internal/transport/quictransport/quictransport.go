@@ -19,6 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/diglett/diglett/internal/printable"
 	"github.com/diglett/diglett/internal/transport"
 )
 
@@ -40,9 +41,32 @@ const (
 	maxReasonLen = 256
 )
 
+// timers returns quic-go's idle timeout and keepalive interval for cfg,
+// such that a peer that went silent is noticed within cfg.MaxIdleTimeout of
+// the last packet heard from it.
+//
+// quic-go's idle timer starts at the last packet received or, if later, at
+// the first ack-eliciting packet sent after it (a keepalive, at the latest
+// one keepalive interval after the last packet received), and runs for the
+// negotiated idle timeout (the smaller of both sides'; at least three PTOs).
+// Given MaxIdleTimeout as is, a dead peer was noticed up to KeepAlivePeriod
+// + MaxIdleTimeout after it went silent (17.3s measured against 15s).
+// quic-go is given MaxIdleTimeout - KeepAlivePeriod instead: the keepalive
+// goes out within KeepAlivePeriod, the timer ends within the rest, whatever
+// the peer's settings, the multiplexer's bound exactly. KeepAlivePeriod is
+// at most half of MaxIdleTimeout (transport.Config.WithDefaults), so the
+// idle timeout left is at least the keepalive period.
+func timers(cfg transport.Config) (idle, keepAlive time.Duration) {
+	cfg = cfg.WithDefaults()
+	idle = cfg.MaxIdleTimeout - cfg.KeepAlivePeriod
+	// quic-go sends keepalives at most every half idle timeout.
+	return idle, min(cfg.KeepAlivePeriod, idle/2)
+}
+
 // quicConfig translates cfg into quic-go's configuration.
 func quicConfig(cfg transport.Config) *quic.Config {
 	cfg = cfg.WithDefaults()
+	idle, _ := timers(cfg)
 	streamWindow := uint64(cfg.StreamWindow)
 	// The connection window caps the data of all streams received and not
 	// yet read. A stream whose reader stalls (a visitor that stopped
@@ -60,7 +84,8 @@ func quicConfig(cfg transport.Config) *quic.Config {
 		HandshakeIdleTimeout: handshakeIdleTimeout,
 		// A dead peer is noticed within MaxIdleTimeout; keepalives
 		// (KeepAlivePeriod, at most half of it) keep a quiet session up.
-		MaxIdleTimeout:  cfg.MaxIdleTimeout,
+		// See timers.
+		MaxIdleTimeout:  idle,
 		KeepAlivePeriod: cfg.KeepAlivePeriod,
 		// quic-go's default of 100 concurrent streams would throttle a
 		// busy tunnel; the peer waits for credit above the cap, see
@@ -106,18 +131,38 @@ type Listener struct {
 	shutdownOnce sync.Once
 }
 
+// ListenOptions are a listener's settings beyond transport.Config.
+type ListenOptions struct {
+	// ResetKey, when set, makes the listener answer a packet of a
+	// connection it does not know (the process restarted, or it dropped
+	// the connection after an idle timeout while the peer was frozen)
+	// with a stateless reset (RFC 9000, section 10.3), so that the peer
+	// learns at once instead of after its idle timeout. It must be
+	// secret, and the same after a restart for the peers of the previous
+	// process: ResetKey derives one from the server's private key. nil:
+	// no resets.
+	ResetKey *[32]byte
+}
+
 // Listen serves QUIC on pconn (a UDP socket; the gateway binds the same port
 // number as its TCP agent port), which the listener owns from then on, and
 // closes on failure. tlsConf is used as given (the caller sets NextProtos to
 // the diglett ALPN and the certificates); TLS 1.3 is QUIC's.
-func Listen(pconn net.PacketConn, tlsConf *tls.Config, cfg transport.Config) (*Listener, error) {
+func Listen(pconn net.PacketConn, tlsConf *tls.Config, cfg transport.Config, opts ListenOptions) (*Listener, error) {
 	if tlsConf == nil {
 		pconn.Close()
 		return nil, errors.New("quic listen: no TLS configuration")
 	}
 	quietBufferWarning()
 	tr := &quic.Transport{Conn: pconn}
-	ln, err := tr.Listen(tlsConf, quicConfig(cfg))
+	if opts.ResetKey != nil {
+		key := quic.StatelessResetKey(*opts.ResetKey)
+		tr.StatelessResetKey = &key
+	}
+	qc := quicConfig(cfg)
+	// The peers' probes (see Session.probe) are datagrams.
+	qc.EnableDatagrams = true
+	ln, err := tr.Listen(tlsConf, qc)
 	if err != nil {
 		tr.Close()
 		pconn.Close()
@@ -144,7 +189,9 @@ func (l *Listener) Accept(ctx context.Context) (*Session, error) {
 	}
 	l.live++
 	l.mu.Unlock()
-	return newSession(conn, l.release), nil
+	s := newSession(conn, l.release)
+	go s.discardDatagrams()
+	return s, nil
 }
 
 func (l *Listener) isClosed() bool {
@@ -242,10 +289,13 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg transport.C
 		pconn.Close()
 		return nil, fmt.Errorf("quic dial %s: %w", addr, describeDialErr(err, tlsConf))
 	}
-	return newSession(conn, func() {
+	s := newSession(conn, func() {
 		tr.Close()
 		pconn.Close()
-	}), nil
+	})
+	_, every := timers(cfg)
+	go s.probe(every)
+	return s, nil
 }
 
 // resolve looks up addr's host within ctx and returns it with its first
@@ -310,9 +360,52 @@ func newSession(conn *quic.Conn, release func()) *Session {
 	return s
 }
 
-// ended runs once the connection has ended, whoever ended it.
+// probeSize is the payload of a probe: with the headers, a packet longer
+// than the 42 bytes below which quic-go sends no stateless reset, whatever
+// the connection ID length.
+const probeSize = 32
+
+// probe sends a probe, a small datagram, every interval until the session
+// ends. It is the dialing side's keepalive, beside quic-go's own (a PING):
+// a PING packet is too short for the peer to answer with a stateless reset
+// (a packet must be longer than the reset, which must not be mistaken for a
+// real packet), so an agent whose gateway restarted, or forgot it while
+// the agent was frozen (SIGSTOP, a laptop asleep), would wait for its idle
+// timeout. A probe gets the reset, within one interval: the ticker fires
+// at once when a frozen process resumes. A peer that takes no datagrams
+// gets none; quic-go's keepalives go on.
+func (s *Session) probe(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	payload := make([]byte, probeSize)
+	for {
+		select {
+		case <-s.conn.Context().Done():
+			return
+		case <-t.C:
+		}
+		if err := s.conn.SendDatagram(payload); err != nil {
+			return
+		}
+	}
+}
+
+// discardDatagrams reads and drops the peer's probes until the session
+// ends, so that they do not fill quic-go's queue of received datagrams.
+func (s *Session) discardDatagrams() {
+	for {
+		if _, err := s.conn.ReceiveDatagram(s.conn.Context()); err != nil {
+			return
+		}
+	}
+}
+
+// ended runs once the connection has ended, whoever ended it. When this
+// side closed it, CloseWithError records why.
 func (s *Session) ended() {
-	s.cancel(closeCause(context.Cause(s.conn.Context())))
+	if cause := context.Cause(s.conn.Context()); !closedHere(cause) {
+		s.cancel(closeCause(cause))
+	}
 	s.releaseOnce.Do(s.release)
 }
 
@@ -380,15 +473,32 @@ func (s *Session) CloseWithError(code transport.ErrorCode, reason string) error 
 		if len(reason) > maxReasonLen {
 			reason = strings.ToValidUTF8(reason[:maxReasonLen], "")
 		}
-		cause := transport.ErrSessionClosed
-		if reason != "" {
-			cause = fmt.Errorf("%w: %s", cause, reason)
-		}
-		s.cancel(cause)
+		// quic-go returns once the connection has ended, closed by this
+		// call or, first, by something else: the peer, a stateless
+		// reset, an idle timeout. (It fails the streams before it says
+		// why, so a reader that saw its stream fail may well be the one
+		// calling Close.)
 		s.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
+		connCause := context.Cause(s.conn.Context())
+		if closedHere(connCause) {
+			cause := transport.ErrSessionClosed
+			if reason != "" {
+				cause = fmt.Errorf("%w: %s", cause, reason)
+			}
+			s.cancel(cause)
+		} else {
+			s.cancel(closeCause(connCause))
+		}
 		s.releaseOnce.Do(s.release)
 	})
 	return nil
+}
+
+// closedHere reports whether err, why a connection ended, is a close by
+// this side's CloseWithError.
+func closedHere(err error) bool {
+	var app *quic.ApplicationError
+	return errors.As(err, &app) && !app.Remote
 }
 
 // Close ends the session and all its streams.
@@ -413,12 +523,18 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 // and quic-go's error, so that callers can tell a peer's application close
 // (*quic.ApplicationError, with its code) from an idle timeout.
 type closedError struct {
-	msg string
-	err error
+	msg  string
+	err  error
+	peer *transport.PeerClosedError // set when the peer closed the session with a code
 }
 
-func (e *closedError) Error() string   { return e.msg }
-func (e *closedError) Unwrap() []error { return []error{transport.ErrSessionClosed, e.err} }
+func (e *closedError) Error() string { return e.msg }
+func (e *closedError) Unwrap() []error {
+	if e.peer != nil {
+		return []error{e.peer, e.err} // e.peer wraps transport.ErrSessionClosed
+	}
+	return []error{transport.ErrSessionClosed, e.err}
+}
 
 // closeCause describes err, quic-go's reason for the end of a connection.
 func closeCause(err error) error {
@@ -430,17 +546,21 @@ func closeCause(err error) error {
 		te    *quic.TransportError
 		idle  *quic.IdleTimeoutError
 		reset *quic.StatelessResetError
+		peer  *transport.PeerClosedError
 		what  string
 	)
 	switch {
 	case errors.As(err, &app):
 		by := "here"
+		// The peer's reason is printed and logged: made safe first.
+		reason := printable.String(app.ErrorMessage, maxReasonLen)
 		if app.Remote {
 			by = "by the peer"
+			peer = &transport.PeerClosedError{Code: transport.ErrorCode(app.ErrorCode), Reason: reason}
 		}
 		what = fmt.Sprintf("closed %s (code %d)", by, app.ErrorCode)
-		if app.ErrorMessage != "" {
-			what += ": " + app.ErrorMessage
+		if reason != "" {
+			what += ": " + reason
 		}
 	case errors.As(err, &idle):
 		what = "the peer went silent (idle timeout)"
@@ -449,11 +569,11 @@ func closeCause(err error) error {
 	case errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused:
 		what = "refused by the peer"
 	case errors.As(err, &te) && te.Remote:
-		what = "closed by the peer: " + te.Error()
+		what = "closed by the peer: " + printable.String(te.Error(), maxReasonLen)
 	case errors.Is(err, quic.ErrTransportClosed):
 		what = "socket closed"
 	default:
 		what = err.Error()
 	}
-	return &closedError{msg: transport.ErrSessionClosed.Error() + ": " + what, err: err}
+	return &closedError{msg: transport.ErrSessionClosed.Error() + ": " + what, err: err, peer: peer}
 }

@@ -66,7 +66,7 @@ func listen(t *testing.T, cfg transport.Config) *Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := Listen(pconn, serverTLS(t), cfg)
+	ln, err := Listen(pconn, serverTLS(t), cfg, ListenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,9 +178,14 @@ func newRelay(t *testing.T, target net.Addr) *relay {
 	return r
 }
 
+// idleMargin is how late past MaxIdleTimeout a dead peer may be noticed in
+// a test: timers and goroutines run late under the race detector on a
+// shared machine.
+const idleMargin = 300 * time.Millisecond
+
 func TestDeadPeerDetected(t *testing.T) {
 	noLeaks(t)
-	idle := 900 * time.Millisecond
+	idle := 2 * time.Second
 	var r *relay
 	c, s := pairVia(t, transport.Config{MaxIdleTimeout: idle}, func(ln *Listener) string {
 		r = newRelay(t, ln.Addr())
@@ -203,15 +208,28 @@ func TestDeadPeerDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The peer dies right after the exchange, when each side has just
+	// heard from the other: the worst case, where a side's idle timer
+	// would start only when its next keepalive goes out.
 	r.cut.Store(true)
+	cut := time.Now()
 	for name, sess := range map[string]*Session{"client": c, "server": s} {
 		select {
 		case <-sess.Context().Done():
 		case <-time.After(10 * idle):
 			t.Fatalf("%s did not notice the dead peer", name)
 		}
+		took := time.Since(cut)
 		cause := context.Cause(sess.Context())
-		t.Logf("%s: %v", name, cause)
+		t.Logf("%s: after %v: %v", name, took, cause)
+		// The bound is the idle timeout itself, counted from the last
+		// packet heard (before the cut). The margin absorbs the
+		// timer's and the scheduler's delays on a loaded machine; the
+		// old bound (keepalive + idle timeout) was half the timeout
+		// above it.
+		if took > idle+idleMargin {
+			t.Errorf("%s noticed the dead peer after %v, want within MaxIdleTimeout %v (+%v)", name, took, idle, idleMargin)
+		}
 		var it *quic.IdleTimeoutError
 		if !errors.Is(cause, transport.ErrSessionClosed) || !errors.As(cause, &it) {
 			t.Errorf("%s: cause %v, want an idle timeout wrapping ErrSessionClosed", name, cause)
@@ -585,8 +603,23 @@ func TestConfig(t *testing.T) {
 	if qc.MaxConnectionReceiveWindow != 64<<20 {
 		t.Errorf("connection window %d", qc.MaxConnectionReceiveWindow)
 	}
-	if qc.MaxIdleTimeout != transport.DefaultMaxIdleTimeout || qc.KeepAlivePeriod != transport.DefaultKeepAlivePeriod {
+	// See timers: the keepalive goes out within its period, the idle
+	// timer runs for the rest of MaxIdleTimeout.
+	if qc.MaxIdleTimeout != transport.DefaultMaxIdleTimeout-transport.DefaultKeepAlivePeriod || qc.KeepAlivePeriod != transport.DefaultKeepAlivePeriod {
 		t.Errorf("idle %v, keepalive %v", qc.MaxIdleTimeout, qc.KeepAlivePeriod)
+	}
+	for _, c := range []transport.Config{
+		{},
+		{MaxIdleTimeout: 2 * time.Second},
+		{MaxIdleTimeout: 2 * time.Second, KeepAlivePeriod: time.Second},
+		{MaxIdleTimeout: 30 * time.Second, KeepAlivePeriod: time.Second},
+		{MaxIdleTimeout: 30 * time.Second, KeepAlivePeriod: 29 * time.Second},
+	} {
+		idle, every := timers(c)
+		d := c.WithDefaults()
+		if every <= 0 || every > d.KeepAlivePeriod || every > idle/2 || every+idle > d.MaxIdleTimeout {
+			t.Errorf("%+v: keepalive every %v and idle timeout %v exceed MaxIdleTimeout %v", c, every, idle, d.MaxIdleTimeout)
+		}
 	}
 	big := quicConfig(transport.Config{StreamWindow: 32 << 20})
 	if big.MaxConnectionReceiveWindow != 128<<20 {
@@ -595,5 +628,131 @@ func TestConfig(t *testing.T) {
 	tiny := quicConfig(transport.Config{StreamWindow: 64 << 10})
 	if tiny.InitialStreamReceiveWindow != 64<<10 {
 		t.Errorf("initial stream window %d above the maximum", tiny.InitialStreamReceiveWindow)
+	}
+}
+
+// A gateway that restarts (same key, same UDP port) answers the first
+// packet of a session it no longer knows with a stateless reset: the
+// agent's session ends at once, not after MaxIdleTimeout. The same happens
+// to an agent resumed after the gateway dropped its session.
+func TestRestartResetsSessions(t *testing.T) {
+	noLeaks(t)
+	cfg := transport.Config{MaxIdleTimeout: 20 * time.Second, KeepAlivePeriod: 200 * time.Millisecond}
+	key, err := ResetKey(serverTLS(t).Certificates[0].PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := ListenOptions{ResetKey: key}
+	pconn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pconn.LocalAddr().String()
+	ln, err := Listen(pconn, serverTLS(t), cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, addr, clientTLS(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The session settles: the handshake's packets, and path MTU
+	// discovery's large probes, are over; only keepalives go.
+	time.Sleep(5 * cfg.KeepAlivePeriod)
+	// The gateway process dies: its socket closes and nothing is sent.
+	ln.shutdown()
+	defer s.Close()
+	var ln2 *Listener
+	if err := pollFor(10*time.Second, func() error {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return err
+		}
+		// The new process derives the same key.
+		key2, err := ResetKey(serverTLS(t).Certificates[0].PrivateKey)
+		if err != nil {
+			pc.Close()
+			return err
+		}
+		ln2, err = Listen(pc, serverTLS(t), cfg, ListenOptions{ResetKey: key2})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	restarted := time.Now()
+	select {
+	case <-c.Context().Done():
+	case <-time.After(cfg.MaxIdleTimeout / 4):
+		t.Fatalf("the agent's session outlived the gateway's restart by %v", cfg.MaxIdleTimeout/4)
+	}
+	cause := context.Cause(c.Context())
+	t.Logf("session ended %v after the restart: %v", time.Since(restarted), cause)
+	var reset *quic.StatelessResetError
+	if !errors.As(cause, &reset) {
+		t.Errorf("cause %v, want a stateless reset", cause)
+	}
+}
+
+// pollFor calls f until it succeeds or timeout passes, and returns its last
+// error.
+func pollFor(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestResetKey(t *testing.T) {
+	k1, err := ResetKey(serverTLS(t).Certificates[0].PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, _ := ResetKey(serverTLS(t).Certificates[0].PrivateKey)
+	if *k1 != *k2 {
+		t.Error("the key changes between derivations")
+	}
+	other, _, err := identity.LoadOrCreateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k3, err := ResetKey(other); err != nil || *k3 == *k1 {
+		t.Errorf("another private key gives the same reset key (%v)", err)
+	}
+	if _, err := ResetKey(struct{}{}); err == nil {
+		t.Error("a key that cannot be encoded gave a reset key")
+	}
+}
+
+// The reason a peer gives for a close is printed and logged: terminal
+// escapes and newlines in it arrive escaped.
+func TestCloseReasonSanitized(t *testing.T) {
+	noLeaks(t)
+	c, s := pairVia(t, transport.Config{}, nil)
+	s.CloseWithError(transport.CodeShuttingDown, "\x1b[31mred\nforged log line")
+	select {
+	case <-c.Context().Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("peer session did not end")
+	}
+	cause := context.Cause(c.Context())
+	t.Log(cause)
+	var pc *transport.PeerClosedError
+	if !errors.As(cause, &pc) || pc.Reason != `\x1b[31mred\nforged log line` {
+		t.Errorf("reason %+v, want it escaped", pc)
+	}
+	if strings.ContainsAny(cause.Error(), "\x1b\n") {
+		t.Errorf("cause %q holds control characters", cause)
 	}
 }

@@ -183,7 +183,7 @@ func (s *Session) closeWith(cause error) {
 		var ge *yamux.GoAwayError
 		switch {
 		case errors.As(cause, &ge) && ge.Remote:
-			cause = fmt.Errorf("%w: closed by the peer (code %d)", transport.ErrSessionClosed, ge.ErrorCode)
+			cause = &transport.PeerClosedError{Code: transport.ErrorCode(ge.ErrorCode)}
 		case errors.Is(cause, yamux.ErrKeepAliveTimeout), errors.Is(cause, yamux.ErrConnectionWriteTimeout):
 			cause = fmt.Errorf("%w: the peer went silent (%v)", transport.ErrSessionClosed, cause)
 		case errors.Is(cause, yamux.ErrSessionShutdown):

@@ -1,0 +1,166 @@
+package gateway
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/diglett/diglett/internal/protocol"
+)
+
+// What the gateway tells a backend about a visitor, and what it lets
+// visitors tell: the Host it routes by, the forwarded headers it vouches
+// for, and the headers it drops because a visitor could forge them.
+
+// errMalformedHost is a Host header (or HTTP/2 :authority) whose port is
+// not a port number.
+var errMalformedHost = errors.New("malformed host")
+
+// parseHost maps a Host header (or TLS server name) to a tunnel name and
+// the host the backend is told: the tunnel's name and the domain in lower
+// case without a trailing dot, then the port, if any, as a decimal number.
+// The port, when there is one, must be 0-65535 in decimal digits (so
+// "app.example.com:1,evil.com", "app.example.com:" and
+// "app.example.com:abc" are errMalformedHost); a host that is not a
+// tunnel of the domain gives an empty name and no error.
+func (s *Server) parseHost(host string) (name, forwarded string, err error) {
+	if strings.ContainsAny(host, "[]") {
+		return "", "", nil // an IPv6 literal: never a tunnel
+	}
+	hostname, port, hasPort := strings.Cut(host, ":")
+	var p uint64
+	if hasPort {
+		if p, err = strconv.ParseUint(port, 10, 16); err != nil {
+			return "", "", errMalformedHost
+		}
+	}
+	hostname = strings.ToLower(strings.TrimSuffix(hostname, "."))
+	name, found := strings.CutSuffix(hostname, "."+s.cfg.Domain)
+	if !found || protocol.ValidateName(name) != nil {
+		return "", "", nil
+	}
+	forwarded = name + "." + s.cfg.Domain
+	if hasPort {
+		forwarded += ":" + strconv.FormatUint(p, 10)
+	}
+	return name, forwarded, nil
+}
+
+// Headers dropped from visitors that are not trusted proxies, besides
+// Forwarded and every X-Forwarded-* header (X-Forwarded-For, -Host,
+// -Proto, -Port, -Prefix, -Ssl, -Scheme, -Server, -Uri, any other, and a
+// bare X-Forwarded): backends and frameworks read these as the client's
+// address or the original URL, and only a proxy may set them. Names are
+// compared without regard to case and with '_' read as '-', since many
+// servers read X_Forwarded_For as X-Forwarded-For. The README lists them
+// for operators.
+var clientClaimHeaders = []string{
+	"forwarded",
+	"x-real-ip",
+	"true-client-ip",
+	"x-client-ip",
+	"client-ip",
+	"x-cluster-client-ip",
+	"x-originating-ip",
+	"x-remote-ip",
+	"x-remote-addr",
+	"x-host",
+	"x-original-url",
+	"x-rewrite-url",
+}
+
+// isClientClaim reports whether a request header named name is one only a
+// trusted proxy may send (see clientClaimHeaders).
+func isClientClaim(name string) bool {
+	if headerNameHasPrefix(name, "x-forwarded") &&
+		(len(name) == len("x-forwarded") || normalizedByte(name[len("x-forwarded")]) == '-') {
+		return true
+	}
+	for _, h := range clientClaimHeaders {
+		if len(name) == len(h) && headerNameHasPrefix(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropClientClaims deletes from h every header only a trusted proxy may
+// send.
+func dropClientClaims(h http.Header) {
+	for k := range h {
+		if isClientClaim(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// headerNameHasPrefix reports whether name starts with prefix, a lower
+// case name with '-', ignoring case and reading '_' as '-'.
+func headerNameHasPrefix(name, prefix string) bool {
+	if len(name) < len(prefix) {
+		return false
+	}
+	for i := range len(prefix) {
+		if normalizedByte(name[i]) != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizedByte is b in lower case, with '_' read as '-'.
+func normalizedByte(b byte) byte {
+	switch {
+	case b == '_':
+		return '-'
+	case 'A' <= b && b <= 'Z':
+		return b + 'a' - 'A'
+	}
+	return b
+}
+
+// stripH2CUpgrade removes a visitor's offer to switch the connection to
+// HTTP/2 without TLS: the h2c token of Upgrade (the whole header and the
+// upgrade token of Connection when it was the only one), and
+// HTTP2-Settings. The offer is hop-by-hop, made to the gateway, which
+// declines it: passed on, it would switch a stream the gateway proxies as
+// HTTP/1.1 to a protocol it does not check, and on an h2c tunnel (HTTP/2
+// with prior knowledge to the backend) it would fail the request with 502.
+// The reverse proxy has already reduced Connection to "Upgrade" when the
+// request is an upgrade.
+func stripH2CUpgrade(h http.Header) {
+	delete(h, "Http2-Settings")
+	ups := h.Values("Upgrade")
+	if len(ups) == 0 {
+		return
+	}
+	var keep []string
+	for _, v := range ups {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.TrimSpace(tok)
+			if tok != "" && !strings.EqualFold(tok, "h2c") {
+				keep = append(keep, tok)
+			}
+		}
+	}
+	if len(keep) > 0 {
+		h.Set("Upgrade", strings.Join(keep, ", "))
+		return
+	}
+	h.Del("Upgrade")
+	var conn []string
+	for _, v := range h.Values("Connection") {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.TrimSpace(tok)
+			if tok != "" && !strings.EqualFold(tok, "upgrade") && !strings.EqualFold(tok, "h2c") {
+				conn = append(conn, tok)
+			}
+		}
+	}
+	if len(conn) == 0 {
+		h.Del("Connection")
+	} else {
+		h.Set("Connection", strings.Join(conn, ", "))
+	}
+}

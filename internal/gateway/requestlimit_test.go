@@ -1,0 +1,133 @@
+package gateway
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRequestSource(t *testing.T) {
+	t.Parallel()
+	for ip, want := range map[string]string{
+		"192.0.2.7":                "192.0.2.7/32",
+		"::ffff:192.0.2.7":         "192.0.2.7/32",
+		"2001:db8:1:2:3:4:5:6":     "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::1":     "2001:db8:1:2::/64",
+		"fe80::1%eth0":             "fe80::/64",
+		"2001:db8:1:3::1":          "2001:db8:1:3::/64",
+		"2001:0db8:0001:0002::abc": "2001:db8:1:2::/64",
+	} {
+		if got := requestSource(netip.MustParseAddr(ip)); got.String() != want {
+			t.Errorf("requestSource(%s) = %s, want %s", ip, got, want)
+		}
+	}
+	if got := requestSource(netip.Addr{}); got.IsValid() {
+		t.Errorf("requestSource of no address = %s", got)
+	}
+}
+
+// lockedBuffer collects log output written from several goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) lines() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
+}
+
+func TestSourceLimiter(t *testing.T) {
+	t.Parallel()
+	var out lockedBuffer
+	l := newSourceLimiter(3, slog.New(slog.NewTextHandler(&out, nil)))
+	now := time.Unix(1000, 0)
+	l.now = func() time.Time { return now }
+	a := requestSource(netip.MustParseAddr("2001:db8::1"))
+	a2 := requestSource(netip.MustParseAddr("2001:db8::2")) // the same /64
+	b := requestSource(netip.MustParseAddr("192.0.2.1"))
+
+	for i := range 3 {
+		src := a
+		if i == 1 {
+			src = a2
+		}
+		if !l.acquire(src) {
+			t.Fatalf("request %d refused", i)
+		}
+	}
+	for range 5 {
+		if l.acquire(a2) {
+			t.Fatal("a fourth request of one /64 admitted")
+		}
+	}
+	if !l.acquire(b) {
+		t.Fatal("another source refused")
+	}
+	if n := l.refused.Load(); n != 5 {
+		t.Fatalf("refused %d, want 5", n)
+	}
+	lines := out.lines()
+	if len(lines) != 1 || !strings.Contains(lines[0], "level=WARN") || !strings.Contains(lines[0], "source=2001:db8::/64") ||
+		!strings.Contains(lines[0], "suppressed=0") {
+		t.Fatalf("logged %q, want one warning for the /64", lines)
+	}
+
+	// Ten seconds later, the next refusal is logged with the count of
+	// those that were not.
+	now = now.Add(refusalLogEvery)
+	l.acquire(a)
+	if lines := out.lines(); len(lines) != 2 || !strings.Contains(lines[1], "suppressed=4") {
+		t.Fatalf("logged %q, want a second line saying 4 were suppressed", lines)
+	}
+
+	// Entries go when their count returns to zero.
+	for range 3 {
+		l.release(a)
+	}
+	l.release(b)
+	l.mu.Lock()
+	n := len(l.inflight)
+	l.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d sources still counted with nothing in flight", n)
+	}
+	if !l.acquire(a) {
+		t.Fatal("a source refused after its requests ended")
+	}
+	l.release(a)
+}
+
+// TestSourceLimiterMemory floods the limiter from many sources at their
+// limit: the log bookkeeping keeps only the sources logged lately.
+func TestSourceLimiterMemory(t *testing.T) {
+	t.Parallel()
+	l := newSourceLimiter(1, slog.New(slog.DiscardHandler))
+	now := time.Unix(1000, 0)
+	l.now = func() time.Time { return now }
+	for i := range 100_000 {
+		now = now.Add(time.Millisecond)
+		src := requestSource(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+		if !l.acquire(src) || l.acquire(src) {
+			t.Fatal("want the first request in, the second refused")
+		}
+		l.release(src)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// 10s of sources at one a millisecond, plus a second between sweeps.
+	if len(l.inflight) != 0 || len(l.logged) > 11_000 {
+		t.Fatalf("%d sources in flight, %d remembered for logging", len(l.inflight), len(l.logged))
+	}
+}
