@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/diglett/diglett/internal/cli.Version=$(VERSION)
 
-.PHONY: all build demo test fuzz bench clean
+.PHONY: all build demo test fuzz bench soak clean
 
 all: build
 
@@ -20,7 +20,10 @@ demo: build
 test:
 	GO=$(GO) ./scripts/test-deps.sh
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /internal/faults)
+	@mkdir -p bin
+	FAULTS_REPORT=$(CURDIR)/bin/faults.txt $(GO) test -race -count=1 ./internal/faults
+	@cat bin/faults.txt
 
 # Run each fuzz target for FUZZTIME (the normal suite runs only the seeds).
 FUZZTIME ?= 30s
@@ -32,6 +35,11 @@ fuzz:
 # bench/results.png (BENCH_RUNS=1 for a quick run, see scripts/bench.sh).
 bench: build
 	./scripts/bench.sh
+
+# SOAK_DURATION (1h) of mixed traffic with agents and the gateway restarted
+# at random; not part of test (see scripts/soak.sh).
+soak:
+	GO=$(GO) ./scripts/soak.sh
 
 clean:
 	rm -rf bin
