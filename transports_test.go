@@ -210,8 +210,12 @@ func TestDeadPeerDetected(t *testing.T) {
 				t.Fatal(err)
 			}
 			unblock()
+			// The agent logs in again, then registers: poll until the
+			// tunnel serves.
 			waitForN(t, "gateway log", g.Logs, "agent logged in", 2)
-			mustRoundTrip(t, ln.Addr().String(), "back after the silence")
+			if err := poll(eventually, func() error { return roundTrip(ln.Addr().String(), "back after the silence") }); err != nil {
+				t.Fatalf("after the silence: %v", err)
+			}
 		})
 	}
 }
