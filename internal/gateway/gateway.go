@@ -446,6 +446,7 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	s.visitors.Wait()
 	s.hs.summary.close()
+	s.http.sources.summary.close()
 	s.logins.close()
 	return nil
 }

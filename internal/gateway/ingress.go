@@ -58,7 +58,7 @@ type ingress struct {
 
 func newIngress(s *Server) *ingress {
 	in := &ingress{srv: s, servers: make(map[*http.Server]struct{}),
-		sources: newSourceLimiter(s.cfg.MaxRequestsPerSource, s.log)}
+		sources: newSourceLimiter(s.cfg.MaxRequestsPerSource, s.log, warnInterval)}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:      in.rewrite,
 		Transport:    roundTripperFunc(in.roundTrip),

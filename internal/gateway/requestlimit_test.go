@@ -51,9 +51,9 @@ func (b *lockedBuffer) lines() []string {
 func TestSourceLimiter(t *testing.T) {
 	t.Parallel()
 	var out lockedBuffer
-	l := newSourceLimiter(3, slog.New(slog.NewTextHandler(&out, nil)))
-	now := time.Unix(1000, 0)
-	l.now = func() time.Time { return now }
+	const every = 200 * time.Millisecond
+	l := newSourceLimiter(3, slog.New(slog.NewTextHandler(&out, nil)), every)
+	defer l.summary.close()
 	a := requestSource(netip.MustParseAddr("2001:db8::1"))
 	a2 := requestSource(netip.MustParseAddr("2001:db8::2")) // the same /64
 	b := requestSource(netip.MustParseAddr("192.0.2.1"))
@@ -78,18 +78,19 @@ func TestSourceLimiter(t *testing.T) {
 	if n := l.refused.Load(); n != 5 {
 		t.Fatalf("refused %d, want 5", n)
 	}
+	// The first refusal is logged at once, the four that follow within
+	// the interval in one line at its end.
 	lines := out.lines()
-	if len(lines) != 1 || !strings.Contains(lines[0], "level=WARN") || !strings.Contains(lines[0], "source=2001:db8::/64") ||
-		!strings.Contains(lines[0], "suppressed=0") {
+	if len(lines) != 1 || !strings.Contains(lines[0], "level=WARN") || !strings.Contains(lines[0], "more than 3 in flight") ||
+		!strings.Contains(lines[0], "refused=1") || !strings.Contains(lines[0], `top_sources="2001:db8::/64=1"`) {
 		t.Fatalf("logged %q, want one warning for the /64", lines)
 	}
-
-	// Ten seconds later, the next refusal is logged with the count of
-	// those that were not.
-	now = now.Add(refusalLogEvery)
-	l.acquire(a)
-	if lines := out.lines(); len(lines) != 2 || !strings.Contains(lines[1], "suppressed=4") {
-		t.Fatalf("logged %q, want a second line saying 4 were suppressed", lines)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(out.lines()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(every / 4)
+	}
+	if lines := out.lines(); len(lines) != 2 || !strings.Contains(lines[1], "refused=4") || !strings.Contains(lines[1], `top_sources="2001:db8::/64=4"`) {
+		t.Fatalf("logged %q, want a second line summing up the 4 refusals that followed", lines)
 	}
 
 	// Entries go when their count returns to zero.
@@ -109,15 +110,14 @@ func TestSourceLimiter(t *testing.T) {
 	l.release(a)
 }
 
-// TestSourceLimiterMemory floods the limiter from many sources at their
-// limit: the log bookkeeping keeps only the sources logged lately.
+// TestSourceLimiterMemory: 100,000 sources come and go; the limiter keeps
+// none of them once their requests end, and its log summary keeps a
+// bounded number.
 func TestSourceLimiterMemory(t *testing.T) {
 	t.Parallel()
-	l := newSourceLimiter(1, slog.New(slog.DiscardHandler))
-	now := time.Unix(1000, 0)
-	l.now = func() time.Time { return now }
+	l := newSourceLimiter(1, slog.New(slog.DiscardHandler), time.Hour)
+	defer l.summary.close()
 	for i := range 100_000 {
-		now = now.Add(time.Millisecond)
 		src := requestSource(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 		if !l.acquire(src) || l.acquire(src) {
 			t.Fatal("want the first request in, the second refused")
@@ -125,9 +125,12 @@ func TestSourceLimiterMemory(t *testing.T) {
 		l.release(src)
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	// 10s of sources at one a millisecond, plus a second between sweeps.
-	if len(l.inflight) != 0 || len(l.logged) > 11_000 {
-		t.Fatalf("%d sources in flight, %d remembered for logging", len(l.inflight), len(l.logged))
+	inflight := len(l.inflight)
+	l.mu.Unlock()
+	l.summary.mu.Lock()
+	logged := len(l.summary.sources)
+	l.summary.mu.Unlock()
+	if inflight != 0 || logged > summarySources {
+		t.Fatalf("%d sources in flight, %d remembered for logging (at most %d)", inflight, logged, summarySources)
 	}
 }
