@@ -23,7 +23,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/auth"
+
+	"github.com/diglett/diglett/auth/tokens"
 	"github.com/diglett/diglett/internal/cli"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
@@ -285,7 +286,7 @@ func TestSlowBackend(t *testing.T) {
 // fatal error, from the library and from the command line.
 func TestWrongToken(t *testing.T) {
 	checkLeaks(t)
-	tokens, err := auth.NewTokens([]auth.TokenEntry{{Token: "right-token", Names: []string{"app"}}})
+	tokens, err := tokens.New([]tokens.Entry{{Token: "right-token", Names: []string{"app"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +345,7 @@ func TestWrongToken(t *testing.T) {
 // as a fatal error naming it.
 func TestNameRefused(t *testing.T) {
 	checkLeaks(t)
-	tokens, err := auth.NewTokens([]auth.TokenEntry{{Token: "tok", Names: []string{"app-*"}}})
+	tokens, err := tokens.New([]tokens.Entry{{Token: "tok", Names: []string{"app-*"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -798,7 +799,7 @@ func TestGatewayRestart(t *testing.T) {
 // can once the lease is over.
 func TestLease(t *testing.T) {
 	checkLeaks(t)
-	tokens, err := auth.NewTokens([]auth.TokenEntry{
+	tokens, err := tokens.New([]tokens.Entry{
 		{Token: "alice-token", Identity: "alice", Names: []string{"shared"}},
 		{Token: "bob-token", Identity: "bob", Names: []string{"shared"}},
 	})

@@ -13,8 +13,9 @@ import (
 	"path/filepath"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/auth"
-	"github.com/diglett/diglett/internal/gateway"
+
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/identity"
 )
 
@@ -31,7 +32,7 @@ func startExampleGateway(dir string) (addr string, stop func()) {
 	}
 	srv, err := gateway.New(gateway.Config{
 		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
-		Auth:       auth.AllowAll{},
+		Auth:       allowall.Authenticator{},
 		PublicHost: "127.0.0.1",
 		PortMin:    45000,
 		PortMax:    45999,

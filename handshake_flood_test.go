@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/gateway"
+	"github.com/diglett/diglett/gateway"
 )
 
 // floodHandshakeTimeout is the gateway's handshake timeout in the flood

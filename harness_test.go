@@ -30,10 +30,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/auth"
+
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/cli"
-	"github.com/diglett/diglett/internal/expose"
-	"github.com/diglett/diglett/internal/gateway"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
@@ -206,16 +206,16 @@ func randomPortWindow() (lo, hi int) {
 
 // gatewayOptions configures startGateway; zero fields take test defaults.
 type gatewayOptions struct {
-	Auth             auth.Authenticator // default auth.AllowAll
-	Key              crypto.Signer      // default a new key
-	Addr             string             // agent address; default 127.0.0.1:0
-	PortMin, PortMax int                // default a random window
-	Lease            time.Duration      // default 5s
-	HandshakeTimeout time.Duration      // default 5s
-	StatusTimeout    time.Duration      // default gateway.DefaultStatusTimeout
-	Registerer       expose.Registerer
-	LeaseFile        string     // default none
-	Quota            auth.Quota // default the gateway's
+	Auth             gateway.Authenticator // default allowall.Authenticator
+	Key              crypto.Signer         // default a new key
+	Addr             string                // agent address; default 127.0.0.1:0
+	PortMin, PortMax int                   // default a random window
+	Lease            time.Duration         // default 5s
+	HandshakeTimeout time.Duration         // default 5s
+	StatusTimeout    time.Duration         // default gateway.DefaultStatusTimeout
+	Registerer       gateway.Registerer
+	LeaseFile        string        // default none
+	Quota            gateway.Quota // default the gateway's
 	// HalfCloseTimeout, MaxVisitors, MaxVisitorsPerTunnel: gateway
 	// defaults if zero.
 	HalfCloseTimeout     time.Duration
@@ -274,7 +274,7 @@ const (
 func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 	t.Helper()
 	if o.Auth == nil {
-		o.Auth = auth.AllowAll{}
+		o.Auth = allowall.Authenticator{}
 	}
 	if o.Key == nil {
 		o.Key = newKey(t)

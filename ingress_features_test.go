@@ -27,7 +27,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/gateway"
+	"github.com/diglett/diglett/gateway"
 )
 
 func TestHTTPWebSocket(t *testing.T) {

@@ -10,16 +10,18 @@ import (
 	"time"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/auth"
-	"github.com/diglett/diglett/internal/gateway"
+
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/identity"
 )
 
 // twoIdentities is a tokens authenticator with identities alice and bob,
 // each allowed every name.
-func twoIdentities(t *testing.T) *auth.Tokens {
+func twoIdentities(t *testing.T) *tokens.Tokens {
 	t.Helper()
-	tokens, err := auth.NewTokens([]auth.TokenEntry{
+	tokens, err := tokens.New([]tokens.Entry{
 		{Token: "alice-token", Identity: "alice", Names: []string{"*"}},
 		{Token: "bob-token", Identity: "bob", Names: []string{"*"}},
 	})
@@ -136,7 +138,7 @@ func TestBrokenLeaseFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc := &tls.Config{Certificates: []tls.Certificate{cert}}
-			_, err = gateway.New(gateway.Config{TLS: tc, Auth: auth.AllowAll{}, LeaseFile: path})
+			_, err = gateway.New(gateway.Config{TLS: tc, Auth: allowall.Authenticator{}, LeaseFile: path})
 			if err == nil || !strings.Contains(err.Error(), path) {
 				t.Fatalf("gateway.New with a %s lease file: err = %v, want an error naming %s", name, err, path)
 			}
@@ -149,15 +151,15 @@ func TestBrokenLeaseFile(t *testing.T) {
 // and other identities are not affected.
 func TestQuotas(t *testing.T) {
 	checkLeaks(t)
-	tokens, err := auth.NewTokens([]auth.TokenEntry{
+	tokens, err := tokens.New([]tokens.Entry{
 		{Token: "greedy-token", Identity: "greedy", Names: []string{"demo-*"}},
-		{Token: "big-token", Identity: "big", Names: []string{"big-*"}, Quota: auth.Quota{Names: 5, Sessions: -1}},
+		{Token: "big-token", Identity: "big", Names: []string{"big-*"}, Quota: gateway.Quota{Names: 5, Sessions: -1}},
 		{Token: "other-token", Identity: "other", Names: []string{"other"}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := startGateway(t, gatewayOptions{Auth: tokens, Quota: auth.Quota{Names: 3, Sessions: 2}})
+	g := startGateway(t, gatewayOptions{Auth: tokens, Quota: gateway.Quota{Names: 3, Sessions: 2}})
 
 	greedy := agentConfig(t, g, "demo-1")
 	greedy.Token = "greedy-token"
@@ -207,7 +209,7 @@ func TestQuotas(t *testing.T) {
 // quota of hosts per hour; a host already ordered does not count again.
 func TestCertOrderQuota(t *testing.T) {
 	checkLeaks(t)
-	g := startGateway(t, gatewayOptions{Domain: "tunnels.test", Quota: auth.Quota{CertOrdersPerHour: 2}})
+	g := startGateway(t, gatewayOptions{Domain: "tunnels.test", Quota: gateway.Quota{CertOrdersPerHour: 2}})
 	cfg := agentConfig(t, g, "c1")
 	cfg.Names = []string{"c2", "c3"}
 	mustListen(t, cfg)

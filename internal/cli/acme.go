@@ -8,8 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/autotls"
-	"github.com/diglett/diglett/internal/gateway"
 )
 
 // acmeManager obtains certificates for the hosts of srv's tunnels, and only

@@ -18,13 +18,14 @@ import (
 
 	"github.com/alecthomas/kong"
 
-	"github.com/diglett/diglett/internal/auth"
-	"github.com/diglett/diglett/internal/expose"
-	"github.com/diglett/diglett/internal/gateway"
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/quictransport"
+	reglog "github.com/diglett/diglett/register/log"
 )
 
 type serverCmd struct {
@@ -123,9 +124,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
-	var authn auth.Authenticator = auth.AllowAll{}
+	var authn gateway.Authenticator = allowall.Authenticator{}
 	if c.Tokens != "" {
-		t, err := auth.LoadTokens(c.Tokens)
+		t, err := tokens.Load(c.Tokens)
 		if err != nil {
 			return err
 		}
@@ -141,7 +142,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv, err := gateway.New(gateway.Config{
 		TLS:             &tls.Config{Certificates: []tls.Certificate{cert}},
 		Auth:            authn,
-		Registerer:      &expose.Log{Logger: log},
+		Registerer:      &reglog.Registerer{Logger: log},
 		PortMin:         lo,
 		PortMax:         hi,
 		PublicHost:      c.PublicBind,
@@ -273,14 +274,14 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 // quota is the default quota of an identity from the flags, where 0 means
 // no limit.
-func (c *serverCmd) quota() auth.Quota {
+func (c *serverCmd) quota() gateway.Quota {
 	unlimited := func(n int) int {
 		if n == 0 {
 			return -1
 		}
 		return n
 	}
-	return auth.Quota{
+	return gateway.Quota{
 		Names:             unlimited(c.MaxNamesPerIdentity),
 		Ports:             unlimited(c.MaxPortsPerIdentity),
 		Sessions:          unlimited(c.MaxSessionsPerIdentity),

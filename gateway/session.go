@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/diglett/diglett/internal/auth"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
@@ -26,8 +25,8 @@ type session struct {
 	id       uint64 // unique in this server
 	sess     transport.Session
 	log      *slog.Logger
-	identity auth.Identity
-	quota    auth.Quota // the identity's, with the gateway's defaults
+	identity Identity
+	quota    Quota // the identity's, with the gateway's defaults
 
 	// outstanding counts the HTTP requests in flight on this session, for
 	// least-outstanding balancing.
@@ -245,9 +244,9 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		ss.reply(ctrl, perr)
 		return errors.New(perr.Message)
 	}
-	id, err := ss.srv.cfg.Auth.Authenticate(ctx, auth.Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
+	id, err := ss.srv.cfg.Auth.Authenticate(ctx, Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
 	if err != nil {
-		if errors.Is(err, auth.ErrUnauthorized) {
+		if errors.Is(err, ErrUnauthorized) {
 			// Logged at Debug: the limiter sums failures up at Warn.
 			delay := ss.srv.logins.failed(ctx, src)
 			ss.log.Debug("agent login failed", "err", err, "delay", delay)
@@ -279,7 +278,7 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	}
 	if err := ss.srv.cfg.Auth.Authorize(ss.srv.ctx, ss.identity, req.Name); err != nil {
 		ss.log.Info("name refused", "name", req.Name, "err", err)
-		if errors.Is(err, auth.ErrForbidden) {
+		if errors.Is(err, ErrForbidden) {
 			return &protocol.Error{Code: protocol.CodeForbidden, Message: fmt.Sprintf("name %q is not allowed for this token", req.Name)}
 		}
 		return &protocol.Error{Code: protocol.CodeInternal, Message: "authorization failed"}

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/diglett/diglett/internal/auth"
 	"github.com/diglett/diglett/internal/protocol"
 )
 
@@ -18,8 +17,8 @@ const (
 )
 
 // quotaDefaults fills the zero fields of q with the package defaults.
-func quotaDefaults(q auth.Quota) auth.Quota {
-	return q.Or(auth.Quota{
+func quotaDefaults(q Quota) Quota {
+	return q.Or(Quota{
 		Names:             DefaultQuotaNames,
 		Ports:             DefaultQuotaPorts,
 		Sessions:          DefaultQuotaSessions,

@@ -1,6 +1,13 @@
-// Package gateway is the public side of diglett: it accepts agent sessions,
-// authenticates them, keeps the registry of tunnels and their leases, and
-// forwards public TCP connections to agents as streams.
+// Package gateway is the embeddable diglett gateway. It is handed its
+// listeners: Serve takes agents over TLS and WebSocket on TCP, ServeQUIC
+// over QUIC, ServeHTTPIngress and ServeHTTPSIngress take visitors by host
+// name. It authenticates agents through an Authenticator, keeps the
+// registry of tunnels with their public ports, leases and quotas, tells
+// its Registerer when tunnels go live and away, and forwards each visitor
+// to an agent of the tunnel as a stream.
+//
+// Authenticator and Registerer are its extension points; the modules that
+// come with diglett live in the packages under auth/ and register/.
 package gateway
 
 import (
@@ -17,8 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/diglett/diglett/internal/auth"
-	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/wstransport"
@@ -30,9 +35,9 @@ type Config struct {
 	// TLS 1.3 and the diglett ALPN on a copy.
 	TLS *tls.Config
 	// Auth authenticates agents and authorizes names. Required.
-	Auth auth.Authenticator
+	Auth Authenticator
 	// Registerer is told when tunnels go live and away. Optional.
-	Registerer expose.Registerer
+	Registerer Registerer
 	// PortMin and PortMax bound the public TCP ports. Default 30000-40000.
 	PortMin, PortMax int
 	// PublicHost is the address public TCP listeners bind to. Default all
@@ -137,9 +142,9 @@ type Config struct {
 	// Quota is every identity's default quota: names and public ports
 	// held (live or leased), sessions logged in at once, and certificate
 	// orders per hour. An Authenticator may override it per identity
-	// (auth.Identity.Quota). Zero fields take the Default* quotas;
+	// (Identity.Quota). Zero fields take the Default* quotas;
 	// negative ones mean no limit.
-	Quota auth.Quota
+	Quota Quota
 	// LeaseFile, if set, is where the registry keeps every tunnel's name,
 	// identity, port and lease, written atomically on each change, so that
 	// after a restart the names and ports stay reserved for their owners

@@ -1,4 +1,4 @@
-package auth
+package tokens
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/diglett/diglett/gateway"
 )
 
 func writeFile(t *testing.T, content string) string {
@@ -19,7 +21,7 @@ func writeFile(t *testing.T, content string) string {
 }
 
 func TestTokens(t *testing.T) {
-	tok, err := LoadTokens(writeFile(t, `
+	tok, err := Load(writeFile(t, `
 - token: "s3cret"
   names: ["example", "demo-*"]
 - token: "other"
@@ -30,19 +32,19 @@ func TestTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	alice, err := tok.Authenticate(ctx, Credentials{Token: "s3cret"})
+	alice, err := tok.Authenticate(ctx, gateway.Credentials{Token: "s3cret"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(alice.Name, "token-") {
 		t.Fatalf("default identity %q", alice.Name)
 	}
-	bob, err := tok.Authenticate(ctx, Credentials{Token: "other"})
+	bob, err := tok.Authenticate(ctx, gateway.Credentials{Token: "other"})
 	if err != nil || bob.Name != "bob" {
 		t.Fatalf("bob = %v, %v", bob, err)
 	}
 	for _, tc := range []struct {
-		id   Identity
+		id   gateway.Identity
 		name string
 		ok   bool
 	}{
@@ -52,19 +54,19 @@ func TestTokens(t *testing.T) {
 		{alice, "examples", false},
 		{alice, "other", false},
 		{bob, "anything", true},
-		{Identity{Name: "nobody"}, "example", false},
+		{gateway.Identity{Name: "nobody"}, "example", false},
 	} {
 		err := tok.Authorize(ctx, tc.id, tc.name)
 		if tc.ok && err != nil {
 			t.Errorf("%s/%s: %v", tc.id.Name, tc.name, err)
 		}
-		if !tc.ok && !errors.Is(err, ErrForbidden) {
-			t.Errorf("%s/%s: err = %v, want ErrForbidden", tc.id.Name, tc.name, err)
+		if !tc.ok && !errors.Is(err, gateway.ErrForbidden) {
+			t.Errorf("%s/%s: err = %v, want gateway.ErrForbidden", tc.id.Name, tc.name, err)
 		}
 	}
 	for _, bad := range []string{"", "S3CRET", "s3cret ", "wrong"} {
-		if _, err := tok.Authenticate(ctx, Credentials{Token: bad}); !errors.Is(err, ErrUnauthorized) {
-			t.Errorf("token %q: err = %v, want ErrUnauthorized", bad, err)
+		if _, err := tok.Authenticate(ctx, gateway.Credentials{Token: bad}); !errors.Is(err, gateway.ErrUnauthorized) {
+			t.Errorf("token %q: err = %v, want gateway.ErrUnauthorized", bad, err)
 		}
 	}
 }
@@ -86,7 +88,7 @@ func TestLoadTokensErrors(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			_, err := LoadTokens(writeFile(t, tc.content))
+			_, err := Load(writeFile(t, tc.content))
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -95,7 +97,7 @@ func TestLoadTokensErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := LoadTokens(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
 		t.Fatal("missing file accepted")
 	}
 }
@@ -103,33 +105,23 @@ func TestLoadTokensErrors(t *testing.T) {
 // TestTokenQuota: an entry's quota reaches the identity, and Or fills the
 // fields it leaves to the gateway.
 func TestTokenQuota(t *testing.T) {
-	tok, err := LoadTokens(writeFile(t, "- token: q\n  identity: ci\n  names: [a]\n  quota: {names: 200, sessions: -1}\n- token: plain\n  names: [b]"))
+	tok, err := Load(writeFile(t, "- token: q\n  identity: ci\n  names: [a]\n  quota: {names: 200, sessions: -1}\n- token: plain\n  names: [b]"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := tok.Authenticate(context.Background(), Credentials{Token: "q"})
+	id, err := tok.Authenticate(context.Background(), gateway.Credentials{Token: "q"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := Quota{Names: 64, Ports: 64, Sessions: 64, CertOrdersPerHour: 20}
-	if got, want := id.Quota.Or(def), (Quota{Names: 200, Ports: 64, Sessions: -1, CertOrdersPerHour: 20}); got != want {
+	def := gateway.Quota{Names: 64, Ports: 64, Sessions: 64, CertOrdersPerHour: 20}
+	if got, want := id.Quota.Or(def), (gateway.Quota{Names: 200, Ports: 64, Sessions: -1, CertOrdersPerHour: 20}); got != want {
 		t.Errorf("quota %+v, want %+v", got, want)
 	}
-	plain, err := tok.Authenticate(context.Background(), Credentials{Token: "plain"})
+	plain, err := tok.Authenticate(context.Background(), gateway.Credentials{Token: "plain"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := plain.Quota.Or(def); got != def {
 		t.Errorf("entry without a quota: %+v, want the defaults %+v", got, def)
-	}
-}
-
-func TestAllowAll(t *testing.T) {
-	id, err := AllowAll{}.Authenticate(context.Background(), Credentials{})
-	if err != nil || id != Anonymous {
-		t.Fatalf("AllowAll = %v, %v", id, err)
-	}
-	if err := (AllowAll{}).Authorize(context.Background(), id, "x"); err != nil {
-		t.Fatal(err)
 	}
 }

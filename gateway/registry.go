@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/diglett/diglett/internal/auth"
-	"github.com/diglett/diglett/internal/expose"
 	"github.com/diglett/diglett/internal/protocol"
 )
 
@@ -83,7 +81,7 @@ type tunnel struct {
 	port     int
 	ln       net.Listener // nil while a restored lease could not bind its port
 	log      *slog.Logger
-	quota    auth.Quota // the owner's, for its certificate orders
+	quota    Quota // the owner's, for its certificate orders
 
 	members  atomic.Pointer[[]*session] // copy-on-write; written under reg.mu
 	next     atomic.Uint64              // round-robin cursor
@@ -378,7 +376,7 @@ func (t *tunnel) reconcile() {
 	t.reg.mu.Unlock()
 	switch {
 	case live && t.regCloser == nil:
-		c, err := rg.Register(t.reg.srv.ctx, expose.Route{Name: t.name, Port: t.port, Identity: t.identity})
+		c, err := rg.Register(t.reg.srv.ctx, Route{Name: t.name, Port: t.port, Identity: t.identity})
 		if err != nil {
 			t.log.Error("registerer failed", "err", err)
 			return

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diglett/diglett/internal/auth"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
@@ -93,16 +92,17 @@ func TestLoginLimiterMemoryIsBounded(t *testing.T) {
 // countingAuth counts Authenticate calls; "good" is the only token it
 // takes.
 type countingAuth struct {
-	auth.AllowAll
 	calls atomic.Int64
 }
 
-func (a *countingAuth) Authenticate(ctx context.Context, c auth.Credentials) (auth.Identity, error) {
+func (a *countingAuth) Authorize(context.Context, Identity, string) error { return nil }
+
+func (a *countingAuth) Authenticate(ctx context.Context, c Credentials) (Identity, error) {
 	a.calls.Add(1)
 	if c.Token != "good" {
-		return auth.Identity{}, auth.ErrUnauthorized
+		return Identity{}, ErrUnauthorized
 	}
-	return auth.Identity{Name: "good"}, nil
+	return Identity{Name: "good"}, nil
 }
 
 // agentLogin connects to addr from the loopback address local and logs in

@@ -1,4 +1,7 @@
-package auth
+// Package tokens is the authentication module of static tokens: a YAML
+// file of tokens, each allowed to publish the names that match its
+// patterns, each belonging to an identity, with optional quotas.
+package tokens
 
 import (
 	"bytes"
@@ -13,11 +16,12 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/protocol"
 )
 
-// TokenEntry is one entry of a tokens file.
-type TokenEntry struct {
+// Entry is one entry of a tokens file.
+type Entry struct {
 	// Token is the secret an agent presents with --token.
 	Token string `yaml:"token"`
 	// Names are the names (or patterns with *, as in "demo-*") the token
@@ -28,47 +32,47 @@ type TokenEntry struct {
 	Identity string `yaml:"identity,omitempty"`
 	// Quota overrides the gateway's default quotas for this entry's
 	// identity: 0 or absent takes the default, -1 means no limit.
-	Quota Quota `yaml:"quota,omitempty"`
+	Quota gateway.Quota `yaml:"quota,omitempty"`
 }
 
 // Tokens authenticates agents by static tokens, each scoped to name
-// patterns. Build it with NewTokens or LoadTokens.
+// patterns. Build it with New or Load.
 type Tokens struct {
-	byHash map[[sha256.Size]byte]*TokenEntry
-	byID   map[string][]string // identity -> patterns
-	quotas map[string]Quota    // identity -> its quota overrides
+	byHash map[[sha256.Size]byte]*Entry
+	byID   map[string][]string      // identity -> patterns
+	quotas map[string]gateway.Quota // identity -> its quota overrides
 }
 
-var _ Authenticator = (*Tokens)(nil)
+var _ gateway.Authenticator = (*Tokens)(nil)
 
-// LoadTokens reads a YAML tokens file:
+// Load reads a YAML tokens file:
 //
 //   - token: "s3cret"
 //     names: ["example", "demo-*"]
-func LoadTokens(file string) (*Tokens, error) {
+func Load(file string) (*Tokens, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("tokens file: %w", err)
 	}
-	var entries []TokenEntry
+	var entries []Entry
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&entries); err != nil {
 		return nil, fmt.Errorf("tokens file %s: %w", file, err)
 	}
-	t, err := NewTokens(entries)
+	t, err := New(entries)
 	if err != nil {
 		return nil, fmt.Errorf("tokens file %s: %w", file, err)
 	}
 	return t, nil
 }
 
-// NewTokens builds a Tokens authenticator from entries.
-func NewTokens(entries []TokenEntry) (*Tokens, error) {
+// New builds a Tokens authenticator from entries.
+func New(entries []Entry) (*Tokens, error) {
 	if len(entries) == 0 {
 		return nil, errors.New("no tokens")
 	}
-	t := &Tokens{byHash: make(map[[sha256.Size]byte]*TokenEntry), byID: make(map[string][]string), quotas: make(map[string]Quota)}
+	t := &Tokens{byHash: make(map[[sha256.Size]byte]*Entry), byID: make(map[string][]string), quotas: make(map[string]gateway.Quota)}
 	for i := range entries {
 		e := entries[i]
 		if e.Token == "" {
@@ -106,7 +110,7 @@ func NewTokens(entries []TokenEntry) (*Tokens, error) {
 }
 
 // validQuota refuses quota values below -1.
-func validQuota(q Quota) error {
+func validQuota(q gateway.Quota) error {
 	for _, f := range []struct {
 		name string
 		v    int
@@ -133,23 +137,23 @@ func validatePattern(p string) error {
 
 // Authenticate looks the token up. The lookup is by SHA-256 of the token, so
 // its timing does not depend on how much of a guess matches.
-func (t *Tokens) Authenticate(_ context.Context, c Credentials) (Identity, error) {
+func (t *Tokens) Authenticate(_ context.Context, c gateway.Credentials) (gateway.Identity, error) {
 	if c.Token == "" {
-		return Identity{}, fmt.Errorf("%w: no token given", ErrUnauthorized)
+		return gateway.Identity{}, fmt.Errorf("%w: no token given", gateway.ErrUnauthorized)
 	}
 	e, ok := t.byHash[sha256.Sum256([]byte(c.Token))]
 	if !ok {
-		return Identity{}, ErrUnauthorized
+		return gateway.Identity{}, gateway.ErrUnauthorized
 	}
-	return Identity{Name: e.Identity, Quota: e.Quota}, nil
+	return gateway.Identity{Name: e.Identity, Quota: e.Quota}, nil
 }
 
 // Authorize allows name if one of the identity's patterns matches it.
-func (t *Tokens) Authorize(_ context.Context, id Identity, name string) error {
+func (t *Tokens) Authorize(_ context.Context, id gateway.Identity, name string) error {
 	for _, p := range t.byID[id.Name] {
 		if ok, _ := path.Match(p, name); ok {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %q", ErrForbidden, name)
+	return fmt.Errorf("%w: %q", gateway.ErrForbidden, name)
 }

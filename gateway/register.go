@@ -1,0 +1,36 @@
+package gateway
+
+import (
+	"context"
+	"io"
+)
+
+// Route is a live tunnel as registerers see it.
+type Route struct {
+	Name     string // tunnel name
+	Port     int    // public TCP port on the gateway
+	Identity string // owner of the name
+}
+
+// Registerer publishes routes somewhere outside the gateway (a log, a
+// proxy's configuration, a DNS zone). Register is called when a tunnel
+// goes live, that is when its first agent session joins; the returned
+// Closer is closed when the tunnel goes away (its last session left, or
+// the gateway closes). Register and Close are never called at once for
+// one tunnel, but are for different tunnels: implementations must be safe
+// for concurrent use.
+//
+// The context ends when the gateway closes. An error from Register is
+// logged and the tunnel stays unpublished by this registerer until the
+// tunnel's next change; an error from Close is logged.
+type Registerer interface {
+	Register(ctx context.Context, r Route) (io.Closer, error)
+}
+
+// RegistererFunc adapts a function to a Registerer.
+type RegistererFunc func(ctx context.Context, r Route) (io.Closer, error)
+
+// Register calls f.
+func (f RegistererFunc) Register(ctx context.Context, r Route) (io.Closer, error) { return f(ctx, r) }
+
+var _ Registerer = RegistererFunc(nil)
