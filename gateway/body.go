@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -112,4 +113,28 @@ func (b *timedBody) timedOut() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.expired
+}
+
+// visitorBody records an error reading the visitor's request body (a bad
+// chunk size, say), so that it is answered with 400 and not blamed on the
+// backend.
+type visitorBody struct {
+	io.ReadCloser
+	failed atomic.Pointer[error] // read by the handler, written by the transport
+}
+
+func (b *visitorBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.failed.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// err is the first error reading the body, if any.
+func (b *visitorBody) err() error {
+	if p := b.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

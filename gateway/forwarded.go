@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"net/http"
+	"net/http/httputil"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -163,4 +165,57 @@ func stripH2CUpgrade(h http.Header) {
 	} else {
 		h.Set("Connection", strings.Join(conn, ", "))
 	}
+}
+
+// rewrite builds the request to the backend. The reverse proxy has already
+// removed hop-by-hop headers (including those a visitor named in
+// Connection) and Forwarded and X-Forwarded-For, -Host and -Proto; the
+// other headers only a proxy may set are dropped here unless the peer is a
+// trusted proxy (see clientClaimHeaders), so the ones set here cannot be
+// removed or spoofed by a visitor. The host the backend is told is the
+// validated one, never the visitor's text.
+func (in *ingress) rewrite(pr *httputil.ProxyRequest) {
+	rt := pr.In.Context().Value(routeKey{}).(*route)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = rt.t.name
+	pr.Out.Host = rt.host
+	proto := "http"
+	if rt.https {
+		proto = "https"
+	}
+	h := pr.Out.Header
+	// Also for h2c tunnels: their backends get HTTP/2 with prior
+	// knowledge, where an Upgrade header fails the request.
+	stripH2CUpgrade(h)
+	forwardedFor := rt.peer.String()
+	forwarded := `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto
+	if in.trusted(rt.peer) {
+		if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			forwardedFor = strings.Join(prior, ", ") + ", " + forwardedFor
+		}
+		if prior := pr.In.Header.Values("Forwarded"); len(prior) > 0 {
+			forwarded = strings.Join(prior, ", ") + ", " + forwarded
+		}
+		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
+			proto = v
+		}
+	} else {
+		dropClientClaims(h)
+	}
+	h.Set("X-Forwarded-For", forwardedFor)
+	h.Set("X-Forwarded-Host", rt.host)
+	h.Set("X-Forwarded-Proto", proto)
+	h.Set("Forwarded", forwarded)
+	if rt.pol.user != "" {
+		// The credentials were the gateway's to check, not the backend's.
+		h.Del("Authorization")
+	}
+}
+
+// forwardedNode writes an address as a Forwarded "for" value.
+func forwardedNode(ip netip.Addr) string {
+	if ip.Is6() {
+		return `"[` + ip.String() + `]"`
+	}
+	return ip.String()
 }
