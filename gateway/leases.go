@@ -186,7 +186,7 @@ func (r *registry) restore(recs []leaseRecord, now time.Time) {
 			log.Warn("leased port is outside the port range or taken: the name stays reserved, its owner gets a new port", "port", rec.Port)
 		}
 		r.addLocked(t)
-		r.startLeaseLocked(t, end.Sub(now))
+		r.startLeaseLocked(t, end)
 		kept++
 		log.Info("name and port reserved after restart", "identity", t.identity, "port", t.port, "until", end.Format(time.RFC3339))
 	}

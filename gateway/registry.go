@@ -271,22 +271,22 @@ func (r *registry) leave(t *tunnel, ss *session) {
 	t.members.Store(&members)
 	if len(members) == 0 && !t.removed && t.lease == nil {
 		t.log.Info("agent offline, name and port leased", "port", t.port, "lease", r.srv.cfg.Lease)
-		r.startLeaseLocked(t, r.srv.cfg.Lease)
+		r.startLeaseLocked(t, time.Now().Add(r.srv.cfg.Lease))
 		r.persistLocked()
 	}
 	r.mu.Unlock()
 	t.reconcile()
 }
 
-// startLeaseLocked frees t after d unless an agent comes back. Called
+// startLeaseLocked frees t at end unless an agent comes back. Called
 // under r.mu.
-func (r *registry) startLeaseLocked(t *tunnel, d time.Duration) {
+func (r *registry) startLeaseLocked(t *tunnel, end time.Time) {
 	// The callback reads timer only under r.mu, which is held here while
 	// timer is set.
 	var timer *time.Timer
-	timer = time.AfterFunc(d, func() { r.expire(t, &timer) })
+	timer = time.AfterFunc(time.Until(end), func() { r.expire(t, &timer) })
 	t.lease = timer
-	t.leaseEnd = time.Now().Add(d)
+	t.leaseEnd = end
 }
 
 // expire frees t when its lease ends with no agent back; timer is the
