@@ -3,6 +3,7 @@ package diglett_test
 import (
 	"crypto/tls"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,5 +226,42 @@ func TestCertOrderQuota(t *testing.T) {
 	}
 	if err := g.HostAllowed(ctx, "nosuch.tunnels.test"); err == nil {
 		t.Fatal("a certificate for a host with no tunnel was allowed")
+	}
+}
+
+// TestServeConn: a connection accepted by the embedding program and handed
+// to the gateway is served like one of its own listener's.
+func TestServeConn(t *testing.T) {
+	checkLeaks(t)
+	g := startGateway(t, gatewayOptions{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- g.ServeConn(c)
+	}()
+	cfg := agentConfig(t, g, "handed")
+	cfg.Gateway = ln.Addr().String()
+	cfg.Fingerprint = g.Fingerprint
+	cfg.MaxBackoff = time.Hour // one session, the one handed over
+	al := mustListen(t, cfg)
+	forward(t, al, startEcho(t))
+	mustRoundTrip(t, al.Addr().String(), "through a handed-over connection")
+	al.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("ServeConn: %v", err)
+		}
+	case <-time.After(eventually):
+		t.Fatal("ServeConn did not return after the agent left")
 	}
 }

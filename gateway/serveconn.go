@@ -1,0 +1,38 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+)
+
+// ErrGatewayBusy is returned by ServeConn for a connection refused because
+// the handshake limits were reached (see Config.MaxHandshakes and
+// Config.MaxHandshakesPerSource); the agent was told the gateway is busy.
+var ErrGatewayBusy = errors.New("gateway: busy: too many agent connections in their handshake")
+
+// ServeConn serves one agent connection accepted elsewhere (on a listener
+// shared with another service, or a socket handed over by a supervisor)
+// as Serve serves each connection it accepts: the TLS handshake, then the
+// multiplexer or the WebSocket upgrade, the login and the session's whole
+// life. It counts against the handshake limits like any other connection
+// (a connection over them is refused as busy and ErrGatewayBusy returned),
+// returns when the session ends, and always closes conn.
+func (s *Server) ServeConn(conn net.Conn) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		conn.Close()
+		return ErrServerClosed
+	}
+	// Under s.mu, so that Close cannot be waiting for the group already.
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	slot := s.hs.acquire(addrSource(conn.RemoteAddr()))
+	if slot == nil {
+		refuseBusy(conn)
+		return ErrGatewayBusy
+	}
+	s.serveConn(conn, slot)
+	return nil
+}
