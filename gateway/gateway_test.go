@@ -9,20 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 func newServer(t *testing.T, cfg Config) (*Server, string) {
 	t.Helper()
-	key, _, err := identity.LoadOrCreateKey(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := identity.SelfSigned(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg.TLS = testutil.ServerTLS(t)
 	cfg.Auth = allowAll
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := New(cfg)

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -13,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // freePorts returns n ports that were free a moment ago.
@@ -38,16 +37,8 @@ func freePorts(t *testing.T, n int) []int {
 // leaseServer is a Server on the lease file path, not serving agents.
 func leaseServer(t *testing.T, path string, lo, hi int, log io.Writer) (*Server, error) {
 	t.Helper()
-	key, _, err := identity.LoadOrCreateKey(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := identity.SelfSigned(key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	return New(Config{
-		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Auth: allowAll,
+		TLS: testutil.ServerTLS(t), Auth: allowAll,
 		PortMin: lo, PortMax: hi, PublicHost: "127.0.0.1", Lease: time.Minute,
 		LeaseFile: path, Logger: slog.New(slog.NewTextHandler(log, nil)),
 	})
@@ -112,7 +103,7 @@ func TestLeaseRestore(t *testing.T) {
 	if got["leased"].identity != "bob" || got["leased"].ln == nil || !got["leased"].leaseEnd.Equal(later) {
 		t.Errorf("leased: identity %q, listening %v, end %v; want bob, listening, %v", got["leased"].identity, got["leased"].ln != nil, got["leased"].leaseEnd, later)
 	}
-	if end := got["live"].leaseEnd; end.Before(now.Add(time.Minute-time.Second)) {
+	if end := got["live"].leaseEnd; end.Before(now.Add(time.Minute - time.Second)) {
 		t.Errorf("live tunnel's lease ends %v, want a whole lease from the restart", end)
 	}
 	if got["portless"].ln != nil {
@@ -173,4 +164,3 @@ func keys(m map[string]*tunnel) []string {
 	}
 	return ks
 }
-

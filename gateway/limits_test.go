@@ -1,37 +1,19 @@
 package gateway
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
-// limitLogBuf is a bytes.Buffer safe for concurrent use.
-type limitLogBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *limitLogBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *limitLogBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func newTestLimits(max, perTunnel int) (*visitorLimits, *limitLogBuf) {
-	var logs limitLogBuf
+func newTestLimits(max, perTunnel int) (*visitorLimits, *testutil.Buffer) {
+	var logs testutil.Buffer
 	l := newVisitorLimits(Config{MaxVisitors: max, MaxVisitorsPerTunnel: perTunnel,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	return l, &logs

@@ -13,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/testutil"
+
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
@@ -144,16 +145,9 @@ func agentLogin(ctx context.Context, local, addr, token string) (protocol.Messag
 // token from another address logs in at once.
 func TestLoginFlood(t *testing.T) {
 	t.Parallel()
-	key, _, err := identity.LoadOrCreateKey(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := identity.SelfSigned(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := testutil.Cert(t)
 	authn := &countingAuth{}
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	const delay = 2 * time.Second
 	cfg := Config{
 		TLS:                    &tls.Config{Certificates: []tls.Certificate{cert}},
@@ -253,7 +247,7 @@ func TestLoginFlood(t *testing.T) {
 	}
 
 	srv.Close()
-	lines := logs.lines()
+	lines := logs.Lines()
 	out := strings.Join(lines, "\n")
 	if !strings.Contains(out, `msg="failed agent logins"`) || !strings.Contains(out, `top_sources="127.0.0.1=`) {
 		t.Errorf("no summary of failed logins in the log:\n%s", out)

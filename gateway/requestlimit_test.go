@@ -1,13 +1,13 @@
 package gateway
 
 import (
-	"bytes"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 func TestRequestSource(t *testing.T) {
@@ -30,27 +30,9 @@ func TestRequestSource(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects log output written from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
-}
-
 func TestSourceLimiter(t *testing.T) {
 	t.Parallel()
-	var out lockedBuffer
+	var out testutil.Buffer
 	const every = 200 * time.Millisecond
 	l := newSourceLimiter(3, slog.New(slog.NewTextHandler(&out, nil)), every)
 	defer l.summary.close()
@@ -80,16 +62,16 @@ func TestSourceLimiter(t *testing.T) {
 	}
 	// The first refusal is logged at once, the four that follow within
 	// the interval in one line at its end.
-	lines := out.lines()
+	lines := out.Lines()
 	if len(lines) != 1 || !strings.Contains(lines[0], "level=WARN") || !strings.Contains(lines[0], "more than 3 in flight") ||
 		!strings.Contains(lines[0], "refused=1") || !strings.Contains(lines[0], `top_sources="2001:db8::/64=1"`) {
 		t.Fatalf("logged %q, want one warning for the /64", lines)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for len(out.lines()) < 2 && time.Now().Before(deadline) {
+	for len(out.Lines()) < 2 && time.Now().Before(deadline) {
 		time.Sleep(every / 4)
 	}
-	if lines := out.lines(); len(lines) != 2 || !strings.Contains(lines[1], "refused=4") || !strings.Contains(lines[1], `top_sources="2001:db8::/64=4"`) {
+	if lines := out.Lines(); len(lines) != 2 || !strings.Contains(lines[1], "refused=4") || !strings.Contains(lines[1], `top_sources="2001:db8::/64=4"`) {
 		t.Fatalf("logged %q, want a second line summing up the 4 refusals that followed", lines)
 	}
 

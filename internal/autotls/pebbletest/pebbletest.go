@@ -9,7 +9,6 @@
 package pebbletest
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -32,10 +31,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 
 	"github.com/miekg/dns"
 )
@@ -78,14 +78,7 @@ type Pebble struct {
 // its challenge.
 func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 	t.Helper()
-	bin, err := exec.LookPath(Program)
-	if err != nil {
-		msg := fmt.Sprintf("pebbletest: %s (the ACME test server) is not installed; run scripts/test-deps.sh or apt-get install pebble", Program)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	bin := testutil.Program(t, Program)
 	dir := t.TempDir()
 	cert, roots, err := writeCert(dir)
 	if err != nil {
@@ -93,7 +86,7 @@ func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 	}
 	dnsAddr := startDNS(t)
 
-	var out syncBuffer
+	var out testutil.Buffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("pebble output:\n%s", out.String())
@@ -387,22 +380,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/transporttest"
 )
@@ -31,25 +32,10 @@ func noLeaks(t *testing.T) {
 
 const alpn = "diglett"
 
-var (
-	certOnce sync.Once
-	cert     tls.Certificate
-	certErr  error
-)
-
 func serverTLS(t *testing.T) *tls.Config {
-	certOnce.Do(func() {
-		key, _, err := identity.LoadOrCreateKey(t.TempDir())
-		if err != nil {
-			certErr = err
-			return
-		}
-		cert, certErr = identity.SelfSigned(key, "localhost")
-	})
-	if certErr != nil {
-		t.Fatal(certErr)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{alpn}, MinVersion: tls.VersionTLS13}
+	tc := testutil.ServerTLS(t)
+	tc.NextProtos = []string{alpn}
+	return tc
 }
 
 func clientTLS(protos ...string) *tls.Config {

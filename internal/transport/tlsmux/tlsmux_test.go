@@ -9,28 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/transporttest"
 )
 
-var (
-	certOnce sync.Once
-	cert     tls.Certificate
-)
-
-func serverTLS(t *testing.T) *tls.Config {
-	certOnce.Do(func() {
-		key, _, err := identity.LoadOrCreateKey(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cert, err = identity.SelfSigned(key, "localhost"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-}
+func serverTLS(t *testing.T) *tls.Config { return testutil.ServerTLS(t) }
 
 func clientTLS() *tls.Config {
 	return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}

@@ -18,7 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 	"github.com/diglett/diglett/internal/transport/transporttest"
@@ -26,26 +26,10 @@ import (
 	"github.com/diglett/diglett/internal/transport/wstransport/proxytest"
 )
 
-var (
-	certOnce sync.Once
-	cert     tls.Certificate
-)
-
 func serverTLS(t *testing.T) *tls.Config {
-	certOnce.Do(func() {
-		key, _, err := identity.LoadOrCreateKey(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cert, err = identity.SelfSigned(key, "localhost"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS13,
-		NextProtos:   []string{wstransport.ALPN},
-	}
+	tc := testutil.ServerTLS(t)
+	tc.NextProtos = []string{wstransport.ALPN}
+	return tc
 }
 
 func clientTLS() *tls.Config {
@@ -170,7 +154,7 @@ func TestSessionState(t *testing.T) {
 			t.Errorf("%s state: version %#x, protocol %q, complete %v", name, st.Version, st.NegotiatedProtocol, st.HandshakeComplete)
 		}
 	}
-	if got := c.ConnectionState().PeerCertificates; len(got) == 0 || !got[0].Equal(cert.Leaf) {
+	if got := c.ConnectionState().PeerCertificates; len(got) == 0 || !got[0].Equal(testutil.Cert(t).Leaf) {
 		t.Error("client state does not carry the gateway's certificate")
 	}
 	if got := c.RemoteAddr().String(); got != g.addr {

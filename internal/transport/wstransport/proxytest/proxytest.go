@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // Options configures a proxy. The zero value allows every client on
@@ -54,13 +56,7 @@ const startTimeout = 10 * time.Second
 // otherwise; scripts/test-deps.sh installs it.
 func Start(t testing.TB, opts Options) *Proxy {
 	t.Helper()
-	bin, err := exec.LookPath("tinyproxy")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("tinyproxy is required but not installed (scripts/test-deps.sh installs it): %v", err)
-		}
-		t.Skip("skipping: tinyproxy is not installed (scripts/test-deps.sh installs it)")
-	}
+	bin := testutil.Program(t, "tinyproxy")
 	for _, s := range []string{opts.User, opts.Password} {
 		if strings.ContainsAny(s, " \t\r\n\"'") {
 			t.Fatalf("proxytest: credential %q contains white space or quotes", s)

@@ -1,0 +1,125 @@
+// Package testutil holds what the project's tests share: a log buffer
+// safe for the goroutines of a server under test, a self-signed gateway
+// certificate, waiting for a condition, and the rule for the outside
+// programs some tests run (required under CI=true, skipped with a message
+// elsewhere).
+package testutil
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett/internal/identity"
+)
+
+// Buffer is a bytes.Buffer safe for concurrent use: servers under test
+// log into it from many goroutines while the test reads it.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String is everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Lines is everything written so far, a line each, without the last
+// newline.
+func (b *Buffer) Lines() []string {
+	s := strings.TrimSpace(b.String())
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+var (
+	certOnce sync.Once
+	cert     tls.Certificate
+	certErr  error
+)
+
+// Cert is a self-signed certificate for localhost and 127.0.0.1 with a
+// gateway key, made once per test binary.
+func Cert(t testing.TB) tls.Certificate {
+	t.Helper()
+	certOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "testutil-key-")
+		if err != nil {
+			certErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		key, _, err := identity.LoadOrCreateKey(dir)
+		if err != nil {
+			certErr = err
+			return
+		}
+		cert, certErr = identity.SelfSigned(key, "localhost", "127.0.0.1")
+	})
+	if certErr != nil {
+		t.Fatalf("testutil: certificate: %v", certErr)
+	}
+	return cert
+}
+
+// ServerTLS is a TLS 1.3 server configuration with Cert.
+func ServerTLS(t testing.TB) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{Cert(t)}, MinVersion: tls.VersionTLS13}
+}
+
+// Poll calls f until it returns nil or timeout has passed, and returns its
+// last error. It is how a test waits for a condition.
+func Poll(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// InCI reports whether the tests run under CI (CI=true), where nothing a
+// test needs may be missing.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Unavailable ends t because something it needs is missing: a failure
+// under CI, a skip with why elsewhere.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatal(msg)
+	}
+	t.Skip("skipping: " + msg)
+}
+
+// Program returns the path of the outside program name, which
+// scripts/test-deps.sh installs; when it is missing, t fails under CI and
+// is skipped elsewhere.
+func Program(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		Unavailable(t, "%s is not installed (scripts/test-deps.sh installs it): %v", name, err)
+	}
+	return path
+}
