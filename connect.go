@@ -221,8 +221,17 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 	go func() {
 		defer sess.Close()
 		for {
-			if _, err := protocol.ReadMessage(ctrl); err != nil {
+			m, err := protocol.ReadMessage(ctrl)
+			if err != nil {
 				return
+			}
+			if e, ok := m.(*protocol.Error); ok {
+				if ls.endedBy(e) {
+					// Refused for good (a token revoked, a name
+					// taken away): the session ends, the link stops.
+					return
+				}
+				k.log.Warn("the gateway reported an error", "err", refusal(e))
 			}
 		}
 	}()

@@ -2,40 +2,60 @@ package diglett_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/diglett/diglett"
 
 	"github.com/diglett/diglett/auth/allowall"
 	"github.com/diglett/diglett/gateway"
-	"github.com/diglett/diglett/internal/identity"
 )
 
 // startExampleGateway runs a gateway on loopback, as diglett-server would
-// on a public host.
-func startExampleGateway(dir string) (addr string, stop func()) {
-	key, _, err := identity.LoadOrCreateKey(dir)
+// on a public host, and returns its agent address and the fingerprint of
+// its key, which an agent pins ("SHA256:" and the unpadded base64 of the
+// SHA-256 of the public key in PKIX form).
+func startExampleGateway() (addr, fingerprint string, stop func()) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		log.Fatal(err)
 	}
-	cert, err := identity.SelfSigned(key)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		log.Fatal(err)
 	}
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		log.Fatal(err)
+	}
+	sum := sha256.Sum256(pub)
+	fingerprint = "SHA256:" + base64.RawStdEncoding.EncodeToString(sum[:])
+
 	srv, err := gateway.New(gateway.Config{
-		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
+		TLS:        &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
 		Auth:       allowall.Authenticator{},
 		PublicHost: "127.0.0.1",
-		PortMin:    45000,
-		PortMax:    45999,
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -46,7 +66,7 @@ func startExampleGateway(dir string) (addr string, stop func()) {
 		log.Fatal(err)
 	}
 	go srv.Serve(ln)
-	return ln.Addr().String(), func() { srv.Close() }
+	return ln.Addr().String(), fingerprint, func() { srv.Close() }
 }
 
 // Publish an HTTP handler through a gateway, with no agent process: the
@@ -54,12 +74,14 @@ func startExampleGateway(dir string) (addr string, stop func()) {
 func Example() {
 	dir, _ := os.MkdirTemp("", "diglett-example")
 	defer os.RemoveAll(dir)
-	gatewayAddr, stop := startExampleGateway(dir)
+	gatewayAddr, fingerprint, stop := startExampleGateway()
 	defer stop()
 
 	ln, err := diglett.Listen(context.Background(), diglett.Config{
 		Gateway:       gatewayAddr, // e.g. "gateway.example.com:20000"
+		Transport:     diglett.TransportTCP,
 		Name:          "example",
+		Fingerprint:   fingerprint, // or pinned on first use
 		KnownGateways: filepath.Join(dir, "known_gateways"),
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

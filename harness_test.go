@@ -508,36 +508,15 @@ func mustListen(t testing.TB, cfg diglett.Config) *diglett.Listener {
 	return ln
 }
 
-// forward serves the visitors of ln the way the agent command does: it
-// dials backend for each one, refuses the visitor when that fails, and
-// relays both ways with half-close kept. It stops when ln is closed.
+// forward serves the visitors of ln with diglett.Forward, as the agent
+// command does, until the test ends: then it closes ln and waits for
+// Forward to return.
 func forward(t testing.TB, ln *diglett.Listener, backend string) {
-	var wg sync.WaitGroup
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			vc := c.(*diglett.Conn)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				bc, err := net.DialTimeout("tcp", backend, 5*time.Second)
-				if err != nil {
-					vc.Abort(err)
-					return
-				}
-				relay.Pipe(vc, bc)
-			}()
-		}
-	}()
+	done := make(chan error, 1)
+	go func() { done <- diglett.Forward(context.Background(), ln, backend, diglett.ForwardOptions{}) }()
 	t.Cleanup(func() {
 		ln.Close()
-		<-done
-		wg.Wait()
+		<-done // nil, or the fatal error that stopped ln
 	})
 }
 

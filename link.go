@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
@@ -41,6 +42,21 @@ type linkSession struct {
 	ctrl    transport.Stream
 	tunnels []Tunnel
 	conns   sync.WaitGroup // visitor connections not yet closed
+	// refused is set when the gateway ends the session with a fatal
+	// error (its operator revoked the token or took a name away).
+	refused atomic.Pointer[RefusedError]
+}
+
+// endedBy records e, an Error the gateway sent after registration, and
+// reports whether it ends the session for good (IsFatal); after any other
+// the session goes on.
+func (ls *linkSession) endedBy(e *protocol.Error) bool {
+	err := refusal(e)
+	if !IsFatal(err) {
+		return false
+	}
+	ls.refused.CompareAndSwap(nil, err.(*RefusedError))
+	return true
 }
 
 func newLink(l *Listener, gateway string, index int, tc *tls.Config, proxy func(*http.Request) (*url.URL, error)) *link {
@@ -113,6 +129,7 @@ func (k *link) run(first *linkSession) {
 				if IsFatal(err) {
 					k.log.Error("giving up", "err", err)
 					l.stop(err)
+					l.cancel() // the other links too
 					return
 				}
 				k.log.Warn("reconnect failed", "err", err, "attempt", attempt)
@@ -120,6 +137,18 @@ func (k *link) run(first *linkSession) {
 		}
 		started := time.Now()
 		next := k.serve(ls)
+		if re := ls.refused.Load(); re != nil {
+			// The gateway's operator no longer allows this agent: every
+			// link of the listener stops, and Accept returns why.
+			if next != nil {
+				next.sess.Close()
+			}
+			err := fmt.Errorf("gateway %s ended the session: %w", k.gateway, re)
+			k.log.Error("giving up: the gateway ended the session", "err", re)
+			l.stop(err)
+			l.cancel()
+			return
+		}
 		if l.ctx.Err() != nil || l.draining.Load() {
 			if next != nil {
 				next.sess.Close()

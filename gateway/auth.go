@@ -38,6 +38,9 @@ type Credentials struct {
 // timeout (10s by default) or when the gateway closes; Authorize runs for
 // each name the agent registers, with a context that ends when the gateway
 // closes. Neither should block for long: an agent waits for the answer.
+// After Server.SetAuthenticator, the new Authenticator is also called for
+// every live session, with the credentials it logged in with and a context
+// bounded by the handshake timeout, to decide whether the session stays.
 //
 // Errors: wrap ErrUnauthorized (Authenticate) or ErrForbidden (Authorize)
 // to refuse; the agent is told so and stops retrying. Any other error is

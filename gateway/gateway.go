@@ -34,10 +34,24 @@ type Config struct {
 	// TLS holds the gateway's certificate. Required. The server forces
 	// TLS 1.3 and the diglett ALPN on a copy.
 	TLS *tls.Config
-	// Auth authenticates agents and authorizes names. Required.
+	// Auth authenticates agents and authorizes names. Required. It can be
+	// replaced while the server runs with SetAuthenticator.
 	Auth Authenticator
 	// Registerer is told when tunnels go live and away. Optional.
 	Registerer Registerer
+	// Registerers are further registerers, told as Registerer is. Every
+	// registerer is reconciled on its own, off the agents' path: an agent
+	// gets its reply before any registerer is called, and a slow or failing
+	// registerer delays no agent and no other registerer. A failed Register
+	// or Close is logged at Warn and retried, 1s after the first failure,
+	// doubling up to 1m with jitter, until the registerer agrees with the
+	// tunnel's latest state (a route that was published after its tunnel
+	// went away is closed at once).
+	Registerers []Registerer
+	// RegisterTimeout bounds each Register call (its context ends then),
+	// and how long Close waits for the registerers to take down the routes
+	// of the tunnels it removes. Default 30s.
+	RegisterTimeout time.Duration
 	// PortMin and PortMax bound the public TCP ports. Default 30000-40000.
 	PortMin, PortMax int
 	// PublicHost is the address public TCP listeners bind to. Default all
@@ -266,6 +280,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.RegisterTimeout <= 0 {
+		c.RegisterTimeout = DefaultRegisterTimeout
+	}
 	c.Domain = strings.TrimSuffix(strings.ToLower(c.Domain), ".")
 	if c.ResponseTimeout <= 0 {
 		c.ResponseTimeout = DefaultResponseTimeout
@@ -298,6 +315,7 @@ type Server struct {
 	tls    *tls.Config
 	log    *slog.Logger
 	reg    *registry
+	regs   *reconciler     // the registerers
 	ctx    context.Context // ends when the server closes
 	cancel context.CancelFunc
 	hs     *handshakes   // handshake slots
@@ -308,6 +326,9 @@ type Server struct {
 	limits *visitorLimits
 
 	agentWS *wsServer // WebSocket agents, on the agent port and the HTTPS port
+
+	auth     atomic.Pointer[authState] // the Authenticator in force; see SetAuthenticator
+	reloadMu sync.Mutex                // serializes SetAuthenticator
 
 	mu        sync.Mutex
 	listeners map[io.Closer]struct{} // agent listeners, TCP and QUIC
@@ -338,7 +359,9 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[io.Closer]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
+	s.auth.Store(&authState{a: cfg.Auth})
 	s.quotas = newQuotas()
+	s.regs = newReconciler(ctx, cfg)
 	s.reg = newRegistry(s)
 	s.http = newIngress(s)
 	s.limits = newVisitorLimits(cfg)
@@ -448,6 +471,9 @@ func (s *Server) Close() error {
 		ss.close()
 	}
 	s.reg.close()
+	if !s.regs.wait(s.cfg.RegisterTimeout) {
+		s.log.Warn("registerers still busy at close, not waiting longer", "waited", s.cfg.RegisterTimeout)
+	}
 	s.wg.Wait()
 	s.visitors.Wait()
 	s.hs.summary.close()

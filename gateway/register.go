@@ -20,9 +20,11 @@ type Route struct {
 // one tunnel, but are for different tunnels: implementations must be safe
 // for concurrent use.
 //
-// The context ends when the gateway closes. An error from Register is
-// logged and the tunnel stays unpublished by this registerer until the
-// tunnel's next change; an error from Close is logged.
+// Calls run off the agent's path: an agent's registration never waits for
+// a registerer. Register's context ends after Config.RegisterTimeout or
+// when the gateway closes. An error from Register or Close is logged at
+// Warn and retried with backoff until the registerer agrees with the
+// tunnel's latest state.
 type Registerer interface {
 	Register(ctx context.Context, r Route) (io.Closer, error)
 }

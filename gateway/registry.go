@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -89,8 +88,9 @@ type tunnel struct {
 	leaseEnd time.Time                  // when lease fires; under reg.mu
 	removed  bool                       // under reg.mu
 
-	regMu     sync.Mutex // serializes registerer calls
-	regCloser io.Closer
+	// regs is the tunnel's state with each registerer, made by its first
+	// reconcile while live; under reg.mu (see reconcile.go).
+	regs []*registration
 
 	visitors atomic.Pointer[visitorPolicy] // set by the latest registration
 }
@@ -359,33 +359,5 @@ func (r *registry) close() {
 	r.mu.Unlock()
 	for _, t := range ts {
 		t.reconcile()
-	}
-}
-
-// reconcile brings the registerer in line with the tunnel's state: a route
-// while an agent is online, none otherwise.
-func (t *tunnel) reconcile() {
-	rg := t.reg.srv.cfg.Registerer
-	if rg == nil {
-		return
-	}
-	t.regMu.Lock()
-	defer t.regMu.Unlock()
-	t.reg.mu.Lock()
-	live := !t.removed && len(t.live()) > 0
-	t.reg.mu.Unlock()
-	switch {
-	case live && t.regCloser == nil:
-		c, err := rg.Register(t.reg.srv.ctx, Route{Name: t.name, Port: t.port, Identity: t.identity})
-		if err != nil {
-			t.log.Error("registerer failed", "err", err)
-			return
-		}
-		t.regCloser = c
-	case !live && t.regCloser != nil:
-		if err := t.regCloser.Close(); err != nil {
-			t.log.Error("registerer close failed", "err", err)
-		}
-		t.regCloser = nil
 	}
 }

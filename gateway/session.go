@@ -26,7 +26,8 @@ type session struct {
 	sess     transport.Session
 	log      *slog.Logger
 	identity Identity
-	quota    Quota // the identity's, with the gateway's defaults
+	quota    Quota      // the identity's, with the gateway's defaults
+	login    loginState // credentials and control stream, for re-checks (reload.go)
 
 	// outstanding counts the HTTP requests in flight on this session, for
 	// least-outstanding balancing.
@@ -207,11 +208,14 @@ func (s *Server) flush(ts transport.Session) {
 }
 
 func (ss *session) reply(w io.Writer, m protocol.Message) error {
+	ss.login.writeMu.Lock()
+	defer ss.login.writeMu.Unlock()
 	return protocol.WriteMessage(w, m)
 }
 
 // handshake exchanges hellos and authenticates the agent.
 func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
+	ss.login.ctrl = ctrl
 	m, err := protocol.ReadMessage(ctrl)
 	if err != nil {
 		return fmt.Errorf("read hello: %w", err)
@@ -244,7 +248,7 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		ss.reply(ctrl, perr)
 		return errors.New(perr.Message)
 	}
-	id, err := ss.srv.cfg.Auth.Authenticate(ctx, Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
+	id, err := ss.authenticate(ctx, Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
 	if err != nil {
 		if errors.Is(err, ErrUnauthorized) {
 			// Logged at Debug: the limiter sums failures up at Warn.
@@ -276,7 +280,8 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	if n >= ss.srv.cfg.MaxNamesPerSession {
 		return &protocol.Error{Code: protocol.CodeTooManyNames, Message: fmt.Sprintf("at most %d names per connection", ss.srv.cfg.MaxNamesPerSession)}
 	}
-	if err := ss.srv.cfg.Auth.Authorize(ss.srv.ctx, ss.identity, req.Name); err != nil {
+	auth := ss.srv.authenticator()
+	if err := auth.a.Authorize(ss.srv.ctx, ss.identity, req.Name); err != nil {
 		ss.log.Info("name refused", "name", req.Name, "err", err)
 		if errors.Is(err, ErrForbidden) {
 			return &protocol.Error{Code: protocol.CodeForbidden, Message: fmt.Sprintf("name %q is not allowed for this token", req.Name)}
@@ -290,6 +295,9 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	t, perr := ss.srv.reg.join(ss, req)
 	if perr != nil {
 		ss.log.Info("name refused", "name", req.Name, "code", perr.Code, "reason", perr.Message)
+		return perr
+	}
+	if perr := ss.confirmName(auth, t); perr != nil {
 		return perr
 	}
 	httpURL, httpsURL := ss.srv.URLs(t.name)

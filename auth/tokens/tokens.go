@@ -4,7 +4,6 @@
 package tokens
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -54,11 +54,9 @@ func Load(file string) (*Tokens, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tokens file: %w", err)
 	}
-	var entries []Entry
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&entries); err != nil {
-		return nil, fmt.Errorf("tokens file %s: %w", file, err)
+	entries, err := decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("tokens file %s%w", file, err)
 	}
 	t, err := New(entries)
 	if err != nil {
@@ -156,4 +154,116 @@ func (t *Tokens) Authorize(_ context.Context, id gateway.Identity, name string) 
 		}
 	}
 	return fmt.Errorf("%w: %q", gateway.ErrForbidden, name)
+}
+
+// decode reads the entries of a tokens file with errors in plain words:
+// ":LINE: what is wrong", naming the key.
+func decode(data []byte) ([]Entry, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf(": not valid YAML: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if len(doc.Content) == 0 {
+		return nil, errors.New(": empty file: want a list of entries such as \"- token: s3cret\"")
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf(":%d: want a list of entries such as \"- token: s3cret\", got %s", root.Line, describe(root))
+	}
+	entries := make([]Entry, 0, len(root.Content))
+	for _, n := range root.Content {
+		if n.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf(":%d: want an entry (token, names, identity, quota), got %s", n.Line, describe(n))
+		}
+		var e Entry
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			var err error
+			switch k.Value {
+			case "token":
+				e.Token, err = scalar(k.Value, v)
+			case "identity":
+				e.Identity, err = scalar(k.Value, v)
+			case "names":
+				e.Names, err = strList(k.Value, v)
+			case "quota":
+				e.Quota, err = quota(v)
+			default:
+				err = fmt.Errorf(":%d: unknown key %q (known: token, names, identity, quota)", k.Line, k.Value)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		entries = append(entries, e)
+	}
+	return entries, nil
+}
+
+func scalar(key string, v *yaml.Node) (string, error) {
+	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+		return "", fmt.Errorf(":%d: %s: want a string, got %s", v.Line, key, describe(v))
+	}
+	return v.Value, nil
+}
+
+func strList(key string, v *yaml.Node) ([]string, error) {
+	if v.Kind == yaml.ScalarNode && v.Tag != "!!null" {
+		return []string{v.Value}, nil
+	}
+	if v.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf(":%d: %s: want a list such as [\"example\", \"demo-*\"], got %s", v.Line, key, describe(v))
+	}
+	out := make([]string, 0, len(v.Content))
+	for _, it := range v.Content {
+		s, err := scalar(key, it)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func quota(v *yaml.Node) (gateway.Quota, error) {
+	var q gateway.Quota
+	if v.Kind != yaml.MappingNode {
+		return q, fmt.Errorf(":%d: quota: want a mapping such as {names: 10}, got %s", v.Line, describe(v))
+	}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, n := v.Content[i], v.Content[i+1]
+		var dst *int
+		switch k.Value {
+		case "names":
+			dst = &q.Names
+		case "ports":
+			dst = &q.Ports
+		case "sessions":
+			dst = &q.Sessions
+		case "cert_orders_per_hour":
+			dst = &q.CertOrdersPerHour
+		default:
+			return q, fmt.Errorf(":%d: quota: unknown key %q (known: names, ports, sessions, cert_orders_per_hour)", k.Line, k.Value)
+		}
+		x, err := strconv.Atoi(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			return q, fmt.Errorf(":%d: quota %s: want a whole number, got %s", n.Line, k.Value, describe(n))
+		}
+		*dst = x
+	}
+	return q, nil
+}
+
+// describe words a node for an error: the value as written, or what it is.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	if n.Tag == "!!null" {
+		return "nothing"
+	}
+	return strconv.Quote(n.Value)
 }

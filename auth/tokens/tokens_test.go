@@ -84,6 +84,10 @@ func TestLoadTokensErrors(t *testing.T) {
 		"empty file":      {"", "tokens file"},
 		"bad quota":       {"- token: x\n  names: [a]\n  quota: {names: -2}", "quota names"},
 		"quota field":     {"- token: x\n  names: [a]\n  quota: {nmes: 3}", "nmes"},
+		"key with line":   {"- token: x\n  names: [a]\n  nmaes: [b]", `.yaml:3: unknown key "nmaes" (known: token, names, identity, quota)`},
+		"names type":      {"- token: x\n  names: {a: b}", `.yaml:2: names: want a list such as ["example", "demo-*"], got a mapping`},
+		"quota type":      {"- token: x\n  names: [a]\n  quota: {names: lots}", `.yaml:3: quota names: want a whole number, got "lots"`},
+		"entry type":      {"- token: x\n  names: [a]\n- just a string", `.yaml:3: want an entry (token, names, identity, quota), got "just a string"`},
 		"two quotas":      {"- token: x\n  identity: i\n  names: [a]\n  quota: {names: 3}\n- token: y\n  identity: i\n  names: [b]\n  quota: {names: 4}", "different quota"},
 	}
 	for name, tc := range tests {
@@ -94,6 +98,9 @@ func TestLoadTokensErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %q does not mention %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "tokens.Entry") || strings.Contains(err.Error(), "!!") {
+				t.Fatalf("error %q names a Go or YAML type", err)
 			}
 		})
 	}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,19 +10,17 @@ import (
 	"net/url"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/alecthomas/kong"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/internal/printable"
-	"github.com/diglett/diglett/internal/relay"
+	"github.com/diglett/diglett/config"
 )
 
 type agentCmd struct {
 	Gateway       []string         `short:"g" required:"" sep:"none" placeholder:"HOST:PORT" help:"Gateway to connect to (repeatable: the names are published on every gateway)."`
-	Name          []string         `short:"n" required:"" sep:"none" placeholder:"NAME" help:"Name to publish (repeatable)."`
+	Name          []string         `short:"n" sep:"none" placeholder:"NAME" help:"Name to publish (repeatable; required unless --config gives tunnels)."`
 	Token         string           `short:"t" placeholder:"TOKEN" help:"Token the gateway knows this agent by."`
 	Debug         int              `short:"d" type:"counter" help:"Log more (repeatable)."`
 	Port          int              `placeholder:"N" help:"Ask for this public TCP port (it must be free and in the gateway's range)."`
@@ -43,18 +40,20 @@ type agentCmd struct {
 	BasicAuth     string           `name:"basic-auth" placeholder:"USER:PASS" help:"Make the gateway ask HTTP visitors for this user and password (the tunnel's raw TCP port then refuses visitors)."`
 	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR,..." help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
 	H2C           bool             `name:"h2c" help:"The backend speaks HTTP/2 without TLS (gRPC, say): the gateway speaks HTTP/2 to it."`
-	Backend       string           `arg:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT)."`
+	Backend       string           `arg:"" optional:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT); required unless --config gives tunnels."`
 	VersionFlag   kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
+	Config        string           `type:"existingfile" placeholder:"FILE" help:"YAML configuration file (version: 1): a key per flag (known_gateways for --known-gateways), plus tunnels: [{name: web, backend: localhost:3000}, ...] to serve several tunnels, each with its own backend. Flags and DIGLETT_* variables override it."`
 }
 
 // Agent runs diglett with args until ctx ends or a fatal error.
 func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c agentCmd
-	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.", args, stdout, stderr); err != nil {
+	fr := &fileResolver{load: config.LoadAgent}
+	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.", args, stdout, stderr, fr); err != nil {
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
-	backend, err := backendAddr(c.Backend)
+	groups, err := c.tunnelGroups(fr.file)
 	if err != nil {
 		return err
 	}
@@ -67,18 +66,12 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Transport:       c.Transport,
 		Connections:     c.Connections,
 		WebSocketAddr:   c.WSAddr,
-		Name:            c.Name[0],
-		Names:           c.Name[1:],
 		Token:           c.Token,
-		Port:            c.Port,
 		Fingerprint:     c.Fingerprint,
 		KnownGateways:   c.KnownGateways,
 		KeepAlivePeriod: c.KeepAlive,
 		MaxIdleTimeout:  c.MaxIdle,
 		Logger:          log,
-		BasicAuth:       c.BasicAuth,
-		AllowIPs:        c.AllowIPs,
-		H2C:             c.H2C,
 	}
 	if c.Proxy != "" {
 		u, err := url.Parse(c.Proxy)
@@ -102,21 +95,7 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	ln, err := diglett.Listen(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	for _, t := range ln.AllTunnels() {
-		for _, u := range t.URLs() {
-			// The URLs come from the gateway: printed safe.
-			fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, printable.String(u, 0), backend)
-		}
-	}
-	return forward(ctx, ln, backend, forwardOptions{
-		dialTimeout:      c.DialTimeout,
-		drainTimeout:     c.DrainTimeout,
-		halfCloseTimeout: c.HalfClose,
-	}, log)
+	return serveTunnels(ctx, cfg, groups, forwardOptions(c.DialTimeout, c.DrainTimeout, c.HalfClose, log), stdout)
 }
 
 // backendAddr accepts HOST:PORT or a bare PORT.
@@ -137,207 +116,21 @@ func backendAddr(s string) (string, error) {
 	return s, nil
 }
 
-// forwardOptions tunes forward.
-type forwardOptions struct {
-	dialTimeout      time.Duration // bounds a backend dial
-	drainTimeout     time.Duration // how long a stopping agent waits for open connections
-	halfCloseTimeout time.Duration // bounds a half-closed relay (relay.Options)
-}
-
-// forward serves visitors from ln by dialing backend, until ctx ends or
-// the listener stops on a fatal error. When ctx ends it stops taking new
-// visitors, gives those in flight up to o.drainTimeout, then aborts both
-// sides of every relay still open and disconnects. A relay whose session
-// to the gateway ends is aborted at once.
-func forward(ctx context.Context, ln *diglett.Listener, backend string, o forwardOptions, log *slog.Logger) error {
-	var (
-		rs      = newRelays()
-		wg      sync.WaitGroup
-		drained = make(chan struct{})
-	)
-	stop := context.AfterFunc(ctx, func() {
-		defer close(drained)
-		if err := ln.Drain(); err != nil {
-			log.Debug("could not tell the gateway to send no more visitors", "err", err)
+// forwardOptions turns the command line's bounds into diglett.Forward's
+// options. On the command line zero means "no bound" (or "at once" for the
+// drain), as it did before the forwarder moved into the library, where zero
+// takes the default: zero becomes negative.
+func forwardOptions(dial, drain, halfClose time.Duration, log *slog.Logger) diglett.ForwardOptions {
+	noZero := func(d time.Duration) time.Duration {
+		if d == 0 {
+			return -1
 		}
-		log.Info("shutting down: waiting for open connections", "connections", rs.len(), "timeout", o.drainTimeout)
-		if !rs.wait(o.drainTimeout) {
-			log.Warn("drain time is up: closing the connections still open", "connections", rs.len())
-		}
-		rs.abortAll()
-		ln.Close()
-	})
-	defer stop()
-	d := net.Dialer{Timeout: o.dialTimeout}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				<-drained
-				wg.Wait()
-				return nil
-			}
-			ln.Close()
-			rs.abortAll()
-			wg.Wait()
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return err
-		}
-		vc := c.(*diglett.Conn)
-		r := rs.add(vc)
-		if r == nil { // draining
-			vc.Abort(nil)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer rs.remove(r)
-			r.run(&d, backend, o.halfCloseTimeout, log)
-		}()
+		return d
 	}
-}
-
-// relayPair is a visitor's connection and, once dialed, its backend's.
-type relayPair struct {
-	vc        *diglett.Conn
-	ctx       context.Context // ends when the pair is aborted: bounds the dial
-	cancel    context.CancelFunc
-	stopWatch func() bool // stops watching the visitor's session
-
-	mu      sync.Mutex
-	bc      net.Conn
-	aborted bool
-}
-
-// run dials the backend and relays both ways until both sides are done or
-// the pair is aborted.
-func (p *relayPair) run(d *net.Dialer, backend string, halfClose time.Duration, log *slog.Logger) {
-	vc := p.vc
-	l := log.With("tunnel", vc.Name(), "visitor", vc.RemoteAddr().String())
-	bc, err := d.DialContext(p.ctx, "tcp", backend)
-	if err != nil {
-		if p.ctx.Err() == nil {
-			l.Warn("backend refused the connection", "backend", backend, "err", err)
-		}
-		vc.Abort(err)
-		return
-	}
-	if !p.setBackend(bc) {
-		bc.Close()
-		return
-	}
-	l.Debug("visitor connected")
-	up, down, err := relay.PipeWith(vc, bc, relay.Options{HalfCloseTimeout: halfClose})
-	l.Debug("visitor disconnected", "sent", up, "received", down, "err", err)
-}
-
-// setBackend records the backend connection; false when the pair was
-// aborted meanwhile.
-func (p *relayPair) setBackend(bc net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.aborted {
-		return false
-	}
-	p.bc = bc
-	return true
-}
-
-// abort resets both sides, which ends the relay's goroutines at once.
-func (p *relayPair) abort() {
-	p.mu.Lock()
-	p.aborted = true
-	bc := p.bc
-	p.mu.Unlock()
-	p.cancel()
-	p.vc.Reset()
-	if bc != nil {
-		if tc, ok := bc.(*net.TCPConn); ok {
-			tc.SetLinger(0)
-		}
-		bc.Close()
-	}
-}
-
-// relays are the relays of a forwarder.
-type relays struct {
-	mu     sync.Mutex
-	pairs  map[*relayPair]struct{}
-	closed bool          // no more relays: the forwarder is stopping
-	empty  chan struct{} // closed when pairs empties; made by wait
-}
-
-func newRelays() *relays { return &relays{pairs: make(map[*relayPair]struct{})} }
-
-// add starts tracking vc's relay; nil once the relays are closed. The
-// relay is aborted as soon as vc's session to the gateway ends.
-func (rs *relays) add(vc *diglett.Conn) *relayPair {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.closed {
-		return nil
-	}
-	p := &relayPair{vc: vc}
-	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.stopWatch = context.AfterFunc(vc.SessionContext(), p.abort)
-	rs.pairs[p] = struct{}{}
-	return p
-}
-
-func (rs *relays) remove(p *relayPair) {
-	p.stopWatch()
-	p.cancel()
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	delete(rs.pairs, p)
-	if len(rs.pairs) == 0 && rs.empty != nil {
-		close(rs.empty)
-		rs.empty = nil
-	}
-}
-
-func (rs *relays) len() int {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	return len(rs.pairs)
-}
-
-// wait waits until no relay is left, for at most d; it reports whether
-// none is.
-func (rs *relays) wait(d time.Duration) bool {
-	rs.mu.Lock()
-	if len(rs.pairs) == 0 {
-		rs.mu.Unlock()
-		return true
-	}
-	if rs.empty == nil {
-		rs.empty = make(chan struct{})
-	}
-	empty := rs.empty
-	rs.mu.Unlock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-empty:
-		return true
-	case <-t.C:
-		return false
-	}
-}
-
-// abortAll takes no more relays and aborts those still open.
-func (rs *relays) abortAll() {
-	rs.mu.Lock()
-	rs.closed = true
-	pairs := make([]*relayPair, 0, len(rs.pairs))
-	for p := range rs.pairs {
-		pairs = append(pairs, p)
-	}
-	rs.mu.Unlock()
-	for _, p := range pairs {
-		p.abort()
+	return diglett.ForwardOptions{
+		DialTimeout:      noZero(dial),
+		DrainTimeout:     noZero(drain),
+		HalfCloseTimeout: noZero(halfClose),
+		Logger:           log,
 	}
 }

@@ -20,10 +20,14 @@ var Version = "dev"
 var errHelp = errors.New("help printed")
 
 // parse parses args into app. Every flag can also come from the environment
-// as DIGLETT_<FLAG>.
-func parse(app any, name, desc string, args []string, stdout, stderr io.Writer) error {
+// as DIGLETT_<FLAG>, and from the file of --config when file is not nil.
+func parse(app any, name, desc string, args []string, stdout, stderr io.Writer, file ...*fileResolver) error {
 	exited := false
-	k, err := kong.New(app,
+	var opts []kong.Option
+	for _, r := range file {
+		opts = append(opts, kong.Resolvers(r))
+	}
+	k, err := kong.New(app, append(opts,
 		kong.Name(name),
 		kong.Description(desc),
 		kong.Writers(stdout, stderr),
@@ -31,13 +35,18 @@ func parse(app any, name, desc string, args []string, stdout, stderr io.Writer) 
 		kong.DefaultEnvars("DIGLETT"),
 		kong.Vars{"version": Version},
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-	)
+	)...)
 	if err != nil {
 		return fmt.Errorf("command line: %w", err)
 	}
 	_, err = k.Parse(args)
 	if exited {
 		return errHelp
+	}
+	for _, r := range file {
+		if r.err != nil {
+			return r.err
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%w (see %s --help)", err, name)

@@ -18,14 +18,12 @@ import (
 
 	"github.com/alecthomas/kong"
 
-	"github.com/diglett/diglett/auth/allowall"
-	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/quictransport"
-	reglog "github.com/diglett/diglett/register/log"
 )
 
 type serverCmd struct {
@@ -35,6 +33,7 @@ type serverCmd struct {
 	Ports       string           `default:"30000-40000" placeholder:"MIN-MAX" help:"Range of public TCP ports given to tunnels."`
 	PublicBind  string           `placeholder:"HOST" help:"Address public TCP ports listen on (default: all interfaces)."`
 	Tokens      string           `type:"existingfile" placeholder:"FILE" help:"YAML file of agent tokens and the names each may publish. Without it anyone can register any name."`
+	Watch       bool             `help:"Reload the --tokens file as soon as it changes (SIGHUP always reloads it). Follows editors' renames and Kubernetes ConfigMap updates."`
 	Lease       time.Duration    `default:"60s" help:"How long a disconnected agent's names and ports stay reserved for it."`
 	Cert        string           `type:"existingfile" placeholder:"FILE" help:"TLS certificate (PEM) for agent connections, e.g. from a CA. Default: a self-signed certificate for the key in the data dir."`
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
@@ -43,6 +42,7 @@ type serverCmd struct {
 	DebugAddr   string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060."`
 	QUIC        bool             `name:"quic" default:"true" negatable:"" help:"Also take agents over QUIC on the --listen port number over UDP (--no-quic to disable)."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
+	Config      string           `type:"existingfile" placeholder:"FILE" help:"YAML configuration file (version: 1): a key per flag (max_visitors for --max-visitors), plus auth and register modules. Flags and DIGLETT_* variables override it. Check one with: diglett-server check-config FILE."`
 
 	MaxNamesPerIdentity    int `name:"max-names-per-identity" default:"64" placeholder:"N" help:"Names one identity may hold, live or leased (0: no limit; a tokens file entry may set its own quota)."`
 	MaxPortsPerIdentity    int `name:"max-ports-per-identity" default:"64" placeholder:"N" help:"Public TCP ports one identity's tunnels may hold (0: no limit)."`
@@ -71,10 +71,15 @@ type serverCmd struct {
 	HTTPMaxRequestsPerSource int           `name:"http-max-requests-per-source" default:"512" placeholder:"N" help:"HTTP requests in flight at once from one visitor address (IPv6: per /64); more are answered 429 Too Many Requests at once."`
 }
 
-// Server runs diglett-server with args until ctx ends.
+// Server runs diglett-server with args until ctx ends; with the
+// check-config subcommand it checks a configuration file and returns.
 func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "check-config" {
+		return checkConfig(args[1:], stdout, stderr)
+	}
 	var c serverCmd
-	if err := parse(&c, "diglett-server", "The diglett gateway: publishes the services of agents that dial in.", args, stdout, stderr); err != nil {
+	fr := &fileResolver{load: config.LoadServer}
+	if err := parse(&c, "diglett-server", serverDesc, args, stdout, stderr, fr); err != nil {
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
@@ -124,15 +129,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
-	var authn gateway.Authenticator = allowall.Authenticator{}
-	if c.Tokens != "" {
-		t, err := tokens.Load(c.Tokens)
-		if err != nil {
-			return err
-		}
-		authn = t
-	} else {
-		log.Warn("no --tokens file: ANYONE who can reach this gateway can register any name")
+	authn, regs, err := c.modules(fr.file, log)
+	if err != nil {
+		return err
 	}
 
 	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
@@ -142,7 +141,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv, err := gateway.New(gateway.Config{
 		TLS:             &tls.Config{Certificates: []tls.Certificate{cert}},
 		Auth:            authn,
-		Registerer:      &reglog.Registerer{Logger: log},
+		Registerers:     regs,
 		PortMin:         lo,
 		PortMax:         hi,
 		PublicHost:      c.PublicBind,
@@ -170,6 +169,11 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer srv.Close()
+	stopReloads, err := c.startReloads(ctx, srv, log)
+	if err != nil {
+		return err
+	}
+	defer stopReloads()
 
 	// Every listener is opened before anything is served, so that a port
 	// in use fails the start with a clear error.

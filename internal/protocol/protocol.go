@@ -1,6 +1,7 @@
 // Package protocol holds diglett's wire messages: the control-stream
 // messages (hello, login, register, replies with error codes) and the short
-// header that starts every data stream. docs/PROTOCOL.md is its spec.
+// header that starts every data stream. PROTOCOL.md, beside it, is its
+// spec; spec_test.go checks the spec against the constants.
 package protocol
 
 import (

@@ -1,0 +1,377 @@
+// Package config reads the versioned configuration files of diglett-server
+// and diglett (YAML, "version: 1"), and builds the gateway's modules from
+// them through one explicit table (modules.go). Every problem is reported
+// with the file, the line and the key, in plain words; a file is checked
+// whole, so every problem in it is reported at once.
+//
+// A file holds plain settings, one per command-line flag (the flag's name
+// in snake_case: max_visitors for --max-visitors), whose keys and kinds
+// the caller gives as a Schema, and sections of their own: auth and
+// register (the gateway's modules) and tunnels (the agent's tunnels).
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Version is the only version of the file format.
+const Version = 1
+
+// Kind is the kind of value a setting takes.
+type Kind int
+
+// The kinds of settings.
+const (
+	String   Kind = iota // any scalar
+	Int                  // a whole number
+	Bool                 // true or false
+	Duration             // a duration such as 60s or 1m30s
+	List                 // a list of strings (or one string)
+	Path                 // a file or directory: relative to the config file's directory
+)
+
+// Schema maps the keys of a file's plain settings to their kinds.
+type Schema map[string]Kind
+
+// Setting is one plain setting of a file, checked against its kind.
+type Setting struct {
+	Key  string
+	Line int
+	// Value is the setting's value as text (a Path made absolute); for a
+	// List, its items joined by commas.
+	Value string
+	// List holds the items of a List setting.
+	List []string
+}
+
+// Module is one item of a module list (auth, register): the module's name
+// and its own settings, checked when the module is built.
+type Module struct {
+	Name string
+	Line int
+	node *yaml.Node // the settings; nil when none were given
+}
+
+// Tunnel is one tunnel of an agent's file.
+type Tunnel struct {
+	Name      string
+	Backend   string // as written: HOST:PORT or a bare PORT
+	H2C       bool
+	BasicAuth string
+	AllowIPs  []string
+	Port      int
+	Line      int
+}
+
+// File is a checked configuration file.
+type File struct {
+	// Path is the file as given; Dir is its directory, which relative
+	// paths in it are taken from.
+	Path, Dir string
+	// Settings are the plain settings, by key.
+	Settings map[string]Setting
+	// Auth and Register are the gateway's module lists, in file order.
+	Auth, Register []Module
+	// Tunnels are the agent's tunnels, in file order.
+	Tunnels []Tunnel
+}
+
+// Lookup returns the setting of key, if the file has it.
+func (f *File) Lookup(key string) (Setting, bool) {
+	if f == nil {
+		return Setting{}, false
+	}
+	s, ok := f.Settings[key]
+	return s, ok
+}
+
+// LoadServer reads a diglett-server file: the settings of schema, plus
+// auth and register.
+func LoadServer(path string, schema Schema) (*File, error) {
+	return load(path, schema, []string{"auth", "register"})
+}
+
+// LoadAgent reads a diglett file: the settings of schema, plus tunnels.
+func LoadAgent(path string, schema Schema) (*File, error) {
+	return load(path, schema, []string{"tunnels"})
+}
+
+func load(path string, schema Schema, sections []string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	return parse(path, dir, data, schema, sections)
+}
+
+// parse checks data, the text of file, whose relative paths are taken
+// from dir.
+func parse(file, dir string, data []byte, schema Schema, sections []string) (*File, error) {
+	errs := &errorList{file: file}
+	f := &File{Path: file, Dir: dir, Settings: make(map[string]Setting)}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		errs.add(yamlLine(err), "not valid YAML: %s", yamlMsg(err))
+		return nil, errs.err()
+	}
+	if len(doc.Content) == 0 {
+		errs.add(0, "empty file: start it with \"version: %d\"", Version)
+		return nil, errs.err()
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		errs.add(root.Line, "want a mapping of keys to values (version: %d, ...), got %s", Version, describe(root))
+		return nil, errs.err()
+	}
+	known := append(slices.Sorted(maps.Keys(schema)), sections...)
+	known = append(known, "version")
+	seen := map[string]int{}
+	version := false
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		key := k.Value
+		if line, dup := seen[key]; dup {
+			errs.add(k.Line, "%s: given twice (first on line %d)", key, line)
+			continue
+		}
+		seen[key] = k.Line
+		switch {
+		case key == "version":
+			version = true
+			if n, err := strconv.Atoi(v.Value); v.Kind != yaml.ScalarNode || err != nil || n != Version {
+				errs.add(v.Line, "version: want %d, got %s", Version, describe(v))
+			}
+		case key == "auth" && slices.Contains(sections, key):
+			f.Auth = parseModules(errs, key, v)
+		case key == "register" && slices.Contains(sections, key):
+			f.Register = parseModules(errs, key, v)
+		case key == "tunnels" && slices.Contains(sections, key):
+			f.Tunnels = parseTunnels(errs, v)
+		default:
+			kind, ok := schema[key]
+			if !ok {
+				errs.add(k.Line, "%s", unknownKey(key, known))
+				continue
+			}
+			if s, ok := parseSetting(errs, dir, key, kind, v); ok {
+				f.Settings[key] = s
+			}
+		}
+	}
+	if !version {
+		errs.add(root.Line, "no version: start the file with \"version: %d\"", Version)
+	}
+	if err := errs.err(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// parseSettings checks the settings of a mapping (a module's block)
+// against schema.
+func parseSettings(errs *errorList, dir, where string, schema Schema, n *yaml.Node) map[string]Setting {
+	out := map[string]Setting{}
+	if n == nil || n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return out
+	}
+	if n.Kind != yaml.MappingNode {
+		errs.add(n.Line, "%s: want a mapping of settings such as {file: tokens.yaml}, got %s", where, describe(n))
+		return out
+	}
+	known := slices.Sorted(maps.Keys(schema))
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		kind, ok := schema[k.Value]
+		if !ok {
+			msg := unknownKey(k.Value, known)
+			if len(known) == 0 {
+				msg = fmt.Sprintf("unknown key %q (this module takes no settings)", k.Value)
+			}
+			errs.add(k.Line, "%s: %s", where, msg)
+			continue
+		}
+		if s, ok := parseSetting(errs, dir, where+"."+k.Value, kind, v); ok {
+			out[k.Value] = s
+		}
+	}
+	return out
+}
+
+// parseSetting checks v against kind.
+func parseSetting(errs *errorList, dir, key string, kind Kind, v *yaml.Node) (Setting, bool) {
+	s := Setting{Key: key, Line: v.Line}
+	if kind == List {
+		switch v.Kind {
+		case yaml.ScalarNode:
+			s.List = []string{v.Value}
+		case yaml.SequenceNode:
+			for _, it := range v.Content {
+				if it.Kind != yaml.ScalarNode {
+					errs.add(it.Line, "%s: want a list of strings, got %s in it", key, describe(it))
+					return s, false
+				}
+				s.List = append(s.List, it.Value)
+			}
+		default:
+			errs.add(v.Line, "%s: want a list of strings, got %s", key, describe(v))
+			return s, false
+		}
+		s.Value = strings.Join(s.List, ",")
+		return s, true
+	}
+	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), describe(v))
+		return s, false
+	}
+	s.Value = v.Value
+	var bad bool
+	switch kind {
+	case Int:
+		_, err := strconv.Atoi(v.Value)
+		bad = err != nil
+	case Bool:
+		_, err := strconv.ParseBool(v.Value)
+		bad = err != nil || v.Tag != "!!bool"
+	case Duration:
+		_, err := time.ParseDuration(v.Value)
+		bad = err != nil
+	case Path:
+		if v.Value != "" && !filepath.IsAbs(v.Value) {
+			s.Value = filepath.Join(dir, v.Value)
+		}
+	}
+	if bad {
+		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), describe(v))
+		return s, false
+	}
+	return s, true
+}
+
+func want(k Kind) string {
+	switch k {
+	case Int:
+		return "a whole number"
+	case Bool:
+		return "true or false"
+	case Duration:
+		return "a duration such as 60s"
+	case List:
+		return "a list of strings"
+	case Path:
+		return "a file name"
+	}
+	return "a string"
+}
+
+// describe words a node for an error: the value as written, or what it is.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	if n.Tag == "!!null" {
+		return "nothing"
+	}
+	return strconv.Quote(n.Value)
+}
+
+// parseModules checks a module list: a list of one-key mappings
+// {module-name: settings}.
+func parseModules(errs *errorList, section string, n *yaml.Node) []Module {
+	if n.Kind != yaml.SequenceNode {
+		errs.add(n.Line, "%s: want a list of modules such as \"- log: {}\", got %s", section, describe(n))
+		return nil
+	}
+	var ms []Module
+	for _, it := range n.Content {
+		if it.Kind != yaml.MappingNode || len(it.Content) != 2 {
+			errs.add(it.Line, "%s: want one module per item, as \"- NAME: {settings}\", got %s", section, describe(it))
+			continue
+		}
+		m := Module{Name: it.Content[0].Value, Line: it.Content[0].Line, node: it.Content[1]}
+		if _, ok := modules[m.Name]; !ok || modules[m.Name].section != section {
+			errs.add(m.Line, "%s: unknown module %q (known: %s)", section, m.Name, strings.Join(moduleNames(section), ", "))
+			continue
+		}
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+// tunnelSchema is the settings of one tunnel.
+var tunnelSchema = Schema{"name": String, "backend": String, "h2c": Bool, "basic_auth": String, "allow_ips": List, "port": Int}
+
+func parseTunnels(errs *errorList, n *yaml.Node) []Tunnel {
+	if n.Kind != yaml.SequenceNode {
+		errs.add(n.Line, "tunnels: want a list such as [{name: web, backend: localhost:3000}], got %s", describe(n))
+		return nil
+	}
+	var ts []Tunnel
+	names := map[string]int{}
+	for i, it := range n.Content {
+		where := fmt.Sprintf("tunnels[%d]", i+1)
+		before := len(errs.errs)
+		s := parseSettings(errs, "", where, tunnelSchema, it)
+		if len(errs.errs) > before {
+			continue
+		}
+		t := Tunnel{Name: s["name"].Value, Backend: s["backend"].Value, BasicAuth: s["basic_auth"].Value, AllowIPs: s["allow_ips"].List, Line: it.Line}
+		t.H2C, _ = strconv.ParseBool(s["h2c"].Value)
+		t.Port, _ = strconv.Atoi(s["port"].Value)
+		if t.Name == "" || t.Backend == "" {
+			errs.add(it.Line, "%s: want a name and a backend, as {name: web, backend: localhost:3000}", where)
+			continue
+		}
+		if line, dup := names[t.Name]; dup {
+			errs.add(it.Line, "%s: tunnel %q given twice (first on line %d)", where, t.Name, line)
+			continue
+		}
+		names[t.Name] = it.Line
+		ts = append(ts, t)
+	}
+	return ts
+}
+
+// yamlLine finds the line in a YAML syntax error, or 0.
+func yamlLine(err error) int {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return 0
+	}
+	msg := err.Error()
+	if _, rest, ok := strings.Cut(msg, "line "); ok {
+		end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+		if end > 0 {
+			n, _ := strconv.Atoi(rest[:end])
+			return n
+		}
+	}
+	return 0
+}
+
+// yamlMsg strips the prefix and line of a YAML syntax error.
+func yamlMsg(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if _, rest, ok := strings.Cut(msg, ": "); ok && strings.HasPrefix(msg, "line ") {
+		return rest
+	}
+	return msg
+}

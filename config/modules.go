@@ -1,0 +1,162 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/gateway"
+	reglog "github.com/diglett/diglett/register/log"
+)
+
+// module is one entry of the table: the section it belongs to, the
+// settings it takes and how to build it.
+type module struct {
+	section  string // "auth" or "register"
+	settings Schema
+	auth     func(s map[string]Setting, env Env) (gateway.Authenticator, error)
+	register func(s map[string]Setting, env Env) (gateway.Registerer, error)
+}
+
+// modules is THE table from module names to modules: a new module is one
+// line here (and its own package). Nothing registers itself.
+var modules = map[string]module{
+	// tokens: {file: tokens.yaml} — static tokens scoped to name patterns.
+	"tokens": {section: "auth", settings: Schema{"file": Path}, auth: newTokens},
+	// allow_all: {} — anyone may publish any name (development only).
+	"allow_all": {section: "auth", settings: Schema{}, auth: newAllowAll},
+	// log: {} — logs "register domain 'NAME' -> 'PORT'".
+	"log": {section: "register", settings: Schema{}, register: newLog},
+}
+
+// moduleNames lists the modules of section, sorted.
+func moduleNames(section string) []string {
+	var names []string
+	for _, n := range slices.Sorted(maps.Keys(modules)) {
+		if modules[n].section == section {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// Env is what modules are built with.
+type Env struct {
+	// Logger is where modules log. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+func (e Env) logger() *slog.Logger {
+	if e.Logger == nil {
+		return slog.Default()
+	}
+	return e.Logger
+}
+
+func newTokens(s map[string]Setting, _ Env) (gateway.Authenticator, error) {
+	f, ok := s["file"]
+	if !ok {
+		return nil, errors.New("no file: give the tokens file as {file: tokens.yaml}")
+	}
+	return tokens.Load(f.Value)
+}
+
+func newAllowAll(map[string]Setting, Env) (gateway.Authenticator, error) {
+	return allowall.Authenticator{}, nil
+}
+
+func newLog(_ map[string]Setting, env Env) (gateway.Registerer, error) {
+	return &reglog.Registerer{Logger: env.logger()}, nil
+}
+
+// Authenticators builds the file's auth modules, in order. Every module
+// is built, and every problem reported with its line.
+func (f *File) Authenticators(env Env) ([]gateway.Authenticator, error) {
+	errs := &errorList{file: f.Path}
+	var out []gateway.Authenticator
+	for _, m := range f.Auth {
+		mod := modules[m.Name]
+		s := parseSettings(errs, f.Dir, "auth: "+m.Name, mod.settings, m.node)
+		if len(errs.errs) > 0 {
+			continue
+		}
+		a, err := mod.auth(s, env)
+		if err != nil {
+			errs.add(m.Line, "auth: %s: %v", m.Name, err)
+			continue
+		}
+		if m.Name == "allow_all" {
+			env.logger().Warn("auth module allow_all: ANYONE who can reach this gateway can register any name", "file", f.Path, "line", m.Line)
+		}
+		out = append(out, a)
+	}
+	return out, errs.err()
+}
+
+// Registerers builds the file's register modules, in order.
+func (f *File) Registerers(env Env) ([]gateway.Registerer, error) {
+	errs := &errorList{file: f.Path}
+	var out []gateway.Registerer
+	for _, m := range f.Register {
+		mod := modules[m.Name]
+		s := parseSettings(errs, f.Dir, "register: "+m.Name, mod.settings, m.node)
+		if len(errs.errs) > 0 {
+			continue
+		}
+		r, err := mod.register(s, env)
+		if err != nil {
+			errs.add(m.Line, "register: %s: %v", m.Name, err)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, errs.err()
+}
+
+// ClaimAuthenticator is the claim a Chain adds to an identity: the index
+// (an int) in the chain of the authenticator that authenticated it, which
+// Authorize then asks.
+const ClaimAuthenticator = "diglett.authenticator"
+
+// Chain tries authenticators in order: the first that does not refuse the
+// credentials (an error wrapping gateway.ErrUnauthorized) decides. Any
+// other error stops the chain. An empty chain refuses everyone.
+type Chain []gateway.Authenticator
+
+var _ gateway.Authenticator = Chain(nil)
+
+// Authenticate returns the identity of the first authenticator that takes
+// c, with ClaimAuthenticator set in a copy of its claims.
+func (ch Chain) Authenticate(ctx context.Context, c gateway.Credentials) (gateway.Identity, error) {
+	err := gateway.ErrUnauthorized
+	for i, a := range ch {
+		id, aerr := a.Authenticate(ctx, c)
+		if errors.Is(aerr, gateway.ErrUnauthorized) {
+			err = aerr
+			continue
+		}
+		if aerr != nil {
+			return gateway.Identity{}, aerr
+		}
+		claims := make(map[string]any, len(id.Claims)+1)
+		maps.Copy(claims, id.Claims)
+		claims[ClaimAuthenticator] = i
+		id.Claims = claims
+		return id, nil
+	}
+	return gateway.Identity{}, err
+}
+
+// Authorize asks the authenticator that authenticated id.
+func (ch Chain) Authorize(ctx context.Context, id gateway.Identity, name string) error {
+	i, ok := id.Claims[ClaimAuthenticator].(int)
+	if !ok || i < 0 || i >= len(ch) {
+		return fmt.Errorf("%w: %q: identity not authenticated by this gateway's chain", gateway.ErrForbidden, name)
+	}
+	return ch[i].Authorize(ctx, id, name)
+}

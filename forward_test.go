@@ -1,0 +1,276 @@
+package diglett_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/gateway"
+)
+
+// startForward runs diglett.Forward on ln until the test ends; the
+// returned channel receives what it returns.
+func startForward(t *testing.T, ctx context.Context, ln *diglett.Listener, backend string, o diglett.ForwardOptions) <-chan error {
+	done := make(chan error, 1)
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		done <- diglett.Forward(ctx, ln, backend, o)
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-returned
+	})
+	return done
+}
+
+// TestForwardDrainTimeout: when its context ends, Forward tells the
+// gateway, waits for open connections up to DrainTimeout, then resets
+// those still open (here half-closed visitors on a backend that never
+// answers nor closes) and returns, its listener closed.
+func TestForwardDrainTimeout(t *testing.T) {
+	checkLeaks(t)
+	const drain = time.Second
+	g := startGateway(t, gatewayOptions{})
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eofs := silentBackend(t, bl)
+	logger, logs := newLogger(t, "forward")
+	ln := mustListen(t, agentConfig(t, g, "drain"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := startForward(t, ctx, ln, bl.Addr().String(), diglett.ForwardOptions{DrainTimeout: drain, Logger: logger})
+	conns := halfClosedVisitors(t, ln.Addr().String(), 3, eofs)
+
+	cancel()
+	stopped := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Forward returned %v; want nil", err)
+		}
+	case <-time.After(drain + promptly):
+		t.Fatalf("Forward still running %v after its context ended (drain timeout %v)", drain+promptly, drain)
+	}
+	// A timer cannot fire early: returning sooner means the open relays
+	// were not waited for.
+	if took := time.Since(stopped); took < drain {
+		t.Errorf("Forward returned %v after its context ended, before the drain timeout %v", took, drain)
+	}
+	for _, want := range []string{"shutting down: waiting for open connections", "drain time is up: closing the connections still open"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	select {
+	case <-ln.Done():
+	case <-time.After(promptly):
+		t.Error("listener still open after Forward returned")
+	}
+	for _, c := range conns {
+		expectClosed(t, c, promptly)
+	}
+}
+
+// TestForwardPerTunnelBackends: one listener serving several names sends
+// each name's visitors to its own backend, chosen by Backends or by Dial;
+// a name with no backend is refused.
+func TestForwardPerTunnelBackends(t *testing.T) {
+	checkLeaks(t)
+	g := startGateway(t, gatewayOptions{})
+	// Each backend says who it is and closes.
+	backends := map[string]string{}
+	for _, name := range []string{"web", "api"} {
+		backends[name] = startBackend(t, func(c *net.TCPConn) { io.WriteString(c, "backend of "+name+"\n") })
+	}
+	var (
+		mu     sync.Mutex
+		dialed []string
+	)
+	dial := func(ctx context.Context, tunnel string) (net.Conn, error) {
+		mu.Lock()
+		dialed = append(dialed, tunnel)
+		mu.Unlock()
+		addr, ok := backends[tunnel]
+		if !ok {
+			return nil, fmt.Errorf("no backend for %s", tunnel)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	for _, tc := range []struct {
+		name string
+		o    diglett.ForwardOptions
+	}{
+		{"Backends", diglett.ForwardOptions{Backends: backends}},
+		{"Dial", diglett.ForwardOptions{Dial: dial}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := agentConfig(t, g, "web")
+			cfg.Names = []string{"api", "none"}
+			ln := mustListen(t, cfg)
+			logger, logs := newLogger(t, "forward")
+			tc.o.Logger = logger
+			startForward(t, t.Context(), ln, "", tc.o)
+			public := map[string]string{}
+			for _, tun := range ln.Tunnels() {
+				public[tun.Name] = tun.Addr.String()
+			}
+			for _, name := range []string{"web", "api", "web"} {
+				c := dialVisitor(t, public[name])
+				c.SetReadDeadline(time.Now().Add(promptly))
+				got, err := io.ReadAll(c)
+				if want := "backend of " + name + "\n"; string(got) != want {
+					t.Errorf("visitor of %s got %q, %v; want %q", name, got, err, want)
+				}
+			}
+			expectTurnedAway(t, public["none"])
+			waitFor(t, "forward log", logs, "backend refused the connection")
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got, want := strings.Join(dialed, ","), "web,api,web,none"; got != want {
+		t.Errorf("Dial called for %s; want %s", got, want)
+	}
+}
+
+// TestForwardBackendDown: a visitor whose backend is down has its
+// connection reset, and the tunnel serves again once the backend is up.
+func TestForwardBackendDown(t *testing.T) {
+	checkLeaks(t)
+	g := startGateway(t, gatewayOptions{})
+	backend := unusedAddr(t)
+	logger, logs := newLogger(t, "forward")
+	ln := mustListen(t, agentConfig(t, g, "down"))
+	startForward(t, t.Context(), ln, backend, diglett.ForwardOptions{Logger: logger})
+
+	c := dialVisitor(t, ln.Addr().String())
+	c.SetReadDeadline(time.Now().Add(promptly))
+	n, err := io.Copy(io.Discard, c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("visitor of a tunnel whose backend is down: got %d bytes, %v; want a reset", n, err)
+	}
+	waitFor(t, "forward log", logs, "backend refused the connection")
+	if !strings.Contains(logs.String(), backend) {
+		t.Errorf("log does not name the backend %s:\n%s", backend, logs)
+	}
+
+	bl, err := net.Listen("tcp", backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveEcho(t, bl)
+	mustRoundTrip(t, ln.Addr().String(), "backend is back")
+}
+
+// startForwardExampleGateway runs a gateway on loopback with a new
+// self-signed certificate, as diglett-server would on a public host.
+func startForwardExampleGateway() (addr string, stop func()) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		log.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv, err := gateway.New(gateway.Config{
+		TLS:        &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
+		Auth:       allowall.Authenticator{},
+		PublicHost: "127.0.0.1",
+		PortMin:    46000,
+		PortMax:    46999,
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go srv.Serve(ln)
+	return ln.Addr().String(), func() { srv.Close() }
+}
+
+// Publish a local service through a gateway, as the diglett agent does:
+// Forward connects every visitor to the service, and when its context
+// ends (on SIGTERM, say) it lets the open connections finish before it
+// returns.
+func ExampleForward() {
+	dir, _ := os.MkdirTemp("", "diglett-forward")
+	defer os.RemoveAll(dir)
+	gatewayAddr, stop := startForwardExampleGateway()
+	defer stop()
+
+	// The local service, e.g. "localhost:3000".
+	svc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer svc.Close()
+	go http.Serve(svc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello from the local service")
+	}))
+
+	ln, err := diglett.Listen(context.Background(), diglett.Config{
+		Gateway:       gatewayAddr, // e.g. "gateway.example.com:20000"
+		Name:          "web",
+		KnownGateways: filepath.Join(dir, "known_gateways"),
+		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- diglett.Forward(ctx, ln, svc.Addr().String(), diglett.ForwardOptions{DrainTimeout: 5 * time.Second})
+	}()
+
+	// Anyone can now reach the service on the gateway's public port.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Print(string(body))
+
+	cancel() // stop: drain, then disconnect
+	fmt.Println("forward:", <-done)
+	// Output:
+	// hello from the local service
+	// forward: <nil>
+}

@@ -1,0 +1,283 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Bounds of the registerers' retries.
+const (
+	DefaultRegisterTimeout = 30 * time.Second
+	registerBackoffMin     = time.Second
+	registerBackoffMax     = time.Minute
+)
+
+// reconciler keeps every registerer in line with the tunnels, off the
+// agents' path: a tunnel's join or leave only records what it wants (its
+// route published or not), and one worker per tunnel and registerer, alive
+// only while the two disagree, calls Register or Close until they agree.
+type reconciler struct {
+	ctx     context.Context // ends when the gateway closes; bounds Register
+	log     *slog.Logger
+	rgs     []namedRegisterer
+	timeout time.Duration // bounds one Register call
+
+	// backoffMin and backoffMax bound the wait between two attempts;
+	// tests shorten them.
+	backoffMin, backoffMax time.Duration
+
+	mu   sync.Mutex
+	busy int           // workers running
+	idle chan struct{} // closed when busy drops to zero; nil while busy is zero
+}
+
+// namedRegisterer is a registerer with the name its logs give it.
+type namedRegisterer struct {
+	Registerer
+	name string
+}
+
+func newReconciler(ctx context.Context, cfg Config) *reconciler {
+	var rgs []namedRegisterer
+	for _, rg := range append([]Registerer{cfg.Registerer}, cfg.Registerers...) {
+		if rg != nil {
+			rgs = append(rgs, namedRegisterer{rg, registererName(rg)})
+		}
+	}
+	return &reconciler{
+		ctx:        ctx,
+		log:        cfg.Logger,
+		rgs:        rgs,
+		timeout:    cfg.RegisterTimeout,
+		backoffMin: registerBackoffMin,
+		backoffMax: registerBackoffMax,
+	}
+}
+
+// registererName is what logs call rg: its String method, or its type.
+func registererName(rg Registerer) string {
+	if s, ok := rg.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return fmt.Sprintf("%T", rg)
+}
+
+// registration is the state of one tunnel with one registerer.
+type registration struct {
+	t  *tunnel
+	rg namedRegisterer
+
+	mu      sync.Mutex
+	want    bool      // the tunnel is live: its route should be published
+	route   Route     // what to publish, as of the latest wish
+	closer  io.Closer // non-nil while the route is published
+	running bool      // a worker is at work on it
+	wake    chan struct{}
+}
+
+// reconcile records whether t is live and starts a worker for each
+// registerer that does not agree yet. It never waits for a registerer.
+func (t *tunnel) reconcile() {
+	rc := t.reg.srv.regs
+	if len(rc.rgs) == 0 {
+		return
+	}
+	// The tunnel's state and the wish recorded from it change together
+	// under reg.mu, so the last call always records the latest state.
+	t.reg.mu.Lock()
+	defer t.reg.mu.Unlock()
+	live := !t.removed && len(t.live()) > 0
+	if t.regs == nil {
+		if !live {
+			return // never published
+		}
+		t.regs = make([]*registration, len(rc.rgs))
+		for i, rg := range rc.rgs {
+			t.regs[i] = &registration{t: t, rg: rg, wake: make(chan struct{}, 1)}
+		}
+	}
+	for _, r := range t.regs {
+		r.mu.Lock()
+		r.want = live
+		r.route = Route{Name: t.name, Port: t.port, Identity: t.identity}
+		switch {
+		case r.running:
+			select {
+			case r.wake <- struct{}{}:
+			default:
+			}
+		case r.want != (r.closer != nil):
+			r.running = true
+			rc.start(r)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// start runs a worker for r.
+func (rc *reconciler) start(r *registration) {
+	rc.mu.Lock()
+	if rc.busy == 0 {
+		rc.idle = make(chan struct{})
+	}
+	rc.busy++
+	rc.mu.Unlock()
+	go func() {
+		defer rc.done()
+		rc.work(r)
+	}()
+}
+
+func (rc *reconciler) done() {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.busy--; rc.busy == 0 {
+		close(rc.idle)
+		rc.idle = nil
+	}
+}
+
+// wait waits at most d for every worker to end, and reports whether they
+// did.
+func (rc *reconciler) wait(d time.Duration) bool {
+	rc.mu.Lock()
+	idle := rc.idle
+	rc.mu.Unlock()
+	if idle == nil {
+		return true
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-idle:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
+// work calls r's registerer until the route is published exactly while
+// the tunnel wants it. Failures are logged and retried with backoff; once
+// the gateway is closing they are not retried.
+func (rc *reconciler) work(r *registration) {
+	log := r.t.log.With("registerer", r.rg.name)
+	failures := 0
+	for {
+		r.mu.Lock()
+		want, closer, route := r.want, r.closer, r.route
+		if want == (closer != nil) {
+			r.running = false
+			r.mu.Unlock()
+			if failures > 0 {
+				log.Info("registerer caught up", "failed_attempts", failures)
+			}
+			return
+		}
+		r.mu.Unlock()
+
+		var err error
+		if want {
+			closer, err = rc.register(r.rg, route)
+			if err == nil {
+				r.mu.Lock()
+				r.closer = closer
+				r.mu.Unlock()
+			}
+		} else {
+			err = closer.Close()
+			if err == nil {
+				r.mu.Lock()
+				r.closer = nil
+				r.mu.Unlock()
+			}
+		}
+		if err == nil {
+			continue
+		}
+		what := "register"
+		if !want {
+			what = "unregister"
+		}
+		r.mu.Lock()
+		agreed := r.want == (r.closer != nil)
+		r.mu.Unlock()
+		if agreed {
+			// The tunnel changed its mind meanwhile: nothing to retry.
+			log.Debug("registerer failed, no longer needed", "op", what, "err", err)
+			continue
+		}
+		failures++
+		if rc.ctx.Err() != nil {
+			log.Warn("registerer failed, gateway closing: not retried", "op", what, "attempt", failures, "err", err)
+			r.mu.Lock()
+			r.running = false
+			r.mu.Unlock()
+			return
+		}
+		delay := rc.backoff(failures)
+		log.Warn("registerer failed", "op", what, "attempt", failures, "retry_in", delay.Round(time.Millisecond), "err", err)
+		rc.sleep(r, delay)
+	}
+}
+
+// register calls Register with the timeout. A nil Closer counts as one
+// with nothing to close.
+func (rc *reconciler) register(rg Registerer, route Route) (io.Closer, error) {
+	ctx, cancel := context.WithTimeout(rc.ctx, rc.timeout)
+	defer cancel()
+	c, err := rg.Register(ctx, route)
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, err
+	}
+	if c == nil {
+		c = nopCloser{}
+	}
+	return c, nil
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
+
+// backoff is the wait after the n-th failure in a row: backoffMin doubling
+// up to backoffMax, less up to half of it at random so that many tunnels
+// failing at once do not retry in step.
+func (rc *reconciler) backoff(n int) time.Duration {
+	d := rc.backoffMin
+	for i := 1; i < n && d < rc.backoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, rc.backoffMax)
+	return d - rand.N(d/2+1)
+}
+
+// sleep waits d, or less when the tunnel changes its mind in a way that
+// needs no call any more (it went away before its route was published),
+// or when the gateway closes.
+func (rc *reconciler) sleep(r *registration, d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+			return
+		case <-rc.ctx.Done():
+			return
+		case <-r.wake:
+			r.mu.Lock()
+			agreed := r.want == (r.closer != nil)
+			r.mu.Unlock()
+			if agreed {
+				return
+			}
+		}
+	}
+}

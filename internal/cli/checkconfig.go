@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/diglett/diglett/auth/allowall"
+	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/config"
+	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/protocol"
+	reglog "github.com/diglett/diglett/register/log"
+)
+
+const serverDesc = "The diglett gateway: publishes the services of agents that dial in."
+
+// checkConfig runs "diglett-server check-config FILE": it checks the file
+// as a start would (every value, the files it names, the modules) without
+// starting anything, and prints "FILE: ok" or returns every problem found.
+func checkConfig(args []string, stdout, stderr io.Writer) error {
+	var cc struct {
+		File string `arg:"" placeholder:"FILE" help:"Configuration file to check."`
+	}
+	if err := parse(&cc, "diglett-server check-config", "Check a diglett-server configuration file without starting the gateway.", args, stdout, stderr); err != nil {
+		return err
+	}
+	var c serverCmd
+	fr := &fileResolver{load: config.LoadServer}
+	err := parse(&c, "diglett-server", serverDesc, []string{"--config", cc.File}, io.Discard, io.Discard, fr)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = c.check()
+		log := slog.New(slog.DiscardHandler)
+		if _, _, err := c.modules(fr.file, log); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		fmt.Fprintf(stdout, "%s: ok\n", cc.File)
+		return nil
+	}
+	var lines []string
+	for _, e := range errs {
+		lines = append(lines, strings.Split(e.Error(), "\n")...)
+	}
+	return fmt.Errorf("check-config: %s is not valid:\n  %s", cc.File, strings.Join(lines, "\n  "))
+}
+
+// check runs the checks of a start that need no listener: every problem
+// found.
+func (c *serverCmd) check() []error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	_, _, err := parsePorts(c.Ports)
+	add(err)
+	add(checkIdleTimeout(c.KeepAlive, c.MaxIdle, slog.New(slog.DiscardHandler)))
+	_, err = c.ingress()
+	add(err)
+	_, err = protocol.ParsePrefixes(c.TrustedProxies)
+	if err != nil {
+		add(fmt.Errorf("--trusted-proxies: %w", err))
+	}
+	switch {
+	case (c.Cert == "") != (c.Key == ""):
+		add(errors.New("--cert and --key go together"))
+	case c.Cert != "":
+		if _, err := tls.LoadX509KeyPair(c.Cert, c.Key); err != nil {
+			add(fmt.Errorf("load certificate: %w", err))
+		}
+	}
+	return errs
+}
+
+// modules builds the gateway's authenticator and registerers from
+// --tokens and the file's auth and register lists (f may be nil). With
+// neither --tokens nor auth modules, anyone may register any name, with a
+// warning.
+func (c *serverCmd) modules(f *config.File, log *slog.Logger) (gateway.Authenticator, []gateway.Registerer, error) {
+	env := config.Env{Logger: log}
+	var auths []gateway.Authenticator
+	var errs []error
+	if s, inFile := f.Lookup("tokens"); inFile && len(f.Auth) > 0 && s.Value == c.Tokens {
+		errs = append(errs, fmt.Errorf("%s:%d: tokens: give the tokens file either as tokens: or in the auth list, not both", f.Path, s.Line))
+	}
+	switch {
+	case c.Tokens != "":
+		// --tokens FILE is auth: [{tokens: {file: FILE}}], and overrides the
+		// file's auth list (flag > file).
+		t, err := tokens.Load(c.Tokens)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		auths = append(auths, t)
+	case f != nil && len(f.Auth) > 0:
+		a, err := f.Authenticators(env)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		auths = a
+	}
+	regs := []gateway.Registerer{&reglog.Registerer{Logger: log}}
+	if f != nil && len(f.Register) > 0 {
+		r, err := f.Registerers(env)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		regs = r
+	}
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	switch len(auths) {
+	case 0:
+		log.Warn("no --tokens file: ANYONE who can reach this gateway can register any name")
+		return allowall.Authenticator{}, regs, nil
+	case 1:
+		return auths[0], regs, nil
+	}
+	return config.Chain(auths), regs, nil
+}

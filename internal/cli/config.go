@@ -1,0 +1,228 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/config"
+	"github.com/diglett/diglett/internal/printable"
+)
+
+// fileResolver gives flags their values from the --config file, below the
+// command line and the environment: flag > DIGLETT_* env > file > default.
+// Kong applies environment variables as defaults and lets resolvers
+// override them, so the resolver itself leaves alone every flag whose
+// variable is set.
+type fileResolver struct {
+	load func(path string, schema config.Schema) (*config.File, error)
+
+	loaded bool
+	file   *config.File // nil without --config
+	err    error        // from loading the file
+}
+
+var _ kong.Resolver = (*fileResolver)(nil)
+
+func (r *fileResolver) Validate(*kong.Application) error { return nil }
+
+func (r *fileResolver) Resolve(ctx *kong.Context, _ *kong.Path, flag *kong.Flag) (any, error) {
+	if !r.loaded {
+		r.loaded = true
+		if path := configPath(ctx); path != "" {
+			r.file, r.err = r.load(path, schemaOf(ctx.Model.Node))
+		}
+	}
+	if r.file == nil {
+		return nil, nil
+	}
+	for _, env := range flag.Envs {
+		if _, set := os.LookupEnv(env); set {
+			return nil, nil
+		}
+	}
+	s, ok := r.file.Lookup(settingKey(flag))
+	if !ok {
+		return nil, nil
+	}
+	if flag.Enum != "" && !slices.Contains(flag.EnumSlice(), s.Value) {
+		r.err = errors.Join(r.err, &config.Error{File: r.file.Path, Line: s.Line,
+			Msg: fmt.Sprintf("%s: want one of %s, got %q", s.Key, strings.Join(flag.EnumSlice(), ", "), s.Value)})
+		return nil, nil
+	}
+	if s.List != nil {
+		items := make([]any, len(s.List))
+		for i, v := range s.List {
+			items[i] = v
+		}
+		return items, nil
+	}
+	return s.Value, nil
+}
+
+// configPath is the value of --config (or DIGLETT_CONFIG), or "".
+func configPath(ctx *kong.Context) string {
+	for _, f := range ctx.Model.Node.Flags {
+		if f.Name == "config" {
+			s, _ := ctx.FlagValue(f).(string)
+			return s
+		}
+	}
+	return ""
+}
+
+// settingKey is the file's key for flag: its name in snake_case.
+func settingKey(flag *kong.Flag) string { return strings.ReplaceAll(flag.Name, "-", "_") }
+
+// notInFile are the flags a file cannot set.
+var notInFile = map[string]bool{"help": true, "version": true, "config": true}
+
+// schemaOf lists the settings a file may hold: one per flag of node.
+func schemaOf(node *kong.Node) config.Schema {
+	s := config.Schema{}
+	for _, f := range node.Flags {
+		if notInFile[f.Name] {
+			continue
+		}
+		s[settingKey(f)] = kindOf(f)
+	}
+	return s
+}
+
+func kindOf(f *kong.Flag) config.Kind {
+	t := f.Target.Type()
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return config.Duration
+	case t.Kind() == reflect.Bool:
+		return config.Bool
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		return config.Int
+	case t.Kind() == reflect.Slice:
+		return config.List
+	case f.Tag.Type == "existingfile" || f.Tag.Type == "path" || f.Tag.Type == "existingdir" ||
+		f.PlaceHolder == "FILE" || f.PlaceHolder == "DIR":
+		return config.Path
+	}
+	return config.String
+}
+
+// tunnelGroup is the tunnels one diglett.Listener serves: those that share
+// every per-listener option (h2c, basic auth, allowed addresses, port).
+type tunnelGroup struct {
+	names     []string
+	backends  map[string]string // name -> HOST:PORT
+	port      int
+	h2c       bool
+	basicAuth string
+	allowIPs  []string
+}
+
+// tunnelGroups are the agent's tunnels: the one of the command line
+// (--name... BACKEND and its options), or the tunnels of the --config
+// file, grouped by their options so that tunnels that can share a
+// listener do. A tunnel that asks for a port has a listener of its own.
+func (c *agentCmd) tunnelGroups(f *config.File) ([]tunnelGroup, error) {
+	if f == nil || len(f.Tunnels) == 0 {
+		if len(c.Name) == 0 {
+			return nil, errors.New("missing flags: --name=NAME (or tunnels in a --config file; see diglett --help)")
+		}
+		if c.Backend == "" {
+			return nil, errors.New(`expected "<backend>" (see diglett --help)`)
+		}
+		backend, err := backendAddr(c.Backend)
+		if err != nil {
+			return nil, err
+		}
+		g := tunnelGroup{names: c.Name, backends: map[string]string{}, port: c.Port, h2c: c.H2C, basicAuth: c.BasicAuth, allowIPs: c.AllowIPs}
+		for _, n := range c.Name {
+			g.backends[n] = backend
+		}
+		return []tunnelGroup{g}, nil
+	}
+	if len(c.Name) > 0 || c.Backend != "" {
+		return nil, fmt.Errorf("%s: the file has tunnels: give no --name or BACKEND as well", f.Path)
+	}
+	var groups []tunnelGroup
+	index := map[string]int{}
+	for _, t := range f.Tunnels {
+		backend, err := backendAddr(t.Backend)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: tunnel %s: %w", f.Path, t.Line, t.Name, err)
+		}
+		key := fmt.Sprintf("%t\x00%s\x00%s", t.H2C, t.BasicAuth, strings.Join(t.AllowIPs, ","))
+		if t.Port != 0 {
+			key = "port " + t.Name
+		}
+		i, ok := index[key]
+		if !ok {
+			i = len(groups)
+			index[key] = i
+			groups = append(groups, tunnelGroup{backends: map[string]string{}, port: t.Port, h2c: t.H2C, basicAuth: t.BasicAuth, allowIPs: t.AllowIPs})
+		}
+		groups[i].names = append(groups[i].names, t.Name)
+		groups[i].backends[t.Name] = backend
+	}
+	return groups, nil
+}
+
+// serveTunnels opens one listener per group with base's other settings,
+// prints each tunnel's public addresses, and forwards visitors to each
+// tunnel's backend until ctx ends or a listener stops on a fatal error,
+// which stops the others.
+func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup, o diglett.ForwardOptions, stdout io.Writer) error {
+	lns := make([]*diglett.Listener, 0, len(groups))
+	for _, g := range groups {
+		cfg := base
+		cfg.Name, cfg.Names = g.names[0], g.names[1:]
+		cfg.Port, cfg.H2C, cfg.BasicAuth, cfg.AllowIPs = g.port, g.h2c, g.basicAuth, g.allowIPs
+		ln, err := diglett.Listen(ctx, cfg)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return err
+		}
+		lns = append(lns, ln)
+		for _, t := range ln.AllTunnels() {
+			for _, u := range t.URLs() {
+				// The URLs come from the gateway: printed safe.
+				fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, printable.String(u, 0), g.backends[t.Name])
+			}
+		}
+	}
+	if len(lns) == 1 {
+		o.Backends = groups[0].backends
+		return diglett.Forward(ctx, lns[0], "", o)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(lns))
+	for i, ln := range lns {
+		o := o
+		o.Backends = groups[i].backends
+		go func() {
+			err := diglett.Forward(ctx, ln, "", o)
+			if err != nil {
+				cancel()
+			}
+			errc <- err
+		}()
+	}
+	var first error
+	for range lns {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
