@@ -33,6 +33,7 @@ import (
 
 	"github.com/diglett/diglett/auth/allowall"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/ingress"
 	"github.com/diglett/diglett/internal/cli"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
@@ -253,12 +254,15 @@ type testGateway struct {
 	Logs             *logSink
 
 	// The HTTP ingress, with a Domain.
+	Ingress             *ingress.Server
 	HTTPAddr, HTTPSAddr string
 	CA                  *x509.CertPool // trusts the HTTPS certificate
 
 	t         testing.TB
 	serveErr  chan error
-	ingresses int // Serve* calls besides Serve whose result is in serveErr
+	ingresses int        // Serve* calls besides Serve whose result is in serveErr
+	webErr    chan error // the ingress's Serve and ServeHTTPS
+	log       *slog.Logger
 	closeOnce sync.Once
 }
 
@@ -297,31 +301,25 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 	}
 	log, sink := newLogger(t, "gateway")
 	srv, err := gateway.New(gateway.Config{
-		TLS:               &tls.Config{Certificates: []tls.Certificate{cert}},
-		Auth:              o.Auth,
-		Registerer:        o.Registerer,
-		PortMin:           o.PortMin,
-		PortMax:           o.PortMax,
-		PublicHost:        "127.0.0.1",
-		Lease:             o.Lease,
-		HandshakeTimeout:  o.HandshakeTimeout,
-		StatusTimeout:     o.StatusTimeout,
-		Transport:         transport.Config{MaxIdleTimeout: testKeepAlive},
-		Logger:            log,
-		Domain:            o.Domain,
-		TrustedProxies:    o.TrustedProxies,
-		ResponseTimeout:   o.ResponseTimeout,
-		ReadHeaderTimeout: o.ReadHeaderTimeout,
-		VisitorAccess:     o.VisitorAccess,
-		LeaseFile:         o.LeaseFile,
-		Quota:             o.Quota,
+		TLS:              &tls.Config{Certificates: []tls.Certificate{cert}},
+		Auth:             o.Auth,
+		Registerer:       o.Registerer,
+		PortMin:          o.PortMin,
+		PortMax:          o.PortMax,
+		PublicHost:       "127.0.0.1",
+		Lease:            o.Lease,
+		HandshakeTimeout: o.HandshakeTimeout,
+		StatusTimeout:    o.StatusTimeout,
+		Transport:        transport.Config{MaxIdleTimeout: testKeepAlive},
+		Logger:           log,
+		Domain:           o.Domain,
+		VisitorAccess:    o.VisitorAccess,
+		LeaseFile:        o.LeaseFile,
+		Quota:            o.Quota,
 
 		HalfCloseTimeout:     o.HalfCloseTimeout,
 		MaxVisitors:          o.MaxVisitors,
 		MaxVisitorsPerTunnel: o.MaxVisitorsPerTunnel,
-
-		BodyReadTimeout:      o.BodyReadTimeout,
-		MaxRequestsPerSource: o.MaxRequestsPerSource,
 
 		MaxHandshakesPerSource: o.MaxHandshakesPerSource,
 	})
@@ -346,6 +344,7 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 		PortMin:     o.PortMin,
 		PortMax:     o.PortMax,
 		Logs:        sink,
+		log:         log,
 		t:           t,
 		serveErr:    make(chan error, 4),
 	}
@@ -364,9 +363,20 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 	return g
 }
 
-// startIngress serves the HTTP ingress of g on 127.0.0.1.
+// startIngress serves the HTTP ingress of g on 127.0.0.1, wired to the
+// gateway as the command line wires it.
 func (g *testGateway) startIngress(o gatewayOptions) {
 	t := g.t
+	g.Ingress = ingress.New(g.Server, ingress.Config{
+		TrustedProxies:       o.TrustedProxies,
+		ResponseTimeout:      o.ResponseTimeout,
+		StatusTimeout:        o.StatusTimeout,
+		ReadHeaderTimeout:    o.ReadHeaderTimeout,
+		BodyReadTimeout:      o.BodyReadTimeout,
+		MaxRequestsPerSource: o.MaxRequestsPerSource,
+		Logger:               g.log, // in Logs, with the gateway's lines
+	})
+	g.webErr = make(chan error, 2)
 	hl, tl := o.HTTPLn, o.HTTPSLn
 	var err error
 	if hl == nil {
@@ -386,9 +396,15 @@ func (g *testGateway) startIngress(o gatewayOptions) {
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	g.HTTPAddr, g.HTTPSAddr = hl.Addr().String(), tl.Addr().String()
-	g.ingresses += 2
-	go func() { g.serveErr <- g.ServeHTTPIngress(hl, o.HTTPChallenge) }()
-	go func() { g.serveErr <- g.ServeHTTPSIngress(tl, tc) }()
+	g.SetIngressPorts(ingress.Port(hl), ingress.Port(tl))
+	go func() { g.webErr <- g.Ingress.Serve(hl, o.HTTPChallenge) }()
+	go func() { g.webErr <- g.Ingress.ServeHTTPS(tl, tc) }()
+}
+
+// HTTPSourceRefusals is how many requests the ingress refused for the
+// per-source cap.
+func (g *testGateway) HTTPSourceRefusals() uint64 {
+	return g.Ingress.SourceRefusals()
 }
 
 // testCA makes a CA and a certificate it signed for host.
@@ -451,6 +467,14 @@ func (g *testGateway) httpClient(t testing.TB) *http.Client {
 // documented.
 func (g *testGateway) Close() {
 	g.closeOnce.Do(func() {
+		if g.Ingress != nil {
+			g.Ingress.Close()
+			for range 2 {
+				if err := <-g.webErr; !errors.Is(err, ingress.ErrServerClosed) {
+					g.t.Errorf("ingress Serve returned %v, want ErrServerClosed", err)
+				}
+			}
+		}
 		g.Server.Close()
 		for range 1 + g.ingresses {
 			if err := <-g.serveErr; !errors.Is(err, gateway.ErrServerClosed) {

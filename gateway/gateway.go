@@ -1,7 +1,8 @@
 // Package gateway is the embeddable diglett gateway. It is handed its
 // listeners: Serve takes agents over TLS and WebSocket on TCP, ServeQUIC
-// over QUIC, ServeHTTPIngress and ServeHTTPSIngress take visitors by host
-// name. It authenticates agents through an Authenticator, keeps the
+// over QUIC, and an HTTP ingress (package ingress) reaches the tunnels by
+// host name through Tunnel and its companions (httproutes.go). It
+// authenticates agents through an Authenticator, keeps the
 // registry of tunnels with their public ports, leases and quotas, tells
 // its Registerer when tunnels go live and away, and forwards each visitor
 // to an agent of the tunnel as a stream.
@@ -18,7 +19,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -121,34 +121,10 @@ type Config struct {
 	// Logger receives the gateway's logs. Default slog.Default().
 	Logger *slog.Logger
 
-	// Domain enables the HTTP ingress: a request for NAME.Domain goes to
-	// tunnel NAME (see ServeHTTPIngress and ServeHTTPSIngress).
+	// Domain is the domain of the tunnels' host names: tunnel NAME is
+	// NAME.Domain for an HTTP ingress (package ingress), for the URLs
+	// sent to agents and for certificates (HostAllowed). "" for none.
 	Domain string
-	// TrustedProxies are the peers whose X-Forwarded-* and Forwarded
-	// headers are kept (and whose X-Forwarded-For names the visitor);
-	// those headers from anyone else are dropped.
-	TrustedProxies []netip.Prefix
-	// ResponseTimeout bounds how long a backend may take to start its
-	// response once it has the whole request; visitors then get 504.
-	// Default 60s.
-	ResponseTimeout time.Duration
-	// ReadHeaderTimeout bounds a visitor's TLS handshake and request
-	// headers. Default 10s.
-	ReadHeaderTimeout time.Duration
-	// IdleTimeout closes a visitor's keep-alive connection after this long
-	// without a request. Default 120s.
-	IdleTimeout time.Duration
-	// MaxHeaderBytes bounds a visitor's request headers. Default 64 KiB.
-	MaxHeaderBytes int
-	// BodyReadTimeout bounds the wait for each read of a visitor's request
-	// body: a body that delivers nothing for this long ends the request
-	// (408 if no response has started, else the connection is closed),
-	// while a slow upload that keeps moving is not limited. Default 60s.
-	BodyReadTimeout time.Duration
-	// MaxRequestsPerSource caps the HTTP requests in flight from one
-	// source address (the visitor's IP as the gateway can vouch for it;
-	// IPv6 per /64); more are answered 429 at once. Default 512.
-	MaxRequestsPerSource int
 	// VisitorAccess is the gateway's policy on the visitor rules agents set
 	// at registration (basic auth, IP allow-lists). Default VisitorAccessAllow.
 	VisitorAccess VisitorAccess
@@ -284,24 +260,6 @@ func (c Config) withDefaults() Config {
 		c.RegisterTimeout = DefaultRegisterTimeout
 	}
 	c.Domain = strings.TrimSuffix(strings.ToLower(c.Domain), ".")
-	if c.ResponseTimeout <= 0 {
-		c.ResponseTimeout = DefaultResponseTimeout
-	}
-	if c.ReadHeaderTimeout <= 0 {
-		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
-	}
-	if c.IdleTimeout <= 0 {
-		c.IdleTimeout = DefaultIdleTimeout
-	}
-	if c.MaxHeaderBytes <= 0 {
-		c.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if c.BodyReadTimeout <= 0 {
-		c.BodyReadTimeout = DefaultBodyReadTimeout
-	}
-	if c.MaxRequestsPerSource <= 0 {
-		c.MaxRequestsPerSource = DefaultMaxRequestsPerSource
-	}
 	if c.VisitorAccess == "" {
 		c.VisitorAccess = VisitorAccessAllow
 	}
@@ -322,8 +280,9 @@ type Server struct {
 	logins *loginLimiter // failed logins by source
 	nextID atomic.Uint64 // session ids
 	quotas *quotas
-	http   *ingress
 	limits *visitorLimits
+
+	httpPort, httpsPort atomic.Int32 // the HTTP ingress's, for URLs; see SetIngressPorts
 
 	agentWS *wsServer // WebSocket agents, on the agent port and the HTTPS port
 
@@ -363,7 +322,6 @@ func New(cfg Config) (*Server, error) {
 	s.quotas = newQuotas()
 	s.regs = newReconciler(ctx, cfg)
 	s.reg = newRegistry(s)
-	s.http = newIngress(s)
 	s.limits = newVisitorLimits(cfg)
 	if cfg.LeaseFile != "" {
 		if err := s.reg.keepLeases(time.Now()); err != nil {
@@ -465,7 +423,6 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.cancel()
-	s.http.shutdown(nil)
 	s.agentWS.close()
 	for _, ss := range sessions {
 		ss.close()
@@ -477,7 +434,6 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	s.visitors.Wait()
 	s.hs.summary.close()
-	s.http.sources.summary.close()
 	s.logins.close()
 	return nil
 }
@@ -492,7 +448,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.reg.closeListeners()
-	s.http.shutdown(ctx)
 	done := make(chan struct{})
 	go func() {
 		s.visitors.Wait()

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,10 +19,6 @@ const (
 // refusalLogInterval is how often at most a refused visitor is logged at
 // Warn; the refusals in between are counted in the next line.
 const refusalLogInterval = 10 * time.Second
-
-// retryAfter is what an HTTP visitor refused for the tunnel's cap is told
-// to wait, in seconds.
-const retryAfter = "1"
 
 // visitorLimits caps the visitor connections held at once: MaxVisitors
 // for the whole gateway (TCP-port visitors and HTTP(S) connections) and
@@ -157,29 +152,6 @@ func (s *Server) visitorStats() visitorStats {
 	}
 }
 
-// admit takes a slot of t's cap for an HTTP request. It returns the slot's
-// release, or nil after answering 503 with Retry-After when the tunnel has
-// MaxVisitorsPerTunnel visitors already.
-func (in *ingress) admit(w http.ResponseWriter, r *http.Request, t *tunnel) (release func()) {
-	l := in.srv.limits
-	if !l.acquireTunnel(t, httpAddr(r.RemoteAddr)) {
-		w.Header().Set("Retry-After", retryAfter)
-		if r.ProtoMajor == 1 && r.ContentLength != 0 {
-			// Answer at once rather than after reading the body.
-			w.Header().Set("Connection", "close")
-		}
-		httpError(w, http.StatusServiceUnavailable, "this tunnel has too many visitors; try again later")
-		return nil
-	}
-	return func() { l.releaseTunnel(t) }
-}
-
-// httpAddr is a request's RemoteAddr as a net.Addr, for logs.
-type httpAddr string
-
-func (a httpAddr) Network() string { return "tcp" }
-func (a httpAddr) String() string  { return string(a) }
-
 // limitListener holds a slot of the gateway-wide visitor cap for each
 // connection it accepts, until the connection is closed; beyond the cap it
 // resets connections at accept.
@@ -188,9 +160,11 @@ type limitListener struct {
 	l *visitorLimits
 }
 
-// limitVisitors wraps an HTTP(S) ingress listener in the gateway-wide
-// visitor cap.
-func (s *Server) limitVisitors(ln net.Listener) net.Listener {
+// LimitVisitors wraps an HTTP(S) ingress listener in the gateway-wide
+// visitor cap (Config.MaxVisitors): each connection it accepts holds a
+// slot until it is closed; beyond the cap connections are reset at
+// accept, counted and logged.
+func (s *Server) LimitVisitors(ln net.Listener) net.Listener {
 	return &limitListener{Listener: ln, l: s.limits}
 }
 

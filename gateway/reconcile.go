@@ -24,8 +24,8 @@ const (
 type reconciler struct {
 	ctx     context.Context // ends when the gateway closes; bounds Register
 	log     *slog.Logger
-	rgs     []namedRegisterer
-	timeout time.Duration // bounds one Register call
+	rgs     []namedRegisterer // under the registry's mu once serving
+	timeout time.Duration     // bounds one Register call
 
 	// backoffMin and backoffMax bound the wait between two attempts;
 	// tests shorten them.
@@ -83,14 +83,20 @@ type registration struct {
 // reconcile records whether t is live and starts a worker for each
 // registerer that does not agree yet. It never waits for a registerer.
 func (t *tunnel) reconcile() {
-	rc := t.reg.srv.regs
-	if len(rc.rgs) == 0 {
-		return
-	}
 	// The tunnel's state and the wish recorded from it change together
 	// under reg.mu, so the last call always records the latest state.
 	t.reg.mu.Lock()
 	defer t.reg.mu.Unlock()
+	t.reconcileLocked()
+}
+
+// reconcileLocked is reconcile, called under reg.mu (which also guards
+// rc.rgs, see SetRegisterers).
+func (t *tunnel) reconcileLocked() {
+	rc := t.reg.srv.regs
+	if len(rc.rgs) == 0 && t.regs == nil {
+		return
+	}
 	live := !t.removed && len(t.live()) > 0
 	if t.regs == nil {
 		if !live {

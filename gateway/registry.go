@@ -93,6 +93,7 @@ type tunnel struct {
 	regs []*registration
 
 	visitors atomic.Pointer[visitorPolicy] // set by the latest registration
+	view     atomic.Pointer[memberView]    // members as Members returns them
 }
 
 // policy is how the tunnel treats visitors.

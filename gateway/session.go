@@ -8,9 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
@@ -29,12 +27,9 @@ type session struct {
 	quota    Quota      // the identity's, with the gateway's defaults
 	login    loginState // credentials and control stream, for re-checks (reload.go)
 
-	// outstanding counts the HTTP requests in flight on this session, for
-	// least-outstanding balancing.
-	outstanding atomic.Int64
-	// The session's HTTP clients, made on first use; see httpTransport.
-	httpMu  sync.Mutex
-	h1, h2c *http.Transport
+	// member ends when the session leaves its tunnels (see Context).
+	member    context.Context
+	endMember context.CancelFunc
 
 	mu      sync.Mutex
 	tunnels []*tunnel // tunnels this session is a member of
@@ -127,7 +122,9 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	})
 	defer stopShed()
 	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, log: log}
+	ss.member, ss.endMember = context.WithCancel(s.ctx)
 	if !s.addSession(ss) {
+		ss.endMember()
 		ts.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
 		return
 	}
@@ -304,8 +301,9 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	return &protocol.Registered{Name: t.name, Port: t.port, HTTPURL: httpURL, HTTPSURL: httpsURL}
 }
 
-// leave removes the session from every tunnel it joined and closes its
-// idle HTTP streams; it registers nothing more.
+// leave removes the session from every tunnel it joined and ends its
+// member context (an HTTP ingress then closes its idle streams); it
+// registers nothing more.
 func (ss *session) leave() {
 	ss.mu.Lock()
 	ts := ss.tunnels
@@ -315,7 +313,7 @@ func (ss *session) leave() {
 	for _, t := range ts {
 		ss.srv.reg.leave(t, ss)
 	}
-	ss.closeIdleHTTP()
+	ss.endMember()
 }
 
 // serves reports whether the session is a member of tunnel name.

@@ -190,10 +190,11 @@ func (w *wsServer) close() {
 	<-w.done
 }
 
-// agentTLS makes tc (the HTTPS ingress's) answer agents too: a client that
+// AgentTLS makes tc (the HTTPS ingress's) answer agents too: a client that
 // offers the WebSocket agent ALPN gets the gateway's own certificate (the
-// key agents pin), the others tc's.
-func (s *Server) agentTLS(tc *tls.Config) *tls.Config {
+// key agents pin), the others tc's. tc is not changed; a connection that
+// negotiated wstransport.ALPN goes to ServeAgentTLS.
+func (s *Server) AgentTLS(tc *tls.Config) *tls.Config {
 	tc = tc.Clone()
 	agent := s.tls.Clone()
 	agent.NextProtos = []string{wstransport.ALPN}

@@ -59,6 +59,13 @@ func (r *fileResolver) Resolve(ctx *kong.Context, _ *kong.Path, flag *kong.Flag)
 			Msg: fmt.Sprintf("%s: want one of %s, got %q", s.Key, strings.Join(flag.EnumSlice(), ", "), s.Value)})
 		return nil, nil
 	}
+	if (flag.Tag.Type == "existingfile" || flag.Tag.Type == "existingdir") && s.Value != "" {
+		// Said here, with the line, rather than by the flag's own check.
+		if _, err := os.Stat(s.Value); err != nil {
+			r.err = errors.Join(r.err, &config.Error{File: r.file.Path, Line: s.Line, Msg: fmt.Sprintf("%s: %v", s.Key, err)})
+			return nil, nil
+		}
+	}
 	if s.List != nil {
 		items := make([]any, len(s.List))
 		for i, v := range s.List {

@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/watch"
 )
@@ -29,13 +30,11 @@ import (
 // (see there). A source that fails to build (a broken file) is logged at
 // Error with its file and line, and the Authenticator in force stays.
 //
-// The source is an authSource: the files to watch and a Build function.
-// Today it is the --tokens file (tokensSource). To reload from the
-// configuration file instead, give startReloads a source whose Files are
-// the configuration file and the files it names (its tokens files), and
-// whose Build re-reads the file and builds its auth list; Build may set
-// Identities to have the log say what changed by identity, or leave it
-// nil. Nothing else changes.
+// The source is an authSource: the files to watch and a Build function:
+// the --tokens file (tokensSource) or, with --config, the configuration
+// file and the files it names (configSource, configreload.go), whose
+// builds also say which files to watch from then on and which changes
+// need a restart.
 
 // authSource is where the gateway's Authenticator comes from.
 type authSource struct {
@@ -45,8 +44,12 @@ type authSource struct {
 	// reloads. Their directories must exist.
 	Files []string
 	// Build reads the files and builds the Authenticator. Its error says
-	// which file and line are wrong.
+	// which file and line are wrong; with an error, only the snapshot's
+	// Files are used.
 	Build func() (authSnapshot, error)
+	// Kept words, in the log of a refused build, what stays in force.
+	// Default "those in force".
+	Kept string
 }
 
 // authSnapshot is an Authenticator built by a source, with what it allows
@@ -57,6 +60,18 @@ type authSnapshot struct {
 	// (its tokens, names and quota); never the tokens themselves. Nil
 	// when the source cannot tell.
 	Identities map[string]string
+
+	// Files, if not nil, are the files to watch from now on in place of
+	// the source's Files (a configuration file names its tokens files).
+	Files []string
+	// Changes are further attributes of the "reloaded" log line: what
+	// else changed (never a secret).
+	Changes []any
+	// Restart lists the changed settings that only a restart applies;
+	// they are logged at Warn and left as they are.
+	Restart []string
+	// Commit, if set, is called once the snapshot is in force.
+	Commit func()
 }
 
 // authSetter is the part of the gateway a reload changes.
@@ -72,18 +87,31 @@ type reloader struct {
 	src authSource
 	log *slog.Logger
 
-	mu  sync.Mutex
-	cur map[string]string // identities in force, from the last good build
+	mu    sync.Mutex
+	cur   map[string]string // identities in force, from the last good build
+	files []string          // the files to watch, from the last build that said
 }
 
 // newReloader builds the source once, for the identities in force: the
 // gateway started with what the source builds now.
 func newReloader(srv authSetter, src authSource, log *slog.Logger) *reloader {
-	r := &reloader{srv: srv, src: src, log: log}
-	if snap, err := src.Build(); err == nil {
+	r := &reloader{srv: srv, src: src, log: log, files: src.Files}
+	snap, err := src.Build()
+	if snap.Files != nil {
+		r.files = snap.Files
+	}
+	if err == nil {
+		// Only a baseline: nothing is put in force, so no Commit.
 		r.cur = snap.Identities
 	}
 	return r
+}
+
+// watched is the files to watch now.
+func (r *reloader) watched() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.files)
 }
 
 // reload rebuilds the source and puts it in force; on error the
@@ -92,8 +120,15 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	snap, err := r.src.Build()
+	if snap.Files != nil {
+		r.files = snap.Files
+	}
 	if err != nil {
-		r.log.Error(r.src.What+" not reloaded: keeping those in force", append([]any{"err", err}, why...)...)
+		kept := r.src.Kept
+		if kept == "" {
+			kept = "those in force"
+		}
+		r.log.Error(r.src.What+" not reloaded: keeping "+kept, append([]any{"err", err}, why...)...)
 		return err
 	}
 	res, err := r.srv.SetAuthenticator(ctx, snap.Auth)
@@ -106,12 +141,19 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 		added, removed, changed := diffIdentities(r.cur, snap.Identities)
 		args = append(args, "added", added, "removed", removed, "changed", changed)
 	}
+	args = append(args, snap.Changes...)
 	args = append(args, "sessions_kept", res.Kept, "sessions_closed", res.Closed)
 	if res.Failed > 0 {
 		args = append(args, "sessions_unchecked", res.Failed)
 	}
 	r.log.Info(r.src.What+" reloaded", args...)
+	if len(snap.Restart) > 0 {
+		r.log.Warn("config change needs a restart", append([]any{"keys", snap.Restart}, why...)...)
+	}
 	r.cur = snap.Identities
+	if snap.Commit != nil {
+		snap.Commit()
+	}
 	return nil
 }
 
@@ -138,25 +180,46 @@ func diffIdentities(before, after map[string]string) (added, removed, changed []
 
 // serveReloads reloads src into srv on SIGHUP and, with watchFiles, when
 // one of its files changes, until ctx ends or stop is called; stop waits
-// for it to end. Without a source (src.Build nil), SIGHUP only logs that
-// there is nothing to reload: it no longer stops the gateway.
+// for it to end. When a reload changes the files to watch (a tokens file
+// renamed in the configuration file), the watch follows. Without a source
+// (src.Build nil), SIGHUP only logs that there is nothing to reload: it no
+// longer stops the gateway.
 func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFiles bool, log *slog.Logger) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var r *reloader
+	var w *watch.Watcher
 	var changes <-chan []string
+	var watching []string
 	if src.Build != nil {
 		r = newReloader(srv, src, log)
 		if watchFiles {
-			w, err := watch.New(ctx, src.Files, watch.Options{Logger: log})
+			watching = r.watched()
+			w, err = watch.New(ctx, watching, watch.Options{Logger: log})
 			if err != nil {
 				cancel()
 				return nil, fmt.Errorf("--watch: %w", err)
 			}
 			changes = w.Changes()
-			log.Info("watching for changes", "files", src.Files)
+			log.Info("watching for changes", "files", watching)
 		}
 	} else if watchFiles {
-		log.Warn("--watch: nothing to watch without a --tokens file")
+		log.Warn("--watch: nothing to watch without a --tokens or --config file")
+	}
+	// rewatch follows the files of the last build. A change made between
+	// that build and the new watch is seen at the next one.
+	rewatch := func() {
+		files := r.watched()
+		if w == nil || slices.Equal(files, watching) {
+			return
+		}
+		nw, err := watch.New(ctx, files, watch.Options{Logger: log})
+		if err != nil {
+			log.Warn("--watch: still watching the files watched so far", "files", files, "err", err)
+			return
+		}
+		w.Close()
+		w, watching, changes = nw, files, nw.Changes()
+		log.Info("watching for changes", "files", files)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -170,12 +233,14 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 				return
 			case <-hup:
 				if r == nil {
-					log.Info("SIGHUP: nothing to reload (no --tokens file)")
+					log.Info("SIGHUP: nothing to reload (no --tokens or --config file)")
 					continue
 				}
 				r.reload(ctx, "trigger", "SIGHUP")
+				rewatch()
 			case files := <-changes:
 				r.reload(ctx, "trigger", "file changed", "files", files)
+				rewatch()
 			}
 		}
 	}()
@@ -185,10 +250,16 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 	}, nil
 }
 
-// startReloads serves the reloads of the gateway's tokens file.
-func (c *serverCmd) startReloads(ctx context.Context, srv authSetter, log *slog.Logger) (stop func(), err error) {
+// startReloads serves the reloads of the gateway's configuration file
+// (with --config: args are the command line it started with, f the file
+// as it read it, regs the registerers built from it) or else of its
+// tokens file.
+func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, log *slog.Logger) (stop func(), err error) {
 	var src authSource
-	if c.Tokens != "" {
+	switch {
+	case f != nil:
+		src = c.configSource(args, f, srv, regs, log)
+	case c.Tokens != "":
 		src = tokensSource(c.Tokens)
 	}
 	return serveReloads(ctx, srv, src, c.Watch, log)

@@ -36,9 +36,14 @@ var bannerRE = regexp.MustCompile(`diglett-server listening on (\S+)\ngateway ke
 // address and public ports of the test) until the test ends.
 func startServer(t *testing.T, args ...string) *runningServer {
 	t.Helper()
+	return startServerArgs(t, append([]string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(), "--ports", "20000-32000"}, args...)...)
+}
+
+// startServerArgs runs the server command with args alone.
+func startServerArgs(t *testing.T, args ...string) *runningServer {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &runningServer{cancel: cancel, errc: make(chan error, 1)}
-	args = append([]string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(), "--ports", "20000-32000"}, args...)
 	go func() { s.errc <- Server(ctx, args, &s.stdout, &s.stderr) }()
 	t.Cleanup(func() {
 		cancel()

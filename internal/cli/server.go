@@ -20,6 +20,7 @@ import (
 
 	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/ingress"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
@@ -33,7 +34,7 @@ type serverCmd struct {
 	Ports       string           `default:"30000-40000" placeholder:"MIN-MAX" help:"Range of public TCP ports given to tunnels."`
 	PublicBind  string           `placeholder:"HOST" help:"Address public TCP ports listen on (default: all interfaces)."`
 	Tokens      string           `type:"existingfile" placeholder:"FILE" help:"YAML file of agent tokens and the names each may publish. Without it anyone can register any name."`
-	Watch       bool             `help:"Reload the --tokens file as soon as it changes (SIGHUP always reloads it). Follows editors' renames and Kubernetes ConfigMap updates."`
+	Watch       bool             `help:"Reload the --tokens file, or the --config file and the tokens files it names, as soon as they change (SIGHUP always reloads them). Follows editors' renames and Kubernetes ConfigMap updates."`
 	Lease       time.Duration    `default:"60s" help:"How long a disconnected agent's names and ports stay reserved for it."`
 	Cert        string           `type:"existingfile" placeholder:"FILE" help:"TLS certificate (PEM) for agent connections, e.g. from a CA. Default: a self-signed certificate for the key in the data dir."`
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
@@ -139,21 +140,19 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
 	srv, err := gateway.New(gateway.Config{
-		TLS:             &tls.Config{Certificates: []tls.Certificate{cert}},
-		Auth:            authn,
-		Registerers:     regs,
-		PortMin:         lo,
-		PortMax:         hi,
-		PublicHost:      c.PublicBind,
-		Lease:           c.Lease,
-		Transport:       transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
-		Logger:          log,
-		Domain:          c.Domain,
-		TrustedProxies:  trusted,
-		ResponseTimeout: c.HTTPResponseTimeout,
-		VisitorAccess:   gateway.VisitorAccess(c.VisitorAccess),
-		Quota:           c.quota(),
-		LeaseFile:       filepath.Join(dataDir, "leases.json"),
+		TLS:           &tls.Config{Certificates: []tls.Certificate{cert}},
+		Auth:          authn,
+		Registerers:   regs,
+		PortMin:       lo,
+		PortMax:       hi,
+		PublicHost:    c.PublicBind,
+		Lease:         c.Lease,
+		Transport:     transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
+		Logger:        log,
+		Domain:        c.Domain,
+		VisitorAccess: gateway.VisitorAccess(c.VisitorAccess),
+		Quota:         c.quota(),
+		LeaseFile:     filepath.Join(dataDir, "leases.json"),
 
 		MaxHandshakes:          c.MaxHandshakes,
 		MaxHandshakesPerSource: c.MaxHandshakesPerSource,
@@ -161,15 +160,22 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		HalfCloseTimeout:     c.HalfCloseTimeout,
 		MaxVisitors:          fitOpenFiles(c.MaxVisitors, log),
 		MaxVisitorsPerTunnel: c.MaxVisitorsPerTunnel,
-
-		BodyReadTimeout:      c.HTTPBodyTimeout,
-		MaxRequestsPerSource: c.HTTPMaxRequestsPerSource,
 	})
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	stopReloads, err := c.startReloads(ctx, srv, log)
+	// The HTTP(S) ingress reaches the gateway's tunnels through its
+	// narrow interface; the gateway does not know it.
+	web := ingress.New(srv, ingress.Config{
+		TrustedProxies:       trusted,
+		ResponseTimeout:      c.HTTPResponseTimeout,
+		BodyReadTimeout:      c.HTTPBodyTimeout,
+		MaxRequestsPerSource: c.HTTPMaxRequestsPerSource,
+		Logger:               log,
+	})
+	defer web.Close()
+	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, log)
 	if err != nil {
 		return err
 	}
@@ -240,12 +246,20 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case c.Cert != "":
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
+	var httpPort, httpsPort int
 	if hl != nil {
-		serves = append(serves, func() error { return srv.ServeHTTPIngress(hl, challenge) })
+		httpPort = ingress.Port(hl)
+	}
+	if tl != nil {
+		httpsPort = ingress.Port(tl)
+	}
+	srv.SetIngressPorts(httpPort, httpsPort)
+	if hl != nil {
+		serves = append(serves, func() error { return web.Serve(hl, challenge) })
 		log.Info("serving tunnels over HTTP", "addr", hl.Addr().String(), "domain", c.Domain)
 	}
 	if tl != nil {
-		serves = append(serves, func() error { return srv.ServeHTTPSIngress(tl, tc) })
+		serves = append(serves, func() error { return web.ServeHTTPS(tl, tc) })
 		log.Info("serving tunnels over HTTPS", "addr", tl.Addr().String(), "domain", c.Domain, "acme", ing.acme)
 	}
 	log.Info("gateway listening", "addr", ln.Addr().String(), "ports", c.Ports, "fingerprint", fp)
@@ -257,6 +271,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	select {
 	case err := <-errc:
+		web.Close()
 		srv.Close()
 		for range len(serves) - 1 {
 			<-errc
@@ -267,6 +282,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	log.Info("shutting down: waiting up to 10s for open connections")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if err := web.Shutdown(sctx); err != nil {
+		log.Warn("shutdown: HTTP requests still in flight", "err", err)
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown: closed connections still open", "err", err)
 	}

@@ -1,4 +1,6 @@
-package gateway
+package ingress
+
+// The cap on HTTP requests in flight per visitor source.
 
 import (
 	"fmt"
@@ -8,9 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// DefaultMaxRequestsPerSource is the default Config.MaxRequestsPerSource.
-const DefaultMaxRequestsPerSource = 512
 
 // sourceLimiter caps the HTTP requests in flight per source: an IPv4
 // address, or an IPv6 /64 (what one subscriber usually has). Its memory is
@@ -69,9 +68,33 @@ func (l *sourceLimiter) release(src netip.Prefix) {
 	l.mu.Unlock()
 }
 
-// HTTPSourceRefusals is how many visitor requests the HTTP ingress has
-// answered 429 Too Many Requests because their source already had
+// SourceRefusals is how many visitor requests the ingress has answered
+// 429 Too Many Requests because their source already had
 // Config.MaxRequestsPerSource requests in flight.
-func (s *Server) HTTPSourceRefusals() uint64 {
-	return s.http.sources.refused.Load()
+func (in *Server) SourceRefusals() uint64 {
+	return in.sources.refused.Load()
+}
+
+// ipSource is the source an IP address counts against: the address itself
+// (IPv4), or its /64 (IPv6), as for the gateway's per-source limits. The
+// zero Addr gives the zero Prefix: one shared source.
+func ipSource(ip netip.Addr) netip.Prefix {
+	ip = ip.Unmap().WithZone("")
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// sourceName is a source as logged: an IPv4 address, or an IPv6 prefix.
+func sourceName(p netip.Prefix) string {
+	switch {
+	case !p.IsValid():
+		return "unknown"
+	case p.Addr().Is4():
+		return p.Addr().String()
+	}
+	return p.String()
 }

@@ -1,4 +1,4 @@
-package gateway
+package ingress
 
 // Forwarding a request to the agents of its tunnel: the member chosen per
 // request, the streams used as keep-alive connections, the agent's status
@@ -15,8 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/protocol"
-	"github.com/diglett/diglett/internal/transport"
 )
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)
@@ -27,7 +27,7 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 // the fewest requests in flight. When the stream cannot be opened, or the
 // agent cannot reach its backend, it tries the next member, as long as
 // none of the request's body has been sent.
-func (in *ingress) roundTrip(req *http.Request) (*http.Response, error) {
+func (in *Server) roundTrip(req *http.Request) (*http.Response, error) {
 	rt := req.Context().Value(routeKey{}).(*route)
 	var body *retryBody
 	if req.Body != nil && req.Body != http.NoBody {
@@ -37,12 +37,12 @@ func (in *ingress) roundTrip(req *http.Request) (*http.Response, error) {
 	var tried []uint64
 	var lastErr error
 	for {
-		m := rt.t.pick(tried)
+		m := in.pick(rt.t, tried)
 		if m == nil {
 			break
 		}
 		m.outstanding.Add(1)
-		resp, err := m.httpTransport(rt.pol.h2c).RoundTrip(req)
+		resp, err := m.transport(rt.pol.H2C()).RoundTrip(req)
 		if err == nil {
 			resp.Body = releaseBody(resp.Body, func() { m.outstanding.Add(-1) })
 			return resp, nil
@@ -53,7 +53,7 @@ func (in *ingress) roundTrip(req *http.Request) (*http.Response, error) {
 		if !errors.As(err, &de) || !de.retry || (body != nil && body.started.Load()) {
 			break
 		}
-		tried = append(tried, m.id)
+		tried = append(tried, m.ID())
 	}
 	if body != nil {
 		body.rc.Close()
@@ -64,22 +64,23 @@ func (in *ingress) roundTrip(req *http.Request) (*http.Response, error) {
 	return nil, lastErr
 }
 
-// pick returns the live member with the fewest requests in flight, not in
-// skip; ties go round robin.
-func (t *tunnel) pick(skip []uint64) *session {
-	members := t.live()
+// pick returns the live member of t with the fewest requests in flight,
+// not in skip; ties go round robin.
+func (in *Server) pick(t gateway.HTTPTunnel, skip []uint64) *member {
+	members := t.Members()
 	n := len(members)
 	if n == 0 {
 		return nil
 	}
-	start := int(t.next.Add(1) % uint64(n))
-	var best *session
+	start := int(in.next.Add(1) % uint64(n))
+	var best *member
 	var load int64
 	for i := range n {
-		m := members[(start+i)%n]
-		if slices.Contains(skip, m.id) {
+		gm := members[(start+i)%n]
+		if slices.Contains(skip, gm.ID()) {
 			continue
 		}
+		m := in.member(gm)
 		if l := m.outstanding.Load(); best == nil || l < load {
 			best, load = m, l
 		}
@@ -106,86 +107,9 @@ func (e *dialError) Error() string {
 
 func (e *dialError) Unwrap() error { return e.err }
 
-// httpTransport is the session's client for HTTP requests (HTTP/2 without
-// TLS when h2c): its idle connections are the session's idle streams, kept
-// per tunnel (the URL host is the tunnel's name).
-func (ss *session) httpTransport(h2c bool) *http.Transport {
-	ss.httpMu.Lock()
-	defer ss.httpMu.Unlock()
-	if ss.h1 == nil {
-		timeout := ss.srv.cfg.ResponseTimeout
-		ss.h1 = &http.Transport{
-			DialContext:           ss.dialHTTP,
-			MaxIdleConnsPerHost:   idleStreamsPerMember,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: timeout,
-			ExpectContinueTimeout: time.Second,
-			// The default 4 KiB buffers: bodies bypass them in large
-			// reads and writes, and an idle stream holds both.
-			DisableCompression: true,
-		}
-		var p http.Protocols
-		p.SetUnencryptedHTTP2(true)
-		ss.h2c = &http.Transport{
-			DialContext:           ss.dialHTTP,
-			Protocols:             &p,
-			MaxIdleConnsPerHost:   idleStreamsPerMember,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: timeout,
-			DisableCompression:    true,
-		}
-	}
-	if h2c {
-		return ss.h2c
-	}
-	return ss.h1
-}
-
-// closeIdleHTTP closes the session's idle HTTP streams.
-func (ss *session) closeIdleHTTP() {
-	ss.httpMu.Lock()
-	h1, h2c := ss.h1, ss.h2c
-	ss.httpMu.Unlock()
-	if h1 != nil {
-		h1.CloseIdleConnections()
-		h2c.CloseIdleConnections()
-	}
-}
-
-// dialHTTP opens a stream for HTTP requests to the tunnel named by addr's
-// host and waits for the agent to say it reached the backend.
-func (ss *session) dialHTTP(ctx context.Context, _, addr string) (net.Conn, error) {
-	name, _, _ := net.SplitHostPort(addr)
-	if !ss.serves(name) {
-		return nil, &dialError{retry: true, err: errNoAgent}
-	}
-	visitor := ""
-	if rt, ok := ctx.Value(routeKey{}).(*route); ok {
-		visitor = rt.remote
-	}
-	st, err := ss.openStream(ctx, name, visitor)
-	if err != nil {
-		return nil, &dialError{retry: true, err: err}
-	}
-	status, err := readStatus(ctx, st, ss.srv.cfg.StatusTimeout)
-	if err != nil {
-		st.Reset()
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, &dialError{status: protocol.StatusTimeout, err: err}
-		}
-		return nil, &dialError{retry: true, err: err}
-	}
-	if status != protocol.StatusOK {
-		st.Close()
-		return nil, &dialError{status: status, retry: status != protocol.StatusTimeout}
-	}
-	return st, nil
-}
-
 // readStatus reads the agent's status byte, waiting at most timeout or
 // until ctx ends.
-func readStatus(ctx context.Context, st transport.Stream, timeout time.Duration) (protocol.Status, error) {
+func readStatus(ctx context.Context, st net.Conn, timeout time.Duration) (protocol.Status, error) {
 	st.SetReadDeadline(time.Now().Add(timeout))
 	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
 	status, err := protocol.ReadStatus(st)

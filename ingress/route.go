@@ -1,48 +1,24 @@
-package gateway
+package ingress
 
 // Routing a visitor request by host name to its tunnel, with the
-// tunnel's visitor rules and the client address the gateway vouches for.
+// tunnel's visitor rules, its visitor cap, and the client address the
+// gateway vouches for.
 
 import (
 	"context"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
+
+	"github.com/diglett/diglett/gateway"
 )
 
-// URLs are the HTTP and HTTPS addresses of tunnel name; empty when the
-// ingress is not served.
-func (s *Server) URLs(name string) (httpURL, httpsURL string) {
-	if s.cfg.Domain == "" {
-		return "", ""
-	}
-	host := name + "." + s.cfg.Domain
-	if p := s.http.httpPort.Load(); p != 0 {
-		httpURL = "http://" + host
-		if p != 80 {
-			httpURL += ":" + strconv.Itoa(int(p))
-		}
-	}
-	if p := s.http.httpsPort.Load(); p != 0 {
-		httpsURL = "https://" + host
-		if p != 443 {
-			httpsURL += ":" + strconv.Itoa(int(p))
-		}
-	}
-	return httpURL, httpsURL
-}
-
-// tunnelName maps a Host header (or TLS server name) to a tunnel name:
-// case-insensitive, ignoring a port and a trailing dot. A host whose port
-// is not a number is no tunnel's (see parseHost).
-func (s *Server) tunnelName(host string) (string, bool) {
-	name, _, err := s.parseHost(host)
-	return name, err == nil && name != ""
-}
+// retryAfter is what an HTTP visitor refused for the tunnel's cap is told
+// to wait, in seconds.
+const retryAfter = "1"
 
 // ServeHTTP routes one visitor request.
-func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	info, _ := r.Context().Value(connInfoKey{}).(*connInfo)
 	if info == nil {
 		info = &connInfo{https: r.TLS != nil}
@@ -50,7 +26,7 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Every wait for the visitor's body is bounded, whatever the answer:
 	// the server reads what a handler left unread.
 	if r.Body != nil && r.Body != http.NoBody {
-		tb := newTimedBody(w, r.Body, in.srv.cfg.BodyReadTimeout)
+		tb := newTimedBody(w, r.Body, in.cfg.BodyReadTimeout)
 		defer tb.finish(r.ProtoMajor == 1)
 		r.Body = tb
 	}
@@ -70,7 +46,7 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer in.sources.release(src)
-	name, host, err := in.srv.parseHost(r.Host)
+	name, host, err := gateway.SplitHost(in.gw.Domain(), r.Host)
 	if err != nil {
 		if r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
@@ -82,29 +58,29 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		return
 	}
-	t := in.srv.reg.route(name)
-	if t == nil {
+	t, ok := in.gw.Tunnel(name)
+	if !ok {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		return
 	}
-	rt := &route{t: t, pol: t.policy(), https: info.https, remote: r.RemoteAddr, peer: peer, host: host}
-	if !rt.pol.allows(client) {
+	rt := &route{t: t, pol: t.Visitors(), https: info.https, remote: r.RemoteAddr, peer: peer, host: host}
+	if !rt.pol.Allows(client) {
 		httpError(w, http.StatusForbidden, "your address may not reach this tunnel")
 		return
 	}
-	if rt.pol.user != "" {
+	if rt.pol.BasicAuth() {
 		u, p, ok := r.BasicAuth()
-		if !ok || !rt.pol.checkPassword(u, p) {
+		if !ok || !rt.pol.CheckPassword(u, p) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="`+name+`", charset="UTF-8"`)
 			httpError(w, http.StatusUnauthorized, "this tunnel asks for a user and password")
 			return
 		}
 	}
-	if len(t.live()) == 0 {
+	if len(t.Members()) == 0 {
 		httpError(w, http.StatusServiceUnavailable, "no agent is online for this tunnel")
 		return
 	}
-	release := in.admit(w, r, t) // MaxVisitorsPerTunnel
+	release := in.admit(w, r, t) // the gateway's MaxVisitorsPerTunnel
 	if release == nil {
 		return
 	}
@@ -116,9 +92,32 @@ func (in *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
 }
 
+// admit takes a slot of t's visitor cap for an HTTP request. It returns
+// the slot's release, or nil after answering 503 with Retry-After when the
+// tunnel has as many visitors as the gateway lets it have.
+func (in *Server) admit(w http.ResponseWriter, r *http.Request, t gateway.HTTPTunnel) (release func()) {
+	release, ok := t.Admit(httpAddr(r.RemoteAddr))
+	if !ok {
+		w.Header().Set("Retry-After", retryAfter)
+		if r.ProtoMajor == 1 && r.ContentLength != 0 {
+			// Answer at once rather than after reading the body.
+			w.Header().Set("Connection", "close")
+		}
+		httpError(w, http.StatusServiceUnavailable, "this tunnel has too many visitors; try again later")
+		return nil
+	}
+	return release
+}
+
+// httpAddr is a request's RemoteAddr as a net.Addr, for logs.
+type httpAddr string
+
+func (a httpAddr) Network() string { return "tcp" }
+func (a httpAddr) String() string  { return string(a) }
+
 // clientIP is the visitor's address: the peer's, or, when the peer is a
 // trusted proxy, the nearest address in X-Forwarded-For that is not one.
-func (in *ingress) clientIP(r *http.Request, peer netip.Addr) netip.Addr {
+func (in *Server) clientIP(r *http.Request, peer netip.Addr) netip.Addr {
 	if !in.trusted(peer) {
 		return peer
 	}
@@ -140,8 +139,8 @@ func (in *ingress) clientIP(r *http.Request, peer netip.Addr) netip.Addr {
 	return ip
 }
 
-func (in *ingress) trusted(ip netip.Addr) bool {
-	for _, p := range in.srv.cfg.TrustedProxies {
+func (in *Server) trusted(ip netip.Addr) bool {
+	for _, p := range in.cfg.TrustedProxies {
 		if p.Contains(ip) {
 			return true
 		}

@@ -1,4 +1,4 @@
-package gateway
+package ingress
 
 // The error pages a visitor sees when a request cannot be served.
 
@@ -13,9 +13,9 @@ import (
 
 // proxyError answers a request that could not be proxied, with a status
 // that tells the visitor what failed and nothing of the gateway's insides.
-func (in *ingress) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+func (in *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rt, _ := r.Context().Value(routeKey{}).(*route)
-	log := in.srv.log.With("visitor", r.RemoteAddr, "host", r.Host)
+	log := in.log.With("visitor", r.RemoteAddr, "host", r.Host)
 	var de *dialError
 	var ne net.Error
 	switch {

@@ -1,4 +1,4 @@
-package gateway
+package ingress
 
 // TLS for the HTTPS ingress: handshakes in their own goroutines, and the
 // dispatch by ALPN to HTTP/2, HTTP/1 (behind the request guard), the ACME
@@ -7,6 +7,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -123,4 +124,29 @@ func (l *handshakeListener) Close() error {
 func (l *handshakeListener) wait() {
 	l.Close()
 	l.wg.Wait()
+}
+
+// accept waits for ln's next connection. Accept errors that are timeouts
+// (the process is out of file descriptors, say) are retried after a pause
+// that doubles up to a second, until done is closed; any other error is
+// returned.
+func accept(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) (net.Conn, error) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err == nil {
+			return c, nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+		log.Warn(what, "err", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-done:
+			return nil, err
+		}
+	}
 }

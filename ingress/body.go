@@ -1,4 +1,7 @@
-package gateway
+package ingress
+
+// Bounding the waits for a visitor's request body, and telling a
+// malformed body from a backend's failure.
 
 import (
 	"errors"
@@ -9,9 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// DefaultBodyReadTimeout is the default Config.BodyReadTimeout.
-const DefaultBodyReadTimeout = 60 * time.Second
 
 // errBodyTimeout ends a visitor's request body that delivered nothing for
 // the body read timeout.

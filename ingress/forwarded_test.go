@@ -1,58 +1,10 @@
-package gateway
+package ingress
 
 import (
-	"errors"
 	"net/http"
 	"slices"
 	"testing"
 )
-
-func TestParseHost(t *testing.T) {
-	t.Parallel()
-	s := &Server{cfg: Config{Domain: "gw.example"}.withDefaults()}
-	for _, tc := range []struct {
-		host, name, forwarded string
-		malformed             bool
-	}{
-		{host: "app.gw.example", name: "app", forwarded: "app.gw.example"},
-		{host: "APP.GW.Example.", name: "app", forwarded: "app.gw.example"},
-		{host: "app.gw.example:8443", name: "app", forwarded: "app.gw.example:8443"},
-		{host: "app.gw.example.:080", name: "app", forwarded: "app.gw.example:80"},
-		{host: "app.gw.example:0", name: "app", forwarded: "app.gw.example:0"},
-		{host: "app.gw.example:65535", name: "app", forwarded: "app.gw.example:65535"},
-		{host: "app.gw.example:1,evil.com", malformed: true},
-		{host: "app.gw.example:abc", malformed: true},
-		{host: "app.gw.example:", malformed: true},
-		{host: "app.gw.example:65536", malformed: true},
-		{host: "app.gw.example:+80", malformed: true},
-		{host: "app.gw.example:-1", malformed: true},
-		{host: "app.gw.example: 80", malformed: true},
-		{host: "app.gw.example:8_0", malformed: true},
-		{host: "app.gw.example:0x50", malformed: true},
-		{host: "app.gw.example::1", malformed: true},
-		{host: "app.gw.example:80:80", malformed: true},
-		{host: "evil.com:abc", malformed: true},
-		{host: "[::1]:80"},
-		{host: "[::1]:abc"},
-		{host: "gw.example"},
-		{host: "x.app.gw.example"},
-		{host: "app.gw.example.evil"},
-		{host: "app_1.gw.example"},
-		{host: ""},
-		{host: "127.0.0.1:80"},
-	} {
-		name, fwd, err := s.parseHost(tc.host)
-		if tc.malformed {
-			if !errors.Is(err, errMalformedHost) || name != "" || fwd != "" {
-				t.Errorf("parseHost(%q) = %q, %q, %v; want errMalformedHost", tc.host, name, fwd, err)
-			}
-			continue
-		}
-		if err != nil || name != tc.name || fwd != tc.forwarded {
-			t.Errorf("parseHost(%q) = %q, %q, %v; want %q, %q", tc.host, name, fwd, err, tc.name, tc.forwarded)
-		}
-	}
-}
 
 // TestClientClaimHeaders is the list of headers dropped from visitors that
 // are not trusted proxies, as the README gives it.

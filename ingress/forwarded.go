@@ -1,53 +1,15 @@
-package gateway
+package ingress
 
 import (
-	"errors"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"strconv"
 	"strings"
-
-	"github.com/diglett/diglett/internal/protocol"
 )
 
 // What the gateway tells a backend about a visitor, and what it lets
-// visitors tell: the Host it routes by, the forwarded headers it vouches
-// for, and the headers it drops because a visitor could forge them.
-
-// errMalformedHost is a Host header (or HTTP/2 :authority) whose port is
-// not a port number.
-var errMalformedHost = errors.New("malformed host")
-
-// parseHost maps a Host header (or TLS server name) to a tunnel name and
-// the host the backend is told: the tunnel's name and the domain in lower
-// case without a trailing dot, then the port, if any, as a decimal number.
-// The port, when there is one, must be 0-65535 in decimal digits (so
-// "app.example.com:1,evil.com", "app.example.com:" and
-// "app.example.com:abc" are errMalformedHost); a host that is not a
-// tunnel of the domain gives an empty name and no error.
-func (s *Server) parseHost(host string) (name, forwarded string, err error) {
-	if strings.ContainsAny(host, "[]") {
-		return "", "", nil // an IPv6 literal: never a tunnel
-	}
-	hostname, port, hasPort := strings.Cut(host, ":")
-	var p uint64
-	if hasPort {
-		if p, err = strconv.ParseUint(port, 10, 16); err != nil {
-			return "", "", errMalformedHost
-		}
-	}
-	hostname = strings.ToLower(strings.TrimSuffix(hostname, "."))
-	name, found := strings.CutSuffix(hostname, "."+s.cfg.Domain)
-	if !found || protocol.ValidateName(name) != nil {
-		return "", "", nil
-	}
-	forwarded = name + "." + s.cfg.Domain
-	if hasPort {
-		forwarded += ":" + strconv.FormatUint(p, 10)
-	}
-	return name, forwarded, nil
-}
+// visitors tell: the Host it routes by (checked by gateway.SplitHost),
+// the forwarded headers it vouches for, and the headers it drops because a visitor could forge them.
 
 // Headers dropped from visitors that are not trusted proxies, besides
 // Forwarded and every X-Forwarded-* header (X-Forwarded-For, -Host,
@@ -174,10 +136,10 @@ func stripH2CUpgrade(h http.Header) {
 // trusted proxy (see clientClaimHeaders), so the ones set here cannot be
 // removed or spoofed by a visitor. The host the backend is told is the
 // validated one, never the visitor's text.
-func (in *ingress) rewrite(pr *httputil.ProxyRequest) {
+func (in *Server) rewrite(pr *httputil.ProxyRequest) {
 	rt := pr.In.Context().Value(routeKey{}).(*route)
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = rt.t.name
+	pr.Out.URL.Host = rt.t.Name()
 	pr.Out.Host = rt.host
 	proto := "http"
 	if rt.https {
@@ -206,7 +168,7 @@ func (in *ingress) rewrite(pr *httputil.ProxyRequest) {
 	h.Set("X-Forwarded-Host", rt.host)
 	h.Set("X-Forwarded-Proto", proto)
 	h.Set("Forwarded", forwarded)
-	if rt.pol.user != "" {
+	if rt.pol.BasicAuth() {
 		// The credentials were the gateway's to check, not the backend's.
 		h.Del("Authorization")
 	}

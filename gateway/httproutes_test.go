@@ -1,12 +1,58 @@
 package gateway
 
 import (
-	"net/http"
+	"errors"
 	"net/netip"
 	"testing"
 
 	"github.com/diglett/diglett/internal/protocol"
 )
+
+func TestParseHost(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		host, name, forwarded string
+		malformed             bool
+	}{
+		{host: "app.gw.example", name: "app", forwarded: "app.gw.example"},
+		{host: "APP.GW.Example.", name: "app", forwarded: "app.gw.example"},
+		{host: "app.gw.example:8443", name: "app", forwarded: "app.gw.example:8443"},
+		{host: "app.gw.example.:080", name: "app", forwarded: "app.gw.example:80"},
+		{host: "app.gw.example:0", name: "app", forwarded: "app.gw.example:0"},
+		{host: "app.gw.example:65535", name: "app", forwarded: "app.gw.example:65535"},
+		{host: "app.gw.example:1,evil.com", malformed: true},
+		{host: "app.gw.example:abc", malformed: true},
+		{host: "app.gw.example:", malformed: true},
+		{host: "app.gw.example:65536", malformed: true},
+		{host: "app.gw.example:+80", malformed: true},
+		{host: "app.gw.example:-1", malformed: true},
+		{host: "app.gw.example: 80", malformed: true},
+		{host: "app.gw.example:8_0", malformed: true},
+		{host: "app.gw.example:0x50", malformed: true},
+		{host: "app.gw.example::1", malformed: true},
+		{host: "app.gw.example:80:80", malformed: true},
+		{host: "evil.com:abc", malformed: true},
+		{host: "[::1]:80"},
+		{host: "[::1]:abc"},
+		{host: "gw.example"},
+		{host: "x.app.gw.example"},
+		{host: "app.gw.example.evil"},
+		{host: "app_1.gw.example"},
+		{host: ""},
+		{host: "127.0.0.1:80"},
+	} {
+		name, fwd, err := SplitHost("gw.example", tc.host)
+		if tc.malformed {
+			if !errors.Is(err, ErrMalformedHost) || name != "" || fwd != "" {
+				t.Errorf("SplitHost(%q) = %q, %q, %v; want ErrMalformedHost", tc.host, name, fwd, err)
+			}
+			continue
+		}
+		if err != nil || name != tc.name || fwd != tc.forwarded {
+			t.Errorf("SplitHost(%q) = %q, %q, %v; want %q, %q", tc.host, name, fwd, err, tc.name, tc.forwarded)
+		}
+	}
+}
 
 func TestTunnelName(t *testing.T) {
 	s := &Server{cfg: Config{Domain: "gw.example"}.withDefaults()}
@@ -35,33 +81,6 @@ func TestTunnelName(t *testing.T) {
 		got, ok := s.tunnelName(host)
 		if got != want || ok != (want != "") {
 			t.Errorf("tunnelName(%q) = %q, %v; want %q", host, got, ok, want)
-		}
-	}
-}
-
-func TestClientIP(t *testing.T) {
-	in := &ingress{srv: &Server{cfg: Config{TrustedProxies: []netip.Prefix{
-		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.1/32"),
-	}}}}
-	for _, tc := range []struct {
-		peer, xff, want string
-	}{
-		{"192.0.2.1", "203.0.113.5", "192.0.2.1"},                 // untrusted peer: its header is ignored
-		{"127.0.0.1", "203.0.113.5", "203.0.113.5"},               // trusted proxy names the visitor
-		{"127.0.0.1", "203.0.113.5, 10.1.2.3", "203.0.113.5"},     // through two trusted proxies
-		{"127.0.0.1", "198.51.100.7, 203.0.113.5", "203.0.113.5"}, // the visitor cannot choose its address
-		{"127.0.0.1", "garbage, 203.0.113.5", "203.0.113.5"},      // stops at the nearest untrusted one
-		{"127.0.0.1", "", "127.0.0.1"},                            // no header: the proxy itself
-		{"127.0.0.1", "10.0.0.9, not-an-ip", "127.0.0.1"},         // unparsable: the last address known
-		{"::ffff:127.0.0.1", "203.0.113.5", "203.0.113.5"},        // mapped addresses are IPv4
-	} {
-		r := &http.Request{Header: http.Header{}}
-		if tc.xff != "" {
-			r.Header.Set("X-Forwarded-For", tc.xff)
-		}
-		peer := netip.MustParseAddr(tc.peer).Unmap()
-		if got := in.clientIP(r, peer); got.String() != tc.want {
-			t.Errorf("peer %s, X-Forwarded-For %q: client %s, want %s", tc.peer, tc.xff, got, tc.want)
 		}
 	}
 }
