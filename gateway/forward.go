@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diglett/diglett/internal/accept"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
 	"github.com/diglett/diglett/internal/transport"
@@ -92,7 +93,7 @@ func earliest(a, b time.Time) time.Time {
 func (t *tunnel) acceptLoop() {
 	defer t.reg.srv.visitors.Done()
 	for {
-		c, err := accept(t.ln, t.reg.srv.ctx.Done(), t.log, "accept visitor")
+		c, err := accept.Next(t.ln, t.reg.srv.ctx.Done(), t.log, "accept visitor")
 		if err != nil {
 			return
 		}

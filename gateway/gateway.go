@@ -24,7 +24,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diglett/diglett/internal/accept"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/wstransport"
 )
@@ -344,14 +346,14 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	defer s.untrack(ln)
 	for {
-		conn, err := accept(ln, s.ctx.Done(), s.log, "accept agent connection")
+		conn, err := accept.Next(ln, s.ctx.Done(), s.log, "accept agent connection")
 		if err != nil {
 			if s.shuttingDown() || s.ctx.Err() != nil {
 				return ErrServerClosed
 			}
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
-		slot := s.hs.acquire(addrSource(conn.RemoteAddr()))
+		slot := s.hs.acquire(source.OfAddr(conn.RemoteAddr()))
 		if slot == nil {
 			refuseBusy(conn)
 			continue
@@ -385,31 +387,6 @@ func (s *Server) untrack(ln io.Closer) {
 	ln.Close()
 }
 
-// accept waits for ln's next connection. Accept errors that are timeouts
-// (the process is out of file descriptors, say) are retried after a pause
-// that doubles up to a second, until done is closed; any other error is
-// returned.
-func accept(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) (net.Conn, error) {
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err == nil {
-			return c, nil
-		}
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			return nil, err
-		}
-		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-		log.Warn(what, "err", err, "retry_in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-done:
-			return nil, err
-		}
-	}
-}
-
 // Close stops the server at once: listeners, public ports and sessions.
 func (s *Server) Close() error {
 	s.mu.Lock()
@@ -433,7 +410,7 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	s.visitors.Wait()
-	s.hs.summary.close()
+	s.hs.summary.Close()
 	s.logins.close()
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/diglett/diglett/internal/source"
 )
 
 // Agent connections in their handshake (TLS, hello and login; for QUIC,
@@ -29,7 +31,7 @@ import (
 // closed, a refused QUIC or WebSocket session is closed with
 // transport.CodeBusy: the agent reports "gateway busy" and retries.
 // Refusals are counted (HandshakeStats) and logged at Warn, at most one
-// line per warnInterval.
+// line per source.Interval.
 
 // Reasons a handshake is refused or cut off, as the summary logs them.
 const (
@@ -58,49 +60,6 @@ func refuseBusy(c net.Conn) {
 	c.Close()
 }
 
-// addrSource is the source an agent connection from a is accounted to:
-// its IPv4 address, or the /64 of its IPv6 address (the block one
-// subscriber usually gets). Addresses that are not IP share the zero
-// prefix.
-func addrSource(a net.Addr) netip.Prefix {
-	var ap netip.AddrPort
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ap = a.AddrPort()
-	case *net.UDPAddr:
-		ap = a.AddrPort()
-	case nil:
-	default:
-		ap, _ = netip.ParseAddrPort(a.String())
-	}
-	return ipSource(ap.Addr())
-}
-
-// ipSource is the source an IP address counts against, for every per-source
-// limit of the gateway: the address itself (IPv4), or its /64 (IPv6). The
-// zero Addr gives the zero Prefix: one shared source.
-func ipSource(ip netip.Addr) netip.Prefix {
-	ip = ip.Unmap().WithZone("")
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, _ := ip.Prefix(bits)
-	return p
-}
-
-// sourceName is how logs name a source: the IPv4 address, or the IPv6
-// prefix.
-func sourceName(p netip.Prefix) string {
-	switch {
-	case !p.IsValid():
-		return "unknown"
-	case p.Addr().Is4():
-		return p.Addr().String()
-	}
-	return p.String()
-}
-
 // HandshakeStats counts the agent connections in their handshake, and
 // those refused or cut off there since the server started.
 type HandshakeStats struct {
@@ -121,7 +80,7 @@ func (s *Server) HandshakeStats() HandshakeStats {
 // handshakes is the accounting of handshake slots.
 type handshakes struct {
 	max, perSource int
-	summary        *warnSummary
+	summary        *source.Summary
 
 	mu      sync.Mutex
 	total   int
@@ -150,7 +109,7 @@ func newHandshakes(max, perSource int, log *slog.Logger) *handshakes {
 	return &handshakes{
 		max:       max,
 		perSource: perSource,
-		summary: newWarnSummary(log, "agent connections refused: too many in their handshake", warnInterval,
+		summary: source.NewSummary(log, "agent connections refused: too many in their handshake", source.Interval,
 			reasonPerSource, reasonGatewayFull, reasonShed),
 		sources: make(map[netip.Prefix]*hsSource),
 	}
@@ -169,7 +128,7 @@ func (h *handshakes) acquire(key netip.Prefix) *hsSlot {
 	if n >= h.perSource {
 		h.mu.Unlock()
 		h.refusedPerSource.Add(1)
-		h.summary.add(reasonPerSource, key)
+		h.summary.Add(reasonPerSource, key)
 		return nil
 	}
 	var victim *hsSlot
@@ -179,7 +138,7 @@ func (h *handshakes) acquire(key netip.Prefix) *hsSlot {
 		if big == nil || len(big.slots) <= n+1 {
 			h.mu.Unlock()
 			h.refusedFull.Add(1)
-			h.summary.add(reasonGatewayFull, key)
+			h.summary.Add(reasonGatewayFull, key)
 			return nil
 		}
 		victim, victimKey = big.slots[0], big.key
@@ -200,7 +159,7 @@ func (h *handshakes) acquire(key netip.Prefix) *hsSlot {
 	h.mu.Unlock()
 	if victim != nil {
 		h.shed.Add(1)
-		h.summary.add(reasonShed, victimKey)
+		h.summary.Add(reasonShed, victimKey)
 		if shed != nil {
 			shed()
 		}

@@ -15,7 +15,7 @@ import (
 func TestHandshakeSlots(t *testing.T) {
 	t.Parallel()
 	h := newHandshakes(4, 3, slog.New(slog.DiscardHandler))
-	defer h.summary.close()
+	defer h.summary.Close()
 	src := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 	a, b, c, d, e := src("192.0.2.1/32"), src("192.0.2.2/32"), src("2001:db8::/64"), src("192.0.2.4/32"), src("192.0.2.5/32")
 
@@ -67,25 +67,6 @@ func TestHandshakeSlots(t *testing.T) {
 	}
 	if st := h.stats(); st.InProgress != 4 {
 		t.Fatalf("in progress %d after release and acquire, want 4", st.InProgress)
-	}
-}
-
-func TestAddrSource(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		addr net.Addr
-		want string
-	}{
-		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}, "192.0.2.7/32"},
-		{&net.UDPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7/32"},
-		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 1}, "2001:db8:1:2::/64"},
-		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 1, Zone: "eth0"}, "fe80::/64"},
-		{&net.UnixAddr{Name: "/tmp/x", Net: "unix"}, "invalid Prefix"},
-		{nil, "invalid Prefix"},
-	} {
-		if got := addrSource(tc.addr).String(); got != tc.want {
-			t.Errorf("addrSource(%v) = %s, want %s", tc.addr, got, tc.want)
-		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/source"
 )
 
 // Failed logins slow down per source address (an IPv4 address, an IPv6
@@ -30,7 +31,7 @@ import (
 // seen going first: a flood from more addresses than that makes it forget
 // some, but never grow.
 //
-// Failures are logged at Debug; a Warn line per warnInterval sums up the
+// Failures are logged at Debug; a Warn line per source.Interval sums up the
 // failures and lockouts with the sources that caused the most.
 
 // Limits of the login limiter.
@@ -63,7 +64,7 @@ func (s *Server) LoginStats() LoginStats {
 type loginLimiter struct {
 	limit                  int
 	window, lockout, delay time.Duration
-	summary                *warnSummary
+	summary                *source.Summary
 
 	mu      sync.Mutex
 	sources *simplelru.LRU[netip.Prefix, *loginRecord]
@@ -85,7 +86,7 @@ func newLoginLimiter(cfg Config, log *slog.Logger) *loginLimiter {
 		window:  cfg.LoginFailureWindow,
 		lockout: cfg.LoginLockout,
 		delay:   cfg.LoginFailureDelay,
-		summary: newWarnSummary(log, "failed agent logins", warnInterval,
+		summary: source.NewSummary(log, "failed agent logins", source.Interval,
 			reasonFailed, reasonLocked, reasonLockedNew),
 		sources: sources,
 	}
@@ -106,11 +107,11 @@ func (l *loginLimiter) refusal(src netip.Prefix) *protocol.Error {
 		return nil
 	}
 	l.lockedOut.Add(1)
-	l.summary.add(reasonLocked, src)
+	l.summary.Add(reasonLocked, src)
 	return &protocol.Error{
 		Code: protocol.CodeTooManyFailures,
 		Message: fmt.Sprintf("too many failed logins from %s: refused until %s (try again in %v)",
-			sourceName(src), until.UTC().Format(time.RFC3339), until.Sub(now).Round(time.Second)),
+			source.Name(src), until.UTC().Format(time.RFC3339), until.Sub(now).Round(time.Second)),
 	}
 }
 
@@ -133,10 +134,10 @@ func (l *loginLimiter) failed(ctx context.Context, src netip.Prefix) time.Durati
 	l.mu.Unlock()
 
 	l.failures.Add(1)
-	l.summary.add(reasonFailed, src)
+	l.summary.Add(reasonFailed, src)
 	if locked {
 		l.lockouts.Add(1)
-		l.summary.add(reasonLockedNew, src)
+		l.summary.Add(reasonLockedNew, src)
 	}
 	d := l.delayAfter(n)
 	if d > 0 {
@@ -181,4 +182,4 @@ func (l *loginLimiter) stats() LoginStats {
 	}
 }
 
-func (l *loginLimiter) close() { l.summary.close() }
+func (l *loginLimiter) close() { l.summary.Close() }

@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"net"
+
+	"github.com/diglett/diglett/internal/source"
 )
 
 // ErrGatewayBusy is returned by ServeConn for a connection refused because
@@ -28,7 +30,7 @@ func (s *Server) ServeConn(conn net.Conn) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	slot := s.hs.acquire(addrSource(conn.RemoteAddr()))
+	slot := s.hs.acquire(source.OfAddr(conn.RemoteAddr()))
 	if slot == nil {
 		refuseBusy(conn)
 		return ErrGatewayBusy

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 	"github.com/diglett/diglett/internal/transport/wstransport"
@@ -240,7 +241,7 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "expected login, got " + m.Type().String()})
 		return fmt.Errorf("expected login, got %s", m.Type())
 	}
-	src := addrSource(ss.sess.RemoteAddr())
+	src := source.OfAddr(ss.sess.RemoteAddr())
 	if perr := ss.srv.logins.refusal(src); perr != nil {
 		ss.reply(ctrl, perr)
 		return errors.New(perr.Message)

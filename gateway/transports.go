@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/quictransport"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
@@ -48,7 +49,7 @@ func (s *Server) ServeQUIC(pconn net.PacketConn) error {
 			}
 			return fmt.Errorf("gateway: QUIC accept: %w", err)
 		}
-		slot := s.hs.acquire(addrSource(sess.RemoteAddr()))
+		slot := s.hs.acquire(source.OfAddr(sess.RemoteAddr()))
 		if slot == nil {
 			sess.CloseWithError(transport.CodeBusy, busyReason)
 			continue
@@ -158,7 +159,7 @@ func (w *wsServer) connState(c net.Conn, state http.ConnState) {
 }
 
 func (w *wsServer) accept(sess *tlsmux.Session) {
-	slot := w.srv.hs.acquire(addrSource(sess.RemoteAddr()))
+	slot := w.srv.hs.acquire(source.OfAddr(sess.RemoteAddr()))
 	if slot == nil {
 		w.refuse(sess)
 		return

@@ -32,6 +32,7 @@ import (
 
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/httpguard"
+	"github.com/diglett/diglett/internal/source"
 )
 
 // Gateway is what the ingress needs of the gateway: the tunnels by name,
@@ -168,7 +169,7 @@ func New(gw Gateway, cfg Config) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &Server{gw: gw, cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		servers: make(map[*http.Server]struct{}),
-		sources: newSourceLimiter(cfg.MaxRequestsPerSource, cfg.Logger, warnInterval)}
+		sources: newSourceLimiter(cfg.MaxRequestsPerSource, cfg.Logger, source.Interval)}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:      in.rewrite,
 		Transport:    roundTripperFunc(in.roundTrip),
@@ -304,7 +305,7 @@ func (in *Server) Close() error {
 	in.cancel()
 	in.shutdown(nil)
 	in.once.Do(func() {
-		in.sources.summary.close()
+		in.sources.summary.Close()
 		in.members.Range(func(_, v any) bool {
 			v.(*member).drop()
 			return true

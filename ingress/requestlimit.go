@@ -9,18 +9,20 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/diglett/diglett/internal/source"
 )
 
 // sourceLimiter caps the HTTP requests in flight per source: an IPv4
 // address, or an IPv6 /64 (what one subscriber usually has). Its memory is
 // bounded by the requests in flight: a source's entry goes when its count
 // returns to zero. Refusals are summed up in at most one Warn line per
-// warnInterval, naming the sources refused most, however many sources a
+// source.Interval, naming the sources refused most, however many sources a
 // flood comes from.
 type sourceLimiter struct {
 	max     int
 	refused atomic.Uint64
-	summary *warnSummary
+	summary *source.Summary
 
 	mu       sync.Mutex
 	inflight map[netip.Prefix]int
@@ -33,13 +35,13 @@ func newSourceLimiter(max int, log *slog.Logger, every time.Duration) *sourceLim
 	return &sourceLimiter{
 		max:      max,
 		inflight: make(map[netip.Prefix]int),
-		summary: newWarnSummary(log, fmt.Sprintf("HTTP requests refused: more than %d in flight from one source", max),
+		summary: source.NewSummary(log, fmt.Sprintf("HTTP requests refused: more than %d in flight from one source", max),
 			every, reasonInFlight),
 	}
 }
 
 // requestSource is the source a visitor's address counts against.
-func requestSource(ip netip.Addr) netip.Prefix { return ipSource(ip) }
+func requestSource(ip netip.Addr) netip.Prefix { return source.Of(ip) }
 
 // acquire takes a slot of src; false when src has max requests in flight
 // (the refusal is counted and logged).
@@ -52,7 +54,7 @@ func (l *sourceLimiter) acquire(src netip.Prefix) bool {
 	l.mu.Unlock()
 	if !ok {
 		l.refused.Add(1)
-		l.summary.add(reasonInFlight, src)
+		l.summary.Add(reasonInFlight, src)
 	}
 	return ok
 }
@@ -73,28 +75,4 @@ func (l *sourceLimiter) release(src netip.Prefix) {
 // Config.MaxRequestsPerSource requests in flight.
 func (in *Server) SourceRefusals() uint64 {
 	return in.sources.refused.Load()
-}
-
-// ipSource is the source an IP address counts against: the address itself
-// (IPv4), or its /64 (IPv6), as for the gateway's per-source limits. The
-// zero Addr gives the zero Prefix: one shared source.
-func ipSource(ip netip.Addr) netip.Prefix {
-	ip = ip.Unmap().WithZone("")
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, _ := ip.Prefix(bits)
-	return p
-}
-
-// sourceName is a source as logged: an IPv4 address, or an IPv6 prefix.
-func sourceName(p netip.Prefix) string {
-	switch {
-	case !p.IsValid():
-		return "unknown"
-	case p.Addr().Is4():
-		return p.Addr().String()
-	}
-	return p.String()
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/testutil"
 )
 
@@ -35,7 +36,7 @@ func TestSourceLimiter(t *testing.T) {
 	var out testutil.Buffer
 	const every = 200 * time.Millisecond
 	l := newSourceLimiter(3, slog.New(slog.NewTextHandler(&out, nil)), every)
-	defer l.summary.close()
+	defer l.summary.Close()
 	a := requestSource(netip.MustParseAddr("2001:db8::1"))
 	a2 := requestSource(netip.MustParseAddr("2001:db8::2")) // the same /64
 	b := requestSource(netip.MustParseAddr("192.0.2.1"))
@@ -98,7 +99,7 @@ func TestSourceLimiter(t *testing.T) {
 func TestSourceLimiterMemory(t *testing.T) {
 	t.Parallel()
 	l := newSourceLimiter(1, slog.New(slog.DiscardHandler), time.Hour)
-	defer l.summary.close()
+	defer l.summary.Close()
 	for i := range 100_000 {
 		src := requestSource(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 		if !l.acquire(src) || l.acquire(src) {
@@ -109,10 +110,8 @@ func TestSourceLimiterMemory(t *testing.T) {
 	l.mu.Lock()
 	inflight := len(l.inflight)
 	l.mu.Unlock()
-	l.summary.mu.Lock()
-	logged := len(l.summary.sources)
-	l.summary.mu.Unlock()
-	if inflight != 0 || logged > summarySources {
-		t.Fatalf("%d sources in flight, %d remembered for logging (at most %d)", inflight, logged, summarySources)
+	logged := l.summary.Sources()
+	if inflight != 0 || logged > source.MaxSources {
+		t.Fatalf("%d sources in flight, %d remembered for logging (at most %d)", inflight, logged, source.MaxSources)
 	}
 }

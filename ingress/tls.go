@@ -7,12 +7,12 @@ package ingress
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/diglett/diglett/internal/accept"
 	"github.com/diglett/diglett/internal/httpguard"
 	"github.com/diglett/diglett/internal/transport/wstransport"
 )
@@ -61,7 +61,7 @@ func (l *handshakeListener) Accept() (net.Conn, error) {
 func (l *handshakeListener) acceptLoop() {
 	defer l.wg.Done()
 	for {
-		raw, err := accept(l.Listener, l.done, l.log, "accept visitor")
+		raw, err := accept.Next(l.Listener, l.done, l.log, "accept visitor")
 		if err != nil {
 			l.mu.Lock()
 			l.err = err
@@ -124,29 +124,4 @@ func (l *handshakeListener) Close() error {
 func (l *handshakeListener) wait() {
 	l.Close()
 	l.wg.Wait()
-}
-
-// accept waits for ln's next connection. Accept errors that are timeouts
-// (the process is out of file descriptors, say) are retried after a pause
-// that doubles up to a second, until done is closed; any other error is
-// returned.
-func accept(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) (net.Conn, error) {
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err == nil {
-			return c, nil
-		}
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			return nil, err
-		}
-		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-		log.Warn(what, "err", err, "retry_in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-done:
-			return nil, err
-		}
-	}
 }

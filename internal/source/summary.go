@@ -1,4 +1,9 @@
-package ingress
+// Package source groups a gateway's clients by where they come from, for
+// every per-source limit (an IPv4 address, or the /64 of an IPv6 address,
+// the block one subscriber usually gets), and sums up the events a flood
+// makes frequent in one log line per interval, naming the sources that
+// caused the most.
+package source
 
 import (
 	"cmp"
@@ -11,13 +16,13 @@ import (
 	"time"
 )
 
-// warnSummary turns events that a flood makes frequent (refused
-// requests) into at most one Warn line per interval: the
+// Summary turns events that a flood makes frequent (refused
+// handshakes, failed logins, requests over a cap) into at most one Warn line per interval: the
 // first event is logged at once, the ones that follow within the interval
 // are counted by reason and by source and logged together when it ends.
-// Its memory is bounded: it keeps at most summarySources sources per
+// Its memory is bounded: it keeps at most MaxSources sources per
 // interval.
-type warnSummary struct {
+type Summary struct {
 	log     *slog.Logger
 	msg     string
 	reasons []string // the reasons, in the order they are logged
@@ -31,34 +36,36 @@ type warnSummary struct {
 	closed  bool
 }
 
-// summarySources bounds the sources a summary counts in one interval;
+// MaxSources bounds the sources a summary counts in one interval;
 // events from further sources are counted by reason only.
-const summarySources = 4096
+const MaxSources = 4096
 
-// summaryTop is how many sources a summary line names.
-const summaryTop = 3
+// topSources is how many sources a summary line names.
+const topSources = 3
 
-// warnInterval is how often at most a summary of refused requests is
-// logged.
-const warnInterval = 10 * time.Second
+// Interval is how often at most the gateway logs a summary of refused
+// handshakes, failed logins or refused requests.
+const Interval = 10 * time.Second
 
-func newWarnSummary(log *slog.Logger, msg string, every time.Duration, reasons ...string) *warnSummary {
-	return &warnSummary{
+// NewSummary logs msg at Warn through log, at most once every every, with
+// a count for each of reasons (in that order) and the sources counted.
+func NewSummary(log *slog.Logger, msg string, every time.Duration, reasons ...string) *Summary {
+	return &Summary{
 		log: log, msg: msg, reasons: reasons, every: every,
 		counts:  make(map[string]uint64),
 		sources: make(map[netip.Prefix]uint64),
 	}
 }
 
-// add counts one event of reason from src.
-func (w *warnSummary) add(reason string, src netip.Prefix) {
+// Add counts one event of reason from src.
+func (w *Summary) Add(reason string, src netip.Prefix) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return
 	}
 	w.counts[reason]++
-	if _, ok := w.sources[src]; ok || len(w.sources) < summarySources {
+	if _, ok := w.sources[src]; ok || len(w.sources) < MaxSources {
 		w.sources[src]++
 	}
 	now := time.Now()
@@ -77,7 +84,7 @@ func (w *warnSummary) add(reason string, src netip.Prefix) {
 }
 
 // flush logs what was counted since the last line.
-func (w *warnSummary) flush() {
+func (w *Summary) flush() {
 	w.mu.Lock()
 	w.timer = nil
 	if w.closed || len(w.counts) == 0 {
@@ -91,7 +98,7 @@ func (w *warnSummary) flush() {
 
 // takeLocked returns the attributes of a line for the counts so far and
 // starts a new interval.
-func (w *warnSummary) takeLocked(now time.Time) []any {
+func (w *Summary) takeLocked(now time.Time) []any {
 	var attrs []any
 	for _, r := range w.reasons {
 		attrs = append(attrs, r, w.counts[r])
@@ -111,8 +118,8 @@ func (w *warnSummary) takeLocked(now time.Time) []any {
 		return a.src.Addr().Compare(b.src.Addr())
 	})
 	var names []string
-	for _, c := range top[:min(len(top), summaryTop)] {
-		names = append(names, fmt.Sprintf("%s=%d", sourceName(c.src), c.n))
+	for _, c := range top[:min(len(top), topSources)] {
+		names = append(names, fmt.Sprintf("%s=%d", Name(c.src), c.n))
 	}
 	attrs = append(attrs, "sources", len(w.sources), "top_sources", strings.Join(names, " "))
 	if !w.last.IsZero() {
@@ -124,8 +131,8 @@ func (w *warnSummary) takeLocked(now time.Time) []any {
 	return attrs
 }
 
-// close logs what is still counted and stops the summary.
-func (w *warnSummary) close() {
+// Close logs what is still counted and stops the summary.
+func (w *Summary) Close() {
 	w.mu.Lock()
 	if w.timer != nil {
 		w.timer.Stop()
@@ -136,4 +143,11 @@ func (w *warnSummary) close() {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
+}
+
+// Sources is how many sources the summary counts in its current interval.
+func (w *Summary) Sources() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.sources)
 }

@@ -1,0 +1,36 @@
+// Package accept holds the accept loop step every listener of the gateway
+// and the ingress shares: a listener that fails for a while (the process
+// is out of file descriptors) is retried with backoff instead of ending.
+package accept
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Next waits for ln's next connection. Accept errors that are timeouts
+// (the process is out of file descriptors, say) are logged at Warn with
+// what and retried after a pause that doubles up to a second, until done
+// is closed; any other error is returned.
+func Next(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) (net.Conn, error) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err == nil {
+			return c, nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+		log.Warn(what, "err", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-done:
+			return nil, err
+		}
+	}
+}
