@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/diglett/diglett/internal/yamlerr"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -134,7 +135,7 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		errs.add(root.Line, "want a mapping of keys to values (version: %d, ...), got %s", Version, describe(root))
+		errs.add(root.Line, "want a mapping of keys to values (version: %d, ...), got %s", Version, yamlerr.Describe(root))
 		return nil, errs.err()
 	}
 	known := append(slices.Sorted(maps.Keys(schema)), sections...)
@@ -153,7 +154,7 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 		case key == "version":
 			version = true
 			if n, err := strconv.Atoi(v.Value); v.Kind != yaml.ScalarNode || err != nil || n != Version {
-				errs.add(v.Line, "version: want %d, got %s", Version, describe(v))
+				errs.add(v.Line, "version: want %d, got %s", Version, yamlerr.Describe(v))
 			}
 		case key == "auth" && slices.Contains(sections, key):
 			f.Auth = parseModules(errs, key, v)
@@ -189,7 +190,7 @@ func parseSettings(errs *errorList, dir, where string, schema Schema, n *yaml.No
 		return out
 	}
 	if n.Kind != yaml.MappingNode {
-		errs.add(n.Line, "%s: want a mapping of settings such as {file: tokens.yaml}, got %s", where, describe(n))
+		errs.add(n.Line, "%s: want a mapping of settings such as {file: tokens.yaml}, got %s", where, yamlerr.Describe(n))
 		return out
 	}
 	known := slices.Sorted(maps.Keys(schema))
@@ -221,20 +222,20 @@ func parseSetting(errs *errorList, dir, key string, kind Kind, v *yaml.Node) (Se
 		case yaml.SequenceNode:
 			for _, it := range v.Content {
 				if it.Kind != yaml.ScalarNode {
-					errs.add(it.Line, "%s: want a list of strings, got %s in it", key, describe(it))
+					errs.add(it.Line, "%s: want a list of strings, got %s in it", key, yamlerr.Describe(it))
 					return s, false
 				}
 				s.List = append(s.List, it.Value)
 			}
 		default:
-			errs.add(v.Line, "%s: want a list of strings, got %s", key, describe(v))
+			errs.add(v.Line, "%s: want a list of strings, got %s", key, yamlerr.Describe(v))
 			return s, false
 		}
 		s.Value = strings.Join(s.List, ",")
 		return s, true
 	}
 	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
-		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), describe(v))
+		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), yamlerr.Describe(v))
 		return s, false
 	}
 	s.Value = v.Value
@@ -255,7 +256,7 @@ func parseSetting(errs *errorList, dir, key string, kind Kind, v *yaml.Node) (Se
 		}
 	}
 	if bad {
-		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), describe(v))
+		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), yamlerr.Describe(v))
 		return s, false
 	}
 	return s, true
@@ -277,33 +278,17 @@ func want(k Kind) string {
 	return "a string"
 }
 
-// describe words a node for an error: the value as written, or what it is.
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	}
-	if n.Tag == "!!null" {
-		return "nothing"
-	}
-	return strconv.Quote(n.Value)
-}
-
 // parseModules checks a module list: a list of one-key mappings
 // {module-name: settings}.
 func parseModules(errs *errorList, section string, n *yaml.Node) []Module {
 	if n.Kind != yaml.SequenceNode {
-		errs.add(n.Line, "%s: want a list of modules such as \"- log: {}\", got %s", section, describe(n))
+		errs.add(n.Line, "%s: want a list of modules such as \"- log: {}\", got %s", section, yamlerr.Describe(n))
 		return nil
 	}
 	var ms []Module
 	for _, it := range n.Content {
 		if it.Kind != yaml.MappingNode || len(it.Content) != 2 {
-			errs.add(it.Line, "%s: want one module per item, as \"- NAME: {settings}\", got %s", section, describe(it))
+			errs.add(it.Line, "%s: want one module per item, as \"- NAME: {settings}\", got %s", section, yamlerr.Describe(it))
 			continue
 		}
 		m := Module{Name: it.Content[0].Value, Line: it.Content[0].Line, node: it.Content[1]}
@@ -321,7 +306,7 @@ var tunnelSchema = Schema{"name": String, "backend": String, "h2c": Bool, "basic
 
 func parseTunnels(errs *errorList, n *yaml.Node) []Tunnel {
 	if n.Kind != yaml.SequenceNode {
-		errs.add(n.Line, "tunnels: want a list such as [{name: web, backend: localhost:3000}], got %s", describe(n))
+		errs.add(n.Line, "tunnels: want a list such as [{name: web, backend: localhost:3000}], got %s", yamlerr.Describe(n))
 		return nil
 	}
 	var ts []Tunnel

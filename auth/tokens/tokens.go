@@ -18,6 +18,7 @@ import (
 
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/yamlerr"
 )
 
 // Entry is one entry of a tokens file.
@@ -168,12 +169,12 @@ func decode(data []byte) ([]Entry, error) {
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.SequenceNode {
-		return nil, fmt.Errorf(":%d: want a list of entries such as \"- token: s3cret\", got %s", root.Line, describe(root))
+		return nil, fmt.Errorf(":%d: want a list of entries such as \"- token: s3cret\", got %s", root.Line, yamlerr.Describe(root))
 	}
 	entries := make([]Entry, 0, len(root.Content))
 	for _, n := range root.Content {
 		if n.Kind != yaml.MappingNode {
-			return nil, fmt.Errorf(":%d: want an entry (token, names, identity, quota), got %s", n.Line, describe(n))
+			return nil, fmt.Errorf(":%d: want an entry (token, names, identity, quota), got %s", n.Line, yamlerr.Describe(n))
 		}
 		var e Entry
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -202,7 +203,7 @@ func decode(data []byte) ([]Entry, error) {
 
 func scalar(key string, v *yaml.Node) (string, error) {
 	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
-		return "", fmt.Errorf(":%d: %s: want a string, got %s", v.Line, key, describe(v))
+		return "", fmt.Errorf(":%d: %s: want a string, got %s", v.Line, key, yamlerr.Describe(v))
 	}
 	return v.Value, nil
 }
@@ -212,7 +213,7 @@ func strList(key string, v *yaml.Node) ([]string, error) {
 		return []string{v.Value}, nil
 	}
 	if v.Kind != yaml.SequenceNode {
-		return nil, fmt.Errorf(":%d: %s: want a list such as [\"example\", \"demo-*\"], got %s", v.Line, key, describe(v))
+		return nil, fmt.Errorf(":%d: %s: want a list such as [\"example\", \"demo-*\"], got %s", v.Line, key, yamlerr.Describe(v))
 	}
 	out := make([]string, 0, len(v.Content))
 	for _, it := range v.Content {
@@ -228,7 +229,7 @@ func strList(key string, v *yaml.Node) ([]string, error) {
 func quota(v *yaml.Node) (gateway.Quota, error) {
 	var q gateway.Quota
 	if v.Kind != yaml.MappingNode {
-		return q, fmt.Errorf(":%d: quota: want a mapping such as {names: 10}, got %s", v.Line, describe(v))
+		return q, fmt.Errorf(":%d: quota: want a mapping such as {names: 10}, got %s", v.Line, yamlerr.Describe(v))
 	}
 	for i := 0; i+1 < len(v.Content); i += 2 {
 		k, n := v.Content[i], v.Content[i+1]
@@ -247,23 +248,9 @@ func quota(v *yaml.Node) (gateway.Quota, error) {
 		}
 		x, err := strconv.Atoi(n.Value)
 		if n.Kind != yaml.ScalarNode || err != nil {
-			return q, fmt.Errorf(":%d: quota %s: want a whole number, got %s", n.Line, k.Value, describe(n))
+			return q, fmt.Errorf(":%d: quota %s: want a whole number, got %s", n.Line, k.Value, yamlerr.Describe(n))
 		}
 		*dst = x
 	}
 	return q, nil
-}
-
-// describe words a node for an error: the value as written, or what it is.
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	}
-	if n.Tag == "!!null" {
-		return "nothing"
-	}
-	return strconv.Quote(n.Value)
 }
