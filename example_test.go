@@ -103,3 +103,54 @@ func Example() {
 	fmt.Print(string(body))
 	// Output: hello from behind the NAT
 }
+
+// Publish a local service through a gateway, as the diglett agent does:
+// Forward connects every visitor to the service, and when its context
+// ends (on SIGTERM, say) it lets the open connections finish before it
+// returns.
+func ExampleForward() {
+	gatewayAddr, fingerprint, stop := startExampleGateway()
+	defer stop()
+
+	// The local service, e.g. "localhost:3000".
+	svc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer svc.Close()
+	go http.Serve(svc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello from the local service")
+	}))
+
+	ln, err := diglett.Listen(context.Background(), diglett.Config{
+		Gateway:     gatewayAddr, // e.g. "gateway.example.com:20000"
+		Transport:   diglett.TransportTCP,
+		Name:        "web",
+		Fingerprint: fingerprint,
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- diglett.Forward(ctx, ln, svc.Addr().String(), diglett.ForwardOptions{DrainTimeout: 5 * time.Second})
+	}()
+
+	// Anyone can now reach the service on the gateway's public port.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Print(string(body))
+
+	cancel() // stop: drain, then disconnect
+	fmt.Println("forward:", <-done)
+	// Output:
+	// hello from the local service
+	// forward: <nil>
+}

@@ -2,21 +2,10 @@ package diglett_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"log"
-	"log/slog"
-	"math/big"
 	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,8 +13,6 @@ import (
 	"time"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/auth/allowall"
-	"github.com/diglett/diglett/gateway"
 )
 
 // startForward runs diglett.Forward on ln until the test ends; the
@@ -184,93 +171,4 @@ func TestForwardBackendDown(t *testing.T) {
 	}
 	serveEcho(t, bl)
 	mustRoundTrip(t, ln.Addr().String(), "backend is back")
-}
-
-// startForwardExampleGateway runs a gateway on loopback with a new
-// self-signed certificate, as diglett-server would on a public host.
-func startForwardExampleGateway() (addr string, stop func()) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		log.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		log.Fatal(err)
-	}
-	srv, err := gateway.New(gateway.Config{
-		TLS:        &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
-		Auth:       allowall.Authenticator{},
-		PublicHost: "127.0.0.1",
-		PortMin:    46000,
-		PortMax:    46999,
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	go srv.Serve(ln)
-	return ln.Addr().String(), func() { srv.Close() }
-}
-
-// Publish a local service through a gateway, as the diglett agent does:
-// Forward connects every visitor to the service, and when its context
-// ends (on SIGTERM, say) it lets the open connections finish before it
-// returns.
-func ExampleForward() {
-	dir, _ := os.MkdirTemp("", "diglett-forward")
-	defer os.RemoveAll(dir)
-	gatewayAddr, stop := startForwardExampleGateway()
-	defer stop()
-
-	// The local service, e.g. "localhost:3000".
-	svc, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer svc.Close()
-	go http.Serve(svc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "hello from the local service")
-	}))
-
-	ln, err := diglett.Listen(context.Background(), diglett.Config{
-		Gateway:       gatewayAddr, // e.g. "gateway.example.com:20000"
-		Name:          "web",
-		KnownGateways: filepath.Join(dir, "known_gateways"),
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- diglett.Forward(ctx, ln, svc.Addr().String(), diglett.ForwardOptions{DrainTimeout: 5 * time.Second})
-	}()
-
-	// Anyone can now reach the service on the gateway's public port.
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Get("http://" + ln.Addr().String() + "/")
-	if err != nil {
-		log.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	fmt.Print(string(body))
-
-	cancel() // stop: drain, then disconnect
-	fmt.Println("forward:", <-done)
-	// Output:
-	// hello from the local service
-	// forward: <nil>
 }
