@@ -1,4 +1,4 @@
-package diglett_test
+package e2e
 
 import (
 	"bufio"
@@ -272,13 +272,23 @@ func TestVisitorCaps(t *testing.T) {
 
 	// The gateway's cap: global - perTunnel visitors of the other tunnel
 	// fill it; then neither a TCP visitor nor an HTTP connection gets in.
+	// The HTTP connections above hold gateway slots until the gateway
+	// has seen them close: a visitor refused meanwhile tries again.
 	var open []net.Conn
 	for i := range global - perTunnel {
-		c := dialVisitor(t, echoAddr)
-		c.SetDeadline(time.Now().Add(eventually))
-		msg := fmt.Sprintf("held %d\n", i)
-		io.WriteString(c, msg)
-		if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		var c net.Conn
+		err := poll(eventually, func() error {
+			c = dialVisitor(t, echoAddr)
+			c.SetDeadline(time.Now().Add(eventually))
+			msg := fmt.Sprintf("held %d\n", i)
+			io.WriteString(c, msg)
+			if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+				c.Close()
+				return err
+			}
+			return nil
+		})
+		if err != nil {
 			t.Fatalf("visitor %d below the gateway's cap: %v", i, err)
 		}
 		open = append(open, c)

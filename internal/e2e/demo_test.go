@@ -1,4 +1,4 @@
-package diglett_test
+package e2e
 
 import (
 	"context"
@@ -31,11 +31,13 @@ func TestDemoScript(t *testing.T) {
 	defer cancel()
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin+string(filepath.Separator),
 		"./cmd/diglett", "./cmd/diglett-server", "./examples/hello")
+	build.Dir = repoRoot
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	demo := exec.CommandContext(ctx, "bash", "scripts/demo.sh")
+	demo.Dir = repoRoot
 	demo.Env = append(os.Environ(), "DEMO_ONCE=1", "BIN="+bin,
 		"GATEWAY_ADDR="+freeAddr(t), "BACKEND_ADDR="+freeAddr(t), "HTTP_ADDR="+freeAddr(t))
 	out, err := demo.CombinedOutput()

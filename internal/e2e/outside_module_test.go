@@ -1,4 +1,4 @@
-package diglett_test
+package e2e
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ func TestOutsideModule(t *testing.T) {
 	if err != nil {
 		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	root, err := filepath.Abs(".")
+	root, err := filepath.Abs(repoRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestOutsideModule(t *testing.T) {
 	// tree, and this tree's go.sum, which already vouches for every
 	// module diglett needs (so no checksum database is asked).
 	dir := t.TempDir()
-	src, err := os.ReadFile(filepath.Join(root, "testdata", "outside", "main.go"))
+	src, err := os.ReadFile(filepath.Join("testdata", "outside", "main.go"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package diglett_test
+package e2e
 
 import (
 	"crypto/x509"
