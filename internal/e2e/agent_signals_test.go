@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // buildAgent builds the agent binary into a directory of the test.
@@ -32,7 +34,7 @@ func buildAgent(t *testing.T) string {
 // agentProcess is the agent binary running.
 type agentProcess struct {
 	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
+	stdout, stderr testutil.Buffer
 	exited         chan struct{}
 	err            error // Wait's, once exited is closed
 }
@@ -69,7 +71,7 @@ func (p *agentProcess) tunnel(t *testing.T, name string) string {
 	t.Helper()
 	line := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `: tcp://(\S+) -> `)
 	var addr string
-	err := poll(eventually, func() error {
+	err := testutil.Poll(eventually, func() error {
 		select {
 		case <-p.exited:
 			return fmt.Errorf("agent exited: %v", p.err)
@@ -128,7 +130,7 @@ func halfClosedVisitors(t *testing.T, addr string, n int, eofs interface{ Load()
 		}
 		conns = append(conns, c)
 	}
-	if err := poll(eventually, func() error {
+	if err := testutil.Poll(eventually, func() error {
 		if got := eofs.Load(); got < int64(n) {
 			return fmt.Errorf("the backend saw %d of %d EOFs", got, n)
 		}
@@ -213,7 +215,7 @@ func TestAgentRelaysEndWithSession(t *testing.T) {
 	}
 	px.Kill()
 	cut := time.Now()
-	if err := poll(promptly, func() error {
+	if err := testutil.Poll(promptly, func() error {
 		if n := goroutinesIn("internal/relay.oneWay"); n != 0 {
 			return fmt.Errorf("%d relay directions still running", n)
 		}

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diglett/diglett/internal/testutil"
+
 	"go.uber.org/goleak"
 
 	"github.com/diglett/diglett"
@@ -322,7 +324,7 @@ func TestWrongToken(t *testing.T) {
 	t.Run("command line", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		var stdout, stderr syncBuffer
+		var stdout, stderr testutil.Buffer
 		start := time.Now()
 		err := cli.Agent(ctx, []string{"-g", g.Addr, "-n", "app", "-t", "wrong-token",
 			"--known-gateways", filepath.Join(t.TempDir(), "known_gateways"), "127.0.0.1:9"}, &stdout, &stderr)
@@ -780,7 +782,7 @@ func TestGatewayRestart(t *testing.T) {
 
 	g1.Close()
 	g2 := startGateway(t, gatewayOptions{Key: g1.Key, Addr: g1.Addr, PortMin: g1.PortMin, PortMax: g1.PortMax})
-	if err := poll(eventually, func() error { return roundTrip(public, "after the restart") }); err != nil {
+	if err := testutil.Poll(eventually, func() error { return roundTrip(public, "after the restart") }); err != nil {
 		t.Fatalf("no visitor got through the new gateway: %v", err)
 	}
 	if got := ln.Addr().String(); got != public {
@@ -847,7 +849,7 @@ func TestLease(t *testing.T) {
 	}
 
 	var ln3 *diglett.Listener
-	err = poll(lease+eventually, func() (err error) {
+	err = testutil.Poll(lease+eventually, func() (err error) {
 		ln3, err = listen(t, bob)
 		return err
 	})

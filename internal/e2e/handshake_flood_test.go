@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diglett/diglett/internal/testutil"
+
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/gateway"
 )
@@ -60,7 +62,7 @@ func TestHandshakeFloodFromOneSource(t *testing.T) {
 	for range n {
 		flood = append(flood, dialFrom(t, flooder, g.Addr))
 	}
-	err := poll(eventually, func() error {
+	err := testutil.Poll(eventually, func() error {
 		if st := g.HandshakeStats(); st.RefusedPerSource < n-gateway.DefaultMaxHandshakesPerSource {
 			return fmt.Errorf("handshake stats %+v", st)
 		}
@@ -104,7 +106,7 @@ func TestGatewayBusy(t *testing.T) {
 		}
 		holders = append(holders, c)
 	}
-	err := poll(eventually, func() error {
+	err := testutil.Poll(eventually, func() error {
 		if st := g.HandshakeStats(); st.InProgress != gateway.DefaultMaxHandshakes {
 			return fmt.Errorf("handshake stats %+v", st)
 		}

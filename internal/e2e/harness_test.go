@@ -27,6 +27,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diglett/diglett/internal/testutil"
+
 	"go.uber.org/goleak"
 
 	"github.com/diglett/diglett"
@@ -128,25 +130,6 @@ func (s *logSink) String() string {
 	return s.buf.String()
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use, for the output of
-// the command lines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // waitFor waits until the text of out contains want.
 func waitFor(t *testing.T, what string, out fmt.Stringer, want string) {
 	t.Helper()
@@ -156,7 +139,7 @@ func waitFor(t *testing.T, what string, out fmt.Stringer, want string) {
 // waitForN waits until the text of out contains want n times.
 func waitForN(t *testing.T, what string, out fmt.Stringer, want string, n int) {
 	t.Helper()
-	err := poll(eventually, func() error {
+	err := testutil.Poll(eventually, func() error {
 		if strings.Count(out.String(), want) < n {
 			return fmt.Errorf("no %q yet", want)
 		}
@@ -164,19 +147,6 @@ func waitForN(t *testing.T, what string, out fmt.Stringer, want string, n int) {
 	})
 	if err != nil {
 		t.Fatalf("%s never said %q (%d times); it said:\n%s", what, want, n, out)
-	}
-}
-
-// poll calls f until it succeeds or timeout passes, and returns its last
-// error.
-func poll(timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -329,7 +299,7 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 	var ln net.Listener
 	// A restarted gateway binds its predecessor's address, which the
 	// kernel may hold for a moment.
-	err = poll(eventually, func() (err error) {
+	err = testutil.Poll(eventually, func() (err error) {
 		ln, err = net.Listen("tcp", o.Addr)
 		return err
 	})
@@ -833,7 +803,7 @@ func isTimeout(err error) bool {
 // serverCommand is diglett-server run through its command line.
 type serverCommand struct {
 	Addr, Fingerprint string // from its banner
-	stdout, stderr    syncBuffer
+	stdout, stderr    testutil.Buffer
 	t                 *testing.T
 	cancel            context.CancelFunc
 	errc              chan error
@@ -851,7 +821,7 @@ func startServerCommand(t *testing.T, args ...string) *serverCommand {
 	go func() { s.errc <- cli.Server(ctx, args, &s.stdout, &s.stderr) }()
 	t.Cleanup(s.stop)
 	var m []string
-	if err := poll(eventually, func() error {
+	if err := testutil.Poll(eventually, func() error {
 		if m = serverBanner.FindStringSubmatch(s.stdout.String()); m == nil {
 			return errors.New("no banner")
 		}
@@ -880,7 +850,7 @@ func (s *serverCommand) stop() {
 }
 
 type agentCommand struct {
-	stdout, stderr syncBuffer
+	stdout, stderr testutil.Buffer
 	cancel         context.CancelFunc
 	errc           chan error
 	stopOnce       sync.Once

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diglett/diglett/internal/testutil"
+
 	"github.com/coder/websocket"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
@@ -446,7 +448,7 @@ func TestHTTPRequestsPerSource(t *testing.T) {
 		wg.Add(1)
 		go trickler()
 	}
-	err := poll(eventually, func() error {
+	err := testutil.Poll(eventually, func() error {
 		if n := started.Load(); n < limit {
 			return fmt.Errorf("%d requests reached the backend", n)
 		}

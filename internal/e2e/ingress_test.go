@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diglett/diglett/internal/testutil"
+
 	"github.com/diglett/diglett"
 )
 
@@ -271,7 +273,7 @@ func TestHTTPErrorCodes(t *testing.T) {
 			t.Fatalf("before: status %d, want 200", code)
 		}
 		ln.Close()
-		err := poll(eventually, func() error {
+		err := testutil.Poll(eventually, func() error {
 			if code, _ := get(t, c, "http://gone.gw.test/"); code != 503 {
 				return fmt.Errorf("status %d, want 503 while the name is leased", code)
 			}

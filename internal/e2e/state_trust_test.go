@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/diglett/diglett/internal/testutil"
+
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/internal/cli"
 	"github.com/diglett/diglett/internal/identity"
@@ -21,7 +23,7 @@ func runServer(t *testing.T, args ...string) (error, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*eventually)
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.Buffer
 	errc := make(chan error, 1)
 	start := time.Now()
 	go func() { errc <- cli.Server(ctx, args, &stdout, &stderr) }()
@@ -88,7 +90,7 @@ func TestIdleTimeoutFlags(t *testing.T) {
 	t.Run("agent floor", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), atOnce)
 		defer cancel()
-		var stdout, stderr syncBuffer
+		var stdout, stderr testutil.Buffer
 		err := cli.Agent(ctx, []string{"-g", unusedAddr(t), "-n", "x", "--known-gateways", filepath.Join(t.TempDir(), "kg"),
 			"--max-idle-timeout", "500ms", "9"}, &stdout, &stderr)
 		if err == nil || !strings.Contains(err.Error(), "--max-idle-timeout") || ctx.Err() != nil {

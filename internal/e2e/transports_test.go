@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/internal/transport/wstransport/proxytest"
@@ -140,13 +141,7 @@ func silence(t *testing.T, proto string, port int) (unblock func()) {
 // CI=true and is skipped otherwise.
 func dropRules(t *testing.T, matches ...[]string) (unblock func()) {
 	t.Helper()
-	if _, err := exec.LookPath("iptables"); err != nil {
-		msg := "iptables is not installed (scripts/test-deps.sh installs it)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	testutil.Program(t, "iptables")
 	var rules [][]string
 	for _, m := range matches {
 		rules = append(rules, append(append([]string{"INPUT", "-i", "lo"}, m...), "-j", "DROP"))
@@ -165,11 +160,7 @@ func dropRules(t *testing.T, matches ...[]string) (unblock func()) {
 		if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
 			rules = rules[:i]
 			unblock()
-			msg := fmt.Sprintf("iptables: %v: %s", err, out)
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
+			testutil.Unavailable(t, "iptables: %v: %s", err, out)
 		}
 	}
 	t.Cleanup(unblock)
@@ -197,7 +188,7 @@ func TestDeadPeerDetected(t *testing.T) {
 			unblock := silence(t, tc.proto, addrPortOf(t, g.Addr))
 			// Both notice within the idle timeout; "eventually" adds
 			// slack for a loaded machine.
-			err := poll(testKeepAlive+eventually, func() error {
+			err := testutil.Poll(testKeepAlive+eventually, func() error {
 				if !strings.Contains(g.Logs.String(), "agent disconnected") {
 					return errors.New("the gateway has not noticed")
 				}
@@ -213,7 +204,7 @@ func TestDeadPeerDetected(t *testing.T) {
 			// The agent logs in again, then registers: poll until the
 			// tunnel serves.
 			waitForN(t, "gateway log", g.Logs, "agent logged in", 2)
-			if err := poll(eventually, func() error { return roundTrip(ln.Addr().String(), "back after the silence") }); err != nil {
+			if err := testutil.Poll(eventually, func() error { return roundTrip(ln.Addr().String(), "back after the silence") }); err != nil {
 				t.Fatalf("after the silence: %v", err)
 			}
 		})

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // goroutinesIn counts the goroutines whose stack contains fn.
@@ -170,7 +172,7 @@ func TestHalfClosedVisitorsReaped(t *testing.T) {
 		conns = append(conns, c)
 	}
 	// Every visitor's EOF went through: each relay is half-closed.
-	if err := poll(eventually, func() error {
+	if err := testutil.Poll(eventually, func() error {
 		if n := eofs.Load(); n < visitors {
 			return fmt.Errorf("the backend saw %d of %d EOFs", n, visitors)
 		}
@@ -187,7 +189,7 @@ func TestHalfClosedVisitorsReaped(t *testing.T) {
 		c.Close()
 	}
 
-	err = poll(halfClose+promptly, func() error {
+	err = testutil.Poll(halfClose+promptly, func() error {
 		// The other tunnel's visitors in flight, at most one per worker,
 		// are counted too.
 		if n := goroutinesIn("gateway.(*tunnel).serveVisitor"); n > workers {
@@ -244,7 +246,7 @@ func TestVisitorCaps(t *testing.T) {
 		c := dialVisitor(t, fullAddr)
 		io.WriteString(c, "x")
 		c.CloseWrite()
-		if err := poll(eventually, func() error {
+		if err := testutil.Poll(eventually, func() error {
 			if eofs.Load() <= int64(i) {
 				return fmt.Errorf("visitor %d not through", i)
 			}
@@ -277,7 +279,7 @@ func TestVisitorCaps(t *testing.T) {
 	var open []net.Conn
 	for i := range global - perTunnel {
 		var c net.Conn
-		err := poll(eventually, func() error {
+		err := testutil.Poll(eventually, func() error {
 			c = dialVisitor(t, echoAddr)
 			c.SetDeadline(time.Now().Add(eventually))
 			msg := fmt.Sprintf("held %d\n", i)
@@ -302,7 +304,7 @@ func TestVisitorCaps(t *testing.T) {
 
 	// A visitor leaves: its slot comes back.
 	open[0].Close()
-	if err := poll(eventually, func() error { return roundTrip(echoAddr, "room again") }); err != nil {
+	if err := testutil.Poll(eventually, func() error { return roundTrip(echoAddr, "room again") }); err != nil {
 		t.Fatalf("slot not given back after a visitor left: %v", err)
 	}
 	for _, c := range open[1:] {
