@@ -170,7 +170,10 @@ func startEnv(c *tc, cfg gatewayConfig) *env {
 	e.gw = launchGateway(c, args, "", "", "", cfg.http || cfg.https, cfg.https)
 
 	e.echo = startEcho(c)
-	ctl := e.spawnAgent(c, agentSpec{names: []string{"control"}, token: controlToken, backend: e.echo})
+	// One session: a second one reconnects after a gateway restart at a
+	// random moment (backoff with jitter), which would move the gateway's
+	// counts after the baseline is taken.
+	ctl := e.spawnAgent(c, agentSpec{names: []string{"control"}, token: controlToken, backend: e.echo, args: []string{"--connections", "1"}})
 	e.control = ctl.tunnel(c, "control")
 	if err := poll(10*time.Second, func() error { return roundTrip(e.control, 64<<10, 5*time.Second) }); err != nil {
 		c.Fatalf("control tunnel: %v", err)
