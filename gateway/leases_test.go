@@ -15,23 +15,21 @@ import (
 	"github.com/diglett/diglett/internal/testutil"
 )
 
-// freePorts returns n ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
+// listenPorts listens on n free loopback ports.
+func listenPorts(t *testing.T, n int) ([]net.Listener, []int) {
 	t.Helper()
-	var ports []int
 	var lns []net.Listener
+	var ports []int
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { ln.Close() })
 		lns = append(lns, ln)
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
+	return lns, ports
 }
 
 // leaseServer is a Server on the lease file path, not serving agents.
@@ -61,17 +59,15 @@ func writeLeases(t *testing.T, path string, recs ...leaseRecord) {
 // name reserved without one; Close writes the state back.
 func TestLeaseRestore(t *testing.T) {
 	t.Parallel()
-	ports := freePorts(t, 3)
+	// The first two ports are freed for the restored leases; another
+	// program keeps holding the third.
+	lns, ports := listenPorts(t, 3)
+	lns[0].Close()
+	lns[1].Close()
 	lo, hi := ports[0], ports[0]
 	for _, p := range ports {
 		lo, hi = min(lo, p), max(hi, p)
 	}
-	// Another program holds the third port.
-	taken, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2])))
-	if err != nil {
-		t.Skipf("port %d taken meanwhile: %v", ports[2], err)
-	}
-	defer taken.Close()
 
 	path := filepath.Join(t.TempDir(), "leases.json")
 	now := time.Now()

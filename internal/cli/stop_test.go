@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 func TestHelpListsStopAndVisitorFlags(t *testing.T) {
@@ -59,7 +61,7 @@ func TestFitOpenFilesLogs(t *testing.T) {
 	t.Parallel()
 	limit, ok := openFileLimit()
 	if !ok {
-		t.Skip("no open-file limit on this platform")
+		testutil.Unavailable(t, "no open-file limit on this platform")
 	}
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))

@@ -94,8 +94,8 @@ func TestKnownGatewaysAddAcrossProcesses(t *testing.T) {
 	var wg sync.WaitGroup
 	for range procs {
 		wg.Go(func() {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestKnownGatewaysAddHelper$")
-			cmd.Env = append(os.Environ(), "KNOWN_GATEWAYS_HELPER="+path)
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), knownGatewaysHelper+"="+path)
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Errorf("helper: %v\n%s", err, out)
 			}
@@ -113,17 +113,21 @@ func TestKnownGatewaysAddAcrossProcesses(t *testing.T) {
 // same order, so that the processes race for each one.
 const helperGateways = 100
 
-// TestKnownGatewaysAddHelper is one agent process of
-// TestKnownGatewaysAddAcrossProcesses.
-func TestKnownGatewaysAddHelper(t *testing.T) {
-	path := os.Getenv("KNOWN_GATEWAYS_HELPER")
-	if path == "" {
-		t.Skip("run by TestKnownGatewaysAddAcrossProcesses")
-	}
-	k := KnownGateways{Path: path}
-	for i := range helperGateways {
-		if _, _, err := k.Add(fmt.Sprintf("gw:%d", i+1), fp(i)); err != nil {
-			t.Fatal(err)
+// TestMain runs as one agent process of TestKnownGatewaysAddAcrossProcesses
+// when that test starts the test binary again with knownGatewaysHelper set.
+func TestMain(m *testing.M) {
+	if path := os.Getenv(knownGatewaysHelper); path != "" {
+		k := KnownGateways{Path: path}
+		for i := range helperGateways {
+			if _, _, err := k.Add(fmt.Sprintf("gw:%d", i+1), fp(i)); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
 		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
 }
+
+// knownGatewaysHelper names the file a helper process pins gateways in.
+const knownGatewaysHelper = "KNOWN_GATEWAYS_HELPER"

@@ -151,11 +151,14 @@ func TestPipeHalfCloseTimeoutSlowTraffic(t *testing.T) {
 		pieces  = 12 // 3s of traffic
 	)
 	for _, tc := range kindPairs {
+		if tc.closer == kindPipe {
+			// A pipe's relayed end is closed at its EOF: nothing can flow
+			// back to a pipe that half-closed, so there is no slow
+			// traffic to check.
+			continue
+		}
 		t.Run(fmt.Sprintf("%s-%s", tc.closer, tc.other), func(t *testing.T) {
 			t.Parallel()
-			if tc.closer == kindPipe {
-				t.Skip("a pipe's relayed end is closed at its EOF: nothing flows back")
-			}
 			peerC, peerS, res := halfClosed(t, tc.closer, tc.other, Options{HalfCloseTimeout: timeout})
 			deadline := time.Now().Add(wait + pieces*gap)
 			peerC.SetDeadline(deadline)
@@ -217,11 +220,14 @@ func TestPipeHalfCloseTimeoutStalledReader(t *testing.T) {
 	verifyNoLeaks(t) // after every subtest, which run in parallel
 	const timeout = 300 * time.Millisecond
 	for _, tc := range kindPairs {
+		if tc.closer == kindPipe {
+			// A pipe's relayed end is closed at its EOF: nothing can flow
+			// back to a pipe that half-closed, so there is no slow
+			// traffic to check.
+			continue
+		}
 		t.Run(fmt.Sprintf("%s-%s", tc.closer, tc.other), func(t *testing.T) {
 			t.Parallel()
-			if tc.closer == kindPipe {
-				t.Skip("a pipe's relayed end is closed at its EOF: nothing flows back")
-			}
 			_, peerS, res := halfClosed(t, tc.closer, tc.other, Options{HalfCloseTimeout: timeout})
 			// peerC reads nothing more; peerS sends until it fails.
 			werr := make(chan error, 1)
