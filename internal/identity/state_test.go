@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil/privilege"
 )
 
 // A key file that exists but cannot be read gives one clear error at once:
@@ -30,7 +32,7 @@ func TestKeyFileUnreadable(t *testing.T) {
 		}, "directory"},
 		{"no permission", func(t *testing.T, file string) {
 			// Root would read it anyway: the key is loaded on a thread
-			// without that privilege (see loadUnprivileged).
+			// without that privilege (privilege.WithoutFileAccess).
 			must(t, os.WriteFile(file, nil, 0))
 		}, "permission"},
 		{"empty", func(t *testing.T, file string) {
@@ -48,7 +50,10 @@ func TestKeyFileUnreadable(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() {
 				if tc.name == "no permission" {
-					errc <- loadUnprivileged(dir)
+					errc <- privilege.WithoutFileAccess(func() error {
+						_, _, err := LoadOrCreateKey(dir)
+						return err
+					})
 					return
 				}
 				_, _, err := LoadOrCreateKey(dir)
