@@ -77,43 +77,39 @@ func newLog(_ map[string]Setting, env Env) (gateway.Registerer, error) {
 // Authenticators builds the file's auth modules, in order. Every module
 // is built, and every problem reported with its line.
 func (f *File) Authenticators(env Env) ([]gateway.Authenticator, error) {
-	errs := &errorList{file: f.Path}
-	var out []gateway.Authenticator
-	for _, m := range f.Auth {
-		mod := modules[m.Name]
-		s := parseSettings(errs, f.Dir, "auth: "+m.Name, mod.settings, m.node)
-		if len(errs.errs) > 0 {
-			continue
-		}
+	return buildModules(f, "auth", f.Auth, func(m Module, mod module, s map[string]Setting) (gateway.Authenticator, error) {
 		a, err := mod.auth(s, env)
-		if err != nil {
-			errs.add(m.Line, "auth: %s: %v", m.Name, err)
-			continue
-		}
-		if m.Name == "allow_all" {
+		if err == nil && m.Name == "allow_all" {
 			env.logger().Warn("auth module allow_all: ANYONE who can reach this gateway can register any name", "file", f.Path, "line", m.Line)
 		}
-		out = append(out, a)
-	}
-	return out, errs.err()
+		return a, err
+	})
 }
 
 // Registerers builds the file's register modules, in order.
 func (f *File) Registerers(env Env) ([]gateway.Registerer, error) {
+	return buildModules(f, "register", f.Register, func(_ Module, mod module, s map[string]Setting) (gateway.Registerer, error) {
+		return mod.register(s, env)
+	})
+}
+
+// buildModules builds each module of a section's list with build, after
+// reading its settings; every problem is reported with its line.
+func buildModules[T any](f *File, section string, list []Module, build func(Module, module, map[string]Setting) (T, error)) ([]T, error) {
 	errs := &errorList{file: f.Path}
-	var out []gateway.Registerer
-	for _, m := range f.Register {
+	var out []T
+	for _, m := range list {
 		mod := modules[m.Name]
-		s := parseSettings(errs, f.Dir, "register: "+m.Name, mod.settings, m.node)
+		s := parseSettings(errs, f.Dir, section+": "+m.Name, mod.settings, m.node)
 		if len(errs.errs) > 0 {
 			continue
 		}
-		r, err := mod.register(s, env)
+		x, err := build(m, mod, s)
 		if err != nil {
-			errs.add(m.Line, "register: %s: %v", m.Name, err)
+			errs.add(m.Line, "%s: %s: %v", section, m.Name, err)
 			continue
 		}
-		out = append(out, r)
+		out = append(out, x)
 	}
 	return out, errs.err()
 }

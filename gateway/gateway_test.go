@@ -21,13 +21,28 @@ func newServer(t *testing.T, cfg Config) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv, serveLoopback(t, srv)
+}
+
+// serveLoopback serves agents for srv on a loopback port until the test
+// ends, and returns the port's address; at the end it closes srv and
+// waits for Serve to return.
+func serveLoopback(t *testing.T, srv *Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return srv, ln.Addr().String()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	return ln.Addr().String()
 }
 
 // closedWithin reports whether the server closed c within d, after

@@ -161,20 +161,7 @@ func TestLoginFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(ln)
-	}()
-	defer func() {
-		srv.Close()
-		<-served
-	}()
-	addr := ln.Addr().String()
+	addr := serveLoopback(t, srv)
 
 	const attempts, workers = 2000, 32
 	var (

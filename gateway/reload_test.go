@@ -74,20 +74,7 @@ func reloadServer(t *testing.T, auth Authenticator) (*Server, string, *testutil.
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-served
-	})
-	return srv, ln.Addr().String(), logs
+	return srv, serveLoopback(t, srv), logs
 }
 
 // rawAgent is an agent speaking the protocol by hand, to see exactly what
