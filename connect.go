@@ -174,7 +174,13 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 		return nil, fmt.Errorf("%w: gateway speaks protocol version %d, this agent speaks version %d: use an agent of the same release as the gateway",
 			ErrVersionMismatch, hello.Version, protocol.Version)
 	}
-	if err := protocol.WriteMessage(ctrl, &protocol.Login{Token: cfg.Token}); err != nil {
+	login := &protocol.Login{Token: cfg.Token, User: cfg.User, Password: cfg.Password, Names: cfg.names()}
+	if cfg.TokenFunc != nil {
+		if login.Token, err = cfg.TokenFunc(ctx, k.gateway, login.Names); err != nil {
+			return nil, fmt.Errorf("sign a token for the login: %w", err)
+		}
+	}
+	if err := protocol.WriteMessage(ctrl, login); err != nil {
 		return nil, fmt.Errorf("send login: %w", err)
 	}
 	if m, err = reply(ctrl, "login"); err != nil {

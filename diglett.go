@@ -82,6 +82,15 @@ type Config struct {
 	Names []string
 	// Token authenticates the agent; empty for gateways that allow all.
 	Token string
+	// TokenFunc, when set, is asked for a token at every login in place
+	// of Token: gateway is the host:port being dialed and names the names
+	// the agent is about to register. A signer of short-lived tokens with
+	// the agent's identity key is one (see package auth/jwt). An error
+	// fails that login, which is retried later.
+	TokenFunc func(ctx context.Context, gateway string, names []string) (string, error)
+	// User and Password log the agent in to gateways that take a user
+	// and password.
+	User, Password string
 	// Port asks for a specific public TCP port for Name (0: any).
 	Port int
 	// Fingerprint pins the gateway's key ("SHA256:..."), bypassing both CA
@@ -176,6 +185,15 @@ func (c *Config) Validate() error {
 		if err := protocol.ValidateName(n); err != nil {
 			return fmt.Errorf("tunnel name: %w", err)
 		}
+	}
+	if len(c.names()) > protocol.MaxNames {
+		return fmt.Errorf("%d tunnel names: at most %d per agent", len(c.names()), protocol.MaxNames)
+	}
+	if len(c.Token) > protocol.MaxTokenLen {
+		return fmt.Errorf("token longer than %d bytes", protocol.MaxTokenLen)
+	}
+	if len(c.User) > protocol.MaxCredLen || len(c.Password) > protocol.MaxCredLen {
+		return fmt.Errorf("user or password longer than %d bytes", protocol.MaxCredLen)
 	}
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("port %d out of range", c.Port)

@@ -10,8 +10,9 @@ import (
 // Errors callers branch on. Errors returned by Listen and Accept wrap them;
 // the agent stops reconnecting on the ones marked fatal.
 var (
-	// ErrUnauthorized: the gateway refused the token (fatal).
-	ErrUnauthorized = errors.New("token refused by the gateway")
+	// ErrUnauthorized: the gateway refused the login: its token, user or
+	// password (fatal).
+	ErrUnauthorized = errors.New("login refused by the gateway")
 	// ErrNameRefused: the identity may not publish the name (fatal).
 	ErrNameRefused = errors.New("name refused by the gateway")
 	// ErrNameTaken: another identity holds the name, perhaps under a lease.

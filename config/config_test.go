@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -276,6 +277,57 @@ func TestChain(t *testing.T) {
 	// A failing authenticator stops the chain: its error is not a refusal.
 	if _, err := (Chain{broken, fakeAuth{"a", "alpha"}}).Authenticate(ctx, gateway.Credentials{Token: "a"}); err == nil || errors.Is(err, gateway.ErrUnauthorized) {
 		t.Errorf("broken authenticator: err = %v", err)
+	}
+}
+
+// refuser refuses every login with its reason, or as having found no
+// credentials of its kind when reason is empty, and counts its closes.
+type refuser struct {
+	reason string
+	closed *int
+}
+
+func (r refuser) Authenticate(context.Context, gateway.Credentials) (gateway.Identity, error) {
+	if r.reason == "" {
+		return gateway.Identity{}, gateway.ErrNoCredentials
+	}
+	return gateway.Identity{}, fmt.Errorf("%w: %s", gateway.ErrUnauthorized, r.reason)
+}
+
+func (refuser) Authorize(context.Context, gateway.Identity, string) error {
+	return gateway.ErrForbidden
+}
+
+func (r refuser) Close() error {
+	*r.closed++
+	return nil
+}
+
+func TestChainRefusalReasons(t *testing.T) {
+	ctx := context.Background()
+	var closed int
+	none := refuser{closed: &closed}
+	for _, tc := range []struct {
+		chain Chain
+		want  string
+	}{
+		{Chain{}, "login refused"},
+		{Chain{none, none}, gateway.ErrNoCredentials.Error()},
+		// Modules that found their kind of credentials explain; those
+		// that found none stay quiet; a reason is said once.
+		{Chain{none, refuser{"token expired", &closed}, none}, "login refused: token expired"},
+		{Chain{refuser{"unknown token", &closed}, none, refuser{"token expired", &closed}, refuser{"unknown token", &closed}}, "login refused: unknown token; token expired"},
+	} {
+		_, err := tc.chain.Authenticate(ctx, gateway.Credentials{Token: "x"})
+		if !errors.Is(err, gateway.ErrUnauthorized) || err.Error() != tc.want {
+			t.Errorf("%d modules: err = %v, want %q", len(tc.chain), err, tc.want)
+		}
+	}
+	// Closing a chain closes the members that hold resources, and only
+	// those.
+	closed = 0
+	if err := (Chain{none, fakeAuth{"a", "alpha"}, none}).Close(); err != nil || closed != 2 {
+		t.Errorf("Close: err %v, %d members closed, want 2", err, closed)
 	}
 }
 

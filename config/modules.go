@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/diglett/diglett/auth/allowall"
 	"github.com/diglett/diglett/auth/tokens"
@@ -49,6 +51,20 @@ func moduleNames(section string) []string {
 type Env struct {
 	// Logger is where modules log. Default: slog.Default().
 	Logger *slog.Logger
+	// Domain is the gateway's domain ("" if it has none): the audience
+	// its tokens are for, unless a module says otherwise.
+	Domain string
+	// Changed is called by a module whose answers change on their own (a
+	// registry it watches) after each change: the gateway then checks
+	// every live session again. Nil: nothing is told.
+	Changed func()
+}
+
+// changed tells the gateway that a module's answers changed.
+func (e Env) changed() {
+	if e.Changed != nil {
+		e.Changed()
+	}
 }
 
 func (e Env) logger() *slog.Logger {
@@ -127,13 +143,21 @@ type Chain []gateway.Authenticator
 var _ gateway.Authenticator = Chain(nil)
 
 // Authenticate returns the identity of the first authenticator that takes
-// c, with ClaimAuthenticator set in a copy of its claims.
+// c, with ClaimAuthenticator set in a copy of its claims. When all refuse,
+// the refusal gives the reasons of those that found credentials of their
+// kind (gateway.ErrNoCredentials if none did).
 func (ch Chain) Authenticate(ctx context.Context, c gateway.Credentials) (gateway.Identity, error) {
-	err := gateway.ErrUnauthorized
+	var reasons []string
 	for i, a := range ch {
 		id, aerr := a.Authenticate(ctx, c)
+		if errors.Is(aerr, gateway.ErrNoCredentials) {
+			continue
+		}
 		if errors.Is(aerr, gateway.ErrUnauthorized) {
-			err = aerr
+			why, _ := strings.CutPrefix(aerr.Error(), gateway.ErrUnauthorized.Error()+": ")
+			if why != aerr.Error() && !slices.Contains(reasons, why) {
+				reasons = append(reasons, why)
+			}
 			continue
 		}
 		if aerr != nil {
@@ -145,7 +169,26 @@ func (ch Chain) Authenticate(ctx context.Context, c gateway.Credentials) (gatewa
 		id.Claims = claims
 		return id, nil
 	}
-	return gateway.Identity{}, err
+	if len(reasons) == 0 {
+		if len(ch) == 0 {
+			return gateway.Identity{}, gateway.ErrUnauthorized
+		}
+		return gateway.Identity{}, gateway.ErrNoCredentials
+	}
+	return gateway.Identity{}, fmt.Errorf("%w: %s", gateway.ErrUnauthorized, strings.Join(reasons, "; "))
+}
+
+// Close closes every authenticator of the chain that holds resources
+// (an io.Closer: a watched registry, say), once the chain is no longer in
+// force.
+func (ch Chain) Close() error {
+	var errs []error
+	for _, a := range ch {
+		if c, ok := a.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Authorize asks the authenticator that authenticated id.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 )
 
@@ -22,10 +23,20 @@ type Identity struct {
 	Quota Quota
 }
 
-// Credentials is what an agent presents at login.
+// Credentials is what an agent presents at login. Any field may be
+// empty: an authenticator that finds none of its kind refuses with plain
+// ErrUnauthorized, so that a chain of them moves on.
 type Credentials struct {
-	// Token is the agent's token, as given (diglett -t); may be empty.
+	// Token is the agent's token, as given (diglett -t or --token-file),
+	// or one it signed for this login with its identity key.
 	Token string
+	// User and Password are the agent's user name and password
+	// (diglett --user and --password-file).
+	User, Password string
+	// Names are the names the agent said at login it is about to
+	// register, normalized and valid; it may register others later, each
+	// authorized on its own.
+	Names []string
 	// Remote is the address the agent connects from.
 	Remote net.Addr
 }
@@ -43,9 +54,12 @@ type Credentials struct {
 // bounded by the handshake timeout, to decide whether the session stays.
 //
 // Errors: wrap ErrUnauthorized (Authenticate) or ErrForbidden (Authorize)
-// to refuse; the agent is told so and stops retrying. Any other error is
-// taken as a failure of the authenticator itself: the agent is told the
-// gateway failed, and retries later.
+// to refuse; the agent is told so and stops retrying. The text the
+// wrapping adds ("login refused: token expired") is shown to the agent:
+// say why in words that help a legitimate user and nothing that helps an
+// attacker (never which half of a user and password was wrong). Any other
+// error is taken as a failure of the authenticator itself: the agent is
+// told the gateway failed, and retries later; its text is only logged.
 type Authenticator interface {
 	// Authenticate maps credentials to an identity, or returns an error
 	// wrapping ErrUnauthorized.
@@ -57,8 +71,12 @@ type Authenticator interface {
 
 // Sentinel errors of authenticators.
 var (
-	ErrUnauthorized = errors.New("token refused")
+	ErrUnauthorized = errors.New("login refused")
 	ErrForbidden    = errors.New("name not allowed for this identity")
+	// ErrNoCredentials is the refusal of an authenticator that found
+	// none of the credentials it takes (no token, say): a chain of
+	// authenticators prefers any other refusal's reason to it.
+	ErrNoCredentials = fmt.Errorf("%w: no credentials given that this gateway takes", ErrUnauthorized)
 )
 
 // AuthFuncs adapts two functions to an Authenticator.

@@ -202,6 +202,15 @@ func (s *Server) SetAuthenticator(ctx context.Context, a Authenticator) (Recheck
 	return res, nil
 }
 
+// Recheck checks every agent session again against the Authenticator in
+// force, as SetAuthenticator does with a new one: call it when the
+// Authenticator's answers changed on their own (a registry it watches
+// said a name has a new owner, say). Sessions still allowed go on
+// untouched; the others are told why and closed.
+func (s *Server) Recheck(ctx context.Context) (Recheck, error) {
+	return s.SetAuthenticator(ctx, s.authenticator().a)
+}
+
 type recheckOutcome int
 
 const (

@@ -8,9 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/diglett/diglett/internal/printable"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/transport"
@@ -246,13 +248,18 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		ss.reply(ctrl, perr)
 		return errors.New(perr.Message)
 	}
-	id, err := ss.authenticate(ctx, Credentials{Token: login.Token, Remote: ss.sess.RemoteAddr()})
+	names := make([]string, len(login.Names))
+	for i, n := range login.Names {
+		names[i] = protocol.NormalizeName(n)
+	}
+	creds := Credentials{Token: login.Token, User: login.User, Password: login.Password, Names: names, Remote: ss.sess.RemoteAddr()}
+	id, err := ss.authenticate(ctx, creds)
 	if err != nil {
 		if errors.Is(err, ErrUnauthorized) {
 			// Logged at Debug: the limiter sums failures up at Warn.
 			delay := ss.srv.logins.failed(ctx, src)
 			ss.log.Debug("agent login failed", "err", err, "delay", delay)
-			ss.reply(ctrl, &protocol.Error{Code: protocol.CodeUnauthorized, Message: "token refused by the gateway"})
+			ss.reply(ctrl, &protocol.Error{Code: protocol.CodeUnauthorized, Message: refusalText(err)})
 			return err
 		}
 		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeInternal, Message: "authentication failed"})
@@ -282,7 +289,11 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	if err := auth.a.Authorize(ss.srv.ctx, ss.identity, req.Name); err != nil {
 		ss.log.Info("name refused", "name", req.Name, "err", err)
 		if errors.Is(err, ErrForbidden) {
-			return &protocol.Error{Code: protocol.CodeForbidden, Message: fmt.Sprintf("name %q is not allowed for this token", req.Name)}
+			msg := fmt.Sprintf("name %q is not allowed for this identity", req.Name)
+			if why := reasonOf(err, ErrForbidden); why != "" {
+				msg += ": " + why
+			}
+			return &protocol.Error{Code: protocol.CodeForbidden, Message: msg}
 		}
 		return &protocol.Error{Code: protocol.CodeInternal, Message: "authorization failed"}
 	}
@@ -347,3 +358,24 @@ func (ss *session) addTunnel(t *tunnel) bool {
 
 // Software is the version string the gateway sends in its hello.
 var Software = "diglett-server"
+
+// refusalText is what an agent is told of a refused login: the
+// authenticator's reason, which its contract says is safe to show, made
+// printable and short.
+func refusalText(err error) string {
+	msg := "login refused by the gateway"
+	if why := reasonOf(err, ErrUnauthorized); why != "" {
+		msg += ": " + why
+	}
+	return msg
+}
+
+// reasonOf returns what err adds to sentinel ("token expired" of "login
+// refused: token expired"), printable and bounded; "" if nothing.
+func reasonOf(err, sentinel error) string {
+	s, ok := strings.CutPrefix(err.Error(), sentinel.Error()+": ")
+	if !ok {
+		return ""
+	}
+	return printable.String(s, printable.MaxRunes)
+}

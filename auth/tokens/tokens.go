@@ -84,11 +84,11 @@ func New(entries []Entry) (*Tokens, error) {
 			return nil, fmt.Errorf("entry %d: no names: list the names this token may publish (patterns like \"demo-*\" work)", i+1)
 		}
 		for _, p := range e.Names {
-			if err := validatePattern(p); err != nil {
+			if err := ValidatePattern(p); err != nil {
 				return nil, fmt.Errorf("entry %d: %w", i+1, err)
 			}
 		}
-		if err := validQuota(e.Quota); err != nil {
+		if err := ValidQuota(e.Quota); err != nil {
 			return nil, fmt.Errorf("entry %d: %w", i+1, err)
 		}
 		h := sha256.Sum256([]byte(e.Token))
@@ -108,8 +108,9 @@ func New(entries []Entry) (*Tokens, error) {
 	return t, nil
 }
 
-// validQuota refuses quota values below -1.
-func validQuota(q gateway.Quota) error {
+// ValidQuota refuses quota values below -1; the other modules that give
+// identities quotas share it.
+func ValidQuota(q gateway.Quota) error {
 	for _, f := range []struct {
 		name string
 		v    int
@@ -121,7 +122,10 @@ func validQuota(q gateway.Quota) error {
 	return nil
 }
 
-func validatePattern(p string) error {
+// ValidatePattern checks a name pattern: a valid name in which each * stands
+// for any run of name characters, or "*" alone for every name. The other
+// modules that scope identities to names (basic, bearer, external) share it.
+func ValidatePattern(p string) error {
 	if p == "*" {
 		return nil
 	}
@@ -138,23 +142,32 @@ func validatePattern(p string) error {
 // its timing does not depend on how much of a guess matches.
 func (t *Tokens) Authenticate(_ context.Context, c gateway.Credentials) (gateway.Identity, error) {
 	if c.Token == "" {
-		return gateway.Identity{}, fmt.Errorf("%w: no token given", gateway.ErrUnauthorized)
+		return gateway.Identity{}, gateway.ErrNoCredentials
 	}
 	e, ok := t.byHash[sha256.Sum256([]byte(c.Token))]
 	if !ok {
-		return gateway.Identity{}, gateway.ErrUnauthorized
+		return gateway.Identity{}, fmt.Errorf("%w: unknown token", gateway.ErrUnauthorized)
 	}
 	return gateway.Identity{Name: e.Identity, Quota: e.Quota}, nil
 }
 
 // Authorize allows name if one of the identity's patterns matches it.
 func (t *Tokens) Authorize(_ context.Context, id gateway.Identity, name string) error {
-	for _, p := range t.byID[id.Name] {
-		if ok, _ := path.Match(p, name); ok {
-			return nil
-		}
+	if Match(t.byID[id.Name], name) {
+		return nil
 	}
 	return fmt.Errorf("%w: %q", gateway.ErrForbidden, name)
+}
+
+// Match reports whether one of patterns (checked by ValidatePattern)
+// matches name.
+func Match(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // decode reads the entries of a tokens file with errors in plain words:

@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/diglett/diglett/auth/allowall"
 	"github.com/diglett/diglett/auth/tokens"
@@ -37,9 +39,11 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	} else {
 		errs = c.check()
 		log := slog.New(slog.DiscardHandler)
-		if _, _, err := c.modules(fr.file, log); err != nil {
+		authn, _, err := c.modules(fr.file, log, nil)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		closeAuth(authn, log)
 	}
 	if len(errs) == 0 {
 		fmt.Fprintf(stdout, "%s: ok\n", cc.File)
@@ -85,8 +89,12 @@ func (c *serverCmd) check() []error {
 // --tokens and the file's auth and register lists (f may be nil). With
 // neither --tokens nor auth modules, anyone may register any name, with a
 // warning.
-func (c *serverCmd) modules(f *config.File, log *slog.Logger) (gateway.Authenticator, []gateway.Registerer, error) {
-	env := config.Env{Logger: log}
+//
+// changed, which may be nil, is called when a module's answers change on
+// their own (a registry it watches). An Authenticator that holds
+// resources is an io.Closer: closeAuth it once it is out of force.
+func (c *serverCmd) modules(f *config.File, log *slog.Logger, changed func()) (gateway.Authenticator, []gateway.Registerer, error) {
+	env := config.Env{Logger: log, Domain: c.Domain, Changed: changed}
 	var auths []gateway.Authenticator
 	var errs []error
 	if s, inFile := f.Lookup("tokens"); inFile && len(f.Auth) > 0 && s.Value == c.Tokens {
@@ -117,6 +125,7 @@ func (c *serverCmd) modules(f *config.File, log *slog.Logger) (gateway.Authentic
 		regs = r
 	}
 	if len(errs) > 0 {
+		closeAuth(config.Chain(auths), log)
 		return nil, nil, errors.Join(errs...)
 	}
 	switch len(auths) {
@@ -127,4 +136,69 @@ func (c *serverCmd) modules(f *config.File, log *slog.Logger) (gateway.Authentic
 		return auths[0], regs, nil
 	}
 	return config.Chain(auths), regs, nil
+}
+
+// closeAuth closes a, which is out of force, if it holds resources.
+func closeAuth(a gateway.Authenticator, log *slog.Logger) {
+	if c, ok := a.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			log.Warn("auth modules closed with an error", "err", err)
+		}
+	}
+}
+
+// heldAuth is the Authenticator in force in a running gateway: the one
+// it replaces, and the last one at the end, are closed.
+type heldAuth struct {
+	log *slog.Logger
+	mu  sync.Mutex
+	a   gateway.Authenticator
+}
+
+// swap puts a in the place of the one held, which it closes.
+func (h *heldAuth) swap(a gateway.Authenticator) {
+	h.mu.Lock()
+	old := h.a
+	h.a = a
+	h.mu.Unlock()
+	if old != a {
+		closeAuth(old, h.log)
+	}
+}
+
+// rechecker asks a gateway to check its sessions again when a module says
+// its answers changed: requests made while a check runs are folded into
+// one more check after it, so a burst of changes costs two checks.
+type rechecker struct {
+	log  *slog.Logger
+	kick chan struct{}
+}
+
+func newRechecker(log *slog.Logger) *rechecker {
+	return &rechecker{log: log, kick: make(chan struct{}, 1)}
+}
+
+// changed asks for a check; it never blocks.
+func (r *rechecker) changed() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run checks srv's sessions on each request until ctx ends.
+func (r *rechecker) run(ctx context.Context, srv *gateway.Server) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.kick:
+		}
+		res, err := srv.Recheck(ctx)
+		if err != nil {
+			r.log.Warn("sessions not checked again after an auth module changed", "err", err)
+			continue
+		}
+		r.log.Info("auth module changed: sessions checked again", "sessions_kept", res.Kept, "sessions_closed", res.Closed, "sessions_unchecked", res.Failed)
+	}
 }

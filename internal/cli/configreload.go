@@ -50,7 +50,9 @@ type configReload struct {
 	args []string // the command line of the start
 	path string   // the --config file
 	srv  registererSetter
-	log  *slog.Logger // given to the registerers built
+	log  *slog.Logger // given to the modules built
+	// changed is what auth modules call when their answers change.
+	changed func()
 
 	// Fixed at start: what a restart would change is measured from here.
 	startValues map[string]string
@@ -64,8 +66,8 @@ type configReload struct {
 // configSource is the --config file f, as the start read it with args,
 // and the files it names; regs are the registerers the gateway started
 // with, built from f.
-func (c *serverCmd) configSource(args []string, f *config.File, srv registererSetter, regs []gateway.Registerer, log *slog.Logger) authSource {
-	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs}
+func (c *serverCmd) configSource(args []string, f *config.File, srv registererSetter, regs []gateway.Registerer, changed func(), log *slog.Logger) authSource {
+	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, changed: changed}
 	cr.startValues, _ = settingValues(c)
 	raw := readRaw(f)
 	cr.modules = authModules(c, raw)
@@ -92,12 +94,17 @@ func (cr *configReload) build() (authSnapshot, error) {
 	raw := readRaw(fr.file)
 	snap := authSnapshot{Files: append([]string{c.Config}, tokenFiles(&c, raw)...)}
 	errs := c.check()
-	// The modules log nothing here: what they would warn of was said at
-	// start, and the registerers built are only checked.
-	authn, _, err := c.modules(fr.file, slog.New(slog.DiscardHandler))
+	// The modules log what they do from now on (a registry they watch,
+	// say); the registerers built here are only checked.
+	authn, _, err := c.modules(fr.file, cr.log, cr.changed)
 	if err != nil {
 		errs = append(errs, err)
 	}
+	defer func() {
+		if snap.Auth == nil {
+			closeAuth(authn, cr.log)
+		}
+	}()
 	values, err := settingValues(&c)
 	if err != nil {
 		errs = append(errs, err)

@@ -286,12 +286,12 @@ func TestConfigReloadBuild(t *testing.T) {
 		t.Fatalf("settings %v, listen %q", before, c.Listen)
 	}
 	log := slog.New(slog.DiscardHandler)
-	_, started, err := c.modules(fr.file, log)
+	_, started, err := c.modules(fr.file, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	regs := &fakeRegs{}
-	src := c.configSource(args, fr.file, regs, started, log)
+	src := c.configSource(args, fr.file, regs, started, nil, log)
 	build := func() authSnapshot {
 		t.Helper()
 		snap, err := src.Build()

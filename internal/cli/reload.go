@@ -50,6 +50,9 @@ type authSource struct {
 	// Kept words, in the log of a refused build, what stays in force.
 	// Default "those in force".
 	Kept string
+	// Held, if set, is told of each Authenticator put in force, and
+	// closes the one it replaces. A build not put in force is closed.
+	Held *heldAuth
 }
 
 // authSnapshot is an Authenticator built by a source, with what it allows
@@ -103,6 +106,7 @@ func newReloader(srv authSetter, src authSource, log *slog.Logger) *reloader {
 	if err == nil {
 		// Only a baseline: nothing is put in force, so no Commit.
 		r.cur = snap.Identities
+		closeAuth(snap.Auth, log)
 	}
 	return r
 }
@@ -124,6 +128,7 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 		r.files = snap.Files
 	}
 	if err != nil {
+		closeAuth(snap.Auth, r.log)
 		kept := r.src.Kept
 		if kept == "" {
 			kept = "those in force"
@@ -133,8 +138,12 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 	}
 	res, err := r.srv.SetAuthenticator(ctx, snap.Auth)
 	if err != nil {
+		closeAuth(snap.Auth, r.log)
 		r.log.Error(r.src.What+" not reloaded", append([]any{"err", err}, why...)...)
 		return err
+	}
+	if r.src.Held != nil {
+		r.src.Held.swap(snap.Auth)
 	}
 	args := append([]any{}, why...)
 	if snap.Identities != nil && r.cur != nil {
@@ -254,14 +263,18 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 // (with --config: args are the command line it started with, f the file
 // as it read it, regs the registerers built from it) or else of its
 // tokens file.
-func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, log *slog.Logger) (stop func(), err error) {
+//
+// held is the Authenticator in force, which a reload replaces (and
+// closes); changed is what modules call when their answers change.
+func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, held *heldAuth, changed func(), log *slog.Logger) (stop func(), err error) {
 	var src authSource
 	switch {
 	case f != nil:
-		src = c.configSource(args, f, srv, regs, log)
+		src = c.configSource(args, f, srv, regs, changed, log)
 	case c.Tokens != "":
 		src = tokensSource(c.Tokens)
 	}
+	src.Held = held
 	return serveReloads(ctx, srv, src, c.Watch, log)
 }
 

@@ -130,10 +130,15 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
-	authn, regs, err := c.modules(fr.file, log)
+	rc := newRechecker(log)
+	authn, regs, err := c.modules(fr.file, log, rc.changed)
 	if err != nil {
 		return err
 	}
+	// Closed after the gateway (deferred first): its sessions may ask
+	// until then.
+	held := &heldAuth{log: log, a: authn}
+	defer held.swap(nil)
 
 	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
 	if err != nil {
@@ -165,6 +170,10 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer srv.Close()
+	rcCtx, stopRechecks := context.WithCancel(ctx)
+	rcDone := make(chan struct{})
+	go func() { defer close(rcDone); rc.run(rcCtx, srv) }()
+	defer func() { stopRechecks(); <-rcDone }()
 	// The HTTP(S) ingress reaches the gateway's tunnels through its
 	// narrow interface; the gateway does not know it.
 	web := ingress.New(srv, ingress.Config{
@@ -175,7 +184,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Logger:               log,
 	})
 	defer web.Close()
-	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, log)
+	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, held, rc.changed, log)
 	if err != nil {
 		return err
 	}

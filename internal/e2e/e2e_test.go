@@ -334,7 +334,7 @@ func TestWrongToken(t *testing.T) {
 		if d := time.Since(start); d > atOnce {
 			t.Errorf("the agent command took %v to give up", d)
 		}
-		if !strings.Contains(err.Error(), "token refused") {
+		if !strings.Contains(err.Error(), "login refused by the gateway: unknown token") {
 			t.Errorf("error %q does not say the token was refused", err)
 		}
 		if stdout.String() != "" {

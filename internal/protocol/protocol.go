@@ -81,9 +81,13 @@ type Hello struct {
 	Software string `json:"software,omitempty"`
 }
 
-// Login carries the agent's credentials.
+// Login carries the agent's credentials, and the names it is about to
+// register so that an authenticator can decide on them at once.
 type Login struct {
-	Token string `json:"token,omitempty"`
+	Token    string   `json:"token,omitempty"`
+	User     string   `json:"user,omitempty"`
+	Password string   `json:"password,omitempty"`
+	Names    []string `json:"names,omitempty"`
 }
 
 // LoginOK accepts a Login and names the identity it authenticated.
@@ -159,6 +163,17 @@ func (m *Hello) validate() error {
 func (m *Login) validate() error {
 	if len(m.Token) > MaxTokenLen {
 		return errors.New("login: token too long")
+	}
+	if len(m.User) > MaxCredLen || len(m.Password) > MaxCredLen {
+		return errors.New("login: user or password too long")
+	}
+	if len(m.Names) > MaxNames {
+		return fmt.Errorf("login: more than %d names", MaxNames)
+	}
+	for _, n := range m.Names {
+		if err := ValidateName(n); err != nil {
+			return fmt.Errorf("login: %w", err)
+		}
 	}
 	return nil
 }
