@@ -85,6 +85,8 @@ type File struct {
 	Auth, Register []Module
 	// Tunnels are the agent's tunnels, in file order.
 	Tunnels []Tunnel
+	// Groups are the gateway's tunnel groups, in file order.
+	Groups []Group
 }
 
 // Lookup returns the setting of key, if the file has it.
@@ -97,9 +99,9 @@ func (f *File) Lookup(key string) (Setting, bool) {
 }
 
 // LoadServer reads a diglett-server file: the settings of schema, plus
-// auth and register.
+// auth, register and groups.
 func LoadServer(path string, schema Schema) (*File, error) {
-	return load(path, schema, []string{"auth", "register"})
+	return load(path, schema, []string{"auth", "register", "groups"})
 }
 
 // LoadAgent reads a diglett file: the settings of schema, plus tunnels.
@@ -142,6 +144,7 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 	known = append(known, "version")
 	seen := map[string]int{}
 	version := false
+	var groups *yaml.Node
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
 		key := k.Value
@@ -162,6 +165,8 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 			f.Register = parseModules(errs, key, v)
 		case key == "tunnels" && slices.Contains(sections, key):
 			f.Tunnels = parseTunnels(errs, v)
+		case key == "groups" && slices.Contains(sections, key):
+			groups = v // once the domain is known
 		default:
 			kind, ok := schema[key]
 			if !ok {
@@ -172,6 +177,9 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 				f.Settings[key] = s
 			}
 		}
+	}
+	if groups != nil {
+		f.Groups = parseGroups(errs, strings.TrimSuffix(strings.ToLower(f.Settings["domain"].Value), "."), groups)
 	}
 	if !version {
 		errs.add(root.Line, "no version: start the file with \"version: %d\"", Version)

@@ -87,9 +87,9 @@ func TestLoadServerErrors(t *testing.T) {
 		"not mapping": {"- a\n", []string{`1: want a mapping of keys to values`}},
 		"empty":       {"", []string{`empty file`}},
 		"unknown module": {"version: 1\nauth:\n  - tokenz: {}\n", []string{
-			`3: auth: unknown module "tokenz" (known: allow_all, tokens)`}},
+			`3: auth: unknown module "tokenz" (known: allow_all, `}},
 		"register module in auth": {"version: 1\nauth:\n  - log: {}\n", []string{
-			`3: auth: unknown module "log" (known: allow_all, tokens)`}},
+			`3: auth: unknown module "log" (known: allow_all, `}},
 		"module list":          {"version: 1\nregister: log\n", []string{`2: register: want a list of modules`}},
 		"two in one":           {"version: 1\nauth:\n  - {tokens: {}, allow_all: {}}\n", []string{`3: auth: want one module per item`}},
 		"tunnels on a gateway": {"version: 1\ntunnels: []\n", []string{`2: unknown key "tunnels"`}},

@@ -36,6 +36,18 @@ var modules = map[string]module{
 	"log": {section: "register", settings: Schema{}, register: newLog},
 }
 
+// PathKeys lists, sorted, the settings of module that name files (kind
+// Path): what a watch of the configuration follows.
+func PathKeys(module string) []string {
+	var keys []string
+	for _, k := range slices.Sorted(maps.Keys(modules[module].settings)) {
+		if modules[module].settings[k] == Path {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 // moduleNames lists the modules of section, sorted.
 func moduleNames(section string) []string {
 	var names []string

@@ -13,7 +13,7 @@ import (
 func (s *Server) HostAllowed(_ context.Context, host string) error {
 	name, ok := s.tunnelName(host)
 	if !ok {
-		return fmt.Errorf("host %q is not a tunnel of domain %q", host, s.cfg.Domain)
+		return fmt.Errorf("host %q is not a tunnel of domain %q nor one of a tunnel's hosts", host, s.cfg.Domain)
 	}
 	t := s.reg.route(name)
 	if t == nil {

@@ -127,6 +127,11 @@ type Config struct {
 	// NAME.Domain for an HTTP ingress (package ingress), for the URLs
 	// sent to agents and for certificates (HostAllowed). "" for none.
 	Domain string
+	// Hosts are further host names a tunnel answers on, beside
+	// NAME.Domain (a tunnel group's own hosts): HTTP(S) requests for them
+	// reach the tunnel, and certificates may be ordered for them. See
+	// SetHosts.
+	Hosts Hosts
 	// VisitorAccess is the gateway's policy on the visitor rules agents set
 	// at registration (basic auth, IP allow-lists). Default VisitorAccessAllow.
 	VisitorAccess VisitorAccess
@@ -289,6 +294,7 @@ type Server struct {
 	agentWS *wsServer // WebSocket agents, on the agent port and the HTTPS port
 
 	auth     atomic.Pointer[authState] // the Authenticator in force; see SetAuthenticator
+	hosts    atomic.Pointer[Hosts]     // further hosts of tunnels; see SetHosts
 	reloadMu sync.Mutex                // serializes SetAuthenticator
 
 	mu        sync.Mutex
@@ -308,6 +314,10 @@ func New(cfg Config) (*Server, error) {
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13
 	tc.NextProtos = []string{protocol.ALPN, wstransport.ALPN}
+	hosts, err := checkHosts(cfg.Domain, cfg.Hosts)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:       cfg,
@@ -321,6 +331,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 	}
 	s.auth.Store(&authState{a: cfg.Auth})
+	s.hosts.Store(&hosts)
 	s.quotas = newQuotas()
 	s.regs = newReconciler(ctx, cfg)
 	s.reg = newRegistry(s)

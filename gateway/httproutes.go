@@ -168,7 +168,7 @@ func SplitHost(domain, host string) (name, forwarded string, err error) {
 // case-insensitive, ignoring a port and a trailing dot. A host whose port
 // is not a number is no tunnel's (see SplitHost).
 func (s *Server) tunnelName(host string) (string, bool) {
-	name, _, err := SplitHost(s.cfg.Domain, host)
+	name, _, err := s.Route(host)
 	return name, err == nil && name != ""
 }
 

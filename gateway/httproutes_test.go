@@ -106,3 +106,52 @@ func TestVisitorPolicy(t *testing.T) {
 		t.Error("no allow-list must let everyone in")
 	}
 }
+
+func TestRouteFurtherHosts(t *testing.T) {
+	t.Parallel()
+	s, _ := newServer(t, Config{Domain: "gw.test", Hosts: Hosts{"www.example.org": "web"}})
+	for _, tc := range []struct {
+		host, name, forwarded string
+		err                   error
+	}{
+		{"web.gw.test", "web", "web.gw.test", nil},
+		{"www.example.org", "web", "www.example.org", nil},
+		{"WWW.Example.ORG.:8443", "web", "www.example.org:8443", nil},
+		{"example.org", "", "", nil},
+		{"www.example.org:x", "", "", ErrMalformedHost},
+		{"[::1]:80", "", "", nil},
+	} {
+		name, fwd, err := s.Route(tc.host)
+		if name != tc.name || fwd != tc.forwarded || !errors.Is(err, tc.err) {
+			t.Errorf("Route(%q) = %q, %q, %v; want %q, %q, %v", tc.host, name, fwd, err, tc.name, tc.forwarded, tc.err)
+		}
+	}
+	// A reload replaces the hosts whole.
+	if err := s.SetHosts(Hosts{"api.example.org": "api"}); err != nil {
+		t.Fatal(err)
+	}
+	if name, _, _ := s.Route("www.example.org"); name != "" {
+		t.Errorf("a host dropped by SetHosts still routes to %q", name)
+	}
+	if name, _, _ := s.Route("api.example.org"); name != "api" {
+		t.Errorf("a host added by SetHosts routes to %q", name)
+	}
+	if got := s.HostsOf("api"); len(got) != 1 || got[0] != "api.example.org" {
+		t.Errorf("HostsOf(api) = %v", got)
+	}
+	// Bad hosts are refused whole, and the hosts in force stay.
+	for _, bad := range []Hosts{
+		{"x.gw.test": "web"},       // under the domain
+		{"localhost": "web"},       // one label
+		{"www.Example.org": "web"}, // not lower case
+		{"www.example.org": "Web"}, // not a tunnel name
+		{"www.example.org": "web", "a..b": "web"},
+	} {
+		if err := s.SetHosts(bad); err == nil {
+			t.Errorf("SetHosts(%v) accepted", bad)
+		}
+	}
+	if name, _, _ := s.Route("api.example.org"); name != "api" {
+		t.Errorf("a refused SetHosts changed the hosts in force")
+	}
+}

@@ -30,6 +30,9 @@ type fakeGateway struct {
 }
 
 func (g *fakeGateway) Domain() string { return "gw.test" }
+func (g *fakeGateway) Route(host string) (string, string, error) {
+	return gateway.SplitHost(g.Domain(), host)
+}
 func (g *fakeGateway) Tunnel(name string) (gateway.HTTPTunnel, bool) {
 	t, ok := g.tunnels[name]
 	if !ok {

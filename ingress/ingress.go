@@ -48,6 +48,10 @@ type Gateway interface {
 	// Domain is the domain of the tunnels' host names, in lower case
 	// without a trailing dot; "" when the gateway has none.
 	Domain() string
+	// Route maps a request's Host (or a TLS server name) to the tunnel
+	// that answers on it and the host its backend is told; an empty name
+	// when none does (see gateway.Server.Route).
+	Route(host string) (name, forwarded string, err error)
 	// Tunnel returns the tunnel published as name; false when none is.
 	Tunnel(name string) (gateway.HTTPTunnel, bool)
 	// LimitVisitors wraps a visitor listener in the gateway-wide cap on

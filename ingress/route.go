@@ -46,7 +46,7 @@ func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer in.sources.release(src)
-	name, host, err := gateway.SplitHost(in.gw.Domain(), r.Host)
+	name, host, err := in.gw.Route(r.Host)
 	if err != nil {
 		if r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
