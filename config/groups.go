@@ -188,8 +188,9 @@ var (
 
 // Authenticate tries, for each group the agent named at login, the
 // group's modules; the first group that takes the agent's credentials
-// makes it a member. An agent that named only groups, all of which
-// refused it, is refused with their reason; otherwise Global decides.
+// makes it a member. Otherwise Global decides: an agent it lets in may
+// not publish a group's name (Authorize says so); one it refuses that
+// named only groups is told why the groups refused it.
 func (g Grouped) Authenticate(ctx context.Context, c gateway.Credentials) (gateway.Identity, error) {
 	var refused error
 	asked := 0 // the groups named at login
@@ -213,16 +214,19 @@ func (g Grouped) Authenticate(ctx context.Context, c gateway.Credentials) (gatew
 			refused = err
 		}
 	}
-	if refused != nil && asked == len(c.Names) {
-		// The agent asked for groups only: why they refused it is the
-		// answer, whatever the other modules would say.
-		return gateway.Identity{}, refused
-	}
 	if g.Global == nil {
+		if refused != nil {
+			return gateway.Identity{}, refused
+		}
 		return gateway.Identity{}, fmt.Errorf("%w: this gateway lets in only the agents of its tunnel groups", gateway.ErrUnauthorized)
 	}
 	id, err := g.Global.Authenticate(ctx, c)
 	if err != nil {
+		if refused != nil && asked == len(c.Names) && errors.Is(err, gateway.ErrUnauthorized) {
+			// The agent asked for groups only: why they refused it
+			// says more than why the other modules did.
+			return gateway.Identity{}, refused
+		}
 		return gateway.Identity{}, err
 	}
 	if _, ok := id.Claims[ClaimGroup]; ok {

@@ -104,12 +104,18 @@ func TestGrouped(t *testing.T) {
 	if err := g.Authorize(ctx, id, "web"); !errors.Is(err, gateway.ErrForbidden) || !strings.Contains(err.Error(), "tunnel group's") {
 		t.Errorf("global identity publishes a group's name: %v", err)
 	}
-	// An agent that names a group and is refused by it hears why from
-	// the group, even when the global modules would let it in.
-	if _, err := login("a", "api"); !errors.Is(err, gateway.ErrUnauthorized) {
-		t.Errorf("refused by api's modules but let in: %v", err)
-	} else if !strings.Contains(err.Error(), "wrong api key") {
-		t.Errorf("refusal %q does not give the group's reason", err)
+	// An agent refused by the group it names but let in by the global
+	// modules is told at its name that the name is the group's; one
+	// refused by both hears the group's reason.
+	id, err = login("a", "api")
+	if err != nil {
+		t.Fatalf("global identity naming a group: %v", err)
+	}
+	if err := g.Authorize(ctx, id, "api"); !errors.Is(err, gateway.ErrForbidden) || !strings.Contains(err.Error(), "tunnel group's") {
+		t.Errorf("global identity publishes a group's name: %v", err)
+	}
+	if _, err := login("zz", "api"); !errors.Is(err, gateway.ErrUnauthorized) || !strings.Contains(err.Error(), "wrong api key") {
+		t.Errorf("refused by all: %v, want the group's reason", err)
 	}
 	// A module's own claim cannot make a member.
 	spoof := Grouped{Global: gateway.AuthFuncs{AuthenticateFunc: func(context.Context, gateway.Credentials) (gateway.Identity, error) {

@@ -124,18 +124,36 @@ func (c *serverCmd) modules(f *config.File, log *slog.Logger, changed func()) (g
 		}
 		regs = r
 	}
+	var groups []config.GroupAuth
+	if f != nil && len(f.Groups) > 0 {
+		g, err := f.GroupAuthenticators(env)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		groups = g
+	}
 	if len(errs) > 0 {
 		closeAuth(config.Chain(auths), log)
 		return nil, nil, errors.Join(errs...)
 	}
+	var global gateway.Authenticator
 	switch len(auths) {
 	case 0:
+		if len(groups) > 0 {
+			log.Info("no auth list: only the agents of the tunnel groups may log in", "groups", len(groups))
+			break
+		}
 		log.Warn("no --tokens file: ANYONE who can reach this gateway can register any name")
-		return allowall.Authenticator{}, regs, nil
+		global = allowall.Authenticator{}
 	case 1:
-		return auths[0], regs, nil
+		global = auths[0]
+	default:
+		global = config.Chain(auths)
 	}
-	return config.Chain(auths), regs, nil
+	if len(groups) > 0 {
+		return config.Grouped{Global: global, Groups: groups}, regs, nil
+	}
+	return global, regs, nil
 }
 
 // closeAuth closes a, which is out of force, if it holds resources.

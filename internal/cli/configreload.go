@@ -41,6 +41,7 @@ var liveKeys = map[string]bool{"tokens": true}
 // list changes.
 type registererSetter interface {
 	SetRegisterers(rgs []gateway.Registerer)
+	SetHosts(hosts gateway.Hosts) error
 }
 
 var _ registererSetter = (*gateway.Server)(nil)
@@ -59,6 +60,7 @@ type configReload struct {
 
 	// In force, from the start or the last reload put in force.
 	modules []string             // the auth modules, as authModules words them
+	hosts   []string             // the groups' hosts, as hostList words them
 	regKeys []string             // the register modules, as registerModules words them
 	regs    []gateway.Registerer // the registerers, in the order of regKeys
 }
@@ -72,9 +74,10 @@ func (c *serverCmd) configSource(args []string, f *config.File, srv registererSe
 	raw := readRaw(f)
 	cr.modules = authModules(c, raw)
 	cr.regKeys = registerModules(raw)
+	cr.hosts = hostList(f.Hosts())
 	return authSource{
 		What:  "config",
-		Files: append([]string{c.Config}, tokenFiles(c, raw)...),
+		Files: append([]string{c.Config}, moduleFiles(c, raw)...),
 		Build: cr.build,
 		Kept:  "the one in force",
 	}
@@ -87,12 +90,12 @@ func (cr *configReload) build() (authSnapshot, error) {
 	if err := parse(&c, "diglett-server", serverDesc, cr.args, io.Discard, io.Discard, fr); err != nil {
 		snap := authSnapshot{}
 		if fr.file != nil {
-			snap.Files = append([]string{cr.path}, tokenFiles(&c, readRaw(fr.file))...)
+			snap.Files = append([]string{cr.path}, moduleFiles(&c, readRaw(fr.file))...)
 		}
 		return snap, err
 	}
 	raw := readRaw(fr.file)
-	snap := authSnapshot{Files: append([]string{c.Config}, tokenFiles(&c, raw)...)}
+	snap := authSnapshot{Files: append([]string{c.Config}, moduleFiles(&c, raw)...)}
 	errs := c.check()
 	// The modules log what they do from now on (a registry they watch,
 	// say); the registerers built here are only checked.
@@ -128,8 +131,19 @@ func (cr *configReload) build() (authSnapshot, error) {
 	regsAdded, regsRemoved := diffLists(cr.regKeys, regKeys)
 	snap.Changes = []any{"auth_modules_added", added, "auth_modules_removed", removed,
 		"registerers_added", regsAdded, "registerers_removed", regsRemoved}
+	hosts := fr.file.Hosts()
+	hostsAdded, hostsRemoved := diffLists(cr.hosts, hostList(hosts))
+	snap.Changes = append(snap.Changes, "hosts_added", hostsAdded, "hosts_removed", hostsRemoved)
 	snap.Commit = func() {
 		cr.modules = mods
+		if !slices.Equal(cr.hosts, hostList(hosts)) {
+			if err := cr.srv.SetHosts(hosts); err != nil {
+				// The file's checks passed: only a bug gets here.
+				cr.log.Error("tunnel groups' hosts not reloaded", "err", err)
+			} else {
+				cr.hosts = hostList(hosts)
+			}
+		}
 		if !slices.Equal(regKeys, cr.regKeys) {
 			cr.srv.SetRegisterers(regs)
 		}
@@ -216,6 +230,7 @@ type rawConfig struct {
 type rawModule struct {
 	name     string
 	settings map[string]any
+	group    string // the tunnel group whose auth list it is in; "" for none
 }
 
 // readRaw reads the module sections of f again. The file was checked
@@ -234,6 +249,10 @@ func readRaw(f *config.File) rawConfig {
 	var doc struct {
 		Auth     []map[string]map[string]any `yaml:"auth"`
 		Register []map[string]map[string]any `yaml:"register"`
+		Groups   []struct {
+			Name string                      `yaml:"name"`
+			Auth []map[string]map[string]any `yaml:"auth"`
+		} `yaml:"groups"`
 	}
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return raw
@@ -241,6 +260,13 @@ func readRaw(f *config.File) rawConfig {
 	for _, m := range doc.Auth {
 		for name, s := range m {
 			raw.auth = append(raw.auth, rawModule{name: name, settings: s})
+		}
+	}
+	for _, g := range doc.Groups {
+		for _, m := range g.Auth {
+			for name, s := range m {
+				raw.auth = append(raw.auth, rawModule{name: name, settings: s, group: g.Name})
+			}
 		}
 	}
 	for _, m := range doc.Register {
@@ -252,7 +278,7 @@ func readRaw(f *config.File) rawConfig {
 }
 
 // tokenFiles are the tokens files c and its file name: --tokens (or
-// tokens:), which overrides the auth list, or the auth list's.
+// tokens:), which overrides the auth list, or the auth lists'.
 func tokenFiles(c *serverCmd, raw rawConfig) []string {
 	if c.Tokens != "" {
 		return []string{c.Tokens}
@@ -261,6 +287,28 @@ func tokenFiles(c *serverCmd, raw rawConfig) []string {
 	for _, m := range raw.auth {
 		if f := m.tokensFile(raw.dir); f != "" && !slices.Contains(files, f) {
 			files = append(files, f)
+		}
+	}
+	return files
+}
+
+// moduleFiles are the files the auth modules read (tokens files, users
+// files, key registries: their settings of kind config.Path), which a
+// change to reloads.
+func moduleFiles(c *serverCmd, raw rawConfig) []string {
+	files := tokenFiles(c, raw)
+	for _, m := range raw.auth {
+		for _, k := range config.PathKeys(m.name) {
+			f, _ := m.settings[k].(string)
+			if f == "" {
+				continue
+			}
+			if !filepath.IsAbs(f) {
+				f = filepath.Join(raw.dir, f)
+			}
+			if !slices.Contains(files, f) {
+				files = append(files, f)
+			}
 		}
 	}
 	return files
@@ -287,11 +335,14 @@ func authModules(c *serverCmd, raw rawConfig) []string {
 	}
 	var out []string
 	for _, m := range raw.auth {
+		key := moduleKeys([]rawModule{m})[0]
 		if m.name == "tokens" {
-			out = append(out, "tokens:"+m.tokensFile(raw.dir))
-			continue
+			key = "tokens:" + m.tokensFile(raw.dir)
 		}
-		out = append(out, moduleKeys([]rawModule{m})...)
+		if m.group != "" {
+			key = "group " + m.group + ": " + key
+		}
+		out = append(out, key)
 	}
 	return out
 }
@@ -338,4 +389,13 @@ func diffLists(before, after []string) (added, removed []string) {
 	sort.Strings(added)
 	sort.Strings(removed)
 	return added, removed
+}
+
+// hostList words hosts as "HOST=TUNNEL", sorted.
+func hostList(hosts gateway.Hosts) []string {
+	out := make([]string, 0, len(hosts))
+	for _, h := range slices.Sorted(maps.Keys(hosts)) {
+		out = append(out, h+"="+hosts[h])
+	}
+	return out
 }

@@ -259,10 +259,17 @@ func TestServerConfigReloadKeepsFlags(t *testing.T) {
 	}
 }
 
-// fakeRegs records the registerers put in force.
-type fakeRegs struct{ set [][]gateway.Registerer }
+// fakeRegs records the registerers and the hosts put in force.
+type fakeRegs struct {
+	set   [][]gateway.Registerer
+	hosts []gateway.Hosts
+}
 
 func (f *fakeRegs) SetRegisterers(rgs []gateway.Registerer) { f.set = append(f.set, rgs) }
+func (f *fakeRegs) SetHosts(h gateway.Hosts) error {
+	f.hosts = append(f.hosts, h)
+	return nil
+}
 
 // A reload of a file unchanged changes nothing and asks for no restart;
 // a register list changed is put in force, keeping the registerers whose
@@ -305,14 +312,14 @@ func TestConfigReloadBuild(t *testing.T) {
 	if len(snap.Restart) != 0 || snap.Identities["alice"] == "" || len(regs.set) != 0 {
 		t.Fatalf("unchanged file: restart %v, identities %v, registerers set %d times", snap.Restart, snap.Identities, len(regs.set))
 	}
-	if got := fmt.Sprint(snap.Changes); got != "[auth_modules_added [] auth_modules_removed [] registerers_added [] registerers_removed []]" {
+	if got := fmt.Sprint(snap.Changes); got != "[auth_modules_added [] auth_modules_removed [] registerers_added [] registerers_removed [] hosts_added [] hosts_removed []]" {
 		t.Fatalf("changes %s", got)
 	}
 
 	// The default register list given explicitly: nothing changes.
 	writeFile(t, cfg, "version: 1\nlisten: 127.0.0.1:0\nregister:\n  - log: {}\nauth:\n  - tokens: {file: tokens.yaml}\n")
 	snap = build()
-	if len(snap.Restart) != 0 || len(regs.set) != 0 || fmt.Sprint(snap.Changes) != "[auth_modules_added [] auth_modules_removed [allow_all] registerers_added [] registerers_removed []]" {
+	if len(snap.Restart) != 0 || len(regs.set) != 0 || fmt.Sprint(snap.Changes) != "[auth_modules_added [] auth_modules_removed [allow_all] registerers_added [] registerers_removed [] hosts_added [] hosts_removed []]" {
 		t.Fatalf("restart %v, changes %v, registerers set %d times", snap.Restart, snap.Changes, len(regs.set))
 	}
 

@@ -155,6 +155,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Transport:     transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
 		Logger:        log,
 		Domain:        c.Domain,
+		Hosts:         fr.file.Hosts(),
 		VisitorAccess: gateway.VisitorAccess(c.VisitorAccess),
 		Quota:         c.quota(),
 		LeaseFile:     filepath.Join(dataDir, "leases.json"),
