@@ -32,6 +32,11 @@ var modules = map[string]module{
 	"tokens": {section: "auth", settings: Schema{"file": Path}, auth: newTokens},
 	// allow_all: {} — anyone may publish any name (development only).
 	"allow_all": {section: "auth", settings: Schema{}, auth: newAllowAll},
+	"jwt":       {section: "auth", settings: jwtSettings, auth: newJWT}, // jwt: {identities: identities.yaml} — signed identity tokens (module_jwt.go).
+	// basic: {file: users.yaml}, bearer: {sha256: HEX, identity: ci, names: [ci-*]}, external: {url: https://auth.internal/check} (module_creds.go).
+	"basic":    {section: "auth", settings: basicSettings, auth: newBasic},
+	"bearer":   {section: "auth", settings: bearerSettings, auth: newBearer},
+	"external": {section: "auth", settings: externalSettings, auth: newExternal},
 	// log: {} — logs "register domain 'NAME' -> 'PORT'".
 	"log": {section: "register", settings: Schema{}, register: newLog},
 }

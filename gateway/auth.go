@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 )
 
 // Identity is who an agent authenticated as. Names belong to identities:
@@ -39,6 +40,13 @@ type Credentials struct {
 	Names []string
 	// Remote is the address the agent connects from.
 	Remote net.Addr
+	// LoginTime is zero at a login. When the gateway checks a live
+	// session again (after SetAuthenticator or Recheck), it is when the
+	// session logged in: a token is then judged as of that time (a
+	// short-lived token may have expired since, and its one use is this
+	// session's), while what may have changed since (its key, its
+	// names' owners) is judged as it is now.
+	LoginTime time.Time
 }
 
 // Authenticator decides who an agent is and which names it may publish.

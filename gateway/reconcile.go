@@ -195,7 +195,7 @@ func (rc *reconciler) work(r *registration) {
 				r.mu.Unlock()
 			}
 		} else {
-			err = closer.Close()
+			err = rc.unregister(closer)
 			if err == nil {
 				r.mu.Lock()
 				r.closer = nil
@@ -247,6 +247,19 @@ func (rc *reconciler) register(rg Registerer, route Route) (io.Closer, error) {
 		c = nopCloser{}
 	}
 	return c, nil
+}
+
+// unregister closes a published route: with the timeout, for a Closer
+// that takes a context (ContextCloser). The gateway closing does not cut
+// it short: taking routes down is part of closing.
+func (rc *reconciler) unregister(c io.Closer) error {
+	cc, ok := c.(ContextCloser)
+	if !ok {
+		return c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(rc.ctx), rc.timeout)
+	defer cancel()
+	return cc.CloseContext(ctx)
 }
 
 type nopCloser struct{}

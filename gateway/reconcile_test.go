@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -368,4 +369,45 @@ func TestFlappingTunnelConverges(t *testing.T) {
 	if _, active = rec.snapshot(); active["flap"] != 0 {
 		t.Fatal("route still published after Close")
 	}
+}
+
+// hangingRoute is a route whose first unregistering hangs until its
+// context ends; the later ones succeed.
+type hangingRoute struct {
+	calls  atomic.Int32
+	closed chan struct{}
+}
+
+func (h *hangingRoute) Close() error { panic("Close called on a ContextCloser") }
+
+func (h *hangingRoute) CloseContext(ctx context.Context) error {
+	if h.calls.Add(1) == 1 {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	close(h.closed)
+	return nil
+}
+
+// A route whose unregistering hangs is cut off at the register timeout,
+// logged and retried, instead of holding its worker for ever.
+func TestHangingUnregisterIsBounded(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	route := &hangingRoute{closed: make(chan struct{})}
+	rg := RegistererFunc(func(context.Context, Route) (io.Closer, error) { return route, nil })
+	g := startRegGateway(t, Config{Registerer: rg, RegisterTimeout: 200 * time.Millisecond})
+	ln, _ := g.listen(t, "stuck")
+	ln.Close() // the tunnel goes away: its route is taken down
+	select {
+	case <-route.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the route was never taken down; CloseContext called %d times", route.calls.Load())
+	}
+	if n := route.calls.Load(); n != 2 {
+		t.Errorf("CloseContext called %d times, want 2 (one cut off, one retry)", n)
+	}
+	if !strings.Contains(g.Logs.String(), "op=unregister") || !strings.Contains(g.Logs.String(), "context deadline exceeded") {
+		t.Errorf("the cut-off unregistering was not logged:\n%s", g.Logs.String())
+	}
+	g.Close()
 }

@@ -29,6 +29,17 @@ type Registerer interface {
 	Register(ctx context.Context, r Route) (io.Closer, error)
 }
 
+// ContextCloser is a route's Closer whose unregistering can be bounded:
+// when the Closer a Registerer returns implements it, the gateway calls
+// CloseContext, with a context that ends after Config.RegisterTimeout,
+// instead of Close. Registerers that talk to something remote (a proxy's
+// API, a router) should return one, so that one that hangs costs a retry
+// later rather than a worker for ever.
+type ContextCloser interface {
+	io.Closer
+	CloseContext(ctx context.Context) error
+}
+
 // RegistererFunc adapts a function to a Registerer.
 type RegistererFunc func(ctx context.Context, r Route) (io.Closer, error)
 

@@ -29,6 +29,7 @@ func (s *Server) authenticator() *authState { return s.auth.Load() }
 type loginState struct {
 	mu       sync.Mutex
 	creds    Credentials // as the agent presented them; never logged
+	at       time.Time   // when the login was taken
 	identity Identity    // as the last check returned it
 	checked  *authState  // nil until logged in
 	revoked  bool
@@ -44,11 +45,12 @@ func (ss *session) authenticate(ctx context.Context, c Credentials) (Identity, e
 	ss.login.mu.Lock()
 	defer ss.login.mu.Unlock()
 	st := ss.srv.authenticator()
+	at := time.Now() // what the token was judged as of
 	id, err := st.a.Authenticate(ctx, c)
 	if err != nil {
 		return Identity{}, err
 	}
-	ss.login.creds, ss.login.identity, ss.login.checked = c, id, st
+	ss.login.creds, ss.login.identity, ss.login.checked, ss.login.at = c, id, st, at
 	ss.login.log = ss.log.With("identity", id.Name)
 	return id, nil
 }
@@ -234,7 +236,9 @@ func (ss *session) recheck(ctx context.Context, st *authState) recheckOutcome {
 	stop := context.AfterFunc(ss.srv.ctx, cancel)
 	defer stop()
 
-	id, err := st.a.Authenticate(ctx, lg.creds)
+	creds := lg.creds
+	creds.LoginTime = lg.at
+	id, err := st.a.Authenticate(ctx, creds)
 	switch {
 	case errors.Is(err, ErrUnauthorized):
 		ss.revoke(protocol.CodeUnauthorized, reasonRevoked, err)

@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh machine: Go's module
 # dependencies, a C compiler for the race detector, and the programs the
 # end-to-end tests run: pebble (ACME test server), tinyproxy (HTTP forward
-# proxy) and iptables (blocked ports).
+# proxy), iptables (blocked ports) and etcd (the etcd identity registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -28,5 +28,11 @@ if ! command -v iptables >/dev/null 2>&1; then
 	# The transport fallback tests block the agent port on loopback.
 	echo "test-deps: installing iptables, for the firewall rules of the fallback tests"
 	apt-get update -qq && apt-get install -y -qq iptables
+fi
+if ! command -v etcd >/dev/null 2>&1; then
+	# The etcd identity registry's tests start their own member on
+	# loopback; the system service the package may start is not used.
+	echo "test-deps: installing etcd, for the etcd identity registry's tests"
+	apt-get update -qq && apt-get install -y -qq etcd-server
 fi
 "$GO" mod download

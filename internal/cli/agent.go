@@ -22,6 +22,10 @@ type agentCmd struct {
 	Gateway       []string         `short:"g" required:"" sep:"none" placeholder:"HOST:PORT" help:"Gateway to connect to (repeatable: the names are published on every gateway)."`
 	Name          []string         `short:"n" sep:"none" placeholder:"NAME" help:"Name to publish (repeatable; required unless --config gives tunnels)."`
 	Token         string           `short:"t" placeholder:"TOKEN" help:"Token the gateway knows this agent by."`
+	TokenFile     string           `name:"token-file" type:"existingfile" placeholder:"FILE" help:"Read the token from this file (white space around it trimmed) instead of -t, which other users of the machine can see."`
+	User          string           `placeholder:"USER" help:"User to log in as, on gateways that take users and passwords; the password comes from --password-file or DIGLETT_PASSWORD."`
+	PasswordFile  string           `name:"password-file" type:"existingfile" placeholder:"FILE" help:"Read the password of --user from this file: one line, its line ending trimmed."`
+	IdentityKey   string           `name:"identity-key" type:"path" placeholder:"FILE" help:"Sign a fresh short-lived token for each login with this identity key (made by diglett keygen) instead of --token."`
 	Debug         int              `short:"d" type:"counter" help:"Log more (repeatable)."`
 	Port          int              `placeholder:"N" help:"Ask for this public TCP port (it must be free and in the gateway's range)."`
 	Fingerprint   string           `placeholder:"SHA256:..." help:"Trust only the gateway whose key has this fingerprint (printed by diglett-server at start)."`
@@ -47,9 +51,12 @@ type agentCmd struct {
 
 // Agent runs diglett with args until ctx ends or a fatal error.
 func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && keyCommands[args[0]] != nil {
+		return keyCommands[args[0]](ctx, args[1:], stdout, stderr)
+	}
 	var c agentCmd
 	fr := &fileResolver{load: config.LoadAgent}
-	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.", args, stdout, stderr, fr); err != nil {
+	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.\n\nIdentity keys: \"diglett keygen\" makes one, \"diglett token sign\" signs a token with it (see their --help).", args, stdout, stderr, fr); err != nil {
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
@@ -72,6 +79,12 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		KeepAlivePeriod: c.KeepAlive,
 		MaxIdleTimeout:  c.MaxIdle,
 		Logger:          log,
+	}
+	if err := c.credentials(&cfg); err != nil {
+		return err
+	}
+	if err := useIdentityKey(&cfg, c.IdentityKey, stderr); err != nil {
+		return err
 	}
 	if c.Proxy != "" {
 		u, err := url.Parse(c.Proxy)

@@ -326,7 +326,7 @@ func TestConfigReloadBuild(t *testing.T) {
 	// A second registerer: put in force, the first kept as it is.
 	writeFile(t, cfg, "version: 1\nlisten: 127.0.0.1:0\nregister:\n  - log: {}\n  - log: {}\nauth:\n  - tokens: {file: tokens.yaml}\n")
 	snap = build()
-	if len(snap.Restart) != 0 || len(regs.set) != 1 || fmt.Sprint(snap.Changes[4:]) != "[registerers_added [log] registerers_removed []]" {
+	if len(snap.Restart) != 0 || len(regs.set) != 1 || fmt.Sprint(snap.Changes[4:8]) != "[registerers_added [log] registerers_removed []]" {
 		t.Fatalf("restart %v, changes %v, registerers set %d times", snap.Restart, snap.Changes, len(regs.set))
 	}
 	if got := regs.set[0]; len(got) != 2 || got[0] != started[0] || got[1] == started[0] {

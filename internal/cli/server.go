@@ -73,10 +73,14 @@ type serverCmd struct {
 }
 
 // Server runs diglett-server with args until ctx ends; with the
-// check-config subcommand it checks a configuration file and returns.
+// check-config subcommand it checks a configuration file and returns, with
+// hash-password it hashes a password read from stdin.
 func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "check-config" {
 		return checkConfig(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "hash-password" {
+		return hashPassword(args[1:], os.Stdin, stdout, stderr)
 	}
 	var c serverCmd
 	fr := &fileResolver{load: config.LoadServer}

@@ -146,7 +146,7 @@ func halfClosedVisitors(t *testing.T, addr string, n int, eofs interface{ Load()
 // and when the drain time is up it closes both sides of every relay and
 // exits with status 0.
 func TestAgentStopsWithHalfClosedVisitors(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	const drain = time.Second
 	bin := buildAgent(t)
 	g := startGateway(t, gatewayOptions{})
@@ -174,7 +174,7 @@ func TestAgentStopsWithHalfClosedVisitors(t *testing.T) {
 // TestAgentSecondSignal: while the agent drains (for a minute here), a
 // second signal makes it exit at once, with status 1.
 func TestAgentSecondSignal(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	bin := buildAgent(t)
 	g := startGateway(t, gatewayOptions{})
 	bl, err := net.Listen("tcp", "127.0.0.1:0")

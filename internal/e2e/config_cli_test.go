@@ -28,7 +28,7 @@ func startGreeter(t *testing.T, greeting string) string {
 // one agent process serving three tunnels to three backends, two of them
 // on one listener (dispatched by name) and one with its own options.
 func TestConfigFileCommands(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		p := filepath.Join(dir, name)

@@ -12,7 +12,7 @@ import (
 // TestAgentDrainsOnShutdown: a visitor in the middle of a request when the
 // agent is told to stop still gets its answer.
 func TestAgentDrainsOnShutdown(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := startGateway(t, gatewayOptions{})
 	backend := startBackend(t, func(c *net.TCPConn) {
 		line, err := bufio.NewReader(c).ReadString('\n')

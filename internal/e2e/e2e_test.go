@@ -243,7 +243,7 @@ func TestBackendDown(t *testing.T) {
 // stays up however long its first answer takes: the gateway's wait for the
 // agent's status bounds reaching the backend, not the backend's replies.
 func TestSlowBackend(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	const statusTimeout = time.Second
 	const late = 2*statusTimeout + statusTimeout/2
 	g := startGateway(t, gatewayOptions{StatusTimeout: statusTimeout})
@@ -390,7 +390,7 @@ func TestNameRefused(t *testing.T) {
 
 // TestVersionMismatch checks both sides of a protocol version mismatch.
 func TestVersionMismatch(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 
 	t.Run("gateway refuses a newer agent", func(t *testing.T) {
 		g := startGateway(t, gatewayOptions{})

@@ -36,7 +36,7 @@ func startForward(t *testing.T, ctx context.Context, ln *diglett.Listener, backe
 // those still open (here half-closed visitors on a backend that never
 // answers nor closes) and returns, its listener closed.
 func TestForwardDrainTimeout(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	const drain = time.Second
 	g := startGateway(t, gatewayOptions{})
 	bl, err := net.Listen("tcp", "127.0.0.1:0")

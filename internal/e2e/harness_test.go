@@ -64,21 +64,45 @@ const (
 	portRangeHigh = 32000
 )
 
+// TestMain checks, once every test has ended, that no goroutine any of
+// them started is left: the leak check of the tests that run in parallel
+// (see parallel), whose goroutines cannot be told apart while they run.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, leakOptions()...)
+}
+
+// leakOptions are the goroutines that may outlive a test.
+func leakOptions() []goleak.Option {
+	// The ACME library keeps one rate limiter per ACME account for the
+	// life of the process, by design: once an ACME test ran, it stays.
+	return []goleak.Option{goleak.IgnoreTopFunction("github.com/caddyserver/certmagic.(*RingBufferRateLimiter).permit")}
+}
+
 // checkLeaks verifies, after t and all its cleanups have ended, that every
 // goroutine started during t has returned. Call it first in each test so
-// that its cleanup runs last.
+// that its cleanup runs last. Tests that call it run alone (not with
+// parallel): they run before the parallel ones start, so the goroutines
+// they see are their own.
 func checkLeaks(t testing.TB) {
 	t.Helper()
 	t.Cleanup(func() { verifyNoLeaks(t) })
+}
+
+// parallel runs t beside the other parallel tests, once the tests that
+// run alone are done: for tests that mostly wait (timeouts, a peer's
+// silence, an ACME server), need no exact count of the process's
+// goroutines or files, and time nothing tightly. Their leaks are checked
+// by TestMain at the end.
+func parallel(t *testing.T) {
+	t.Helper()
+	t.Parallel()
 }
 
 // verifyNoLeaks fails t if goroutines beyond those ignored by opts are
 // still running after a grace period.
 func verifyNoLeaks(t testing.TB, opts ...goleak.Option) {
 	t.Helper()
-	// certmagic keeps one rate limiter per ACME account for the life of
-	// the process, by design: once TestHTTPSACME ran, it stays.
-	opts = append(opts, goleak.IgnoreTopFunction("github.com/caddyserver/certmagic.(*RingBufferRateLimiter).permit"))
+	opts = append(opts, leakOptions()...)
 	deadline := time.Now().Add(eventually)
 	for {
 		err := goleak.Find(opts...)

@@ -17,7 +17,7 @@ import (
 // server (pebble, which validates the challenge against the gateway's own
 // ports) for a registered tunnel, and order none for unknown names.
 func TestHTTPSACME(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 // fixed certificate (--cert/--key): the agent prints the tunnel's URLs and
 // a visitor reaches the backend over HTTPS by host name, behind basic auth.
 func TestCommandLineHTTPS(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	dir := t.TempDir()
 	cert, pool := testCA(t, "*."+testDomain)
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
@@ -82,7 +82,7 @@ func TestCommandLineHTTPS(t *testing.T) {
 // TestCommandLineACME runs both command lines with certificates from a
 // real ACME server (pebble), configured by the server's flags only.
 func TestCommandLineACME(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	dir := t.TempDir()
 	httpAddr, httpsAddr := freeAddr(t), freeAddr(t)
 	p := pebbletest.Start(t, addrPort(t, httpAddr), addrPort(t, httpsAddr))

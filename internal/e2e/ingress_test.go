@@ -217,7 +217,7 @@ func TestHTTPHostRouting(t *testing.T) {
 }
 
 func TestHTTPErrorCodes(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := httpGateway(t, gatewayOptions{ResponseTimeout: time.Second, Lease: time.Minute})
 	c := g.httpClient(t)
 
@@ -286,7 +286,7 @@ func TestHTTPErrorCodes(t *testing.T) {
 }
 
 func TestHTTPGroupBalancing(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := httpGateway(t, gatewayOptions{})
 	var hits [3]atomic.Int64
 	var agents [3]*diglett.Listener

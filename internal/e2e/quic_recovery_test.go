@@ -116,7 +116,7 @@ func (s *udpSwitch) back(client *net.UDPAddr) *net.UDPConn {
 // their common key, and the agent reconnects at once instead of waiting
 // for its idle timeout.
 func TestQUICGatewayRestart(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	key := newKey(t)
 	before := startGateway(t, gatewayOptions{Key: key})
 	after := startGateway(t, gatewayOptions{Key: key})

@@ -72,7 +72,7 @@ func writeTokens(t *testing.T, path string, lines ...string) {
 // across ten reloads that add and remove other identities' tokens; the
 // agent's session is never dropped.
 func TestReloadKeepsDownloadGoing(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	const size = 16 << 20
 	payload := make([]byte, size)
 	rng := rand.NewChaCha8([32]byte{1})
@@ -133,7 +133,7 @@ func TestReloadKeepsDownloadGoing(t *testing.T) {
 // ends its agent (the real binary) with the reason and a non-zero exit,
 // while the other agents go on.
 func TestReloadAddsAndRevokesTokens(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	bin := buildAgent(t)
 	echo := startEcho(t)
 	tokens := filepath.Join(t.TempDir(), "tokens.yaml")
@@ -180,7 +180,7 @@ func TestReloadAddsAndRevokesTokens(t *testing.T) {
 // the file a symlink through "..data". A broken version keeps the tokens
 // in force; the next good one is picked up.
 func TestReloadConfigMapSwap(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	echo := startEcho(t)
 	dir := t.TempDir()
 	version := 0

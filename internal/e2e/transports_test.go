@@ -21,7 +21,7 @@ import (
 // TestTransportsEndToEnd runs a TCP tunnel and an HTTP tunnel over each
 // transport.
 func TestTransportsEndToEnd(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := httpGateway(t, gatewayOptions{})
 	echo := startEcho(t)
 	for _, via := range []string{diglett.TransportQUIC, diglett.TransportTCP, diglett.TransportWebSocket} {
@@ -57,7 +57,7 @@ func TestTransportsEndToEnd(t *testing.T) {
 // TestSeveralGateways publishes one name on two gateways with two sessions
 // to each: visitors of either gateway reach the backend.
 func TestSeveralGateways(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g1 := httpGateway(t, gatewayOptions{})
 	g2 := httpGateway(t, gatewayOptions{Key: g1.Key})
 	cfg := agentConfig(t, g1, "both")
@@ -86,7 +86,7 @@ func TestSeveralGateways(t *testing.T) {
 // as an agent that may only make HTTPS connections would: the gateway
 // answers it with its own key, which the agent pins.
 func TestWebSocketOnHTTPSPort(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := httpGateway(t, gatewayOptions{})
 	cfg := agentConfig(t, g, "web")
 	cfg.Transport = diglett.TransportWebSocket
@@ -150,14 +150,14 @@ func dropRules(t *testing.T, matches ...[]string) (unblock func()) {
 	unblock = func() {
 		once.Do(func() {
 			for _, rule := range rules {
-				if out, err := exec.Command("iptables", append([]string{"-D"}, rule...)...).CombinedOutput(); err != nil {
+				if out, err := exec.Command("iptables", append([]string{"-w", "-D"}, rule...)...).CombinedOutput(); err != nil {
 					t.Errorf("iptables: %v: %s", err, out)
 				}
 			}
 		})
 	}
 	for i, rule := range rules {
-		if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+		if out, err := exec.Command("iptables", append([]string{"-w", "-I"}, rule...)...).CombinedOutput(); err != nil {
 			rules = rules[:i]
 			unblock()
 			testutil.Unavailable(t, "iptables: %v: %s", err, out)
@@ -171,7 +171,7 @@ func dropRules(t *testing.T, matches ...[]string) (unblock func()) {
 // no FIN, no reset) on each transport: both sides notice within the idle
 // timeout, and the agent is back once the network is.
 func TestDeadPeerDetected(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	for _, tc := range []struct{ via, proto string }{
 		{diglett.TransportTCP, "tcp"},
 		{diglett.TransportQUIC, "udp"},
@@ -215,7 +215,7 @@ func TestDeadPeerDetected(t *testing.T) {
 // says which transport it chose and why, the tunnel works, and once UDP is
 // open again it moves to QUIC.
 func TestAutoFallback(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := httpGateway(t, gatewayOptions{})
 	port := addrPortOf(t, g.Addr)
 	newAgent := func(t *testing.T, name string) (*diglett.Listener, *logSink) {
@@ -294,7 +294,7 @@ func TestSessionLossUnderLoad(t *testing.T) {
 // forward proxy (tinyproxy), with proxy basic auth, and checks the clear
 // refusals when the proxy wants credentials or denies the port.
 func TestWebSocketThroughProxy(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	g := httpGateway(t, gatewayOptions{})
 	httpsPort := addrPortOf(t, g.HTTPSAddr)
 	p := proxytest.Start(t, proxytest.Options{User: "agent", Password: "s3cret", ConnectPorts: []int{httpsPort}})

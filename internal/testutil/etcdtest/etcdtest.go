@@ -1,0 +1,130 @@
+// Package etcdtest starts a real etcd (the etcd program, which
+// scripts/test-deps.sh installs) for a test: one member on loopback ports
+// of its own, its data in the test's temporary directory, killed when the
+// test ends.
+package etcdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/diglett/diglett/internal/testutil"
+)
+
+// startTimeout bounds how long etcd may take to answer.
+const startTimeout = 20 * time.Second
+
+// Server is a running etcd.
+type Server struct {
+	// Endpoint is its client URL, http://127.0.0.1:PORT.
+	Endpoint string
+	// Client is a client of it, closed when the test ends.
+	Client *clientv3.Client
+}
+
+// Start starts etcd for t. When the program is missing, t fails under CI
+// and is skipped elsewhere.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := testutil.Program(t, "etcd")
+	var last error
+	// A port picked free may be taken before etcd binds it: try again.
+	for range 3 {
+		s, err := start(t, bin)
+		if err == nil {
+			return s
+		}
+		last = err
+	}
+	t.Fatalf("etcd: %v", last)
+	return nil
+}
+
+func start(t testing.TB, bin string) (*Server, error) {
+	client, peer, err := freePorts()
+	if err != nil {
+		return nil, err
+	}
+	clientURL := "http://127.0.0.1:" + strconv.Itoa(client)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
+	out := &testutil.Buffer{}
+	cmd := exec.Command(bin,
+		"--name", "test",
+		"--data-dir", t.TempDir(),
+		"--listen-client-urls", clientURL,
+		"--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL,
+		"--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "test="+peerURL,
+		"--initial-cluster-state", "new",
+		"--logger", "zap",
+		"--log-level", "warn",
+	)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		cmd.Process.Kill()
+		<-exited
+	}
+
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{clientURL},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	for {
+		sctx, scancel := context.WithTimeout(ctx, time.Second)
+		_, err = cli.Status(sctx, clientURL)
+		scancel()
+		if err == nil {
+			break
+		}
+		select {
+		case werr := <-exited:
+			cli.Close()
+			return nil, fmt.Errorf("exited (%v): %s", werr, out.String())
+		case <-ctx.Done():
+			cli.Close()
+			stop()
+			return nil, fmt.Errorf("not healthy within %v: %v: %s", startTimeout, err, out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Cleanup(func() {
+		cli.Close()
+		stop()
+	})
+	return &Server{Endpoint: clientURL, Client: cli}, nil
+}
+
+// freePorts returns two loopback ports that were free a moment ago.
+func freePorts() (int, int, error) {
+	var ports [2]int
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, 0, err
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports[0], ports[1], nil
+}
