@@ -91,7 +91,7 @@ func refusedAgent(t *testing.T, args []string) error {
 // password, and one with an unknown user, are refused at once with the
 // same clear message, and no password reaches the gateway's log.
 func TestBasicLoginCommand(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	dir := t.TempDir()
 	hash, err := basic.HashBcrypt("correct horse", bcrypt.MinCost)
 	if err != nil {
@@ -142,7 +142,7 @@ func TestBasicLoginCommand(t *testing.T) {
 // one that logs in while the webhook fails is told the gateway failed
 // (not refused) and gets in once the webhook answers.
 func TestExternalLoginCommand(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	var calls atomic.Int64
 	var down atomic.Bool // the webhook fails for flaky-token
 	down.Store(true)

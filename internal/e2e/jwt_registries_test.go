@@ -74,7 +74,7 @@ func waitExit(t *testing.T, a *agentCommand, what string) error {
 // an identity removed) closes the sessions it takes the right from, with
 // the reason, while the others go on.
 func TestJWTEtcdRegistry(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	etcd := etcdtest.Start(t)
 	dir := t.TempDir()
 	alice := keygen(t, filepath.Join(dir, "alice.key"))
@@ -216,7 +216,7 @@ func (p *identityProvider) token(t *testing.T, key *rsa.PrivateKey, kid string, 
 // their own), as a company's provider or a cluster's service-account
 // tokens; agents present them with -t.
 func TestJWTIdentityProvider(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	idp := newIdentityProvider(t)
 	dir := t.TempDir()
 	srv, common := gatewayWithAuth(t, dir, fmt.Sprintf(
@@ -273,6 +273,7 @@ func TestJWTIdentityProvider(t *testing.T) {
 // TestJWTRegistrySettings checks the settings of the jwt module's HTTP
 // and etcd registries as the gateway reads them from its config file.
 func TestJWTRegistrySettings(t *testing.T) {
+	parallel(t)
 	dir := t.TempDir()
 	writeFile(t, dir, "identities.yaml", "identities: {}\n")
 	for _, tc := range []struct{ module, want string }{

@@ -83,7 +83,7 @@ func readGreeting(t *testing.T, public string) string {
 // sign a fresh token per login, a token from diglett token sign, and the
 // refusals an agent sees.
 func TestIdentityKeys(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		p := filepath.Join(dir, name)
@@ -301,7 +301,7 @@ func TestJWTModuleSettings(t *testing.T) {
 // that leaves the agent its name keeps the session, one that gives the
 // name to another identity closes it with the reason.
 func TestIdentityKeysReload(t *testing.T) {
-	checkLeaks(t)
+	parallel(t)
 	dir := t.TempDir()
 	alice := keygen(t, filepath.Join(dir, "alice.key"))
 	bob := keygen(t, filepath.Join(dir, "bob.key"))

@@ -23,6 +23,7 @@ import (
 // register and on leave. Under CI=true a failure to build fails the test;
 // elsewhere (no module cache, say) it skips with the build's output.
 func TestOutsideModule(t *testing.T) {
+	parallel(t)
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
 		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
