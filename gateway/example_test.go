@@ -103,6 +103,7 @@ func Example() {
 		Auth:       auth,
 		Registerer: announcer{events},
 		PublicHost: "127.0.0.1", // where the tunnels' public ports listen
+		Lease:      time.Second, // how long an offline agent's name is kept
 		Logger:     quiet,
 	})
 	if err != nil {
@@ -148,7 +149,7 @@ func Example() {
 	resp.Body.Close()
 	fmt.Print(string(body))
 
-	// The app goes away, and so does its route.
+	// The app goes away; its route stays through the lease, then goes.
 	ln.Close()
 	fmt.Println(<-events)
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -26,6 +27,12 @@ func (s *Server) SetHosts(hosts Hosts) error {
 		return err
 	}
 	s.hosts.Store(&h)
+	// The registerers publish the hosts with the routes.
+	s.reg.mu.Lock()
+	for _, t := range s.reg.byName {
+		t.reconcileLocked()
+	}
+	s.reg.mu.Unlock()
 	return nil
 }
 
@@ -103,8 +110,8 @@ func (s *Server) Route(host string) (name, forwarded string, err error) {
 	return name, forwarded, nil
 }
 
-// HostsOf lists the further hosts of tunnel name, for its agents and
-// operators.
+// HostsOf lists, sorted, the further hosts of tunnel name, for its
+// agents and operators.
 func (s *Server) HostsOf(name string) []string {
 	var out []string
 	for h, n := range maps.All(s.furtherHosts()) {
@@ -112,7 +119,18 @@ func (s *Server) HostsOf(name string) []string {
 			out = append(out, h)
 		}
 	}
+	slices.Sort(out)
 	return out
+}
+
+// routeHosts are the hosts of tunnel name as registerers publish them:
+// NAME.Domain, then its further hosts.
+func (s *Server) routeHosts(name string) []string {
+	var out []string
+	if s.cfg.Domain != "" {
+		out = append(out, name+"."+s.cfg.Domain)
+	}
+	return append(out, s.HostsOf(name)...)
 }
 
 // furtherHosts is the Hosts in force; nil for none.

@@ -36,20 +36,22 @@ type reconciler struct {
 	idle chan struct{} // closed when busy drops to zero; nil while busy is zero
 }
 
-// namedRegisterer is a registerer with the name its logs give it.
+// namedRegisterer is a registerer with the name its logs give it and the
+// gate its first Register waits at.
 type namedRegisterer struct {
 	Registerer
 	name string
+	gate *gate
 }
 
 func newReconciler(ctx context.Context, cfg Config) *reconciler {
 	var rgs []namedRegisterer
 	for _, rg := range append([]Registerer{cfg.Registerer}, cfg.Registerers...) {
 		if rg != nil {
-			rgs = append(rgs, namedRegisterer{rg, registererName(rg)})
+			rgs = append(rgs, namedRegisterer{Registerer: rg, name: registererName(rg)})
 		}
 	}
-	return &reconciler{
+	rc := &reconciler{
 		ctx:        ctx,
 		log:        cfg.Logger,
 		rgs:        rgs,
@@ -57,6 +59,11 @@ func newReconciler(ctx context.Context, cfg Config) *reconciler {
 		backoffMin: registerBackoffMin,
 		backoffMax: registerBackoffMax,
 	}
+	for i := range rc.rgs {
+		rc.rgs[i].gate = newGate()
+		rc.openGate(rc.rgs[i], nil)
+	}
+	return rc
 }
 
 // registererName is what logs call rg: its String method, or its type.
@@ -75,7 +82,8 @@ type registration struct {
 	mu      sync.Mutex
 	want    bool      // the tunnel is live: its route should be published
 	route   Route     // what to publish, as of the latest wish
-	closer  io.Closer // non-nil while the route is published
+	closer    io.Closer // non-nil while a route is published
+	published Route     // the route published, while closer is set
 	running bool      // a worker is at work on it
 	wake    chan struct{}
 }
@@ -97,7 +105,8 @@ func (t *tunnel) reconcileLocked() {
 	if len(rc.rgs) == 0 && t.regs == nil {
 		return
 	}
-	live := !t.removed && len(t.live()) > 0
+	// A tunnel keeps its route while live and through its lease.
+	live := !t.removed
 	if t.regs == nil {
 		if !live {
 			return // never published
@@ -107,17 +116,18 @@ func (t *tunnel) reconcileLocked() {
 			t.regs[i] = &registration{t: t, rg: rg, wake: make(chan struct{}, 1)}
 		}
 	}
+	hosts := t.reg.srv.routeHosts(t.name)
 	for _, r := range t.regs {
 		r.mu.Lock()
 		r.want = live
-		r.route = Route{Name: t.name, Port: t.port, Identity: t.identity}
+		r.route = Route{Name: t.name, Port: t.port, Identity: t.identity, Hosts: hosts}
 		switch {
 		case r.running:
 			select {
 			case r.wake <- struct{}{}:
 			default:
 			}
-		case r.want != (r.closer != nil):
+		case !r.agreedLocked():
 			r.running = true
 			rc.start(r)
 		}
@@ -127,16 +137,21 @@ func (t *tunnel) reconcileLocked() {
 
 // start runs a worker for r.
 func (rc *reconciler) start(r *registration) {
+	rc.track()
+	go func() {
+		defer rc.done()
+		rc.work(r)
+	}()
+}
+
+// track counts one more goroutine that wait waits for; done ends it.
+func (rc *reconciler) track() {
 	rc.mu.Lock()
 	if rc.busy == 0 {
 		rc.idle = make(chan struct{})
 	}
 	rc.busy++
 	rc.mu.Unlock()
-	go func() {
-		defer rc.done()
-		rc.work(r)
-	}()
 }
 
 func (rc *reconciler) done() {
@@ -168,15 +183,14 @@ func (rc *reconciler) wait(d time.Duration) bool {
 }
 
 // work calls r's registerer until the route is published exactly while
-// the tunnel wants it. Failures are logged and retried with backoff; once
-// the gateway is closing they are not retried.
+// the tunnel wants it, as it wants it. Failures are logged and retried
+// with backoff; once the gateway is closing they are not retried.
 func (rc *reconciler) work(r *registration) {
 	log := r.t.log.With("registerer", r.rg.name)
 	failures := 0
 	for {
 		r.mu.Lock()
-		want, closer, route := r.want, r.closer, r.route
-		if want == (closer != nil) {
+		if r.agreedLocked() {
 			r.running = false
 			r.mu.Unlock()
 			if failures > 0 {
@@ -184,33 +198,40 @@ func (rc *reconciler) work(r *registration) {
 			}
 			return
 		}
+		closer, route := r.closer, r.route
 		r.mu.Unlock()
 
 		var err error
-		if want {
-			closer, err = rc.register(r.rg, route)
-			if err == nil {
+		what := "register"
+		if closer != nil {
+			// Not wanted any more, or changed: the old route goes first.
+			what = "unregister"
+			if err = rc.unregister(closer); err == nil {
 				r.mu.Lock()
-				r.closer = closer
+				r.closer, r.published = nil, Route{}
 				r.mu.Unlock()
 			}
 		} else {
-			err = rc.unregister(closer)
-			if err == nil {
+			switch rc.awaitGate(r) {
+			case gateClosing:
 				r.mu.Lock()
-				r.closer = nil
+				r.running = false
+				r.mu.Unlock()
+				return
+			case gateWoken:
+				continue // the tunnel changed its mind meanwhile
+			}
+			if closer, err = rc.register(r.rg, route); err == nil {
+				r.mu.Lock()
+				r.closer, r.published = closer, route
 				r.mu.Unlock()
 			}
 		}
 		if err == nil {
 			continue
 		}
-		what := "register"
-		if !want {
-			what = "unregister"
-		}
 		r.mu.Lock()
-		agreed := r.want == (r.closer != nil)
+		agreed := r.agreedLocked()
 		r.mu.Unlock()
 		if agreed {
 			// The tunnel changed its mind meanwhile: nothing to retry.
@@ -231,10 +252,19 @@ func (rc *reconciler) work(r *registration) {
 	}
 }
 
+// agreedLocked reports whether the registerer publishes what the tunnel
+// wants: nothing, or its route as it is now. Called under r.mu.
+func (r *registration) agreedLocked() bool {
+	if !r.want {
+		return r.closer == nil
+	}
+	return r.closer != nil && r.published.Equal(r.route)
+}
+
 // register calls Register with the timeout. A nil Closer counts as one
 // with nothing to close.
 func (rc *reconciler) register(rg Registerer, route Route) (io.Closer, error) {
-	ctx, cancel := context.WithTimeout(rc.ctx, rc.timeout)
+	ctx, cancel := rc.callContext()
 	defer cancel()
 	c, err := rg.Register(ctx, route)
 	if err != nil {
@@ -260,6 +290,12 @@ func (rc *reconciler) unregister(c io.Closer) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(rc.ctx), rc.timeout)
 	defer cancel()
 	return cc.CloseContext(ctx)
+}
+
+// callContext bounds one call to a registerer: the register timeout, or
+// the gateway closing.
+func (rc *reconciler) callContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(rc.ctx, rc.timeout)
 }
 
 type nopCloser struct{}
@@ -292,7 +328,7 @@ func (rc *reconciler) sleep(r *registration, d time.Duration) {
 			return
 		case <-r.wake:
 			r.mu.Lock()
-			agreed := r.want == (r.closer != nil)
+			agreed := r.agreedLocked()
 			r.mu.Unlock()
 			if agreed {
 				return

@@ -123,6 +123,11 @@ func startRegGateway(t *testing.T, cfg Config) *regGateway {
 	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	cfg.Auth = allowAll
 	cfg.PublicHost = "127.0.0.1"
+	if cfg.Lease == 0 {
+		// A route is kept through its tunnel's lease: these tests see it
+		// taken down as soon as the agent leaves.
+		cfg.Lease = time.Millisecond
+	}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := New(cfg)
 	if err != nil {
@@ -329,6 +334,7 @@ func TestFlappingTunnelConverges(t *testing.T) {
 	defer srv.Close()
 	tn := &tunnel{reg: srv.reg, name: "flap", identity: "alice", port: 30001, log: srv.log}
 	member := []*session{{}}
+	// The tunnel is made and removed (its lease ending), over and over.
 	set := func(live bool) {
 		srv.reg.mu.Lock()
 		if live {
@@ -336,6 +342,7 @@ func TestFlappingTunnelConverges(t *testing.T) {
 		} else {
 			tn.members.Store(&[]*session{})
 		}
+		tn.removed = !live
 		srv.reg.mu.Unlock()
 		tn.reconcile()
 	}
@@ -409,5 +416,106 @@ func TestHangingUnregisterIsBounded(t *testing.T) {
 	if !strings.Contains(g.Logs.String(), "op=unregister") || !strings.Contains(g.Logs.String(), "context deadline exceeded") {
 		t.Errorf("the cut-off unregistering was not logged:\n%s", g.Logs.String())
 	}
+	g.Close()
+}
+
+// A tunnel whose agent went offline keeps its route through its lease,
+// and loses it when the lease ends.
+func TestRouteKeptThroughLease(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	rec := &regRecorder{}
+	g := startRegGateway(t, Config{Registerer: rec, Lease: time.Second})
+	ln, _ := g.listen(t, "kept")
+	awaitReg(t, 10*time.Second, "the route published", func() bool {
+		_, active := rec.snapshot()
+		return active["kept"] == 1
+	})
+	left := time.Now()
+	ln.Close()
+	awaitReg(t, 10*time.Second, "the route taken down at the lease's end", func() bool {
+		_, active := rec.snapshot()
+		return active["kept"] == 0
+	})
+	if d := time.Since(left); d < time.Second {
+		t.Errorf("the route was taken down %v after the agent left, before its 1s lease ended", d)
+	}
+	g.Close()
+}
+
+// A registerer that sweeps gets no Register before its Sweep succeeded;
+// a Sweep that fails is retried.
+type sweepingRecorder struct {
+	regRecorder
+	sweeps atomic.Int32
+	failN  int32
+}
+
+func (s *sweepingRecorder) Sweep(context.Context) error {
+	if n := s.sweeps.Add(1); n <= s.failN {
+		return fmt.Errorf("sweep %d: proxy down", n)
+	}
+	return nil
+}
+
+func (s *sweepingRecorder) Register(ctx context.Context, r Route) (io.Closer, error) {
+	if s.sweeps.Load() <= s.failN {
+		return nil, errors.New("registered before the sweep succeeded")
+	}
+	return s.regRecorder.Register(ctx, r)
+}
+
+func TestSweepBeforeRegister(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	rec := &sweepingRecorder{failN: 2}
+	g := startRegGateway(t, Config{Registerer: rec})
+	ln, _ := g.listen(t, "swept")
+	defer ln.Close()
+	awaitReg(t, 10*time.Second, "the route published after the sweep", func() bool {
+		_, active := rec.snapshot()
+		return active["swept"] == 1
+	})
+	if n := rec.sweeps.Load(); n != 3 {
+		t.Errorf("Sweep called %d times, want 3 (two failures, then success)", n)
+	}
+	if strings.Contains(g.Logs.String(), "registered before the sweep") {
+		t.Errorf("Register called before the sweep succeeded:\n%s", g.Logs.String())
+	}
+	if !strings.Contains(g.Logs.String(), "could not sweep") {
+		t.Errorf("the failed sweeps were not logged:\n%s", g.Logs.String())
+	}
+	g.Close()
+}
+
+// A route carries the tunnel's hosts; when they change (SetHosts after a
+// reload), the old route is taken down and the new one published.
+func TestRouteFollowsHosts(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var mu sync.Mutex
+	var events []string
+	rg := RegistererFunc(func(_ context.Context, r Route) (io.Closer, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, "+"+strings.Join(r.Hosts, ","))
+		return regCloseFunc(func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			events = append(events, "-"+strings.Join(r.Hosts, ","))
+			return nil
+		}), nil
+	})
+	seen := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(events, " ")
+	}
+	g := startRegGateway(t, Config{Registerer: rg, Domain: "gw.test", Hosts: Hosts{"www.example.org": "web"}})
+	ln, _ := g.listen(t, "web")
+	defer ln.Close()
+	awaitReg(t, 10*time.Second, "the route published", func() bool { return seen() == "+web.gw.test,www.example.org" })
+	if err := g.SetHosts(Hosts{"a.example.org": "web", "b.example.org": "web"}); err != nil {
+		t.Fatal(err)
+	}
+	want := "+web.gw.test,www.example.org -web.gw.test,www.example.org +web.gw.test,a.example.org,b.example.org"
+	awaitReg(t, 10*time.Second, "the route published with the new hosts", func() bool { return seen() == want })
 	g.Close()
 }

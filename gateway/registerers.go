@@ -20,7 +20,7 @@ func (s *Server) SetRegisterers(rgs []Registerer) {
 	next := make([]namedRegisterer, 0, len(rgs))
 	for _, rg := range rgs {
 		if rg != nil {
-			next = append(next, namedRegisterer{rg, registererName(rg)})
+			next = append(next, namedRegisterer{Registerer: rg, name: registererName(rg)})
 		}
 	}
 	r.mu.Lock()
@@ -28,6 +28,28 @@ func (s *Server) SetRegisterers(rgs []Registerer) {
 	if r.closed {
 		return
 	}
+	// A registerer kept keeps its gate; a new one waits at a gate of its
+	// own for the routes of those retired to be down, and sweeps.
+	var fresh []namedRegisterer
+	kept := make([]bool, len(rc.rgs))
+	for i := range next {
+		for j, old := range rc.rgs {
+			if !kept[j] && sameRegisterer(old.Registerer, next[i].Registerer) {
+				kept[j], next[i].gate = true, old.gate
+				break
+			}
+		}
+		if next[i].gate == nil {
+			next[i].gate = newGate()
+			fresh = append(fresh, next[i])
+		}
+	}
+	var retired []*registration
+	defer func() {
+		for _, nr := range fresh {
+			rc.openGate(nr, retired)
+		}
+	}()
 	rc.rgs = next
 	for _, t := range r.byName {
 		if t.regs == nil {
@@ -48,6 +70,7 @@ func (s *Server) SetRegisterers(rgs []Registerer) {
 		for _, old := range t.regs {
 			if !slices.Contains(regs, old) {
 				rc.retire(old)
+				retired = append(retired, old)
 			}
 		}
 		t.regs = regs

@@ -99,7 +99,10 @@ func run() error {
 		Auth:       teamAuth{tokens: map[string]string{"blue-token": "blue"}},
 		Registerer: book,
 		PublicHost: "127.0.0.1",
-		Logger:     quiet,
+		// A route is kept through its tunnel's lease: a short one shows
+		// the unregistering soon after the agent leaves.
+		Lease:  time.Second,
+		Logger: quiet,
 	})
 	if err != nil {
 		return err
