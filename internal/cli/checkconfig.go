@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 
@@ -39,11 +40,14 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	} else {
 		errs = c.check()
 		log := slog.New(slog.DiscardHandler)
-		authn, _, err := c.modules(fr.file, log, nil)
+		authn, regs, err := c.modules(fr.file, log, nil)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		closeAuth(authn, log)
+		for _, r := range regs {
+			closeModule(r, log)
+		}
 	}
 	if len(errs) == 0 {
 		fmt.Fprintf(stdout, "%s: ok\n", cc.File)
@@ -165,12 +169,15 @@ func closeAuth(a gateway.Authenticator, log *slog.Logger) {
 	}
 }
 
-// heldAuth is the Authenticator in force in a running gateway: the one
-// it replaces, and the last one at the end, are closed.
+// heldAuth is what a running gateway holds of its modules: the
+// Authenticator in force and the registerers in force. The ones a reload
+// replaces, and the last ones at the end, are closed if they hold
+// resources (an io.Closer).
 type heldAuth struct {
-	log *slog.Logger
-	mu  sync.Mutex
-	a   gateway.Authenticator
+	log  *slog.Logger
+	mu   sync.Mutex
+	a    gateway.Authenticator
+	regs []gateway.Registerer
 }
 
 // swap puts a in the place of the one held, which it closes.
@@ -182,6 +189,48 @@ func (h *heldAuth) swap(a gateway.Authenticator) {
 	if old != a {
 		closeAuth(old, h.log)
 	}
+}
+
+// swapRegisterers puts regs in the place of the registerers held, and
+// closes those of the old ones that regs does not keep. The gateway takes
+// their routes down on its own: closing a module stops only its
+// background work.
+func (h *heldAuth) swapRegisterers(regs []gateway.Registerer) {
+	h.mu.Lock()
+	old := h.regs
+	h.regs = slices.Clone(regs)
+	h.mu.Unlock()
+	for _, o := range old {
+		if !slices.ContainsFunc(regs, func(r gateway.Registerer) bool { return sameModule(r, o) }) {
+			closeModule(o, h.log)
+		}
+	}
+}
+
+// close closes everything held; the gateway has stopped.
+func (h *heldAuth) close() {
+	h.swap(nil)
+	h.swapRegisterers(nil)
+}
+
+// closeModule closes a module no longer in force, if it holds resources.
+func closeModule(m any, log *slog.Logger) {
+	if c, ok := m.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			log.Warn("module closed with an error", "module", fmt.Sprintf("%T", m), "err", err)
+		}
+	}
+}
+
+// sameModule reports whether a and b are the same module value, without
+// panicking on values that cannot be compared.
+func sameModule(a, b any) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 // rechecker asks a gateway to check its sessions again when a module says

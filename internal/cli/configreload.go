@@ -54,6 +54,8 @@ type configReload struct {
 	log  *slog.Logger // given to the modules built
 	// changed is what auth modules call when their answers change.
 	changed func()
+	// held closes the registerers a reload replaced; nil in tests.
+	held *heldAuth
 
 	// Fixed at start: what a restart would change is measured from here.
 	startValues map[string]string
@@ -68,8 +70,8 @@ type configReload struct {
 // configSource is the --config file f, as the start read it with args,
 // and the files it names; regs are the registerers the gateway started
 // with, built from f.
-func (c *serverCmd) configSource(args []string, f *config.File, srv registererSetter, regs []gateway.Registerer, changed func(), log *slog.Logger) authSource {
-	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, changed: changed}
+func (c *serverCmd) configSource(args []string, f *config.File, srv registererSetter, regs []gateway.Registerer, held *heldAuth, changed func(), log *slog.Logger) authSource {
+	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed}
 	cr.startValues, _ = settingValues(c)
 	raw := readRaw(f)
 	cr.modules = authModules(c, raw)
@@ -146,6 +148,9 @@ func (cr *configReload) build() (authSnapshot, error) {
 		}
 		if !slices.Equal(regKeys, cr.regKeys) {
 			cr.srv.SetRegisterers(regs)
+			if cr.held != nil {
+				cr.held.swapRegisterers(regs)
+			}
 		}
 		cr.regKeys, cr.regs = regKeys, regs
 	}
@@ -174,6 +179,8 @@ func (cr *configReload) registerers(f *config.File, raw rawConfig) ([]string, []
 		for j, old := range cr.regKeys {
 			if !used[j] && old == k && j < len(cr.regs) {
 				used[j], out[i] = true, cr.regs[j]
+				// The one built in its place is never used.
+				closeModule(built[i], cr.log)
 				break
 			}
 		}

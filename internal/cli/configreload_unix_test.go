@@ -298,7 +298,7 @@ func TestConfigReloadBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	regs := &fakeRegs{}
-	src := c.configSource(args, fr.file, regs, started, nil, log)
+	src := c.configSource(args, fr.file, regs, started, nil, nil, log)
 	build := func() authSnapshot {
 		t.Helper()
 		snap, err := src.Build()

@@ -270,7 +270,7 @@ func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args 
 	var src authSource
 	switch {
 	case f != nil:
-		src = c.configSource(args, f, srv, regs, changed, log)
+		src = c.configSource(args, f, srv, regs, held, changed, log)
 	case c.Tokens != "":
 		src = tokensSource(c.Tokens)
 	}

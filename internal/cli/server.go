@@ -141,8 +141,8 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	// Closed after the gateway (deferred first): its sessions may ask
 	// until then.
-	held := &heldAuth{log: log, a: authn}
-	defer held.swap(nil)
+	held := &heldAuth{log: log, a: authn, regs: regs}
+	defer held.close()
 
 	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
 	if err != nil {
