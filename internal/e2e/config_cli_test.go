@@ -30,13 +30,7 @@ func startGreeter(t *testing.T, greeting string) string {
 func TestConfigFileCommands(t *testing.T) {
 	parallel(t)
 	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, content string) string { return writeFile(t, dir, name, content) }
 	lo, hi := randomPortWindow()
 	write("tokens.yaml", "- token: s3cret\n  identity: alice\n  names: [web, www, api]\n")
 	gw := write("gateway.yaml", fmt.Sprintf(`version: 1

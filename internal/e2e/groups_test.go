@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,13 +18,7 @@ import (
 func TestTunnelGroup(t *testing.T) {
 	parallel(t)
 	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, content string) string { return writeFile(t, dir, name, content) }
 	httpAddr, httpsAddr := freeAddr(t), freeAddr(t)
 	p := pebbletest.Start(t, addrPort(t, httpAddr), addrPort(t, httpsAddr))
 	t.Cleanup(p.CloseClientConnections)

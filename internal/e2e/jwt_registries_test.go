@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -21,16 +20,6 @@ import (
 	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/internal/testutil/etcdtest"
 )
-
-// writeFile writes content to name in dir and returns its path.
-func writeFile(t *testing.T, dir, name, content string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // gatewayWithAuth writes a gateway config file whose only auth module is
 // module, and runs the server command with it.

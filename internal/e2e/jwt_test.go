@@ -85,13 +85,7 @@ func readGreeting(t *testing.T, public string) string {
 func TestIdentityKeys(t *testing.T) {
 	parallel(t)
 	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, content string) string { return writeFile(t, dir, name, content) }
 	alice := keygen(t, filepath.Join(dir, "keys", "alice.key"))
 	bob := keygen(t, filepath.Join(dir, "keys", "bob.key"))
 	if st, err := os.Stat(alice.file); err != nil || st.Mode().Perm() != 0o600 {
