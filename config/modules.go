@@ -39,6 +39,11 @@ var modules = map[string]module{
 	"external": {section: "auth", settings: externalSettings, auth: newExternal},
 	// log: {} — logs "register domain 'NAME' -> 'PORT'".
 	"log": {section: "register", settings: Schema{}, register: newLog},
+	// traefik: {dir: /etc/traefik/dynamic} — the proxy's file and http providers (module_traefik.go).
+	"traefik": {section: "register", settings: traefikSettings, register: newTraefik},
+	// exec: {command: [/etc/diglett/hook]}, webhook: {url: https://hooks.internal/diglett} — a command or a POST per event (module_hooks.go).
+	"exec":    {section: "register", settings: execSettings, register: newExec},
+	"webhook": {section: "register", settings: webhookSettings, register: newWebhook},
 }
 
 // PathKeys lists, sorted, the settings of module that name files (kind
