@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -135,6 +137,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 	srv := t.reg.srv
 	start := t.next.Add(1)
 	var st transport.Stream
+	var agent *session
 	for i := range members {
 		m := members[(int(start)+i)%len(members)]
 		s, err := m.openStream(srv.ctx, t.name, c.RemoteAddr().String())
@@ -142,7 +145,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 			t.log.Debug("open stream failed, trying next agent", "err", err)
 			continue
 		}
-		st = s
+		st, agent = s, m
 		break
 	}
 	if st == nil {
@@ -151,9 +154,21 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		return
 	}
 	sc := &statusConn{Stream: st, timeout: srv.cfg.StatusTimeout, visitor: c}
-	if _, _, err := relay.PipeWith(c, sc, relay.Options{HalfCloseTimeout: srv.cfg.HalfCloseTimeout}); err != nil {
+	began := time.Now()
+	srv.obs.VisitorOpened(t.name)
+	in, out, err := relay.PipeWith(c, sc, relay.Options{HalfCloseTimeout: srv.cfg.HalfCloseTimeout})
+	if err != nil {
 		t.log.Debug("visitor connection ended", "visitor", c.RemoteAddr(), "err", err)
 	}
+	if al := srv.cfg.AccessLog; al != nil {
+		al.LogAttrs(context.Background(), slog.LevelInfo, "tcp visitor",
+			slog.String("tunnel", t.name), slog.String("visitor", c.RemoteAddr().String()),
+			slog.Uint64("session", agent.id), slog.Int64("bytes_in", in), slog.Int64("bytes_out", out),
+			slog.Duration("duration", time.Since(began)))
+	}
+	// Told after the access log line is written: a test that sees the
+	// count sees the line.
+	srv.obs.VisitorClosed(t.name, in, out)
 }
 
 // reset closes c so that the visitor sees a reset rather than a clean EOF.

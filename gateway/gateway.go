@@ -122,11 +122,21 @@ type Config struct {
 	MaxNamesPerSession int
 	// Logger receives the gateway's logs. Default slog.Default().
 	Logger *slog.Logger
+	// AccessLog receives one Info line per TCP visitor connection, when it
+	// ends ("tcp visitor": tunnel, visitor, session, bytes_in, bytes_out,
+	// duration). Default nil: none.
+	AccessLog *slog.Logger
+	// Observer is told what the gateway does, for metrics. Default none.
+	Observer Observer
 
 	// Domain is the domain of the tunnels' host names: tunnel NAME is
 	// NAME.Domain for an HTTP ingress (package ingress), for the URLs
 	// sent to agents and for certificates (HostAllowed). "" for none.
 	Domain string
+	// registerBackoff bounds the wait between two attempts of a
+	// registerer: the defaults, or shorter ones in tests.
+	registerBackoff [2]time.Duration
+
 	// Hosts are further host names a tunnel answers on, beside
 	// NAME.Domain (a tunnel group's own hosts): HTTP(S) requests for them
 	// reach the tunnel, and certificates may be ordered for them. See
@@ -215,6 +225,9 @@ func (c Config) withDefaults() Config {
 	if c.PortMin == 0 && c.PortMax == 0 {
 		c.PortMin, c.PortMax = DefaultPortMin, DefaultPortMax
 	}
+	if c.registerBackoff == [2]time.Duration{} {
+		c.registerBackoff = [2]time.Duration{registerBackoffMin, registerBackoffMax}
+	}
 	if c.Lease == 0 {
 		c.Lease = DefaultLease
 	}
@@ -263,6 +276,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
+	}
 	if c.RegisterTimeout <= 0 {
 		c.RegisterTimeout = DefaultRegisterTimeout
 	}
@@ -279,6 +295,7 @@ type Server struct {
 	cfg    Config
 	tls    *tls.Config
 	log    *slog.Logger
+	obs    Observer // never nil
 	reg    *registry
 	regs   *reconciler     // the registerers
 	ctx    context.Context // ends when the server closes
@@ -323,6 +340,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:       cfg,
 		tls:       tc,
 		log:       cfg.Logger,
+		obs:       cfg.Observer,
 		ctx:       ctx,
 		cancel:    cancel,
 		hs:        newHandshakes(cfg.MaxHandshakes, cfg.MaxHandshakesPerSource, cfg.Logger),

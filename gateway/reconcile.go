@@ -24,6 +24,7 @@ const (
 type reconciler struct {
 	ctx     context.Context // ends when the gateway closes; bounds Register
 	log     *slog.Logger
+	obs     Observer
 	rgs     []namedRegisterer // under the registry's mu once serving
 	timeout time.Duration     // bounds one Register call
 
@@ -54,10 +55,11 @@ func newReconciler(ctx context.Context, cfg Config) *reconciler {
 	rc := &reconciler{
 		ctx:        ctx,
 		log:        cfg.Logger,
+		obs:        cfg.Observer,
 		rgs:        rgs,
 		timeout:    cfg.RegisterTimeout,
-		backoffMin: registerBackoffMin,
-		backoffMax: registerBackoffMax,
+		backoffMin: cfg.registerBackoff[0],
+		backoffMax: cfg.registerBackoff[1],
 	}
 	for i := range rc.rgs {
 		rc.rgs[i].gate = newGate()
@@ -79,13 +81,13 @@ type registration struct {
 	t  *tunnel
 	rg namedRegisterer
 
-	mu      sync.Mutex
-	want    bool      // the tunnel is live: its route should be published
-	route   Route     // what to publish, as of the latest wish
+	mu        sync.Mutex
+	want      bool      // the tunnel is live: its route should be published
+	route     Route     // what to publish, as of the latest wish
 	closer    io.Closer // non-nil while a route is published
 	published Route     // the route published, while closer is set
-	running bool      // a worker is at work on it
-	wake    chan struct{}
+	running   bool      // a worker is at work on it
+	wake      chan struct{}
 }
 
 // reconcile records whether t is live and starts a worker for each
@@ -239,6 +241,7 @@ func (rc *reconciler) work(r *registration) {
 			continue
 		}
 		failures++
+		rc.obs.RegistererFailed(r.rg.name)
 		if rc.ctx.Err() != nil {
 			log.Warn("registerer failed, gateway closing: not retried", "op", what, "attempt", failures, "err", err)
 			r.mu.Lock()

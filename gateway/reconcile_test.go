@@ -129,11 +129,11 @@ func startRegGateway(t *testing.T, cfg Config) *regGateway {
 		cfg.Lease = time.Millisecond
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.registerBackoff = [2]time.Duration{20 * time.Millisecond, 200 * time.Millisecond}
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.regs.backoffMin, srv.regs.backoffMax = 20*time.Millisecond, 200*time.Millisecond
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -179,7 +179,11 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 	members = append(members, ss)
 	t.members.Store(&members)
 	r.persistLocked()
+	r.srv.obs.TunnelChanged(t.name, TunnelLive, len(members))
 	r.mu.Unlock()
+	if len(old) > 0 {
+		t.log.Info("agent joined a tunnel's group", "session", ss.id, "members", len(members))
+	}
 
 	if !ss.addTunnel(t) {
 		r.leave(t, ss)
@@ -270,8 +274,12 @@ func (r *registry) leave(t *tunnel, ss *session) {
 		}
 	}
 	t.members.Store(&members)
-	if len(members) == 0 && !t.removed && t.lease == nil {
+	switch {
+	case len(members) > 0 && len(members) < len(old):
+		r.srv.obs.TunnelChanged(t.name, TunnelLive, len(members))
+	case len(members) == 0 && !t.removed && t.lease == nil:
 		t.log.Info("agent offline, name and port leased", "port", t.port, "lease", r.srv.cfg.Lease)
+		r.srv.obs.LeaseStarted(t.name)
 		r.startLeaseLocked(t, time.Now().Add(r.srv.cfg.Lease))
 		r.persistLocked()
 	}
@@ -288,6 +296,7 @@ func (r *registry) startLeaseLocked(t *tunnel, end time.Time) {
 	timer = time.AfterFunc(time.Until(end), func() { r.expire(t, &timer) })
 	t.lease = timer
 	t.leaseEnd = end
+	r.srv.obs.TunnelChanged(t.name, TunnelLeased, 0)
 }
 
 // expire frees t when its lease ends with no agent back; timer is the
@@ -299,6 +308,7 @@ func (r *registry) expire(t *tunnel, timer **time.Timer) {
 		return
 	}
 	t.lease = nil
+	r.srv.obs.LeaseExpired(t.name)
 	r.removeLocked(t)
 	r.persistLocked()
 	r.mu.Unlock()
@@ -308,6 +318,7 @@ func (r *registry) expire(t *tunnel, timer **time.Timer) {
 
 func (r *registry) removeLocked(t *tunnel) {
 	t.removed = true
+	r.srv.obs.TunnelChanged(t.name, TunnelRemoved, 0)
 	if r.byName[t.name] == t {
 		delete(r.byName, t.name)
 	}

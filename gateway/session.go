@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diglett/diglett/internal/printable"
@@ -29,6 +30,12 @@ type session struct {
 	identity Identity
 	quota    Quota      // the identity's, with the gateway's defaults
 	login    loginState // credentials and control stream, for re-checks (reload.go)
+	via      string     // the transport: tcp, quic or ws
+	since    time.Time  // when the session began
+
+	// loggedIn is the identity's name once logged in, for the listings
+	// of introspect.go, which read it from other goroutines.
+	loggedIn atomic.Pointer[string]
 
 	// member ends when the session leaves its tunnels (see Context).
 	member    context.Context
@@ -124,17 +131,21 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 		}
 	})
 	defer stopShed()
-	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, log: log}
+	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, via: via, since: time.Now(), log: log}
 	ss.member, ss.endMember = context.WithCancel(s.ctx)
 	if !s.addSession(ss) {
 		ss.endMember()
 		ts.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
 		return
 	}
+	opened := false // told to the observer
 	defer func() {
 		ts.Close()
 		s.removeSession(ss)
 		ss.leave()
+		if opened {
+			s.obs.SessionClosed(via)
+		}
 		if ss.identity.Name != "" {
 			s.quotas.removeSession(ss.identity.Name)
 			ss.log.Info("agent disconnected", "why", context.Cause(ts.Context()))
@@ -158,6 +169,10 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	slot.release()
 	ss.log = log.With("identity", ss.identity.Name)
 	ss.log.Info("agent logged in")
+	// The session's id, as the access log and the management API show it.
+	ss.log = ss.log.With("session", ss.id)
+	s.obs.SessionOpened(via)
+	opened = true
 
 	// The agent opens only the control stream: the session takes no other
 	// (Config.Transport.MaxIncomingStreams is 1), so nothing accepts here.
@@ -229,6 +244,7 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		msg := fmt.Sprintf("gateway speaks protocol version %d, agent speaks version %d: use an agent of the same release as the gateway", protocol.Version, hello.Version)
 		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeVersion, Message: msg})
 		ss.log.Warn("agent refused: unsupported protocol version", "version", hello.Version, "software", hello.Software)
+		ss.srv.obs.LoginRefused(RefusedVersion)
 		return errors.New(msg)
 	}
 	if err := ss.reply(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software}); err != nil {
@@ -245,6 +261,7 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 	}
 	src := source.OfAddr(ss.sess.RemoteAddr())
 	if perr := ss.srv.logins.refusal(src); perr != nil {
+		ss.srv.obs.LoginRefused(RefusedLockedOut)
 		ss.reply(ctrl, perr)
 		return errors.New(perr.Message)
 	}
@@ -259,11 +276,13 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 			// Logged at Debug: the limiter sums failures up at Warn.
 			delay := ss.srv.logins.failed(ctx, src)
 			ss.log.Debug("agent login failed", "err", err, "delay", delay)
+			ss.srv.obs.LoginRefused(RefusedCredentials)
 			ss.reply(ctrl, &protocol.Error{Code: protocol.CodeUnauthorized, Message: refusalText(err)})
 			return err
 		}
 		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeInternal, Message: "authentication failed"})
 		ss.log.Info("agent refused", "err", err)
+		ss.srv.obs.LoginRefused(RefusedError)
 		return err
 	}
 	ss.srv.logins.succeeded(src)
@@ -271,9 +290,11 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 	if perr := ss.srv.quotas.addSession(id.Name, ss.quota.Sessions); perr != nil {
 		ss.reply(ctrl, perr)
 		ss.log.Warn("agent refused", "identity", id.Name, "reason", perr.Message)
+		ss.srv.obs.LoginRefused(RefusedQuota)
 		return errors.New(perr.Message)
 	}
 	ss.identity = id
+	ss.loggedIn.Store(&id.Name)
 	return ss.reply(ctrl, &protocol.LoginOK{Identity: id.Name})
 }
 
@@ -309,6 +330,7 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 	if perr := ss.confirmName(auth, t); perr != nil {
 		return perr
 	}
+	ss.srv.obs.Registered(t.name)
 	httpURL, httpsURL := ss.srv.URLs(t.name)
 	return &protocol.Registered{Name: t.name, Port: t.port, HTTPURL: httpURL, HTTPSURL: httpsURL}
 }

@@ -113,6 +113,14 @@ type Config struct {
 	MaxRequestsPerSource int
 	// Logger receives the ingress's logs. Default slog.Default().
 	Logger *slog.Logger
+	// AccessLog receives one Info line per visitor request, when it ends
+	// ("http request": tunnel, method, host, path without the query,
+	// status, bytes of response body, duration, visitor, session: the
+	// agent session that took it, 0 for none). Default nil: none.
+	AccessLog *slog.Logger
+	// Observer is told of each request that reached a tunnel, for
+	// metrics. Default none.
+	Observer Observer
 }
 
 func (c Config) withDefaults() Config {
@@ -139,6 +147,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	return c
 }
@@ -201,6 +212,7 @@ type route struct {
 	body   *visitorBody // nil without a body
 	remote string       // visitor address
 	host   string       // the validated Host, as the backend is told it
+	x      *exchange    // what the access log and metrics record
 }
 
 type routeKey struct{}

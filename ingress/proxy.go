@@ -42,6 +42,7 @@ func (in *Server) roundTrip(req *http.Request) (*http.Response, error) {
 			break
 		}
 		m.outstanding.Add(1)
+		rt.x.session.Store(m.ID())
 		resp, err := m.transport(rt.pol.H2C()).RoundTrip(req)
 		if err == nil {
 			resp.Body = releaseBody(resp.Body, func() { m.outstanding.Add(-1) })

@@ -19,6 +19,8 @@ const retryAfter = "1"
 
 // ServeHTTP routes one visitor request.
 func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x, w := in.begin(w, r)
+	defer in.finish(x, r)
 	info, _ := r.Context().Value(connInfoKey{}).(*connInfo)
 	if info == nil {
 		info = &connInfo{https: r.TLS != nil}
@@ -63,7 +65,8 @@ func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		return
 	}
-	rt := &route{t: t, pol: t.Visitors(), https: info.https, remote: r.RemoteAddr, peer: peer, host: host}
+	in.routed(x, name)
+	rt := &route{t: t, pol: t.Visitors(), https: info.https, remote: r.RemoteAddr, peer: peer, host: host, x: x}
 	if !rt.pol.Allows(client) {
 		httpError(w, http.StatusForbidden, "your address may not reach this tunnel")
 		return
