@@ -41,6 +41,7 @@ var modules = map[string]module{
 	"log": {section: "register", settings: Schema{}, register: newLog},
 	// traefik: {dir: /etc/traefik/dynamic} — the proxy's file and http providers (module_traefik.go).
 	"traefik": {section: "register", settings: traefikSettings, register: newTraefik},
+	"caddy":   {section: "register", settings: caddySettings, register: newCaddy}, // caddy: {admin: http://127.0.0.1:2019, server: srv0} — routes through the admin API (module_caddy.go).
 	// exec: {command: [/etc/diglett/hook]}, webhook: {url: https://hooks.internal/diglett} — a command or a POST per event (module_hooks.go).
 	"exec":    {section: "register", settings: execSettings, register: newExec},
 	"webhook": {section: "register", settings: webhookSettings, register: newWebhook},

@@ -35,4 +35,30 @@ if ! command -v etcd >/dev/null 2>&1; then
 	echo "test-deps: installing etcd, for the etcd identity registry's tests"
 	apt-get update -qq && apt-get install -y -qq etcd-server
 fi
+if ! command -v caddy >/dev/null 2>&1; then
+	# The caddy registerer's tests start their own instance on loopback
+	# (admin API and HTTP port of their own, never the trust store); the
+	# system service the package may start is not used.
+	echo "test-deps: installing caddy, for the caddy registerer's tests"
+	apt-get update -qq && apt-get install -y -qq caddy
+fi
+for sh in zsh fish; do
+	if ! command -v "$sh" >/dev/null 2>&1; then
+		# The completion tests check the scripts with each shell's parser.
+		echo "test-deps: installing $sh, for the shell completion tests"
+		apt-get update -qq && apt-get install -y -qq "$sh"
+	fi
+done
+if ! command -v promtool >/dev/null 2>&1; then
+	# The metrics tests check the gateway's /metrics with its checker; the
+	# system service the package may start is not used.
+	echo "test-deps: installing prometheus, for promtool in the metrics tests"
+	apt-get update -qq && apt-get install -y -qq prometheus
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+	# The page tests (the agent's request inspector) drive a headless
+	# browser; each test starts its own, with a profile of its own.
+	echo "test-deps: installing chromium, the headless browser of the page tests"
+	apt-get update -qq && apt-get install -y -qq chromium
+fi
 "$GO" mod download
