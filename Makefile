@@ -2,15 +2,41 @@
 export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X github.com/diglett/diglett/internal/cli.Version=$(VERSION)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -s -w -X github.com/diglett/diglett/internal/cli.Version=$(VERSION) -X github.com/diglett/diglett/internal/cli.Commit=$(COMMIT)
 
-.PHONY: all build demo test fuzz bench soak clean
+.PHONY: all build release install demo test fuzz bench soak clean
 
 all: build
 
 # Static release binaries in bin/.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/diglett ./cmd/diglett-server ./examples/hello
+
+# Static binaries for every platform in dist/, with SHA256SUMS:
+# dist/diglett_VERSION_OS_ARCH/{diglett,diglett-server}[.exe].
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64 linux/arm/7 darwin/amd64 darwin/arm64 windows/amd64
+release:
+	rm -rf dist && mkdir -p dist
+	set -e; for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%%/*}; rest=$${p#*/}; arch=$${rest%%/*}; arm=; \
+		case $$rest in */*) arm=$${rest#*/};; esac; \
+		ext=; [ $$os = windows ] && ext=.exe; \
+		dir=dist/diglett_$(VERSION)_$${os}_$${arch}$${arm:+v$$arm}; mkdir -p $$dir; \
+		for cmd in diglett diglett-server; do \
+			echo "release: $$dir/$$cmd$$ext"; \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$dir/$$cmd$$ext ./cmd/$$cmd; \
+		done; \
+	done
+	cd dist && find . -type f ! -name SHA256SUMS | sed 's#^\./##' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS
+	@echo "release: dist/SHA256SUMS"
+
+# Installs the binaries in $(DESTDIR)$(PREFIX)/bin (default /usr/local/bin);
+# the service units are in packaging/ (see README.md, Install).
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 bin/diglett bin/diglett-server $(DESTDIR)$(PREFIX)/bin/
 
 # A gateway, an agent and a sample backend on loopback; Ctrl-C stops it.
 demo: build
@@ -42,4 +68,4 @@ soak:
 	GO=$(GO) ./scripts/soak.sh
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

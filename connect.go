@@ -1,7 +1,9 @@
 package diglett
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +22,18 @@ import (
 
 // Software is the version string the agent sends in its hello.
 var Software = "diglett"
+
+// Errors of reaching the gateway, which Listen returns at start.
+var (
+	// ErrGatewayUnreachable: no transport reached the gateway (a wrong
+	// host or port, the gateway down, or a firewall on the way); the
+	// error wraps each transport's failure.
+	ErrGatewayUnreachable = errors.New("gateway unreachable")
+	// ErrNotGateway: the gateway's address answered, but not as a
+	// diglett gateway: it speaks plain HTTP (the gateway's HTTP port,
+	// say, rather than its agent port).
+	ErrNotGateway = errors.New("not a diglett gateway")
+)
 
 // transportConfig is the sessions' tuning from the agent's Config.
 func (c *Config) transportConfig() transport.Config {
@@ -70,12 +84,38 @@ func (k *link) dial(ctx context.Context, via string) (transport.Session, error) 
 			errors.As(err, &te)
 			return nil, te
 		}
+		if what := answersPlainText(err); what != "" {
+			return nil, fmt.Errorf("connect to gateway %s over %s: it answers %s: %w; agents connect to the gateway's --listen port, 20000 by default",
+				k.gateway, via, what, ErrNotGateway)
+		}
 		if isBusyAlert(err) {
 			return nil, fmt.Errorf("connect to gateway %s over %s: %w", k.gateway, via, ErrGatewayBusy)
 		}
 		return nil, fmt.Errorf("connect to gateway %s over %s: %w", k.gateway, via, err)
 	}
 	return sess, nil
+}
+
+// answersPlainText tells whether err, a failed TLS handshake, met a server
+// that answered the client's hello in plain text rather than TLS: "plain
+// HTTP" when it starts like an HTTP response (an HTTP server's 400), "in
+// plain text" for other text (an old HTTP server's bare error page, a
+// banner), "" otherwise.
+func answersPlainText(err error) string {
+	var re tls.RecordHeaderError
+	if !errors.As(err, &re) {
+		return ""
+	}
+	h := re.RecordHeader[:]
+	if bytes.HasPrefix(h, []byte("HTTP/")) {
+		return "plain HTTP"
+	}
+	for _, b := range h {
+		if (b < 0x20 || b > 0x7e) && b != '\r' && b != '\n' && b != '\t' {
+			return ""
+		}
+	}
+	return "in plain text"
 }
 
 // isBusyAlert reports whether err, a failed TLS handshake, is the gateway's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -40,6 +41,15 @@ type ForwardOptions struct {
 	// Logger receives Forward's logs. Default: the listener's logger
 	// (Config.Logger).
 	Logger *slog.Logger
+	// Inspect, when set, observes what each visitor's relay copies, to
+	// record HTTP requests, say. It is called once the visitor's backend
+	// is connected; what the visitor sends is also written to fromVisitor
+	// and what the backend answers to fromBackend, in order, as it is
+	// relayed (a nil writer observes nothing). Both are closed once the
+	// relay has ended. The writes happen on the relay's goroutines, so
+	// they should return at once, and their errors are ignored. The bytes
+	// relayed are the same with or without Inspect.
+	Inspect func(c *Conn) (fromVisitor, fromBackend io.WriteCloser)
 }
 
 // Defaults for ForwardOptions (Config.DialTimeout, DefaultDialTimeout, is
@@ -196,8 +206,67 @@ func (f *forwarder) run(p *relayPair, log *slog.Logger) {
 		return
 	}
 	l.Debug("visitor connected")
-	up, down, err := relay.PipeWith(vc, bc, relay.Options{HalfCloseTimeout: f.o.HalfCloseTimeout})
+	var a, b net.Conn = vc, bc
+	if f.o.Inspect != nil {
+		fromVisitor, fromBackend := f.o.Inspect(vc)
+		defer closeAll(fromVisitor, fromBackend)
+		a, b = observed(vc, fromVisitor), observed(bc, fromBackend)
+	}
+	up, down, err := relay.PipeWith(a, b, relay.Options{HalfCloseTimeout: f.o.HalfCloseTimeout})
 	l.Debug("visitor disconnected", "sent", up, "received", down, "err", err)
+}
+
+// observedConn is a connection whose reads are also written to w (see
+// ForwardOptions.Inspect). It keeps what the relay needs of the
+// connection it wraps: half-close and reset.
+type observedConn struct {
+	net.Conn
+	w io.Writer
+}
+
+// observed is c with its reads also written to w; c itself when w is nil.
+func observed(c net.Conn, w io.Writer) net.Conn {
+	if w == nil {
+		return c
+	}
+	return &observedConn{Conn: c, w: w}
+}
+
+func (c *observedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.w.Write(p[:n])
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the connection, or closes it when it cannot.
+func (c *observedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// Reset ends the connection the way a failed one ends: a TCP connection
+// with a reset.
+func (c *observedConn) Reset() error {
+	switch x := c.Conn.(type) {
+	case interface{ Reset() error }:
+		return x.Reset()
+	case *net.TCPConn:
+		x.SetLinger(0)
+	}
+	return c.Conn.Close()
+}
+
+// closeAll closes the writers that are not nil.
+func closeAll(ws ...io.WriteCloser) {
+	for _, w := range ws {
+		if w != nil {
+			w.Close()
+		}
+	}
 }
 
 // relayPair is a visitor's connection and, once dialed, its backend's.

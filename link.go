@@ -367,6 +367,9 @@ func (k *link) connectOver(ctx context.Context, order []string, prev []Tunnel, a
 			if errors.As(err, &te) {
 				return nil, te
 			}
+			if errors.Is(err, ErrNotGateway) {
+				return nil, err // the address answered: the other transports go there too
+			}
 			if errors.Is(err, ErrGatewayBusy) {
 				return nil, err // a refusal: the other transports would get it too
 			}
@@ -402,7 +405,7 @@ func (k *link) connectOver(ctx context.Context, order []string, prev []Tunnel, a
 		return ls, nil
 	}
 	if len(order) == 1 {
-		return nil, last
+		return nil, fmt.Errorf("%w: %w", ErrGatewayUnreachable, last)
 	}
-	return nil, fmt.Errorf("connect to gateway %s: every transport failed: %s", k.gateway, strings.Join(failed, "; "))
+	return nil, fmt.Errorf("connect to gateway %s: %w: every transport failed: %s", k.gateway, ErrGatewayUnreachable, strings.Join(failed, "; "))
 }

@@ -119,7 +119,7 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 	members := t.live()
 	if len(members) == 0 {
 		t.log.Debug("visitor refused: no agent online", "visitor", c.RemoteAddr())
-		reset(c)
+		answerOffline(c)
 		return
 	}
 	if pol := t.policy(); pol != nil {

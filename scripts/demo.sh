@@ -23,30 +23,46 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-wait_for() { # wait_for FILE PATTERN WHAT
+for b in diglett diglett-server hello; do
+	if [ ! -x "$BIN/$b" ]; then
+		echo "demo: no $BIN/$b: build the binaries first (make build puts them in bin/)" >&2
+		exit 1
+	fi
+done
+echo "binaries: $BIN/diglett-server (gateway), $BIN/diglett (agent), $BIN/hello (sample backend)"
+
+# wait_for FILE PATTERN WHAT PID [LOG]: waits for PATTERN in FILE; if the
+# process PID ends first (a port taken, say), fails at once with its log.
+wait_for() {
 	for _ in $(seq 1 100); do
 		grep -q "$2" "$1" 2>/dev/null && return 0
+		if ! kill -0 "$4" 2>/dev/null; then
+			echo "demo: $3 stopped at start:" >&2
+			cat "$1" ${5:+"$5"} >&2
+			echo "demo: for other ports, set GATEWAY_ADDR, HTTP_ADDR or BACKEND_ADDR, e.g. make demo GATEWAY_ADDR=127.0.0.1:20100" >&2
+			exit 1
+		fi
 		sleep 0.1
 	done
 	echo "demo: $3 did not start; its log:" >&2
-	cat "$1" >&2
+	cat "$1" ${5:+"$5"} >&2
 	exit 1
 }
 
 "$BIN/hello" -listen "$BACKEND_ADDR" >"$work/backend.log" 2>&1 &
 pids+=($!)
-wait_for "$work/backend.log" "hello backend" "the sample backend"
+wait_for "$work/backend.log" "hello backend" "the sample backend (BACKEND_ADDR=$BACKEND_ADDR)" "$!"
 
 "$BIN/diglett-server" -l "$GATEWAY_ADDR" --data-dir "$work/gateway" --public-bind 127.0.0.1 \
 	--domain "$DOMAIN" --http-addr "$HTTP_ADDR" \
 	>"$work/gateway.out" 2>"$work/gateway.log" &
 pids+=($!)
-wait_for "$work/gateway.out" "fingerprint" "the gateway"
+wait_for "$work/gateway.out" "fingerprint" "the gateway (GATEWAY_ADDR=$GATEWAY_ADDR, HTTP_ADDR=$HTTP_ADDR)" "$!" "$work/gateway.log"
 
 "$BIN/diglett" -g "$GATEWAY_ADDR" -n example --known-gateways "$work/known_gateways" "$BACKEND_ADDR" \
 	>"$work/agent.out" 2>"$work/agent.log" &
 pids+=($!)
-wait_for "$work/agent.out" "tcp://" "the agent"
+wait_for "$work/agent.out" "tcp://" "the agent" "$!" "$work/agent.log"
 
 url=$(grep -o 'http://[^ ]*' "$work/agent.out" | head -n1)
 tcpurl=$(grep -o 'tcp://[^ ]*' "$work/agent.out" | head -n1)

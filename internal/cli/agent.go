@@ -16,21 +16,24 @@ import (
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/config"
+	"github.com/diglett/diglett/internal/inspect"
 )
 
 type agentCmd struct {
-	Gateway       []string         `short:"g" required:"" sep:"none" placeholder:"HOST:PORT" help:"Gateway to connect to (repeatable: the names are published on every gateway)."`
+	Gateway       []string         `short:"g" required:"" sep:"none" placeholder:"HOST[:PORT]" help:"Gateway to connect to, port 20000 when none is given (repeatable: the names are published on every gateway)."`
+	Retry         bool             `help:"Keep trying at start while the gateway cannot be reached (or is busy), with the backoff of reconnects, instead of exiting: for services started at boot. Wrong credentials still stop the agent."`
 	Name          []string         `short:"n" sep:"none" placeholder:"NAME" help:"Name to publish (repeatable; required unless --config gives tunnels)."`
 	Token         string           `short:"t" placeholder:"TOKEN" help:"Token the gateway knows this agent by."`
 	TokenFile     string           `name:"token-file" type:"existingfile" placeholder:"FILE" help:"Read the token from this file (white space around it trimmed) instead of -t, which other users of the machine can see."`
 	User          string           `placeholder:"USER" help:"User to log in as, on gateways that take users and passwords; the password comes from --password-file or DIGLETT_PASSWORD."`
 	PasswordFile  string           `name:"password-file" type:"existingfile" placeholder:"FILE" help:"Read the password of --user from this file: one line, its line ending trimmed."`
 	IdentityKey   string           `name:"identity-key" type:"path" placeholder:"FILE" help:"Sign a fresh short-lived token for each login with this identity key (made by diglett keygen) instead of --token."`
-	Debug         int              `short:"d" type:"counter" help:"Log more (repeatable)."`
 	Port          int              `placeholder:"N" help:"Ask for this public TCP port (it must be free and in the gateway's range)."`
 	Fingerprint   string           `placeholder:"SHA256:..." help:"Trust only the gateway whose key has this fingerprint (printed by diglett-server at start)."`
 	CA            string           `name:"ca" type:"existingfile" placeholder:"FILE" help:"Verify the gateway's certificate against this CA bundle (PEM) instead of the system roots; disables pinning on first use."`
 	DebugAddr     string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6061."`
+	Inspect       string           `placeholder:"ADDR" help:"Serve the request inspector (a live page of the HTTP requests, their JSON API with replay, /metrics and /readyz) on this loopback address, or off. Default: 127.0.0.1:4040 when the output is a terminal, off otherwise."`
+	InspectSize   int              `name:"inspect-size" default:"100" placeholder:"N" help:"Requests the inspector keeps, the oldest dropped first (1 to 100000)."`
 	KnownGateways string           `type:"path" placeholder:"FILE" help:"File of pinned gateway keys (default: known_gateways in the user's config dir)."`
 	KeepAlive     time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
 	MaxIdle       time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead gateway (no answer at all) within this time; at least 2s. A longer --keep-alive-period is lowered to half of it."`
@@ -42,11 +45,13 @@ type agentCmd struct {
 	DrainTimeout  time.Duration    `name:"drain-timeout" default:"10s" help:"On SIGINT or SIGTERM, wait this long for open connections to end, then close them and exit (a second signal exits at once)."`
 	HalfClose     time.Duration    `name:"half-close-timeout" default:"60s" help:"Close a connection that one side has half-closed when the other sends nothing for this long."`
 	BasicAuth     string           `name:"basic-auth" placeholder:"USER:PASS" help:"Make the gateway ask HTTP visitors for this user and password (the tunnel's raw TCP port then refuses visitors)."`
-	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR,..." help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
+	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR" help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
 	H2C           bool             `name:"h2c" help:"The backend speaks HTTP/2 without TLS (gRPC, say): the gateway speaks HTTP/2 to it."`
-	Backend       string           `arg:"" optional:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT); required unless --config gives tunnels."`
+	Backend       string           `arg:"" optional:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT, http://HOST:PORT means HOST:PORT); required unless --config gives tunnels."`
 	VersionFlag   kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 	Config        string           `type:"existingfile" placeholder:"FILE" help:"YAML configuration file (version: 1): a key per flag (known_gateways for --known-gateways), plus tunnels: [{name: web, backend: localhost:3000}, ...] to serve several tunnels, each with its own backend. Flags and DIGLETT_* variables override it."`
+
+	logFlags `embed:""`
 }
 
 // Agent runs diglett with args until ctx ends or a fatal error.
@@ -54,12 +59,18 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && keyCommands[args[0]] != nil {
 		return keyCommands[args[0]](ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "completion" {
+		return completion("diglett", args[1:], stdout, stderr)
+	}
 	var c agentCmd
 	fr := &fileResolver{load: config.LoadAgent}
 	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.\n\nIdentity keys: \"diglett keygen\" makes one, \"diglett token sign\" signs a token with it (see their --help).", args, stdout, stderr, fr); err != nil {
 		return err
 	}
-	log := newLogger(stderr, c.Debug)
+	if err := c.gatewayPorts(); err != nil {
+		return err
+	}
+	log := c.logger(stderr)
 	groups, err := c.tunnelGroups(fr.file)
 	if err != nil {
 		return err
@@ -108,11 +119,25 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	return serveTunnels(ctx, cfg, groups, forwardOptions(c.DialTimeout, c.DrainTimeout, c.HalfClose, log), stdout)
+	o := forwardOptions(c.DialTimeout, c.DrainTimeout, c.HalfClose, log)
+	if c.InspectSize < 1 || c.InspectSize > inspect.MaxSize {
+		return fmt.Errorf("--inspect-size %d: want 1 to %d", c.InspectSize, inspect.MaxSize)
+	}
+	ins, err := startInspector(ctx, c.Inspect, c.InspectSize, stdout, groups, c.DialTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer ins.stop()
+	ins.wire(&o)
+	return serveTunnels(ctx, cfg, groups, o, stdout, ins.listeningFunc(), c.Retry)
 }
 
-// backendAddr accepts HOST:PORT or a bare PORT.
+// backendAddr accepts HOST:PORT, a bare PORT or http://HOST:PORT.
 func backendAddr(s string) (string, error) {
+	s, err := backendURL(s)
+	if err != nil {
+		return "", err
+	}
 	if p, err := strconv.Atoi(s); err == nil {
 		s = net.JoinHostPort("localhost", strconv.Itoa(p))
 	}

@@ -33,11 +33,19 @@ func parse(app any, name, desc string, args []string, stdout, stderr io.Writer, 
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(int) { exited = true }),
 		kong.DefaultEnvars("DIGLETT"),
-		kong.Vars{"version": Version},
+		cliOptions(name),
+		kong.Vars{"version": versionText(name)},
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 	)...)
 	if err != nil {
 		return fmt.Errorf("command line: %w", err)
+	}
+	// A shell asking for completions (see completion.go).
+	if answered, err := completeWords(k); answered || err != nil {
+		if err != nil {
+			return err
+		}
+		return errHelp
 	}
 	_, err = k.Parse(args)
 	if exited {

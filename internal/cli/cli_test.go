@@ -54,7 +54,7 @@ func TestAgentArgumentErrors(t *testing.T) {
 		{"bad backend", []string{"-g", "127.0.0.1:1", "-n", "x", "localhost"}, "HOST:PORT"},
 		{"bad backend port", []string{"-g", "127.0.0.1:1", "-n", "x", "localhost:99999"}, "bad port"},
 		{"bad name", []string{"-g", "127.0.0.1:1", "-n", "Not_A_Name", "--known-gateways", kg, "1"}, "Not_A_Name"},
-		{"bad gateway", []string{"-g", "gateway", "-n", "x", "--known-gateways", kg, "1"}, "host:port"},
+		{"bad gateway", []string{"-g", "gw:1:2", "-n", "x", "--known-gateways", kg, "1"}, "HOST:PORT"},
 		{"bad fingerprint", []string{"-g", "127.0.0.1:1", "-n", "x", "--fingerprint", "abc", "--known-gateways", kg, "1"}, "fingerprint"},
 		{"missing ca", []string{"-g", "127.0.0.1:1", "-n", "x", "--ca", "/nonexistent/ca.pem", "1"}, "ca"},
 		{"gateway down", []string{"-g", "127.0.0.1:1", "-n", "x", "--known-gateways", kg, "1"}, "dial gateway"},

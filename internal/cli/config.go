@@ -185,14 +185,16 @@ func (c *agentCmd) tunnelGroups(f *config.File) ([]tunnelGroup, error) {
 // serveTunnels opens one listener per group with base's other settings,
 // prints each tunnel's public addresses, and forwards visitors to each
 // tunnel's backend until ctx ends or a listener stops on a fatal error,
-// which stops the others.
-func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup, o diglett.ForwardOptions, stdout io.Writer) error {
+// which stops the others. listening, when not nil, is given the listeners
+// of groups (in the same order) once all are registered. With retry, a
+// failure at start that is not fatal is retried with backoff (--retry).
+func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup, o diglett.ForwardOptions, stdout io.Writer, listening func([]*diglett.Listener), retry bool) error {
 	lns := make([]*diglett.Listener, 0, len(groups))
 	for _, g := range groups {
 		cfg := base
 		cfg.Name, cfg.Names = g.names[0], g.names[1:]
 		cfg.Port, cfg.H2C, cfg.BasicAuth, cfg.AllowIPs = g.port, g.h2c, g.basicAuth, g.allowIPs
-		ln, err := diglett.Listen(ctx, cfg)
+		ln, err := listenRetrying(ctx, cfg, retry)
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
@@ -206,6 +208,9 @@ func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup
 				fmt.Fprintf(stdout, "%s: %s -> %s\n", t.Name, printable.String(u, 0), g.backends[t.Name])
 			}
 		}
+	}
+	if listening != nil {
+		listening(lns)
 	}
 	if len(lns) == 1 {
 		o.Backends = groups[0].backends

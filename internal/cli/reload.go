@@ -121,6 +121,13 @@ func (r *reloader) watched() []string {
 // reload rebuilds the source and puts it in force; on error the
 // Authenticator in force stays. why says what asked for the reload.
 func (r *reloader) reload(ctx context.Context, why ...any) error {
+	_, err := r.reloadChanges(ctx, why...)
+	return err
+}
+
+// reloadChanges is reload, returning what the reload changed as the
+// attributes of its log line (after why).
+func (r *reloader) reloadChanges(ctx context.Context, why ...any) ([]any, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	snap, err := r.src.Build()
@@ -134,13 +141,13 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 			kept = "those in force"
 		}
 		r.log.Error(r.src.What+" not reloaded: keeping "+kept, append([]any{"err", err}, why...)...)
-		return err
+		return nil, err
 	}
 	res, err := r.srv.SetAuthenticator(ctx, snap.Auth)
 	if err != nil {
 		closeAuth(snap.Auth, r.log)
 		r.log.Error(r.src.What+" not reloaded", append([]any{"err", err}, why...)...)
-		return err
+		return nil, err
 	}
 	if r.src.Held != nil {
 		r.src.Held.swap(snap.Auth)
@@ -163,7 +170,11 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 	if snap.Commit != nil {
 		snap.Commit()
 	}
-	return nil
+	changes := args[len(why):]
+	if len(snap.Restart) > 0 {
+		changes = append(changes, "restart_needed", snap.Restart)
+	}
+	return changes, nil
 }
 
 // diffIdentities lists, sorted, the identities only in after, only in
@@ -193,7 +204,10 @@ func diffIdentities(before, after map[string]string) (added, removed, changed []
 // renamed in the configuration file), the watch follows. Without a source
 // (src.Build nil), SIGHUP only logs that there is nothing to reload: it no
 // longer stops the gateway.
-func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFiles bool, log *slog.Logger) (stop func(), err error) {
+//
+// requests, if not nil, are reloads asked for by the management API: each
+// is done as a SIGHUP's and answered.
+func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFiles bool, requests <-chan reloadRequest, log *slog.Logger) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var r *reloader
 	var w *watch.Watcher
@@ -250,6 +264,14 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 			case files := <-changes:
 				r.reload(ctx, "trigger", "file changed", "files", files)
 				rewatch()
+			case req := <-requests:
+				if r == nil {
+					req.done <- reloadResult{err: errNoReloadSource}
+					continue
+				}
+				changes, err := r.reloadChanges(ctx, "trigger", "admin API")
+				rewatch()
+				req.done <- reloadResult{changes: changes, err: err}
 			}
 		}
 	}()
@@ -265,8 +287,10 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 // tokens file.
 //
 // held is the Authenticator in force, which a reload replaces (and
-// closes); changed is what modules call when their answers change.
-func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, held *heldAuth, changed func(), log *slog.Logger) (stop func(), err error) {
+// closes); changed is what modules call when their answers change;
+// requests are reloads asked for by the management API (see
+// serveReloads).
+func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, held *heldAuth, changed func(), requests <-chan reloadRequest, log *slog.Logger) (stop func(), err error) {
 	var src authSource
 	switch {
 	case f != nil:
@@ -275,7 +299,7 @@ func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args 
 		src = tokensSource(c.Tokens)
 	}
 	src.Held = held
-	return serveReloads(ctx, srv, src, c.Watch, log)
+	return serveReloads(ctx, srv, src, c.Watch, requests, log)
 }
 
 // tokensSource is a tokens file (auth/tokens).

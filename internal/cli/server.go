@@ -22,6 +22,7 @@ import (
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/ingress"
 	"github.com/diglett/diglett/internal/identity"
+	"github.com/diglett/diglett/internal/metrics"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/quictransport"
@@ -29,7 +30,6 @@ import (
 
 type serverCmd struct {
 	Listen      string           `short:"l" default:"0.0.0.0:20000" placeholder:"ADDR" help:"Address agents connect to (default 0.0.0.0:20000)."`
-	Debug       int              `short:"d" type:"counter" help:"Log more (repeatable)."`
 	DataDir     string           `placeholder:"DIR" help:"Where the gateway keeps its key (default: /var/lib/diglett as root, else ~/.local/share/diglett)."`
 	Ports       string           `default:"30000-40000" placeholder:"MIN-MAX" help:"Range of public TCP ports given to tunnels."`
 	PublicBind  string           `placeholder:"HOST" help:"Address public TCP ports listen on (default: all interfaces)."`
@@ -40,7 +40,9 @@ type serverCmd struct {
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
 	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
 	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time; at least 2s. A longer --keep-alive-period is lowered to half of it."`
-	DebugAddr   string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060."`
+	DebugAddr   string           `name:"debug-addr" hidden:"" placeholder:"ADDR" help:"Deprecated name of --admin-addr."`
+	AdminAddr   string           `name:"admin-addr" placeholder:"ADDR" help:"Serve the management listener here: health and readiness probes, metrics, the profiler and the JSON API (docs/API.md) that diglett-server status reads; e.g. 127.0.0.1:20001 (default off). Anywhere but loopback it needs --admin-token-file."`
+	AdminToken  string           `name:"admin-token-file" type:"existingfile" placeholder:"FILE" help:"File holding a bearer token the management listener asks of every request but /healthz and /readyz (Authorization: Bearer TOKEN). Required for a non-loopback --admin-addr."`
 	QUIC        bool             `name:"quic" default:"true" negatable:"" help:"Also take agents over QUIC on the --listen port number over UDP (--no-quic to disable)."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 	Config      string           `type:"existingfile" placeholder:"FILE" help:"YAML configuration file (version: 1): a key per flag (max_visitors for --max-visitors), plus auth and register modules. Flags and DIGLETT_* variables override it. Check one with: diglett-server check-config FILE."`
@@ -60,7 +62,7 @@ type serverCmd struct {
 	Domain              string        `placeholder:"DOMAIN" help:"Serve tunnel NAME over HTTP(S) as NAME.DOMAIN on shared ports (point a wildcard DNS record *.DOMAIN at this host)."`
 	HTTPAddr            string        `name:"http-addr" placeholder:"ADDR" help:"Address of the shared HTTP port (default :80 with --domain; 'off' to disable)."`
 	HTTPSAddr           string        `name:"https-addr" placeholder:"ADDR" help:"Address of the shared HTTPS port (default :443 with --domain and a certificate: --cert/--key or ACME; 'off' to disable)."`
-	TrustedProxies      []string      `sep:"," placeholder:"CIDR,..." help:"Proxies in front of the gateway whose X-Forwarded-* and Forwarded headers are kept; from anyone else they are dropped."`
+	TrustedProxies      []string      `sep:"," placeholder:"CIDR" help:"Proxies in front of the gateway whose X-Forwarded-* and Forwarded headers are kept; from anyone else they are dropped."`
 	HTTPResponseTimeout time.Duration `name:"http-response-timeout" default:"60s" help:"Answer 504 when a backend takes longer than this to start its response."`
 	ACMEEmail           string        `name:"acme-email" placeholder:"EMAIL" help:"Obtain certificates for NAME.DOMAIN automatically over ACME, with this contact address."`
 	ACMECA              string        `name:"acme-ca" placeholder:"URL" help:"ACME directory URL (default: Let's Encrypt production). Setting it enables ACME."`
@@ -70,11 +72,15 @@ type serverCmd struct {
 
 	HTTPBodyTimeout          time.Duration `name:"http-body-timeout" default:"60s" help:"End a visitor's request whose body sends nothing for this long (408, or the connection closed once the response has started); a slow upload that keeps moving is not limited."`
 	HTTPMaxRequestsPerSource int           `name:"http-max-requests-per-source" default:"512" placeholder:"N" help:"HTTP requests in flight at once from one visitor address (IPv6: per /64); more are answered 429 Too Many Requests at once."`
+
+	logFlags  `embed:""`
+	AccessLog string `name:"access-log" placeholder:"off|stdout|FILE" help:"Where the access log goes, a line per HTTP request and per TCP visitor connection: off, stdout, or a FILE appended to (default: the gateway's log)."`
 }
 
 // Server runs diglett-server with args until ctx ends; with the
 // check-config subcommand it checks a configuration file and returns, with
-// hash-password it hashes a password read from stdin.
+// hash-password it hashes a password read from stdin, with status it
+// prints the tunnels of a running gateway from its management listener.
 func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "check-config" {
 		return checkConfig(args[1:], stdout, stderr)
@@ -82,12 +88,25 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(args) > 0 && args[0] == "hash-password" {
 		return hashPassword(args[1:], os.Stdin, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "completion" {
+		return completion("diglett-server", args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "status" {
+		return status(ctx, args[1:], stdout, stderr)
+	}
 	var c serverCmd
 	fr := &fileResolver{load: config.LoadServer}
 	if err := parse(&c, "diglett-server", serverDesc, args, stdout, stderr, fr); err != nil {
 		return err
 	}
-	log := newLogger(stderr, c.Debug)
+	log := c.logger(stderr)
+	accessLog, accessFile, err := c.accessLog(c.AccessLog, log, stdout)
+	if err != nil {
+		return err
+	}
+	defer accessFile.Close()
+	// Served by the management listener at /metrics.
+	mtr := metrics.New()
 	lo, hi, err := parsePorts(c.Ports)
 	if err != nil {
 		return err
@@ -158,6 +177,8 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Lease:         c.Lease,
 		Transport:     transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
 		Logger:        log,
+		AccessLog:     accessLog,
+		Observer:      mtr,
 		Domain:        c.Domain,
 		Hosts:         fr.file.Hosts(),
 		VisitorAccess: gateway.VisitorAccess(c.VisitorAccess),
@@ -187,9 +208,12 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		BodyReadTimeout:      c.HTTPBodyTimeout,
 		MaxRequestsPerSource: c.HTTPMaxRequestsPerSource,
 		Logger:               log,
+		AccessLog:            accessLog,
+		Observer:             mtr,
 	})
 	defer web.Close()
-	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, held, rc.changed, log)
+	reloads := make(chan reloadRequest)
+	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, held, rc.changed, reloads, log)
 	if err != nil {
 		return err
 	}
@@ -208,15 +232,27 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	listen := func(what, addr string) (net.Listener, error) {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, fmt.Errorf("listen for %s: %w", what, err)
+			return nil, listenError(what, addr, err)
 		}
 		closers = append(closers, ln)
 		return ln, nil
 	}
-	if c.DebugAddr != "" {
-		if err := serveDebug(ctx, c.DebugAddr, log); err != nil {
+	adminAddr, err := c.adminAddr(log)
+	if err != nil {
+		return err
+	}
+	var adm *adminServer
+	if adminAddr != "" {
+		aln, token, err := listenAdmin(adminAddr, c.AdminToken)
+		if err != nil {
 			return err
 		}
+		if adm, err = startAdmin(aln, token, srv, reloads, mtr.Handler(), log); err != nil {
+			aln.Close()
+			return err
+		}
+		// Closed after the shutdown below: /readyz answers 503 meanwhile.
+		defer adm.close()
 	}
 	ln, err := listen("agents", c.Listen)
 	if err != nil {
@@ -283,8 +319,10 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for _, serve := range serves {
 		go func() { errc <- serve() }()
 	}
+	adm.setState(adminReady)
 	select {
 	case err := <-errc:
+		adm.setState(adminStopping)
 		web.Close()
 		srv.Close()
 		for range len(serves) - 1 {
@@ -293,6 +331,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	case <-ctx.Done():
 	}
+	adm.setState(adminStopping)
 	log.Info("shutting down: waiting up to 10s for open connections")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

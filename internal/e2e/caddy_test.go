@@ -133,8 +133,8 @@ func TestCaddyRegisterer(t *testing.T) {
 	}
 
 	// The agent goes: through the lease caddy keeps sending visitors to
-	// the gateway, and passes on its refusal rather than answering on
-	// its own as for a host it does not know (200, empty).
+	// the gateway, and passes on its 503 rather than answering on its
+	// own as for a host it does not know (200, empty).
 	if err := a.stop(); err != nil {
 		t.Fatalf("agent command: %v", err)
 	}
@@ -145,7 +145,7 @@ func TestCaddyRegisterer(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if s != http.StatusServiceUnavailable && s != http.StatusBadGateway {
+		if s != http.StatusServiceUnavailable || !strings.Contains(b, "no agent is online for this tunnel") {
 			return fmt.Errorf("answered %d %q", s, b)
 		}
 		leased = s

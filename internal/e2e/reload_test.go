@@ -12,12 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // The live reload of the gateway's tokens file (diglett-server --tokens
@@ -250,6 +252,22 @@ func TestRevocationStopsEveryLink(t *testing.T) {
 	ln := mustListen(t, cfg)
 	forward(t, ln, startEcho(t))
 	waitForN(t, "second gateway", g2.Logs, "agent logged in", 2)
+	// Both sessions to the first gateway serve the name before it is
+	// taken away: a session not registered yet has nothing to lose.
+	if err := testutil.Poll(eventually, func() error {
+		serving := 0
+		for _, a := range g1.Agents() {
+			if slices.Contains(a.Names, "both") {
+				serving++
+			}
+		}
+		if serving != 2 {
+			return fmt.Errorf("%d sessions serve the name", serving)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	noName := allow
 	noName.AuthorizeFunc = func(_ context.Context, _ gateway.Identity, name string) error {
