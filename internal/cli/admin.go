@@ -18,6 +18,7 @@ import (
 
 	"github.com/diglett/diglett/admin"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/register/traefik"
 )
 
 // The gateway's management listener (--admin-addr): the admin package's
@@ -173,7 +174,7 @@ func readAdminToken(file string) (string, error) {
 
 // startAdmin serves the management API for gw on ln until close; reloads
 // go to requests. metrics, if not nil, is served at /metrics.
-func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<- reloadRequest, metrics http.Handler, log *slog.Logger) (*adminServer, error) {
+func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<- reloadRequest, metrics http.Handler, extra map[string]http.Handler, log *slog.Logger) (*adminServer, error) {
 	a := &adminServer{ln: ln, done: make(chan struct{})}
 	h, err := admin.Handler(admin.Config{
 		Gateway: gw,
@@ -181,6 +182,7 @@ func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<-
 		Ready:   a.ready,
 		Token:   token,
 		Metrics: metrics,
+		Extra:   extra,
 		Logger:  log,
 	})
 	if err != nil {
@@ -333,4 +335,28 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// traefikProvider serves, at /traefik of the management listener, the
+// whole dynamic configuration of the traefik registerer in force (the
+// first of the register list), for a proxy polling it with its http
+// provider; 404 when no traefik registerer is in force. It follows
+// reloads.
+type traefikProvider struct{ held *heldAuth }
+
+func (p traefikProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.held.mu.Lock()
+	var tr *traefik.Registerer
+	for _, rg := range p.held.regs {
+		if t, ok := rg.(*traefik.Registerer); ok {
+			tr = t
+			break
+		}
+	}
+	p.held.mu.Unlock()
+	if tr == nil {
+		http.Error(w, "no traefik registerer in the register list", http.StatusNotFound)
+		return
+	}
+	tr.Handler().ServeHTTP(w, r)
 }

@@ -247,7 +247,8 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err != nil {
 			return err
 		}
-		if adm, err = startAdmin(aln, token, srv, reloads, mtr.Handler(), log); err != nil {
+		extra := map[string]http.Handler{"GET /traefik": traefikProvider{held}}
+		if adm, err = startAdmin(aln, token, srv, reloads, mtr.Handler(), extra, log); err != nil {
 			aln.Close()
 			return err
 		}

@@ -187,7 +187,8 @@ func TestTraefikRegisterer(t *testing.T) {
 		Groups:   "groups:\n  - name: web\n    hosts: [www.example.test]\n    auth:\n      - tokens: {file: tokens.yaml}\n",
 		Provider: provider,
 	}.write(t, dir)
-	srv := startServerCommand(t, "--config", gw)
+	adminAddr := freeAddr(t)
+	srv := startServerCommand(t, "--config", gw, "--admin-addr", adminAddr)
 	a := startAgentCommand(t, "-g", srv.Addr, "-n", "web", "-t", "s3cret", "--fingerprint", srv.Fingerprint,
 		"--known-gateways", filepath.Join(dir, "known_gateways"), "--transport", "tcp", pageBackend(t, "hello from web"))
 	_, port, err := net.SplitHostPort(a.tunnel(t, "web"))
@@ -215,6 +216,14 @@ func TestTraefikRegisterer(t *testing.T) {
 	}
 	if got, err := c.route("web"); err != nil || got != want {
 		t.Errorf("http provider routes %+v (%v), want %+v", got, err, want)
+	}
+	// The same JSON at /traefik of the management listener.
+	ac, err := traefikProvider("http://" + adminAddr + "/traefik")
+	if err != nil {
+		t.Fatalf("http provider on the management listener: %v", err)
+	}
+	if got, err := ac.route("web"); err != nil || got != want {
+		t.Errorf("management listener's /traefik routes %+v (%v), want %+v", got, err, want)
 	}
 	if page, err := fetchPage(want.URL); err != nil || page != "hello from web" {
 		t.Errorf("the service's URL gave %q (%v), want the backend's page", page, err)
