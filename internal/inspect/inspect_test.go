@@ -518,6 +518,7 @@ func TestAPI(t *testing.T) {
 	events := bufio.NewReader(resp.Body)
 
 	relayed(in, "web", "GET /one HTTP/1.1\r\nHost: h\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", 1<<20)
+	waitEntries(t, in, 1) // recorded in this order: each relay's parsers run on their own
 	relayed(in, "web", "POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc", "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 1<<20)
 	waitEntries(t, in, 2)
 
