@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	osexec "os/exec"
@@ -26,13 +25,14 @@ import (
 
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/printable"
+	"github.com/diglett/diglett/register/event"
 )
 
 // Events, the values of DIGLETT_EVENT.
 const (
-	EventRegister   = "register"
-	EventUnregister = "unregister"
-	EventSweep      = "sweep"
+	EventRegister   = event.Register
+	EventUnregister = event.Unregister
+	EventSweep      = event.Sweep
 )
 
 // The environment variables a hook gets, besides the gateway's own
@@ -88,6 +88,9 @@ type Config struct {
 
 // Hook is a registerer that runs a command for each event.
 type Hook struct {
+	// Registerer calls run for each event.
+	event.Registerer
+
 	command []string
 	timeout time.Duration
 	dir     string
@@ -96,9 +99,8 @@ type Hook struct {
 }
 
 var (
-	_ gateway.Registerer    = (*Hook)(nil)
-	_ gateway.Sweeper       = (*Hook)(nil)
-	_ gateway.ContextCloser = (*route)(nil)
+	_ gateway.Registerer = (*Hook)(nil)
+	_ gateway.Sweeper    = (*Hook)(nil)
 )
 
 // New checks c and builds its Hook. It runs nothing.
@@ -124,60 +126,19 @@ func New(c Config) (*Hook, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return &Hook{
+	h := &Hook{
 		command: c.Command,
 		timeout: c.Timeout,
 		dir:     c.Dir,
 		log:     c.Logger,
 		slots:   make(chan struct{}, maxRunning),
-	}, nil
+	}
+	h.Registerer = event.Registerer{Notify: h.run}
+	return h, nil
 }
 
 // String names the hook in the gateway's logs.
 func (h *Hook) String() string { return "exec " + filepath.Base(h.command[0]) }
-
-// Register runs the hook with DIGLETT_EVENT=register and the route. The
-// returned Closer runs it with DIGLETT_EVENT=unregister.
-func (h *Hook) Register(ctx context.Context, r gateway.Route) (io.Closer, error) {
-	if err := h.run(ctx, EventRegister, &r); err != nil {
-		return nil, err
-	}
-	return &route{h: h, r: r}, nil
-}
-
-// Sweep runs the hook with DIGLETT_EVENT=sweep: it should forget every
-// route it made before (in an earlier life of the gateway), since those
-// of the tunnels still alive are registered again next.
-func (h *Hook) Sweep(ctx context.Context) error {
-	return h.run(ctx, EventSweep, nil)
-}
-
-// route is a published route: closing it runs the hook's unregister.
-type route struct {
-	h *Hook
-	r gateway.Route
-
-	mu   sync.Mutex
-	done bool // unregister succeeded: closing again does nothing
-}
-
-// Close runs the hook with DIGLETT_EVENT=unregister, within its timeout.
-func (r *route) Close() error { return r.CloseContext(context.Background()) }
-
-// CloseContext runs the hook with DIGLETT_EVENT=unregister, within ctx
-// and its timeout. Once it succeeded, closing again does nothing.
-func (r *route) CloseContext(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		return nil
-	}
-	if err := r.h.run(ctx, EventUnregister, &r.r); err != nil {
-		return err
-	}
-	r.done = true
-	return nil
-}
 
 // errTimedOut is the cause of a run's context at the hook's timeout.
 var errTimedOut = errors.New("timed out")

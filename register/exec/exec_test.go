@@ -162,9 +162,8 @@ exit 3
 	if err.Error() != want {
 		t.Errorf("error %q\nwant  %q", err, want)
 	}
-	r := &route{h: h, r: gateway.Route{Name: "web"}}
 	for range 2 {
-		if err := r.Close(); err == nil || !strings.HasPrefix(err.Error(), "hook unregister: exit status 3") {
+		if err := h.run(context.Background(), EventUnregister, &gateway.Route{Name: "web"}); err == nil || !strings.HasPrefix(err.Error(), "hook unregister: exit status 3") {
 			t.Errorf("unregister: %v, want exit status 3", err)
 		}
 	}

@@ -24,18 +24,18 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/printable"
+	"github.com/diglett/diglett/register/event"
 )
 
 // Events, the values of "event" and of X-Diglett-Event.
 const (
-	EventRegister   = "register"
-	EventUnregister = "unregister"
-	EventSweep      = "sweep"
+	EventRegister   = event.Register
+	EventUnregister = event.Unregister
+	EventSweep      = event.Sweep
 )
 
 // Headers of each POST.
@@ -80,6 +80,9 @@ type Config struct {
 
 // Webhook is a registerer that POSTs each event to a URL.
 type Webhook struct {
+	// Registerer calls post for each event.
+	event.Registerer
+
 	url     string
 	name    string // in logs: "webhook" and the URL, less any password
 	secret  []byte
@@ -90,9 +93,8 @@ type Webhook struct {
 }
 
 var (
-	_ gateway.Registerer    = (*Webhook)(nil)
-	_ gateway.Sweeper       = (*Webhook)(nil)
-	_ gateway.ContextCloser = (*route)(nil)
+	_ gateway.Registerer = (*Webhook)(nil)
+	_ gateway.Sweeper    = (*Webhook)(nil)
 )
 
 // New checks c and builds its Webhook. It calls nothing.
@@ -118,7 +120,7 @@ func New(c Config) (*Webhook, error) {
 	// Events are few: no connection is kept between them, so nothing of
 	// the Webhook outlives a call.
 	tr.DisableKeepAlives = true
-	return &Webhook{
+	w := &Webhook{
 		url:     c.URL,
 		name:    "webhook " + u.Redacted(),
 		secret:  c.Secret,
@@ -131,7 +133,9 @@ func New(c Config) (*Webhook, error) {
 		},
 		log: c.Logger.With("webhook", u.Redacted()),
 		now: time.Now,
-	}, nil
+	}
+	w.Registerer = event.Registerer{Notify: w.post}
+	return w, nil
 }
 
 // String names the webhook in the gateway's logs.
@@ -146,49 +150,6 @@ type Event struct {
 	Port     int       `json:"port"`     // its public TCP port on the gateway
 	Identity string    `json:"identity"` // the owner of the name
 	Time     time.Time `json:"time"`     // when the gateway sent the event, UTC
-}
-
-// Register POSTs the register event of r. The returned Closer POSTs its
-// unregister event.
-func (w *Webhook) Register(ctx context.Context, r gateway.Route) (io.Closer, error) {
-	if err := w.post(ctx, EventRegister, &r); err != nil {
-		return nil, err
-	}
-	return &route{w: w, r: r}, nil
-}
-
-// Sweep POSTs the sweep event: the endpoint should forget every route it
-// was told of before (in an earlier life of the gateway), since those of
-// the tunnels still alive are registered again next.
-func (w *Webhook) Sweep(ctx context.Context) error {
-	return w.post(ctx, EventSweep, nil)
-}
-
-// route is a published route: closing it POSTs its unregister event.
-type route struct {
-	w *Webhook
-	r gateway.Route
-
-	mu   sync.Mutex
-	done bool // unregister succeeded: closing again does nothing
-}
-
-// Close POSTs the unregister event, within the webhook's timeout.
-func (r *route) Close() error { return r.CloseContext(context.Background()) }
-
-// CloseContext POSTs the unregister event, within ctx and the webhook's
-// timeout. Once it succeeded, closing again does nothing.
-func (r *route) CloseContext(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		return nil
-	}
-	if err := r.w.post(ctx, EventUnregister, &r.r); err != nil {
-		return err
-	}
-	r.done = true
-	return nil
 }
 
 // errTimedOut is the cause of a call's context at the webhook's timeout.
