@@ -495,6 +495,20 @@ func (l *Listener) Drain() error {
 	return errors.Join(errs...)
 }
 
+// Sessions is how many of the listener's sessions to its gateways are up
+// now (registered, and not yet ended by the gateway or the network), out
+// of Config.Connections per gateway. It is 0 while every session is
+// reconnecting: no visitor can reach the listener then.
+func (l *Listener) Sessions() int {
+	n := 0
+	for _, k := range l.links {
+		if k.live() {
+			n++
+		}
+	}
+	return n
+}
+
 // Addr is the public address of the tunnel for Config.Name on the first
 // gateway.
 func (l *Listener) Addr() net.Addr {

@@ -80,6 +80,15 @@ func (k *link) tunnelList() []Tunnel {
 	return slices.Clone(k.cur.tunnels)
 }
 
+// live reports whether the link's current session is up: registered and
+// not yet ended.
+func (k *link) live() bool {
+	k.mu.Lock()
+	ls := k.cur
+	k.mu.Unlock()
+	return ls != nil && ls.sess.Context().Err() == nil
+}
+
 // drain tells the gateway to send the current session no new visitors.
 func (k *link) drain() error {
 	k.mu.Lock()

@@ -69,6 +69,10 @@ type Config struct {
 	// takes them, e.g. "/dashboard/"), behind the token. A pattern that
 	// clashes with the API's is refused by Handler.
 	Extra map[string]http.Handler
+	// Page, if set, is a browser page served at GET / and its files under
+	// GET /static/, WITHOUT the token: it must hold no data, which it
+	// fetches from the API with the token (admin/dashboard's Page).
+	Page http.Handler
 	// Logger logs, at Debug, who asked for each action (the gateway logs
 	// the action itself at Info), and failures at Warn. Default: discard.
 	Logger *slog.Logger
@@ -109,6 +113,10 @@ func Handler(cfg Config) (http.Handler, error) {
 	if cfg.Metrics != nil {
 		mux.Handle("/metrics", cfg.Metrics)
 	}
+	if cfg.Page != nil {
+		mux.Handle("GET /{$}", cfg.Page)
+		mux.Handle("GET /static/", cfg.Page)
+	}
 	for pattern, eh := range cfg.Extra {
 		if err := register(mux, pattern, eh); err != nil {
 			return nil, err
@@ -144,7 +152,7 @@ func (h *handler) guard(next http.Handler) http.Handler {
 	}
 	want := []byte("Bearer " + h.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !h.page(r) {
 			got := []byte(r.Header.Get("Authorization"))
 			if subtle.ConstantTimeCompare(got, want) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="diglett-server"`)
@@ -154,6 +162,16 @@ func (h *handler) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// page reports whether r asks for the Page, which needs no token: "/" or
+// one file right under "/static/", a path the mux serves as it is.
+func (h *handler) page(r *http.Request) bool {
+	if h.cfg.Page == nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+		return false
+	}
+	file, ok := strings.CutPrefix(r.URL.Path, "/static/")
+	return r.URL.Path == "/" || ok && file != "" && !strings.ContainsAny(file, "/\\") && !strings.Contains(file, "..")
 }
 
 // only answers 405 to any method but method (and HEAD with GET).

@@ -75,6 +75,10 @@ type Config struct {
 	// Logger receives one line per certificate obtained or failed, and
 	// certmagic's own logs at Debug level. Default slog.Default().
 	Logger *slog.Logger
+	// OnCertificate, if set, is told of each order that ends, renewals
+	// included: ok when a certificate for host was obtained, not ok when
+	// the order failed. It runs on the order's goroutine: keep it fast.
+	OnCertificate func(host string, ok bool)
 }
 
 // Defaults for Config.
@@ -352,10 +356,14 @@ func shouldEmit(event string) bool {
 	return event == eventObtained || event == eventFailed || event == eventRevoked
 }
 
-// onEvent logs one line for each certificate obtained, renewed or failed.
+// onEvent logs one line for each certificate obtained, renewed or failed,
+// and tells OnCertificate.
 func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any) error {
 	host, _ := data["identifier"].(string)
 	renewal, _ := data["renewal"].(bool)
+	if f := m.cfg.OnCertificate; f != nil && (event == eventObtained || event == eventFailed) {
+		f(host, event == eventObtained)
+	}
 	switch event {
 	case eventObtained:
 		if renewal {

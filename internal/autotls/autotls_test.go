@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -310,7 +311,13 @@ func TestObtain(t *testing.T) {
 				httpPort = port(t, g.httpAddr)
 			}
 			p := pebbletest.Start(t, httpPort, port(t, g.httpsAddr))
-			m, logs := newManager(t, g, p, t.TempDir(), tt.mod)
+			var told outcomes
+			m, logs := newManager(t, g, p, t.TempDir(), func(c *Config) {
+				if tt.mod != nil {
+					tt.mod(c)
+				}
+				c.OnCertificate = told.add
+			})
 			g.mgr.Store(m)
 			g.start(t, lns)
 
@@ -326,6 +333,9 @@ func TestObtain(t *testing.T) {
 			}
 			if n := logs.count("certificate obtained"); n != 1 {
 				t.Errorf("%d log lines %q, want 1", n, "certificate obtained")
+			}
+			if got, want := told.list(), []string{host + " obtained"}; !slices.Equal(got, want) {
+				t.Errorf("OnCertificate told %q, want %q", got, want)
 			}
 			h, a := g.httpChallenges.Load(), g.alpnChallenges.Load()
 			t.Logf("challenges answered: http-01 %d, tls-alpn-01 %d", h, a)
@@ -400,6 +410,29 @@ func TestUnknownNamesOrderNothing(t *testing.T) {
 	}
 }
 
+// outcomes records what OnCertificate is told, as "HOST obtained" or
+// "HOST failed".
+type outcomes struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (o *outcomes) add(host string, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if ok {
+		o.seen = append(o.seen, host+" obtained")
+	} else {
+		o.seen = append(o.seen, host+" failed")
+	}
+}
+
+func (o *outcomes) list() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.seen)
+}
+
 // handshake does a TLS handshake with the gateway with SNI name ("" for
 // none), accepting any certificate, so an error means the server refused.
 func handshake(addr, name string) error {
@@ -419,7 +452,11 @@ func TestUnansweredChallengeGetsNothing(t *testing.T) {
 	g.noHTTP01 = true
 	p := pebbletest.Start(t, port(t, g.httpAddr), port(t, g.httpsAddr))
 	dir := t.TempDir()
-	m, logs := newManager(t, g, p, dir, func(c *Config) { c.DisableTLSALPN01 = true })
+	var told outcomes
+	m, logs := newManager(t, g, p, dir, func(c *Config) {
+		c.DisableTLSALPN01 = true
+		c.OnCertificate = told.add
+	})
 	g.mgr.Store(m)
 	g.start(t, lns)
 
@@ -434,6 +471,9 @@ func TestUnansweredChallengeGetsNothing(t *testing.T) {
 	}
 	if g.httpChallenges.Load() == 0 {
 		t.Error("pebble did not try the HTTP-01 challenge")
+	}
+	if got := told.list(); len(got) == 0 || got[0] != host+" failed" || slices.Contains(got, host+" obtained") {
+		t.Errorf("OnCertificate told %q, want failed orders only", got)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

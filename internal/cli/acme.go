@@ -10,13 +10,14 @@ import (
 
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/autotls"
+	"github.com/diglett/diglett/internal/metrics"
 )
 
 // acmeManager obtains certificates for the hosts of srv's tunnels, and only
 // for those, keeping them under the data dir. Challenges are answered on the
 // gateway's own HTTP (hl) and HTTPS (tl) listeners; a nil one turns its
-// challenge type off.
-func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, log *slog.Logger) (*autotls.Manager, error) {
+// challenge type off. Each order that ends is counted in mtr.
+func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, mtr *metrics.Metrics, log *slog.Logger) (*autotls.Manager, error) {
 	cfg := autotls.Config{
 		Email:   c.ACMEEmail,
 		CA:      c.ACMECA,
@@ -24,6 +25,8 @@ func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.
 		Dir:     filepath.Join(dataDir, "certs"),
 		Allow:   srv.HostAllowed,
 		Logger:  log,
+
+		OnCertificate: mtr.CertificateOrdered,
 	}
 	if hl != nil {
 		cfg.HTTPAddr = hl.Addr().String()

@@ -173,8 +173,9 @@ func readAdminToken(file string) (string, error) {
 }
 
 // startAdmin serves the management API for gw on ln until close; reloads
-// go to requests. metrics, if not nil, is served at /metrics.
-func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<- reloadRequest, metrics http.Handler, extra map[string]http.Handler, log *slog.Logger) (*adminServer, error) {
+// go to requests. metrics, if not nil, is served at /metrics, and page,
+// if not nil, at / (admin.Config.Page).
+func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<- reloadRequest, metrics http.Handler, extra map[string]http.Handler, page http.Handler, log *slog.Logger) (*adminServer, error) {
 	a := &adminServer{ln: ln, done: make(chan struct{})}
 	h, err := admin.Handler(admin.Config{
 		Gateway: gw,
@@ -183,6 +184,7 @@ func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<-
 		Token:   token,
 		Metrics: metrics,
 		Extra:   extra,
+		Page:    page,
 		Logger:  log,
 	})
 	if err != nil {
@@ -204,6 +206,9 @@ func startAdmin(ln net.Listener, token string, gw admin.Gateway, requests chan<-
 	addr := ln.Addr().String()
 	log.Info("serving the management API", "addr", addr, "url", "http://"+addr+"/api/v1/", "token", token != "")
 	log.Info("serving the profiler", "url", "http://"+addr+"/debug/pprof/")
+	if page != nil {
+		log.Info("serving the dashboard", "url", "http://"+addr+"/")
+	}
 	return a, nil
 }
 

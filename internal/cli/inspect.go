@@ -25,9 +25,9 @@ const defaultInspectAddr = "127.0.0.1:4040"
 // listener. A nil *agentInspector is an inspector turned off.
 type agentInspector struct {
 	*inspect.Inspector
-	registered atomic.Bool // every listener is registered
-	cancel     context.CancelFunc
-	done       sync.WaitGroup
+	listeners atomic.Pointer[[]*diglett.Listener] // once every tunnel is registered
+	cancel    context.CancelFunc
+	done      sync.WaitGroup
 }
 
 // startInspector starts the inspector --inspect asks for (flag: an
@@ -58,7 +58,7 @@ func startInspector(ctx context.Context, flag string, size int, stdout io.Writer
 		Dial: func(ctx context.Context, tunnel string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", backends[tunnel])
 		},
-		Ready:  ai.registered.Load,
+		Ready:  ai.ready,
 		Logger: log.With("component", "inspector"),
 	})
 	if err != nil {
@@ -112,9 +112,25 @@ func (ai *agentInspector) wire(o *diglett.ForwardOptions) {
 }
 
 // listening is serveTunnels' listening: every tunnel is registered, and
-// /readyz says so from now on.
-func (ai *agentInspector) listening([]*diglett.Listener) {
-	ai.registered.Store(true)
+// /readyz follows lns's sessions from now on.
+func (ai *agentInspector) listening(lns []*diglett.Listener) {
+	ai.listeners.Store(&lns)
+}
+
+// ready is /readyz's answer: every tunnel is registered and each of its
+// listeners has a live session to a gateway, so visitors can reach every
+// tunnel; not while one is reconnecting to all its gateways.
+func (ai *agentInspector) ready() bool {
+	lns := ai.listeners.Load()
+	if lns == nil {
+		return false
+	}
+	for _, ln := range *lns {
+		if ln.Sessions() == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // stop stops serving and waits until done.

@@ -207,7 +207,10 @@ func diffIdentities(before, after map[string]string) (added, removed, changed []
 //
 // requests, if not nil, are reloads asked for by the management API: each
 // is done as a SIGHUP's and answered.
-func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFiles bool, requests <-chan reloadRequest, log *slog.Logger) (stop func(), err error) {
+//
+// onHUP, if not nil, is called first on each SIGHUP, with or without a
+// source: it reopens the log files, for log rotation.
+func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFiles bool, requests <-chan reloadRequest, onHUP func(), log *slog.Logger) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var r *reloader
 	var w *watch.Watcher
@@ -255,6 +258,9 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 			case <-ctx.Done():
 				return
 			case <-hup:
+				if onHUP != nil {
+					onHUP()
+				}
 				if r == nil {
 					log.Info("SIGHUP: nothing to reload (no --tokens or --config file)")
 					continue
@@ -288,9 +294,9 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 //
 // held is the Authenticator in force, which a reload replaces (and
 // closes); changed is what modules call when their answers change;
-// requests are reloads asked for by the management API (see
-// serveReloads).
-func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, held *heldAuth, changed func(), requests <-chan reloadRequest, log *slog.Logger) (stop func(), err error) {
+// requests are reloads asked for by the management API, and onHUP is
+// called on each SIGHUP (see serveReloads).
+func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args []string, f *config.File, regs []gateway.Registerer, held *heldAuth, changed func(), requests <-chan reloadRequest, onHUP func(), log *slog.Logger) (stop func(), err error) {
 	var src authSource
 	switch {
 	case f != nil:
@@ -299,7 +305,7 @@ func (c *serverCmd) startReloads(ctx context.Context, srv *gateway.Server, args 
 		src = tokensSource(c.Tokens)
 	}
 	src.Held = held
-	return serveReloads(ctx, srv, src, c.Watch, requests, log)
+	return serveReloads(ctx, srv, src, c.Watch, requests, onHUP, log)
 }
 
 // tokensSource is a tokens file (auth/tokens).

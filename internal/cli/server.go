@@ -41,7 +41,7 @@ type serverCmd struct {
 	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
 	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time; at least 2s. A longer --keep-alive-period is lowered to half of it."`
 	DebugAddr   string           `name:"debug-addr" hidden:"" placeholder:"ADDR" help:"Deprecated name of --admin-addr."`
-	AdminAddr   string           `name:"admin-addr" placeholder:"ADDR" help:"Serve the management listener here: health and readiness probes, metrics, the profiler and the JSON API (docs/API.md) that diglett-server status reads; e.g. 127.0.0.1:20001 (default off). Anywhere but loopback it needs --admin-token-file."`
+	AdminAddr   string           `name:"admin-addr" placeholder:"ADDR" help:"Serve the management listener here: health and readiness probes, metrics, the profiler, the dashboard (a page at /) and the JSON API (docs/API.md) that diglett-server status reads; e.g. 127.0.0.1:20001 (default off). Anywhere but loopback it needs --admin-token-file."`
 	AdminToken  string           `name:"admin-token-file" type:"existingfile" placeholder:"FILE" help:"File holding a bearer token the management listener asks of every request but /healthz and /readyz (Authorization: Bearer TOKEN). Required for a non-loopback --admin-addr."`
 	QUIC        bool             `name:"quic" default:"true" negatable:"" help:"Also take agents over QUIC on the --listen port number over UDP (--no-quic to disable)."`
 	VersionFlag kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
@@ -74,7 +74,7 @@ type serverCmd struct {
 	HTTPMaxRequestsPerSource int           `name:"http-max-requests-per-source" default:"512" placeholder:"N" help:"HTTP requests in flight at once from one visitor address (IPv6: per /64); more are answered 429 Too Many Requests at once."`
 
 	logFlags  `embed:""`
-	AccessLog string `name:"access-log" placeholder:"off|stdout|FILE" help:"Where the access log goes, a line per HTTP request and per TCP visitor connection: off, stdout, or a FILE appended to (default: the gateway's log)."`
+	AccessLog string `name:"access-log" placeholder:"off|stdout|FILE" help:"Where the access log goes, a line per HTTP request and per TCP visitor connection: off, stdout, or a FILE appended to, reopened on SIGHUP for log rotation (default: the gateway's log)."`
 }
 
 // Server runs diglett-server with args until ctx ends; with the
@@ -99,7 +99,10 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parse(&c, "diglett-server", serverDesc, args, stdout, stderr, fr); err != nil {
 		return err
 	}
-	log := c.logger(stderr)
+	// The dashboard's recent errors and series, kept only for a
+	// management listener.
+	dash := newDashboard(c.AdminAddr != "" || c.DebugAddr != "")
+	log := dash.logger(c.logger(stderr))
 	accessLog, accessFile, err := c.accessLog(c.AccessLog, log, stdout)
 	if err != nil {
 		return err
@@ -178,7 +181,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Transport:     transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
 		Logger:        log,
 		AccessLog:     accessLog,
-		Observer:      mtr,
+		Observer:      dash.observer(mtr),
 		Domain:        c.Domain,
 		Hosts:         fr.file.Hosts(),
 		VisitorAccess: gateway.VisitorAccess(c.VisitorAccess),
@@ -209,11 +212,11 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		MaxRequestsPerSource: c.HTTPMaxRequestsPerSource,
 		Logger:               log,
 		AccessLog:            accessLog,
-		Observer:             mtr,
+		Observer:             dash.observer(mtr),
 	})
 	defer web.Close()
 	reloads := make(chan reloadRequest)
-	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, held, rc.changed, reloads, log)
+	stopReloads, err := c.startReloads(ctx, srv, args, fr.file, regs, held, rc.changed, reloads, accessFile.reopener(log), log)
 	if err != nil {
 		return err
 	}
@@ -248,7 +251,8 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 		extra := map[string]http.Handler{"GET /traefik": traefikProvider{held}}
-		if adm, err = startAdmin(aln, token, srv, reloads, mtr.Handler(), extra, log); err != nil {
+		page := dash.mount(extra)
+		if adm, err = startAdmin(aln, token, srv, reloads, mtr.Handler(), extra, page, log); err != nil {
 			aln.Close()
 			return err
 		}
@@ -287,7 +291,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var tc *tls.Config
 	switch {
 	case ing.acme:
-		mgr, err := c.acmeManager(dataDir, srv, hl, tl, log)
+		mgr, err := c.acmeManager(dataDir, srv, hl, tl, mtr, log)
 		if err != nil {
 			return err
 		}

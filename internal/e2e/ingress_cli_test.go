@@ -93,7 +93,8 @@ func TestCommandLineACME(t *testing.T) {
 	srv := startServerCommand(t, "-l", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
 		"--ports", fmt.Sprintf("%d-%d", lo, hi), "--public-bind", "127.0.0.1",
 		"--domain", testDomain, "--http-addr", httpAddr, "--https-addr", httpsAddr,
-		"--acme-ca", p.DirectoryURL, "--acme-ca-root", p.RootCAFile, "--acme-email", "ops@example.com")
+		"--acme-ca", p.DirectoryURL, "--acme-ca-root", p.RootCAFile, "--acme-email", "ops@example.com",
+		"--admin-addr", "127.0.0.1:0")
 	a := startAgentCommand(t, "-g", srv.Addr, "-n", "secure", "--fingerprint", srv.Fingerprint,
 		"--known-gateways", filepath.Join(dir, "known_gateways"), nameBackend(t, "secure"))
 	a.tunnel(t, "secure")
@@ -118,6 +119,12 @@ func TestCommandLineACME(t *testing.T) {
 	if len(stored) != 1 || stored[0] != "secure.gw.test.crt" {
 		t.Errorf("certificates stored under the data dir: %v", stored)
 	}
+	// The order is counted in the metrics, with no label for the host.
+	adm := &trafficGateway{adminAddr: logged(t, srv, adminLine)}
+	adm.awaitMetrics(t, map[string]float64{
+		`diglett_certificates_total result="obtained"`: 1,
+		`diglett_certificates_total result="failed"`:   0,
+	})
 	a.stop()
 	srv.stop()
 }

@@ -141,7 +141,7 @@ func (in *Inspector) handleReplay(w http.ResponseWriter, r *http.Request) {
 
 func (in *Inspector) handleReady(w http.ResponseWriter, r *http.Request) {
 	if in.cfg.Ready != nil && !in.cfg.Ready() {
-		http.Error(w, "not ready: tunnels not registered yet", http.StatusServiceUnavailable)
+		http.Error(w, "not ready: a tunnel is not registered yet, or is reconnecting to its gateway", http.StatusServiceUnavailable)
 		return
 	}
 	fmt.Fprintln(w, "ready")

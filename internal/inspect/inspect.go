@@ -35,8 +35,8 @@ type Config struct {
 	// Dial connects to the backend of a tunnel, for replays. Nil: replays
 	// are refused.
 	Dial func(ctx context.Context, tunnel string) (net.Conn, error)
-	// Ready reports whether every tunnel is registered, for /readyz. Nil:
-	// always ready.
+	// Ready reports whether every tunnel is registered and reachable
+	// through a live session to a gateway, for /readyz. Nil: always ready.
 	Ready func() bool
 	// Logger receives the inspector's logs. Default slog.Default().
 	Logger *slog.Logger

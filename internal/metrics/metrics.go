@@ -1,10 +1,12 @@
 // Package metrics holds the gateway's metrics in the Prometheus format:
 // collectors fed by the gateway's and the ingress's observer events
-// (gateway.Observer, ingress.Observer), the Go runtime and the process,
+// (gateway.Observer, ingress.Observer) and by the ACME manager's
+// (autotls.Config.OnCertificate), the Go runtime and the process,
 // served by Handler on the management listener, never on a public port.
 //
-// Label values are bounded: transports, states, reasons, kinds and
-// directions are fixed sets; registerers come from the configuration;
+// Label values are bounded: transports, states, reasons, kinds,
+// directions and certificate results are fixed sets (a certificate's host
+// is never a label); registerers come from the configuration;
 // HTTP codes are the known status codes, any other one counted under its
 // class ("5xx"); tunnel names are those published (live or leased), each
 // holding one public port, so there are at most as many as the gateway's
@@ -53,6 +55,7 @@ type Metrics struct {
 	leasesStarted      prometheus.Counter
 	leasesExpired      prometheus.Counter
 	registererFailures *prometheus.CounterVec
+	certificates       *prometheus.CounterVec
 
 	mu   sync.Mutex
 	byTn map[string]*tunnelSeries
@@ -131,11 +134,15 @@ func New() *Metrics {
 			Name: "diglett_registerer_failures_total",
 			Help: "Failed calls to a registerer (each is retried), by registerer.",
 		}, []string{"registerer"}),
+		certificates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "diglett_certificates_total",
+			Help: "ACME certificate orders that ended, renewals included, by result: obtained or failed.",
+		}, []string{"result"}),
 	}
 	m.reg.MustRegister(
 		m.sessions, m.tunnels, m.members, m.visitorsOpen, m.visitors, m.bytes,
 		m.requests, m.duration, m.loginRefusals, m.registrations,
-		m.leasesStarted, m.leasesExpired, m.registererFailures,
+		m.leasesStarted, m.leasesExpired, m.registererFailures, m.certificates,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -149,6 +156,9 @@ func New() *Metrics {
 	for _, r := range []gateway.LoginRefusal{gateway.RefusedCredentials, gateway.RefusedLockedOut,
 		gateway.RefusedQuota, gateway.RefusedVersion, gateway.RefusedError} {
 		m.loginRefusals.WithLabelValues(string(r))
+	}
+	for _, r := range []string{certObtained, certFailed} {
+		m.certificates.WithLabelValues(r)
 	}
 	return m
 }
@@ -231,6 +241,23 @@ func (m *Metrics) LoginRefused(reason gateway.LoginRefusal) {
 // RegistererFailed counts a registerer's failure.
 func (m *Metrics) RegistererFailed(registerer string) {
 	m.registererFailures.WithLabelValues(registerer).Inc()
+}
+
+// The results of a certificate order, as label values.
+const (
+	certObtained = "obtained"
+	certFailed   = "failed"
+)
+
+// CertificateOrdered counts an ACME order that ended: obtained when ok,
+// else failed. The host is not a label: the hosts are unbounded. Its
+// signature is that of autotls.Config.OnCertificate.
+func (m *Metrics) CertificateOrdered(host string, ok bool) {
+	r := certFailed
+	if ok {
+		r = certObtained
+	}
+	m.certificates.WithLabelValues(r).Inc()
 }
 
 // VisitorOpened counts a TCP visitor.
