@@ -199,7 +199,8 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 	stop := context.AfterFunc(ctx, func() { ctrl.SetDeadline(time.Now()) })
 	defer stop()
 
-	if err := protocol.WriteMessage(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software}); err != nil {
+	hi := &protocol.Hello{Version: protocol.Version, Software: Software, Instance: k.l.instance, Features: []string{protocol.FeatureNotice}}
+	if err := protocol.WriteMessage(ctrl, hi); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
 	}
 	m, err := reply(ctrl, "hello")
@@ -271,13 +272,19 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 			if err != nil {
 				return
 			}
-			if e, ok := m.(*protocol.Error); ok {
-				if ls.endedBy(e) {
+			switch m := m.(type) {
+			case *protocol.Error:
+				if ls.endedBy(m) {
 					// Refused for good (a token revoked, a name
 					// taken away): the session ends, the link stops.
 					return
 				}
-				k.log.Warn("the gateway reported an error", "err", refusal(e))
+				k.log.Warn("the gateway reported an error", "err", refusal(m))
+			case *protocol.Notice:
+				if m.Event == protocol.NoticeMemberJoined {
+					k.log.Info("another agent joined the tunnel: the gateway now shares its visitors among them",
+						"tunnel", m.Name, "agents", m.Agents)
+				}
 			}
 		}
 	}()

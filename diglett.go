@@ -27,6 +27,7 @@ package diglett
 
 import (
 	"context"
+	crand "crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -339,6 +340,10 @@ type Listener struct {
 	mu       sync.Mutex
 	err      error // why the listener stopped
 	draining atomic.Bool
+
+	// instance names this process's sessions to the gateways (random):
+	// a gateway tells the sessions of one Listener from another's.
+	instance string
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -365,6 +370,8 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		ctx:    lctx,
 		cancel: cancel,
 		done:   make(chan struct{}),
+
+		instance: crand.Text()[:16],
 	}
 	proxy := proxyFunc(cfg.Proxy)
 	var firsts []*link

@@ -181,8 +181,10 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 	r.persistLocked()
 	r.srv.obs.TunnelChanged(t.name, TunnelLive, len(members))
 	r.mu.Unlock()
-	if len(old) > 0 {
-		t.log.Info("agent joined a tunnel's group", "session", ss.id, "members", len(members))
+	if len(old) > 0 && newAgent(old, ss) {
+		agents := countAgents(members)
+		t.log.Info("agent joined a tunnel's group", "session", ss.id, "members", len(members), "agents", agents)
+		t.noticeJoined(old, agents)
 	}
 
 	if !ss.addTunnel(t) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,8 @@ type session struct {
 	login    loginState // credentials and control stream, for re-checks (reload.go)
 	via      string     // the transport: tcp, quic or ws
 	since    time.Time  // when the session began
+	instance string     // the agent process's, from its hello ("" from older agents)
+	notices  bool       // the agent reads notices
 
 	// loggedIn is the identity's name once logged in, for the listings
 	// of introspect.go, which read it from other goroutines.
@@ -247,6 +250,8 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 		ss.srv.obs.LoginRefused(RefusedVersion)
 		return errors.New(msg)
 	}
+	// Set before the session can join a tunnel; read by others after.
+	ss.instance, ss.notices = hello.Instance, slices.Contains(hello.Features, protocol.FeatureNotice)
 	if err := ss.reply(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software}); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -93,6 +94,38 @@ type reloader struct {
 	mu    sync.Mutex
 	cur   map[string]string // identities in force, from the last good build
 	files []string          // the files to watch, from the last build that said
+	// read are the files watched when the last build began, as they
+	// were then: a change the watch cannot have seen (made while it was
+	// being replaced) shows as a difference.
+	read map[string]fileStamp
+}
+
+// fileStamp is what tells a changed file: its size and time, or absent.
+type fileStamp struct {
+	size    int64
+	mod     time.Time
+	present bool
+}
+
+func stampOf(file string) fileStamp {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{size: fi.Size(), mod: fi.ModTime(), present: true}
+}
+
+// changedSinceBuild reports whether one of files that the last build
+// read changed since.
+func (r *reloader) changedSinceBuild(files []string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range files {
+		if st, ok := r.read[f]; ok && stampOf(f) != st {
+			return true
+		}
+	}
+	return false
 }
 
 // newReloader builds the source once, for the identities in force: the
@@ -130,6 +163,10 @@ func (r *reloader) reload(ctx context.Context, why ...any) error {
 func (r *reloader) reloadChanges(ctx context.Context, why ...any) ([]any, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.read = make(map[string]fileStamp, len(r.files))
+	for _, f := range r.files {
+		r.read[f] = stampOf(f)
+	}
 	snap, err := r.src.Build()
 	if snap.Files != nil {
 		r.files = snap.Files
@@ -231,21 +268,29 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 	} else if watchFiles {
 		log.Warn("--watch: nothing to watch without a --tokens or --config file")
 	}
-	// rewatch follows the files of the last build. A change made between
-	// that build and the new watch is seen at the next one.
+	// rewatch follows the files of the last build. A change made after
+	// that build read its files and before the new watch began is not
+	// lost: it reloads at once (and the files to watch are looked at
+	// again, a few times at most).
 	rewatch := func() {
-		files := r.watched()
-		if w == nil || slices.Equal(files, watching) {
-			return
+		for range 3 {
+			files := r.watched()
+			if w == nil || slices.Equal(files, watching) {
+				return
+			}
+			nw, err := watch.New(ctx, files, watch.Options{Logger: log})
+			if err != nil {
+				log.Warn("--watch: still watching the files watched so far", "files", files, "err", err)
+				return
+			}
+			w.Close()
+			w, watching, changes = nw, files, nw.Changes()
+			log.Info("watching for changes", "files", files)
+			if !r.changedSinceBuild(files) {
+				return
+			}
+			r.reload(ctx, "trigger", "file changed", "files", files)
 		}
-		nw, err := watch.New(ctx, files, watch.Options{Logger: log})
-		if err != nil {
-			log.Warn("--watch: still watching the files watched so far", "files", files, "err", err)
-			return
-		}
-		w.Close()
-		w, watching, changes = nw, files, nw.Changes()
-		log.Info("watching for changes", "files", files)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

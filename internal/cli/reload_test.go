@@ -2,12 +2,16 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/diglett/diglett/auth/allowall"
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/testutil"
 )
@@ -166,5 +170,53 @@ func TestHelpMentionsWatch(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "--watch") {
 		t.Errorf("help lacks --watch:\n%s", &out)
+	}
+}
+
+// A file written after a build read it, while the watch was being moved
+// to the build's new list of files, is reloaded at once rather than at
+// the next change, which might never come.
+func TestRewatchCatchesChangeDuringSwitch(t *testing.T) {
+	dir := t.TempDir()
+	cfg, extra := filepath.Join(dir, "config.yaml"), filepath.Join(dir, "extra.yaml")
+	writeFile(t, cfg, "one\n")
+	writeFile(t, extra, "x\n")
+	var builds atomic.Int32
+	src := authSource{
+		What:  "config",
+		Files: []string{cfg},
+		Build: func() (authSnapshot, error) {
+			n := builds.Add(1)
+			data, err := os.ReadFile(cfg)
+			if err != nil {
+				return authSnapshot{}, err
+			}
+			if n == 2 {
+				// The second build, after the test's write, reads the
+				// file; then it is written again before the new watch
+				// (over both files) begins.
+				writeFile(t, cfg, "three\n")
+			}
+			files := []string{cfg}
+			if string(data) != "one\n" {
+				files = append(files, extra)
+			}
+			return authSnapshot{Auth: allowall.Authenticator{}, Files: files}, nil
+		},
+	}
+	logs := &testutil.Buffer{}
+	stop, err := serveReloads(t.Context(), &fakeSetter{}, src, true, nil, nil, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	writeFile(t, cfg, "two\n")
+	if err := testutil.Poll(10*time.Second, func() error {
+		if n := builds.Load(); n < 3 {
+			return fmt.Errorf("%d builds", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the change made during the switch of watches was not reloaded: %v\n%s", err, logs)
 	}
 }

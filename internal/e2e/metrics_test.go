@@ -407,13 +407,27 @@ func TestLogLevel(t *testing.T) {
 func TestGroupJoinLogged(t *testing.T) {
 	parallel(t)
 	g := startGateway(t, gatewayOptions{})
-	mustListen(t, agentConfig(t, g, "team"))
+	// The first agent keeps two sessions: its second is no news.
+	first := agentConfig(t, g, "team")
+	first.Connections = 2
+	var firstLog *logSink
+	first.Logger, firstLog = newLogger(t, "first agent")
+	mustListen(t, first)
+	waitForN(t, "gateway log", g.Logs, "agent logged in", 2)
 	if strings.Contains(g.Logs.String(), "agent joined a tunnel's group") {
 		t.Errorf("the first agent was logged as joining a group:\n%s", g.Logs)
 	}
 	mustListen(t, agentConfig(t, g, "team"))
 	waitFor(t, "gateway log", g.Logs, `msg="agent joined a tunnel's group" tunnel=team session=`)
-	if !regexp.MustCompile(`msg="agent joined a tunnel's group" tunnel=team session=\d+ members=2\n`).MatchString(g.Logs.String()) {
-		t.Errorf("no join line with 2 members:\n%s", g.Logs)
+	if !regexp.MustCompile(`msg="agent joined a tunnel's group" tunnel=team session=\d+ members=3 agents=2\n`).MatchString(g.Logs.String()) {
+		t.Errorf("no join line with 3 members from 2 agents:\n%s", g.Logs)
+	}
+	// The agent already serving the name is told, once.
+	waitFor(t, "first agent's log", firstLog, `msg="another agent joined the tunnel: the gateway now shares its visitors among them"`)
+	if !regexp.MustCompile(`msg="another agent joined the tunnel: [^"]*" .*tunnel=team agents=2\n`).MatchString(firstLog.String()) {
+		t.Errorf("the notice lacks the tunnel or the count of agents:\n%s", firstLog)
+	}
+	if n := strings.Count(firstLog.String(), "another agent joined the tunnel"); n != 1 {
+		t.Errorf("the first agent was told %d times, want once:\n%s", n, firstLog)
 	}
 }

@@ -46,6 +46,7 @@ const (
 	TypeRegistered Type = 5
 	TypeError      Type = 6
 	TypeDrain      Type = 7
+	TypeNotice     Type = 8
 )
 
 func (t Type) String() string {
@@ -64,6 +65,8 @@ func (t Type) String() string {
 		return "error"
 	case TypeDrain:
 		return "drain"
+	case TypeNotice:
+		return "notice"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -79,7 +82,24 @@ type Message interface {
 type Hello struct {
 	Version  int    `json:"version"`
 	Software string `json:"software,omitempty"`
+	// Instance tells the sessions of one agent process apart from those
+	// of others: random, the same for every session of one Listener.
+	Instance string `json:"instance,omitempty"`
+	// Features are what the agent understands beyond the messages of its
+	// version: FeatureNotice, say. A gateway sends nothing an agent did
+	// not list.
+	Features []string `json:"features,omitempty"`
 }
+
+// FeatureNotice says an agent reads Notice messages.
+const FeatureNotice = "notice"
+
+// Limits of Hello's further fields.
+const (
+	MaxInstanceLen = 64
+	MaxFeatures    = 16
+	MaxFeatureLen  = 32
+)
 
 // Login carries the agent's credentials, and the names it is about to
 // register so that an authenticator can decide on them at once.
@@ -136,6 +156,25 @@ type Registered struct {
 // flight go on until the agent closes the session. No reply.
 type Drain struct{}
 
+// Notice tells an agent, with no reply expected, of something that
+// happened to one of its tunnels; the gateway sends it only to agents
+// whose hello listed FeatureNotice.
+type Notice struct {
+	// Event is what happened: NoticeMemberJoined.
+	Event string `json:"event"`
+	// Name is the tunnel's name.
+	Name string `json:"name"`
+	// Agents is how many agent processes serve the tunnel now.
+	Agents int `json:"agents"`
+}
+
+// Notice events.
+const (
+	// NoticeMemberJoined: another agent process joined the tunnel; the
+	// gateway now spreads its visitors over them all.
+	NoticeMemberJoined = "member_joined"
+)
+
 // Error refuses the last request. Code is one of the Code constants.
 type Error struct {
 	Code    Code   `json:"code"`
@@ -149,6 +188,7 @@ func (*Register) Type() Type   { return TypeRegister }
 func (*Registered) Type() Type { return TypeRegistered }
 func (*Error) Type() Type      { return TypeError }
 func (*Drain) Type() Type      { return TypeDrain }
+func (*Notice) Type() Type     { return TypeNotice }
 
 func (m *Hello) validate() error {
 	if m.Version < 1 {
@@ -156,6 +196,17 @@ func (m *Hello) validate() error {
 	}
 	if len(m.Software) > 128 {
 		return errors.New("hello: software string too long")
+	}
+	if len(m.Instance) > MaxInstanceLen {
+		return errors.New("hello: instance too long")
+	}
+	if len(m.Features) > MaxFeatures {
+		return fmt.Errorf("hello: more than %d features", MaxFeatures)
+	}
+	for _, f := range m.Features {
+		if len(f) > MaxFeatureLen {
+			return errors.New("hello: feature name too long")
+		}
 	}
 	return nil
 }
@@ -249,6 +300,19 @@ func (m *Registered) validate() error {
 }
 
 func (m *Drain) validate() error { return nil }
+
+func (m *Notice) validate() error {
+	if m.Event == "" || len(m.Event) > 64 {
+		return errors.New("notice: bad event")
+	}
+	if err := ValidateName(m.Name); err != nil {
+		return fmt.Errorf("notice: %w", err)
+	}
+	if m.Agents < 0 {
+		return errors.New("notice: negative agents")
+	}
+	return nil
+}
 
 func (m *Error) validate() error {
 	if m.Code == "" {
@@ -373,6 +437,8 @@ func DecodeMessage(t Type, payload []byte) (Message, error) {
 		m = new(Error)
 	case TypeDrain:
 		m = new(Drain)
+	case TypeNotice:
+		m = new(Notice)
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrMalformed, uint8(t))
 	}

@@ -163,6 +163,9 @@ func loadConsts(t *testing.T) goConsts {
 		"MaxAllowIPs":         protocol.MaxAllowIPs,
 		"MaxURLLen":           protocol.MaxURLLen,
 		"MaxCredLen":          protocol.MaxCredLen,
+		"MaxInstanceLen":      protocol.MaxInstanceLen,
+		"MaxFeatures":         protocol.MaxFeatures,
+		"MaxFeatureLen":       protocol.MaxFeatureLen,
 		"StreamHeaderVersion": protocol.StreamHeaderVersion,
 	}
 	for name, v := range src[""] {
