@@ -431,8 +431,9 @@ func checkIdleTimeout(keepAlive, maxIdle time.Duration, log *slog.Logger) error 
 	}
 	tc := transport.Config{KeepAlivePeriod: keepAlive, MaxIdleTimeout: maxIdle}
 	if period, lowered := tc.KeepAliveLowered(); lowered {
-		log.Warn(fmt.Sprintf("keep-alive period lowered to %v because --max-idle-timeout is %v", period, maxIdle),
-			"keep-alive-period", keepAlive, "fix", "set --max-idle-timeout to at least twice --keep-alive-period")
+		log.Warn("keep-alive period lowered to half the idle timeout",
+			"keep_alive_period", period, "asked", keepAlive, "max_idle_timeout", maxIdle,
+			"fix", "set --max-idle-timeout to at least twice --keep-alive-period")
 	}
 	return nil
 }

@@ -101,7 +101,7 @@ func TestIdleTimeoutFlags(t *testing.T) {
 	t.Run("server lowers keepalive", func(t *testing.T) {
 		srv := startServerCommand(t, "-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(), "--max-idle-timeout", "4s")
 		srv.stop()
-		const want = "keep-alive period lowered to 2s because --max-idle-timeout is 4s"
+		const want = `msg="keep-alive period lowered to half the idle timeout" keep_alive_period=2s asked=5s max_idle_timeout=4s`
 		if !strings.Contains(srv.stderr.String(), want) {
 			t.Errorf("server log lacks %q:\n%s", want, &srv.stderr)
 		}
@@ -111,7 +111,7 @@ func TestIdleTimeoutFlags(t *testing.T) {
 		a := startAgentCommand(t, "-g", g.Addr, "-n", "lowered", "--fingerprint", g.Fingerprint, "--transport", "tcp",
 			"--known-gateways", filepath.Join(t.TempDir(), "kg"), "--keep-alive-period", "3s", "--max-idle-timeout", "5s", startEcho(t))
 		a.tunnel(t, "lowered")
-		waitFor(t, "agent log", &a.stderr, "keep-alive period lowered to 2.5s because --max-idle-timeout is 5s")
+		waitFor(t, "agent log", &a.stderr, `msg="keep-alive period lowered to half the idle timeout" keep_alive_period=2.5s asked=3s max_idle_timeout=5s`)
 	})
 }
 
