@@ -80,7 +80,9 @@ func TestCommandLineHTTPS(t *testing.T) {
 }
 
 // TestCommandLineACME runs both command lines with certificates from a
-// real ACME server (pebble), configured by the server's flags only.
+// real ACME server (pebble), configured by the server's flags only. Its
+// tunnel's name is its own: the ACME library orders a name once per
+// process at a time, so parallel tests must not share names.
 func TestCommandLineACME(t *testing.T) {
 	parallel(t)
 	dir := t.TempDir()
@@ -95,15 +97,15 @@ func TestCommandLineACME(t *testing.T) {
 		"--domain", testDomain, "--http-addr", httpAddr, "--https-addr", httpsAddr,
 		"--acme-ca", p.DirectoryURL, "--acme-ca-root", p.RootCAFile, "--acme-email", "ops@example.com",
 		"--admin-addr", "127.0.0.1:0")
-	a := startAgentCommand(t, "-g", srv.Addr, "-n", "secure", "--fingerprint", srv.Fingerprint,
-		"--known-gateways", filepath.Join(dir, "known_gateways"), nameBackend(t, "secure"))
-	a.tunnel(t, "secure")
-	if want := "secure: https://secure.gw.test:" + fmt.Sprint(addrPort(t, httpsAddr)); !strings.Contains(a.stdout.String(), want) {
+	a := startAgentCommand(t, "-g", srv.Addr, "-n", "cli-secure", "--fingerprint", srv.Fingerprint,
+		"--known-gateways", filepath.Join(dir, "known_gateways"), nameBackend(t, "cli-secure"))
+	a.tunnel(t, "cli-secure")
+	if want := "cli-secure: https://cli-secure.gw.test:" + fmt.Sprint(addrPort(t, httpsAddr)); !strings.Contains(a.stdout.String(), want) {
 		t.Errorf("agent did not print %q:\n%s", want, &a.stdout)
 	}
 
 	g := &testGateway{HTTPAddr: httpAddr, HTTPSAddr: httpsAddr, CA: p.IssuerRoots(t)}
-	if code, body := get(t, g.httpClient(t), "https://secure.gw.test/"); code != 200 || body != "secure" {
+	if code, body := get(t, g.httpClient(t), "https://cli-secure.gw.test/"); code != 200 || body != "cli-secure" {
 		t.Fatalf("status %d body %q", code, body)
 	}
 	if n := p.Orders(); n != 1 {
@@ -116,7 +118,7 @@ func TestCommandLineACME(t *testing.T) {
 		}
 		return nil
 	})
-	if len(stored) != 1 || stored[0] != "secure.gw.test.crt" {
+	if len(stored) != 1 || stored[0] != "cli-secure.gw.test.crt" {
 		t.Errorf("certificates stored under the data dir: %v", stored)
 	}
 	// The order is counted in the metrics, with no label for the host.
