@@ -39,33 +39,7 @@ func TestDashboardPage(t *testing.T) {
 	public := a.tunnel(t, "web")
 
 	ctx := inspectorBrowser(t, browser)
-	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		actx, cancel := context.WithTimeout(ctx, eventually)
-		defer cancel()
-		if err := chromedp.Do(actx, actions...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	// eval polls the page until js yields want.
-	eval := func(what, js, want string) {
-		t.Helper()
-		err := testutil.Poll(eventually, func() error {
-			actx, cancel := context.WithTimeout(ctx, eventually)
-			defer cancel()
-			got, err := chromedp.Run(actx, chromedp.Evaluate[string](js))
-			if err != nil {
-				return err
-			}
-			if got != want {
-				return fmt.Errorf("got %q, want %q", got, want)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
+	run, eval := pageActions(t, ctx)
 	const rows = `Array.from(document.querySelectorAll("#tunnels tbody tr")).map(r => r.dataset.name + ":" + r.children[1].className).join(",")`
 
 	run("open the page", chromedp.EmulateViewport(1100, 760), chromedp.Navigate("http://"+adm+"/"))

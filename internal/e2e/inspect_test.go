@@ -372,33 +372,7 @@ func TestInspectorPage(t *testing.T) {
 	_, base := startInspectedAgent(t, g, b.addr)
 
 	ctx := inspectorBrowser(t, browser)
-	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		actx, cancel := context.WithTimeout(ctx, eventually)
-		defer cancel()
-		if err := chromedp.Do(actx, actions...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	// eval polls the page until js yields want.
-	eval := func(what, js, want string) {
-		t.Helper()
-		err := testutil.Poll(eventually, func() error {
-			actx, cancel := context.WithTimeout(ctx, eventually)
-			defer cancel()
-			got, err := chromedp.Run(actx, chromedp.Evaluate[string](js))
-			if err != nil {
-				return err
-			}
-			if got != want {
-				return fmt.Errorf("got %q, want %q", got, want)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
+	run, eval := pageActions(t, ctx)
 	run("open the page", chromedp.Navigate(base+"/"))
 	eval("the page follows the live stream", `document.getElementById("live").textContent`, "live")
 
@@ -450,6 +424,39 @@ func inspectorBrowser(t *testing.T, path string) context.Context {
 		t.Fatalf("start the headless browser: %v", err)
 	}
 	return ctx
+}
+
+// pageActions returns, for the page of the browser tab ctx, run (do
+// actions, bounded) and eval (poll until the page's js yields want); both
+// fail t with what they were doing.
+func pageActions(t *testing.T, ctx context.Context) (run func(what string, actions ...chromedp.Action[chromedp.Void]), eval func(what, js, want string)) {
+	run = func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		actx, cancel := context.WithTimeout(ctx, eventually)
+		defer cancel()
+		if err := chromedp.Do(actx, actions...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	eval = func(what, js, want string) {
+		t.Helper()
+		err := testutil.Poll(eventually, func() error {
+			actx, cancel := context.WithTimeout(ctx, eventually)
+			defer cancel()
+			got, err := chromedp.Run(actx, chromedp.Evaluate[string](js))
+			if err != nil {
+				return err
+			}
+			if got != want {
+				return fmt.Errorf("got %q, want %q", got, want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	return run, eval
 }
 
 // BenchmarkInspectorOverhead posts 64 MiB per operation to an HTTP backend
