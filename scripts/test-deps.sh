@@ -61,4 +61,14 @@ if ! command -v chromium >/dev/null 2>&1; then
 	echo "test-deps: installing chromium, the headless browser of the page tests"
 	apt-get update -qq && apt-get install -y -qq chromium
 fi
+if ! command -v miniupnpd >/dev/null 2>&1 || ! command -v upnpc >/dev/null 2>&1 ||
+	! command -v natpmpc >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+	# The port mapping tests run their own router daemon (nftables build)
+	# in network namespaces and check it with the UPnP and NAT-PMP client
+	# programs; the system service the package may start is not used, and
+	# its configuration questions keep their defaults.
+	echo "test-deps: installing miniupnpd, upnpc and natpmpc, for the port mapping tests"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		miniupnpd miniupnpd-nftables miniupnpc natpmpc nftables
+fi
 "$GO" mod download

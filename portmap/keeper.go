@@ -1,0 +1,226 @@
+package portmap
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// minRefresh is the shortest wait between two refreshes.
+const minRefresh = time.Second
+
+// refreshTimeout bounds one round of refreshes.
+const refreshTimeout = 30 * time.Second
+
+// key names a mapping in a Keeper: NAT-PMP names mappings by internal
+// port, so the Keeper does too.
+type key struct {
+	proto string
+	port  uint16
+}
+
+// Keeper keeps a set of mappings on a router: it renews each before it
+// expires (at half its granted lifetime), which also puts back a mapping
+// the router dropped (after a reboot, say), and deletes them all on Close.
+type Keeper struct {
+	mapper Mapper
+	log    *slog.Logger
+	// op serializes the calls to the router, so a refresh cannot put
+	// back a mapping being removed.
+	op sync.Mutex
+
+	mu       sync.Mutex
+	mappings map[key]Mapping // as asked for
+	granted  map[key]Mapping // as granted by the router
+	wake     chan struct{}
+	closed   bool
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// NewKeeper starts a Keeper over m. Refresh failures are logged to log
+// (nil discards them) and retried at the next round.
+func NewKeeper(m Mapper, log *slog.Logger) *Keeper {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	k := &Keeper{
+		mapper:   m,
+		log:      log,
+		mappings: make(map[key]Mapping),
+		granted:  make(map[key]Mapping),
+		wake:     make(chan struct{}, 1),
+		stop:     cancel,
+		done:     make(chan struct{}),
+	}
+	go k.run(ctx)
+	return k
+}
+
+// Add maps m now and keeps it; it returns what the router granted.
+func (k *Keeper) Add(ctx context.Context, m Mapping) (Mapping, error) {
+	if err := check(m); err != nil {
+		return Mapping{}, err
+	}
+	k.op.Lock()
+	defer k.op.Unlock()
+	k.mu.Lock()
+	closed := k.closed
+	k.mu.Unlock()
+	if closed {
+		return Mapping{}, errors.New("portmap: keeper closed")
+	}
+	got, err := k.mapper.Map(ctx, m)
+	if err != nil {
+		return Mapping{}, err
+	}
+	k.mu.Lock()
+	id := key{m.Proto, m.InternalPort}
+	k.mappings[id] = m
+	k.granted[id] = got
+	k.mu.Unlock()
+	k.poke()
+	return got, nil
+}
+
+// Remove stops keeping the mapping of m's protocol and internal port and
+// deletes it from the router.
+func (k *Keeper) Remove(ctx context.Context, m Mapping) error {
+	id := key{m.Proto, m.InternalPort}
+	k.op.Lock()
+	defer k.op.Unlock()
+	k.mu.Lock()
+	got, ok := k.granted[id]
+	delete(k.mappings, id)
+	delete(k.granted, id)
+	k.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return k.mapper.Unmap(ctx, got)
+}
+
+// Mappings returns the mappings kept, as last granted.
+func (k *Keeper) Mappings() []Mapping {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]Mapping, 0, len(k.granted))
+	for _, m := range k.granted {
+		out = append(out, m)
+	}
+	return out
+}
+
+// Close stops refreshing and deletes every mapping kept from the router,
+// within ctx.
+func (k *Keeper) Close(ctx context.Context) error {
+	k.mu.Lock()
+	if k.closed {
+		k.mu.Unlock()
+		return nil
+	}
+	k.closed = true
+	k.mu.Unlock()
+	k.stop()
+	<-k.done
+	k.op.Lock()
+	defer k.op.Unlock()
+	k.mu.Lock()
+	all := k.granted
+	k.mappings, k.granted = map[key]Mapping{}, map[key]Mapping{}
+	k.mu.Unlock()
+	var errs []error
+	for _, m := range all {
+		if err := k.mapper.Unmap(ctx, m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// poke makes the refresh loop recompute its next wake-up.
+func (k *Keeper) poke() {
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns how long to wait before the next refresh: half the
+// shortest granted lifetime, at least minRefresh; zero when nothing is
+// kept.
+func (k *Keeper) next() time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var d time.Duration
+	for _, m := range k.granted {
+		if h := m.Lifetime / 2; d == 0 || h < d {
+			d = h
+		}
+	}
+	if len(k.granted) > 0 && d < minRefresh {
+		d = minRefresh
+	}
+	return d
+}
+
+func (k *Keeper) run(ctx context.Context) {
+	defer close(k.done)
+	for {
+		var tick <-chan time.Time
+		var t *time.Timer
+		if d := k.next(); d > 0 {
+			t = time.NewTimer(d)
+			tick = t.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-k.wake:
+		case <-tick:
+			k.refresh(ctx)
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// refresh maps every kept mapping again.
+func (k *Keeper) refresh(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	k.op.Lock()
+	defer k.op.Unlock()
+	k.mu.Lock()
+	want := make(map[key]Mapping, len(k.mappings))
+	for id, m := range k.mappings {
+		want[id] = m
+	}
+	k.mu.Unlock()
+	for id, m := range want {
+		got, err := k.mapper.Map(ctx, m)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			k.log.Warn("port mapping refresh failed", "protocol", k.mapper.Protocol(),
+				"proto", m.Proto, "port", m.InternalPort, "err", err)
+			continue
+		}
+		k.mu.Lock()
+		if _, kept := k.mappings[id]; kept {
+			k.granted[id] = got
+		}
+		k.mu.Unlock()
+		k.log.Debug("port mapping refreshed", "protocol", k.mapper.Protocol(),
+			"proto", got.Proto, "port", got.InternalPort, "external_port", got.ExternalPort,
+			"lifetime", got.Lifetime)
+	}
+}
