@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -122,4 +123,38 @@ func Program(t testing.TB, name string) string {
 		Unavailable(t, "%s is not installed (scripts/test-deps.sh installs it): %v", name, err)
 	}
 	return path
+}
+
+// FreePorts returns n loopback TCP ports that were free a moment ago, for
+// an outside program to listen on: one may be taken before the program
+// binds it, so start the program with StartRetrying.
+func FreePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
+}
+
+// StartRetrying calls start up to three times, until it succeeds: an
+// outside program given FreePorts may find one taken. It fails t with
+// what and the last error.
+func StartRetrying[T any](t testing.TB, what string, start func() (T, error)) T {
+	t.Helper()
+	var last error
+	for range 3 {
+		v, err := start()
+		if err == nil {
+			return v
+		}
+		last = err
+	}
+	t.Fatalf("%s: %v", what, last)
+	var zero T
+	return zero
 }

@@ -59,24 +59,16 @@ type process struct {
 func Start(t testing.TB) *Caddy {
 	t.Helper()
 	bin := testutil.Program(t, "caddy")
-	var last error
 	// A port picked free may be taken before caddy binds it: try again.
-	for range 3 {
-		c, err := start(t, bin)
-		if err == nil {
-			return c
-		}
-		last = err
-	}
-	t.Fatalf("caddy: %v", last)
-	return nil
+	return testutil.StartRetrying(t, "caddy", func() (*Caddy, error) { return start(t, bin) })
 }
 
 func start(t testing.TB, bin string) (*Caddy, error) {
-	admin, httpPort, err := freePorts()
+	ports, err := testutil.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
+	admin, httpPort := ports[0], ports[1]
 	c := &Caddy{
 		Admin:    "http://127.0.0.1:" + strconv.Itoa(admin),
 		HTTPAddr: "127.0.0.1:" + strconv.Itoa(httpPort),
@@ -244,18 +236,4 @@ func (c *Caddy) AdminDo(method, path, body string) (int, string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	return resp.StatusCode, string(b), err
-}
-
-// freePorts returns two loopback ports that were free a moment ago.
-func freePorts() (int, int, error) {
-	var ports [2]int
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, 0, err
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports[0], ports[1], nil
 }

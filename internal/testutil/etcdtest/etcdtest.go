@@ -7,7 +7,6 @@ package etcdtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os/exec"
 	"strconv"
 	"testing"
@@ -35,24 +34,16 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := testutil.Program(t, "etcd")
-	var last error
 	// A port picked free may be taken before etcd binds it: try again.
-	for range 3 {
-		s, err := start(t, bin)
-		if err == nil {
-			return s
-		}
-		last = err
-	}
-	t.Fatalf("etcd: %v", last)
-	return nil
+	return testutil.StartRetrying(t, "etcd", func() (*Server, error) { return start(t, bin) })
 }
 
 func start(t testing.TB, bin string) (*Server, error) {
-	client, peer, err := freePorts()
+	ports, err := testutil.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
+	client, peer := ports[0], ports[1]
 	clientURL := "http://127.0.0.1:" + strconv.Itoa(client)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
 	out := &testutil.Buffer{}
@@ -113,18 +104,4 @@ func start(t testing.TB, bin string) (*Server, error) {
 		stop()
 	})
 	return &Server{Endpoint: clientURL, Client: cli}, nil
-}
-
-// freePorts returns two loopback ports that were free a moment ago.
-func freePorts() (int, int, error) {
-	var ports [2]int
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, 0, err
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports[0], ports[1], nil
 }
