@@ -34,19 +34,21 @@ func TestKeeper(t *testing.T) {
 		})
 		port := uint16(43000 + i)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		if _, err := k.Add(ctx, portmap.Mapping{Proto: "tcp", InternalPort: port, Lifetime: 2 * time.Second}); err != nil {
+		// A lifetime long enough for a renewal due at its half to land on
+		// a loaded machine, short enough to lapse within the check.
+		if _, err := k.Add(ctx, portmap.Mapping{Proto: "tcp", InternalPort: port, Lifetime: 5 * time.Second}); err != nil {
 			cancel()
 			t.Fatalf("%s: add: %v", proto, err)
 		}
-		// Three lifetimes: without renewal it would be gone by then.
-		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); {
+		// Over two lifetimes: without renewal it would be gone by then.
+		for end := time.Now().Add(12 * time.Second); time.Now().Before(end); {
 			if !listed(t, r, "tcp", port) {
 				cancel()
 				t.Fatalf("%s: kept mapping tcp %d gone from the router", proto, port)
 			}
 			time.Sleep(200 * time.Millisecond) // sampling the router's list over time, not waiting for a condition
 		}
-		t.Logf("%s: tcp %d with a 2s lifetime still mapped after 6s", proto, port)
+		t.Logf("%s: tcp %d with a 5s lifetime still mapped after 12s", proto, port)
 
 		// The router drops it (as after a reboot): the next refresh puts it back.
 		// (It may be back before the list could show it gone: the
