@@ -3,6 +3,7 @@ package portmap
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -22,11 +23,13 @@ type key struct {
 }
 
 // Keeper keeps a set of mappings on a router: it renews each before it
-// expires (at half its granted lifetime), which also puts back a mapping
-// the router dropped (after a reboot, say), and deletes them all on Close.
+// expires (at half its granted lifetime, or every KeeperOptions.Refresh
+// when that is sooner), which also puts back a mapping the router dropped
+// (after a reboot, say), and deletes them all on Close.
 type Keeper struct {
 	mapper Mapper
 	log    *slog.Logger
+	every  time.Duration
 	// op serializes the calls to the router, so a refresh cannot put
 	// back a mapping being removed.
 	op sync.Mutex
@@ -41,9 +44,22 @@ type Keeper struct {
 	done chan struct{}
 }
 
-// NewKeeper starts a Keeper over m. Refresh failures are logged to log
-// (nil discards them) and retried at the next round.
-func NewKeeper(m Mapper, log *slog.Logger) *Keeper {
+// KeeperOptions shape a Keeper. The zero value is usable.
+type KeeperOptions struct {
+	// Refresh is the longest wait between two rounds of renewals; 0
+	// means only at half of each mapping's granted lifetime. A mapping
+	// the router dropped is put back at the next round, and one that
+	// could not be made is tried again then.
+	Refresh time.Duration
+	// Logger receives refresh failures (Warn) and renewals (Debug); nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// NewKeeper starts a Keeper over m. Refresh failures are logged and
+// retried at the next round.
+func NewKeeper(m Mapper, o KeeperOptions) *Keeper {
+	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -51,6 +67,7 @@ func NewKeeper(m Mapper, log *slog.Logger) *Keeper {
 	k := &Keeper{
 		mapper:   m,
 		log:      log,
+		every:    o.Refresh,
 		mappings: make(map[key]Mapping),
 		granted:  make(map[key]Mapping),
 		wake:     make(chan struct{}, 1),
@@ -104,6 +121,63 @@ func (k *Keeper) Remove(ctx context.Context, m Mapping) error {
 	return k.mapper.Unmap(ctx, got)
 }
 
+// Set makes want the whole set of mappings kept (the latest Set wins):
+// mappings kept but not in want are deleted from the router, and those
+// of want not yet granted, or asked for differently, are mapped now. A
+// mapping the router refuses stays wanted and is tried again at the next
+// round; the errors are returned joined.
+func (k *Keeper) Set(ctx context.Context, want []Mapping) error {
+	next := make(map[key]Mapping, len(want))
+	for _, m := range want {
+		if err := check(m); err != nil {
+			return err
+		}
+		next[key{m.Proto, m.InternalPort}] = m
+	}
+	k.op.Lock()
+	defer k.op.Unlock()
+	k.mu.Lock()
+	if k.closed {
+		k.mu.Unlock()
+		return errors.New("portmap: keeper closed")
+	}
+	var gone []Mapping
+	for id, got := range k.granted {
+		if _, ok := next[id]; !ok {
+			gone = append(gone, got)
+			delete(k.granted, id)
+		}
+	}
+	var todo []Mapping
+	for id, m := range next {
+		if _, ok := k.granted[id]; !ok || k.mappings[id] != m {
+			todo = append(todo, m)
+		}
+	}
+	k.mappings = next
+	k.mu.Unlock()
+	var errs []error
+	for _, m := range gone {
+		if err := k.mapper.Unmap(ctx, m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, m := range todo {
+		got, err := k.mapper.Map(ctx, m)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %d: %w", m.Proto, m.InternalPort, err))
+			continue
+		}
+		k.mu.Lock()
+		if k.mappings[key{m.Proto, m.InternalPort}] == m {
+			k.granted[key{m.Proto, m.InternalPort}] = got
+		}
+		k.mu.Unlock()
+	}
+	k.poke()
+	return errors.Join(errs...)
+}
+
 // Mappings returns the mappings kept, as last granted.
 func (k *Keeper) Mappings() []Mapping {
 	k.mu.Lock()
@@ -151,21 +225,27 @@ func (k *Keeper) poke() {
 }
 
 // next returns how long to wait before the next refresh: half the
-// shortest granted lifetime, at least minRefresh; zero when nothing is
-// kept.
+// shortest granted lifetime, or the refresh interval when sooner (or when
+// a wanted mapping is not granted yet), at least minRefresh; zero when
+// nothing is kept.
 func (k *Keeper) next() time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var d time.Duration
+	if len(k.mappings) == 0 {
+		return 0
+	}
+	d := k.every
 	for _, m := range k.granted {
-		if h := m.Lifetime / 2; d == 0 || h < d {
+		if h := m.Lifetime / 2; d <= 0 || h < d {
 			d = h
 		}
 	}
-	if len(k.granted) > 0 && d < minRefresh {
-		d = minRefresh
+	if d <= 0 {
+		// Wanted but never granted, and no refresh interval: retry
+		// at the default lifetime's pace.
+		d = DefaultLifetime / 2
 	}
-	return d
+	return max(d, minRefresh)
 }
 
 func (k *Keeper) run(ctx context.Context) {

@@ -26,7 +26,7 @@ func TestKeeper(t *testing.T) {
 	r := routertest.Start(t, routertest.Options{})
 	for i, proto := range []string{portmap.ProtocolUPnP, portmap.ProtocolNATPMP} {
 		res := discover(t, r, proto)
-		k := portmap.NewKeeper(res.Mapper, slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+		k := portmap.NewKeeper(res.Mapper, portmap.KeeperOptions{Logger: slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

@@ -1,18 +1,20 @@
 // Package portmap asks a home router to forward ports to this machine,
-// over UPnP-IGD (the device's WANIPConnection or WANPPPConnection service)
-// or NAT-PMP. Discover finds which of the two the router on the local
-// network answers and returns a Mapper for it; the Mapper learns the
-// router's external address, adds mappings and deletes them.
+// over UPnP-IGD (the device's WANIPConnection or WANPPPConnection service),
+// PCP (RFC 6887, its MAP opcode over IPv4) or NAT-PMP. Discover finds
+// which of them the router on the local network answers and returns a
+// Mapper for it; the Mapper learns the router's external address, adds
+// mappings and deletes them.
 //
-// PCP is not implemented. A router that reports a private external
-// address (see IsPrivate) sits behind another NAT, so a mapping on it does
-// not make anything reachable from the internet: callers should warn.
+// A router that reports a private external address (see IsPrivate) sits
+// behind another NAT, so a mapping on it does not make anything reachable
+// from the internet: callers should warn.
 package portmap
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
 )
@@ -22,6 +24,7 @@ const (
 	ProtocolAuto   = "auto"
 	ProtocolUPnP   = "upnp"
 	ProtocolNATPMP = "natpmp"
+	ProtocolPCP    = "pcp"
 )
 
 // DefaultLifetime is the lifetime Map asks for when Mapping.Lifetime is 0.
@@ -62,16 +65,18 @@ type Mapper interface {
 	// Map adds or renews m and returns what the router granted.
 	Map(ctx context.Context, m Mapping) (Mapping, error)
 	// Unmap deletes m (its Proto and ExternalPort, and InternalPort for
-	// NAT-PMP).
+	// NAT-PMP and PCP; over PCP only a mapping this Mapper made).
 	Unmap(ctx context.Context, m Mapping) error
-	// Protocol is ProtocolUPnP or ProtocolNATPMP.
+	// Protocol is ProtocolUPnP, ProtocolPCP or ProtocolNATPMP.
 	Protocol() string
 }
 
 // Options tell Discover where to look.
 type Options struct {
 	// Protocol is ProtocolAuto (the default when empty: UPnP first, then
-	// NAT-PMP), ProtocolUPnP or ProtocolNATPMP.
+	// PCP, then NAT-PMP), ProtocolUPnP, ProtocolPCP or ProtocolNATPMP.
+	// A PCP mapping is for this machine: PrivateIP must be one of its
+	// addresses.
 	Protocol string
 	// Gateway is the router's LAN address; the zero value means the
 	// gateway of the default IPv4 route.
@@ -81,6 +86,9 @@ type Options struct {
 	PrivateIP netip.Addr
 	// Timeout bounds each protocol's discovery; 0 means 2s.
 	Timeout time.Duration
+	// Logger receives the Mapper's notices, such as a PCP router that
+	// restarted and lost its mappings (Warn); nil discards them.
+	Logger *slog.Logger
 }
 
 // Result is what Discover found.
@@ -95,7 +103,7 @@ type Result struct {
 }
 
 // Discover finds the router and the protocol it answers, in the order
-// UPnP-IGD, NAT-PMP (or only the one asked for), and asks it for its
+// UPnP-IGD, PCP, NAT-PMP (or only the one asked for), and asks it for its
 // external address. A router that answers but has no usable external
 // address is still returned, with a zero Result.ExternalIP.
 func Discover(ctx context.Context, o Options) (Result, error) {
@@ -105,11 +113,11 @@ func Discover(ctx context.Context, o Options) (Result, error) {
 	var protos []string
 	switch o.Protocol {
 	case "", ProtocolAuto:
-		protos = []string{ProtocolUPnP, ProtocolNATPMP}
-	case ProtocolUPnP, ProtocolNATPMP:
+		protos = []string{ProtocolUPnP, ProtocolPCP, ProtocolNATPMP}
+	case ProtocolUPnP, ProtocolPCP, ProtocolNATPMP:
 		protos = []string{o.Protocol}
 	default:
-		return Result{}, fmt.Errorf("portmap: unknown protocol %q (want auto, upnp or natpmp)", o.Protocol)
+		return Result{}, fmt.Errorf("portmap: unknown protocol %q (want auto, upnp, pcp or natpmp)", o.Protocol)
 	}
 	gw := o.Gateway
 	if !gw.IsValid() {
@@ -132,6 +140,8 @@ func Discover(ctx context.Context, o Options) (Result, error) {
 		switch p {
 		case ProtocolUPnP:
 			m, err = discoverUPnP(ctx, gw, local, o.Timeout)
+		case ProtocolPCP:
+			m = newPCP(netip.AddrPortFrom(gw, pcpPort), local, o.Timeout, o.Logger)
 		case ProtocolNATPMP:
 			m = newNATPMP(gw, o.Timeout)
 		}

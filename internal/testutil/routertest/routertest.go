@@ -1,5 +1,5 @@
 // Package routertest runs a real home-router daemon (miniupnpd, which
-// scripts/test-deps.sh installs; it speaks UPnP-IGD and NAT-PMP) for a
+// scripts/test-deps.sh installs; it speaks UPnP-IGD, NAT-PMP and PCP) for a
 // test. It makes a network namespace for the router and one playing the
 // internet: the router's WAN link goes to the internet namespace, its LAN
 // link to the root namespace, where the test runs as the LAN client.
@@ -15,6 +15,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,9 @@ type Options struct {
 	// inside the test's namespaces). An address in 100.64.0.0/10 plays a
 	// router behind carrier-grade NAT.
 	WAN netip.Addr
+	// DisableUPnP turns the daemon's UPnP-IGD service off, leaving
+	// NAT-PMP and PCP; Upnpc and Description are then unusable.
+	DisableUPnP bool
 }
 
 // Router is a running router daemon.
@@ -52,6 +56,16 @@ type Router struct {
 	Log *testutil.Buffer
 
 	upnpc, natpmpc string
+	ipBin, nft     string
+	daemon         string
+	rns, wns       string // the router's and the internet's namespaces
+	conf           func(port string) string
+	dir            string
+	cmd            *exec.Cmd
+	exited         chan struct{}
+	disableUPnP    bool
+	wanIf          string // the router's WAN interface
+	inet           netip.Addr
 }
 
 // Start starts a router for t.
@@ -109,6 +123,10 @@ func Start(t testing.TB, o Options) *Router {
 	run("-n", wns, "addr", "add", inet.String()+"/24", "dev", wanPeer)
 	run("-n", wns, "link", "set", wanPeer, "up")
 	run("-n", rns, "route", "add", "default", "via", inet.String())
+	// A router forwards (a new namespace does not by default).
+	if out, err := exec.Command(ipBin, "netns", "exec", rns, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		testutil.Unavailable(t, "routertest: sysctl: %v: %s", err, out)
+	}
 
 	dir := t.TempDir()
 	// The chains the daemon fills, as its package's set-up script makes
@@ -117,6 +135,7 @@ func Start(t testing.TB, o Options) *Router {
 	write(t, rules, `table inet filter {
 	chain forward {
 		type filter hook forward priority 0; policy drop;
+		ct state established,related accept
 		jump miniupnpd
 	}
 	chain miniupnpd {
@@ -138,12 +157,16 @@ func Start(t testing.TB, o Options) *Router {
 	if out, err := exec.Command(ipBin, "netns", "exec", rns, nft, "-f", rules).CombinedOutput(); err != nil {
 		testutil.Unavailable(t, "routertest: nft: %v: %s", err, out)
 	}
-	conf := filepath.Join(dir, "router.conf")
-	write(t, conf, fmt.Sprintf(`ext_ifname=%s
+	r.ipBin, r.nft, r.daemon, r.rns, r.wns, r.dir, r.disableUPnP = ipBin, nft, daemon, rns, wns, dir, o.DisableUPnP
+	r.wanIf, r.inet = wan, inet
+	uid := uuid()
+	r.conf = func(port string) string {
+		conf := filepath.Join(dir, "router.conf")
+		write(t, conf, fmt.Sprintf(`ext_ifname=%s
 listening_ip=%s
-port=0
+port=%s
 enable_natpmp=yes
-enable_upnp=yes
+enable_upnp=%s
 secure_mode=yes
 system_uptime=yes
 min_lifetime=1
@@ -151,29 +174,46 @@ lease_file=%s
 uuid=%s
 allow 1024-65535 %s/24 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
-`, wan, lanPeer, filepath.Join(dir, "leases"), uuid(), r.LAN))
+`, wan, lanPeer, port, yesNo(!o.DisableUPnP), filepath.Join(dir, "leases"), uid, r.LAN))
+		return conf
+	}
+	// The internet side's replies to this machine go through the router.
+	run("route", "add", netip.PrefixFrom(r.WAN, 24).Masked().String(), "via", r.LAN.String(), "dev", lan)
+	if err := r.start(t, "0"); err != nil {
+		testutil.Unavailable(t, "routertest: miniupnpd: %v", err)
+	}
+	return r
+}
 
-	cmd := exec.Command(ipBin, "netns", "exec", rns, daemon, "-d", "-f", conf,
-		"-P", filepath.Join(dir, "router.pid")) // its own pid file: routers of parallel tests
+// start runs the daemon, its HTTP server on port ("0": any), and waits
+// until it answers.
+func (r *Router) start(t testing.TB, port string) error {
+	cmd := exec.Command(r.ipBin, "netns", "exec", r.rns, r.daemon, "-d", "-f", r.conf(port),
+		"-P", filepath.Join(r.dir, "router.pid")) // its own pid file: routers of parallel tests
+	from := len(r.Log.String()) // a restart's log follows the first run's
 	cmd.Stdout, cmd.Stderr = r.Log, r.Log
 	if err := cmd.Start(); err != nil {
-		testutil.Unavailable(t, "routertest: miniupnpd: %v", err)
+		return err
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
+	r.cmd, r.exited = cmd, exited
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-exited
 	})
-	err := testutil.Poll(startTimeout, func() error {
+	return testutil.Poll(startTimeout, func() error {
 		select {
 		case <-exited:
 			return fmt.Errorf("exited: %s", r.Log)
 		default:
 		}
-		log := r.Log.String()
+		log := r.Log.String()[from:]
 		if !strings.Contains(log, "Listening for NAT-PMP") {
 			return fmt.Errorf("not listening yet: %s", log)
+		}
+		if r.disableUPnP {
+			return nil
 		}
 		_, rest, ok := strings.Cut(log, "HTTP listening on port ")
 		port, _, _ := strings.Cut(rest, "\n")
@@ -183,10 +223,77 @@ deny 0-65535 0.0.0.0/0 0-65535
 		r.Description = "http://" + net.JoinHostPort(r.LAN.String(), strings.TrimSpace(port)) + "/rootDesc.xml"
 		return nil
 	})
-	if err != nil {
-		testutil.Unavailable(t, "routertest: miniupnpd: %v", err)
+}
+
+// Restart plays a router that reboots: the daemon is killed, its rules
+// and its lease file are deleted, and it starts again on the same ports
+// with no mapping (until a client maps again, which may be at once).
+func (r *Router) Restart(t testing.TB) {
+	t.Helper()
+	r.cmd.Process.Kill()
+	<-r.exited
+	for _, chain := range []string{"miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"} {
+		if out, err := exec.Command(r.ipBin, "netns", "exec", r.rns, r.nft, "flush", "chain", "inet", "filter", chain).CombinedOutput(); err != nil {
+			t.Fatalf("routertest: flush %s: %v: %s", chain, err, out)
+		}
 	}
-	return r
+	os.Remove(filepath.Join(r.dir, "leases"))
+	port := "0"
+	if u, err := url.Parse(r.Description); err == nil && u.Port() != "" {
+		port = u.Port()
+	}
+	if err := r.start(t, port); err != nil {
+		t.Fatalf("routertest: restart: %v", err)
+	}
+}
+
+// SetWAN gives the router another external address in the same /24, as
+// a provider's new lease would; the daemon reads it from the interface.
+func (r *Router) SetWAN(t testing.TB, a netip.Addr) {
+	t.Helper()
+	for _, args := range [][]string{
+		// The old one first: deleting a primary address deletes the
+		// secondaries of its subnet too.
+		{"-n", r.rns, "addr", "del", r.WAN.String() + "/24", "dev", r.wanIf},
+		{"-n", r.rns, "addr", "add", a.String() + "/24", "dev", r.wanIf},
+		{"-n", r.rns, "route", "replace", "default", "via", r.inet.String()},
+	} {
+		if out, err := exec.Command(r.ipBin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("routertest: ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	r.WAN = a
+}
+
+// Listed reports whether the router's own list (read with the UPnP
+// client program) maps proto port to the same port of Client.
+func (r *Router) Listed(t testing.TB, proto string, port uint16) bool {
+	t.Helper()
+	want := strings.Join(strings.Fields(fmt.Sprintf("%s %5d->%s:%d ", strings.ToUpper(proto), port, r.Client, port)), " ") + " "
+	out := r.Upnpc(t, "-l")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(strings.Join(strings.Fields(line), " ")+" ", want) {
+			return true
+		}
+	}
+	if !strings.Contains(out, "ExternalIPAddress") {
+		t.Fatalf("routertest: upnpc -l did not reach the router: %s", out)
+	}
+	return false
+}
+
+// Internet runs a program in the namespace that plays the internet (it
+// reaches the router's WAN address) and returns its output, bounded in
+// time.
+func (r *Router) Internet(t testing.TB, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, r.ipBin, append([]string{"netns", "exec", r.wns}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("%s\n(%v)", out, err)
+	}
+	return string(out)
 }
 
 // Upnpc runs the UPnP client program against the router's description
@@ -220,6 +327,13 @@ func write(t testing.TB, path, s string) {
 	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 // rnd returns a random number in [0, n).
