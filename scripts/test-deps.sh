@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh machine: Go's module
 # dependencies, a C compiler for the race detector, and the programs the
 # end-to-end tests run: pebble (ACME test server), tinyproxy (HTTP forward
-# proxy), iptables (blocked ports) and etcd (the etcd identity registry).
+# proxy), iptables (blocked ports), etcd (the etcd identity registry) and
+# an authoritative DNS server with dig (DNS updates and DNS-01).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -25,8 +26,10 @@ if ! command -v tinyproxy >/dev/null 2>&1; then
 	apt-get update -qq && apt-get install -y -qq tinyproxy
 fi
 if ! command -v iptables >/dev/null 2>&1; then
-	# The transport fallback tests block the agent port on loopback.
-	echo "test-deps: installing iptables, for the firewall rules of the fallback tests"
+	# The transport fallback tests block the agent port on loopback; the
+	# firewall package's tests run its iptables backend (iptables and
+	# ip6tables) in network namespaces.
+	echo "test-deps: installing iptables, for the firewall rules of the fallback and firewall tests"
 	apt-get update -qq && apt-get install -y -qq iptables
 fi
 if ! command -v etcd >/dev/null 2>&1; then
@@ -66,9 +69,24 @@ if ! command -v miniupnpd >/dev/null 2>&1 || ! command -v upnpc >/dev/null 2>&1 
 	# The port mapping tests run their own router daemon (nftables build)
 	# in network namespaces and check it with the UPnP and NAT-PMP client
 	# programs; the system service the package may start is not used, and
-	# its configuration questions keep their defaults.
+	# its configuration questions keep their defaults. The firewall
+	# package's tests make their host firewalls with nft.
 	echo "test-deps: installing miniupnpd, upnpc and natpmpc, for the port mapping tests"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		miniupnpd miniupnpd-nftables miniupnpc natpmpc nftables
+fi
+if ! { command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ]; } || ! command -v dig >/dev/null 2>&1; then
+	# The DNS update and DNS-01 tests run their own authoritative server
+	# (a zone and a key per test, files in a temporary directory, a free
+	# loopback port) and check the records with dig; the system service
+	# the package may start is not used.
+	echo "test-deps: installing bind9 and dig, for the DNS update tests"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9 bind9-dnsutils
+fi
+if ! command -v curl >/dev/null 2>&1; then
+	# The home gateway's test plays a visitor on the internet side of its
+	# router namespace with curl.
+	echo "test-deps: installing curl, the visitor of the home gateway test"
+	apt-get update -qq && apt-get install -y -qq curl
 fi
 "$GO" mod download

@@ -3,7 +3,9 @@
 // certmagic: a Manager orders a certificate for a host the first time a
 // client asks for it, if the gateway allows that host, answers the CA's
 // HTTP-01 and TLS-ALPN-01 challenges on the gateway's own listeners, keeps
-// account and certificates in a directory, and renews them.
+// account and certificates in a directory, and renews them. With a DNS
+// provider it also obtains, at start and through the DNS-01 challenge, a
+// fixed list of names, wildcards included, and keeps them renewed.
 package autotls
 
 import (
@@ -17,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,6 +82,25 @@ type Config struct {
 	// included: ok when a certificate for host was obtained, not ok when
 	// the order failed. It runs on the order's goroutine: keep it fast.
 	OnCertificate func(host string, ok bool)
+
+	// DNS01, when set, answers the DNS-01 challenge by writing TXT records
+	// under _acme-challenge.NAME in the name's zone. Names are ordered
+	// through it, and only through it. On-demand orders keep HTTP-01 and
+	// TLS-ALPN-01; when both are disabled they use DNS-01 instead.
+	DNS01 certmagic.DNSProvider
+	// DNSResolvers are the DNS servers (host or host:port, port 53 by
+	// default) asked for the zone of a name and whether a challenge
+	// record is visible yet, before the CA is told to look. Default the
+	// system's resolvers, which find the zone's authoritative servers and
+	// ask those.
+	DNSResolvers []string
+	// Names are obtained at start, in the background, through DNS-01, and
+	// kept renewed, whatever Allow says: e.g. "*.example.com" and
+	// "example.com". A wildcard (only as the whole first label) is allowed
+	// here and nowhere else. A TLS handshake for a name one of them covers
+	// (a.example.com under *.example.com) is served that certificate, and
+	// nothing is ordered on demand for it. Requires DNS01.
+	Names []string
 }
 
 // Defaults for Config.
@@ -110,8 +132,28 @@ func (c *Config) Validate() error {
 	if c.Email != "" && (!strings.Contains(c.Email, "@") || strings.ContainsAny(c.Email, " \t\r\n")) {
 		return fmt.Errorf("autotls: bad email %q", c.Email)
 	}
-	if c.DisableHTTP01 && c.DisableTLSALPN01 {
+	if c.DisableHTTP01 && c.DisableTLSALPN01 && c.DNS01 == nil {
 		return errors.New("autotls: both challenges are disabled")
+	}
+	if len(c.Names) > 0 && c.DNS01 == nil {
+		return errors.New("autotls: names to obtain at start need a DNS-01 provider")
+	}
+	if c.DNS01 != nil && len(c.Names) == 0 && !(c.DisableHTTP01 && c.DisableTLSALPN01) {
+		return errors.New("autotls: the DNS-01 provider is unused: give names to obtain, or disable both HTTP-01 and TLS-ALPN-01")
+	}
+	for _, n := range c.Names {
+		if err := checkManagedName(n); err != nil {
+			return err
+		}
+	}
+	for _, r := range c.DNSResolvers {
+		host := r
+		if h, _, err := net.SplitHostPort(r); err == nil {
+			host = h
+		}
+		if host == "" || strings.ContainsAny(host, " /") {
+			return fmt.Errorf("autotls: bad DNS resolver %q", r)
+		}
 	}
 	for _, a := range []struct{ name, addr string }{{"HTTP", c.HTTPAddr}, {"HTTPS", c.HTTPSAddr}} {
 		if a.addr == "" {
@@ -171,6 +213,12 @@ type Manager struct {
 	ctx    context.Context // ends when the manager closes
 	cancel context.CancelFunc
 
+	// managed obtains and renews Names through DNS-01; nil without
+	// Names. names holds them, normalized.
+	managed *certmagic.Config
+	names   map[string]bool
+	manages sync.WaitGroup // the goroutines obtaining Names
+
 	mu      sync.Mutex
 	closed  bool
 	pending sync.WaitGroup // GetCertificate calls in progress
@@ -209,8 +257,13 @@ func New(cfg Config) (*Manager, error) {
 	zl := zap.New(newSlogCore(cfg.Logger))
 
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return m.magic, nil },
-		Logger:           zl,
+		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
+			if m.managed != nil && slices.ContainsFunc(c.Names, m.isManagedName) {
+				return m.managed, nil // renewed by its maintenance, through DNS-01
+			}
+			return m.magic, nil
+		},
+		Logger: zl,
 	})
 	// On-demand only: nothing is managed up front, and a certificate is
 	// ordered during a handshake only when decide says yes. certmagic
@@ -219,8 +272,9 @@ func New(cfg Config) (*Manager, error) {
 	// current certificate until that expires. Nothing here defeats that:
 	// no cache capacity (no eviction), the default renewal window, and
 	// decide refuses only names that can never be in the cache.
+	storage := &certmagic.FileStorage{Path: cfg.Dir}
 	m.magic = certmagic.New(m.cache, certmagic.Config{
-		Storage:        &certmagic.FileStorage{Path: cfg.Dir},
+		Storage:        storage,
 		OnDemand:       &certmagic.OnDemandConfig{DecisionFunc: m.decide},
 		OnEvent:        m.onEvent,
 		ShouldEmitFunc: shouldEmit,
@@ -245,7 +299,111 @@ func New(cfg Config) (*Manager, error) {
 		Logger: zl,
 	})
 	m.magic.Issuers = []certmagic.Issuer{m.issuer}
+
+	if cfg.DNS01 != nil {
+		solver := &certmagic.DNS01Solver{DNSManager: certmagic.DNSManager{
+			DNSProvider: cfg.DNS01,
+			Resolvers:   cfg.DNSResolvers,
+			Logger:      zl,
+		}}
+		if cfg.DisableHTTP01 && cfg.DisableTLSALPN01 {
+			// certmagic then uses DNS-01 alone for on-demand orders.
+			m.issuer.DNS01Solver = solver
+		}
+		if len(cfg.Names) > 0 {
+			m.startManaged(storage, solver, zl)
+		}
+	}
 	return m, nil
+}
+
+// startManaged sets up the configuration that obtains and renews Names
+// through DNS-01 only, and starts obtaining them. It has no on-demand
+// decision: certmagic's maintenance renews its certificates on a timer.
+func (m *Manager) startManaged(storage certmagic.Storage, solver *certmagic.DNS01Solver, zl *zap.Logger) {
+	m.names = make(map[string]bool, len(m.cfg.Names))
+	for _, n := range m.cfg.Names {
+		m.names[normalizeName(n)] = true
+	}
+	m.managed = certmagic.New(m.cache, certmagic.Config{
+		Storage:        storage,
+		OnEvent:        m.onEvent,
+		ShouldEmitFunc: shouldEmit,
+		Logger:         zl,
+	})
+	m.managed.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(m.managed, certmagic.ACMEIssuer{
+		CA:           m.cfg.CA,
+		Email:        m.cfg.Email,
+		Agreed:       true,
+		TrustedRoots: m.cfg.RootCAs,
+		DNS01Solver:  solver, // DNS-01 alone: no listener needed
+		Logger:       zl,
+	})}
+	for n := range m.names {
+		m.manages.Add(1)
+		go m.manage(n)
+	}
+}
+
+// manage obtains the certificate for name unless storage has it, retrying
+// with backoff until the manager closes, then loads it into the cache,
+// where certmagic's maintenance renews it.
+func (m *Manager) manage(name string) {
+	defer m.manages.Done()
+	m.log.Info("managing certificate through DNS-01", "host", name)
+	if err := m.managed.ObtainCertAsync(m.ctx, name); err != nil {
+		if m.ctx.Err() == nil {
+			m.log.Error("certificate order abandoned", "host", name, "err", err)
+		}
+		return
+	}
+	if err := m.managed.ManageSync(m.ctx, []string{name}); err != nil && m.ctx.Err() == nil {
+		m.log.Error("certificate not loaded", "host", name, "err", err)
+	}
+}
+
+// isManagedName reports whether name is one of Names.
+func (m *Manager) isManagedName(name string) bool { return m.names[normalizeName(name)] }
+
+// covered reports whether a TLS handshake for server name is served by a
+// certificate of Names: the name itself or the wildcard of its parent.
+func (m *Manager) covered(name string) bool {
+	if m.managed == nil {
+		return false
+	}
+	name = normalizeName(name)
+	if m.names[name] {
+		return true
+	}
+	if _, parent, ok := strings.Cut(name, "."); ok && m.names["*."+parent] {
+		return true
+	}
+	return false
+}
+
+func normalizeName(name string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
+}
+
+// checkManagedName refuses a name of Names that no certificate can be
+// ordered for: empty, an IP address, a wildcard anywhere but as the whole
+// first label, or a wildcard of a top-level name.
+func checkManagedName(name string) error {
+	n := normalizeName(name)
+	rest := strings.TrimPrefix(n, "*.")
+	switch {
+	case n == "":
+		return errors.New("autotls: empty name to obtain")
+	case net.ParseIP(strings.Trim(n, "[]")) != nil:
+		return fmt.Errorf("autotls: name to obtain %s is an IP address", name)
+	case strings.Contains(rest, "*"):
+		return fmt.Errorf("autotls: name to obtain %s: a wildcard is only a whole first label", name)
+	case rest != n && !strings.Contains(rest, "."):
+		return fmt.Errorf("autotls: name to obtain %s: a wildcard needs a domain under a top-level one", name)
+	case strings.ContainsAny(n, " /:@") || strings.HasPrefix(rest, ".") || strings.Contains(n, ".."):
+		return fmt.Errorf("autotls: bad name to obtain %q", name)
+	}
+	return nil
 }
 
 // decide is certmagic's on-demand decision: it refuses names no certificate
@@ -314,7 +472,13 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	defer cancel()
 	stop := context.AfterFunc(m.ctx, cancel) // Close aborts an order in progress
 	defer stop()
-	cert, err := m.magic.GetCertificateWithContext(ctx, hello)
+	magic := m.magic
+	if m.covered(hello.ServerName) {
+		// Served from the certificates of Names only, never ordered on
+		// demand.
+		magic = m.managed
+	}
+	cert, err := magic.GetCertificateWithContext(ctx, hello)
 	if err != nil {
 		return nil, fmt.Errorf("autotls: %w", err)
 	}
@@ -328,9 +492,9 @@ func (m *Manager) HTTPChallengeHandler(next http.Handler) http.Handler {
 	return m.issuer.HTTPChallengeHandler(next)
 }
 
-// Close stops certificate maintenance and aborts orders in progress in
-// TLS handshakes, and waits for them to end. Afterwards GetCertificate
-// returns ErrClosed. It always returns nil.
+// Close stops certificate maintenance and aborts orders in progress, in
+// TLS handshakes and for Names, and waits for them to end. Afterwards
+// GetCertificate returns ErrClosed. It always returns nil.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -341,6 +505,7 @@ func (m *Manager) Close() error {
 	m.mu.Unlock()
 	m.cancel()
 	m.pending.Wait()
+	m.manages.Wait()
 	m.cache.Stop()
 	return nil
 }

@@ -595,6 +595,16 @@ func TestValidate(t *testing.T) {
 		{"no challenge", Config{Dir: "d", Allow: allow, DisableHTTP01: true, DisableTLSALPN01: true}, false},
 		{"bad address", Config{Dir: "d", Allow: allow, HTTPAddr: "80"}, false},
 		{"bad port", Config{Dir: "d", Allow: allow, HTTPSAddr: ":https"}, false},
+		{"dns-01 names", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{"*.example.com", "Example.COM."}, DNSResolvers: []string{"127.0.0.1:53", "ns1.example.com"}}, true},
+		{"dns-01 alone", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, DisableHTTP01: true, DisableTLSALPN01: true}, true},
+		{"dns-01 unused", Config{Dir: "d", Allow: allow, DNS01: dnsProvider}, false},
+		{"names without dns-01", Config{Dir: "d", Allow: allow, Names: []string{"example.com"}}, false},
+		{"wildcard inside", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{"a.*.example.com"}}, false},
+		{"partial wildcard", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{"*a.example.com"}}, false},
+		{"top-level wildcard", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{"*.com"}}, false},
+		{"ip name", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{"192.0.2.1"}}, false},
+		{"empty name", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{""}}, false},
+		{"bad resolver", Config{Dir: "d", Allow: allow, DNS01: dnsProvider, Names: []string{"example.com"}, DNSResolvers: []string{":53"}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

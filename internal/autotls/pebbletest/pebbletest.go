@@ -1,7 +1,8 @@
 // Package pebbletest runs pebble, the ACME test server, for tests: a real
 // CA that really validates HTTP-01 and TLS-ALPN-01 challenges against
 // listeners on 127.0.0.1, with a DNS resolver that answers 127.0.0.1 for
-// every name and a front that counts the ACME requests it receives.
+// every name (or, for DNS-01, the test's own DNS server) and a front that
+// counts the ACME requests it receives.
 //
 // pebble comes from the Debian package of the same name (see
 // scripts/test-deps.sh). When it is missing, Start fails the test under
@@ -78,13 +79,32 @@ type Pebble struct {
 // its challenge.
 func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 	t.Helper()
+	return StartWithOptions(t, httpPort, tlsPort, Options{})
+}
+
+// Options changes how StartWithOptions runs pebble. The zero value runs it
+// as Start does.
+type Options struct {
+	// DNSServer is the address (host:port) of the DNS server pebble's
+	// validator resolves names with: for DNS-01, an authoritative server
+	// of the test for the names ordered. Default a server of the
+	// package's own that answers 127.0.0.1 to every A query.
+	DNSServer string
+}
+
+// StartWithOptions is Start with o.
+func StartWithOptions(t testing.TB, httpPort, tlsPort int, o Options) *Pebble {
+	t.Helper()
 	bin := testutil.Program(t, Program)
 	dir := t.TempDir()
 	cert, roots, err := writeCert(dir)
 	if err != nil {
 		t.Fatalf("pebbletest: %v", err)
 	}
-	dnsAddr := startDNS(t)
+	dnsAddr := o.DNSServer
+	if dnsAddr == "" {
+		dnsAddr = startDNS(t)
+	}
 
 	var out testutil.Buffer
 	t.Cleanup(func() {
