@@ -87,6 +87,9 @@ type File struct {
 	Tunnels []Tunnel
 	// Groups are the gateway's tunnel groups, in file order.
 	Groups []Group
+	// Home is the gateway's nat, firewall and dns sections; nil without
+	// any (home.go).
+	Home *Home
 }
 
 // Lookup returns the setting of key, if the file has it.
@@ -99,9 +102,9 @@ func (f *File) Lookup(key string) (Setting, bool) {
 }
 
 // LoadServer reads a diglett-server file: the settings of schema, plus
-// auth, register and groups.
+// auth, register, groups, nat, firewall and dns.
 func LoadServer(path string, schema Schema) (*File, error) {
-	return load(path, schema, []string{"auth", "register", "groups"})
+	return load(path, schema, append([]string{"auth", "register", "groups"}, homeSections...))
 }
 
 // LoadAgent reads a diglett file: the settings of schema, plus tunnels.
@@ -167,6 +170,8 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 			f.Tunnels = parseTunnels(errs, v)
 		case key == "groups" && slices.Contains(sections, key):
 			groups = v // once the domain is known
+		case slices.Contains(homeSections, key) && slices.Contains(sections, key):
+			parseHome(errs, dir, key, v, f)
 		default:
 			kind, ok := schema[key]
 			if !ok {

@@ -7,6 +7,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/caddyserver/certmagic"
 
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/autotls"
@@ -17,7 +20,12 @@ import (
 // for those, keeping them under the data dir. Challenges are answered on the
 // gateway's own HTTP (hl) and HTTPS (tl) listeners; a nil one turns its
 // challenge type off. Each order that ends is counted in mtr.
-func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, mtr *metrics.Metrics, log *slog.Logger) (*autotls.Manager, error) {
+//
+// dns, when set, answers the DNS-01 challenge through the dns section's
+// name server, and a certificate for *.DOMAIN and DOMAIN is obtained at
+// start: the tunnels' hosts under DOMAIN are served it, with no order of
+// their own and nothing asked of port 80.
+func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, dns *dnsACME, mtr *metrics.Metrics, log *slog.Logger) (*autotls.Manager, error) {
 	cfg := autotls.Config{
 		Email:   c.ACMEEmail,
 		CA:      c.ACMECA,
@@ -38,6 +46,12 @@ func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.
 	} else {
 		cfg.DisableTLSALPN01 = true
 	}
+	if dns != nil {
+		domain := strings.ToLower(strings.TrimSuffix(c.Domain, "."))
+		cfg.DNS01 = dns.provider
+		cfg.DNSResolvers = dns.resolvers
+		cfg.Names = []string{"*." + domain, domain}
+	}
 	if c.ACMECARoot != "" {
 		pem, err := os.ReadFile(c.ACMECARoot)
 		if err != nil {
@@ -49,4 +63,10 @@ func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.
 		}
 	}
 	return autotls.New(cfg)
+}
+
+// dnsACME is how the dns section answers the DNS-01 challenge.
+type dnsACME struct {
+	provider  certmagic.DNSProvider
+	resolvers []string // where propagation is checked; nil: the system's
 }

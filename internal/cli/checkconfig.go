@@ -48,6 +48,13 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 		for _, r := range regs {
 			closeModule(r, log)
 		}
+		// The home sections, as far as they can be checked without
+		// touching the router, the firewall or the name server.
+		if hs, err := fr.file.HomeOptions(c.Domain); err != nil {
+			errs = append(errs, err)
+		} else if ing, _ := c.ingress(); hs != nil && hs.ACME && !ing.acme {
+			errs = append(errs, errors.New("dns.acme: certificates over DNS need ACME: set acme_email, acme_ca or acme_staging"))
+		}
 	}
 	if len(errs) == 0 {
 		fmt.Fprintf(stdout, "%s: ok\n", cc.File)

@@ -59,6 +59,7 @@ type configReload struct {
 
 	// Fixed at start: what a restart would change is measured from here.
 	startValues map[string]string
+	startHome   string // the nat, firewall and dns sections, as homeDigest words them
 
 	// In force, from the start or the last reload put in force.
 	modules []string             // the auth modules, as authModules words them
@@ -71,7 +72,10 @@ type configReload struct {
 // and the files it names; regs are the registerers the gateway started
 // with, built from f.
 func (c *serverCmd) configSource(args []string, f *config.File, srv registererSetter, regs []gateway.Registerer, held *heldAuth, changed func(), log *slog.Logger) authSource {
-	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed}
+	if len(c.extraRegs) > 0 {
+		srv = withExtraRegs{srv, c.extraRegs}
+	}
+	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed, startHome: homeDigest(f)}
 	cr.startValues, _ = settingValues(c)
 	raw := readRaw(f)
 	cr.modules = authModules(c, raw)
@@ -123,6 +127,9 @@ func (cr *configReload) build() (authSnapshot, error) {
 		if !liveKeys[k] && values[k] != cr.startValues[k] {
 			snap.Restart = append(snap.Restart, k)
 		}
+	}
+	if homeDigest(fr.file) != cr.startHome {
+		snap.Restart = append(snap.Restart, "nat/firewall/dns")
 	}
 	regKeys, regs, err := cr.registerers(fr.file, raw)
 	if err != nil {

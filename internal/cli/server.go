@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,12 +76,17 @@ type serverCmd struct {
 
 	logFlags  `embed:""`
 	AccessLog string `name:"access-log" placeholder:"off|stdout|FILE" help:"Where the access log goes, a line per HTTP request and per TCP visitor connection: off, stdout, or a FILE appended to, reopened on SIGHUP for log rotation (default: the gateway's log)."`
+
+	// extraRegs are registerers of the gateway's own (the home
+	// network's) that the register list of a reload does not replace.
+	extraRegs []gateway.Registerer `kong:"-"`
 }
 
 // Server runs diglett-server with args until ctx ends; with the
 // check-config subcommand it checks a configuration file and returns, with
 // hash-password it hashes a password read from stdin, with status it
-// prints the tunnels of a running gateway from its management listener.
+// prints the tunnels of a running gateway from its management listener,
+// with portmap it opens the ports a service catalog asks for (portmapcmd.go).
 func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "check-config" {
 		return checkConfig(args[1:], stdout, stderr)
@@ -90,6 +96,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if len(args) > 0 && args[0] == "completion" {
 		return completion("diglett-server", args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "portmap" {
+		return portmap(ctx, args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "status" {
 		return status(ctx, args[1:], stdout, stderr)
@@ -166,6 +175,19 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	held := &heldAuth{log: log, a: authn, regs: regs}
 	defer held.close()
 
+	// A gateway at home: the router's port mappings, the host firewall
+	// and DNS records, kept for the gateway's own ports (set once they
+	// are bound) and each tunnel's, through a registerer of its own that
+	// no reload replaces. Closed after the gateway (deferred first), so
+	// the tunnels' mappings go before the rest.
+	home, homeCfg, err := c.startHome(ctx, fr.file, ing.acme, log)
+	if err != nil {
+		return err
+	}
+	if home != nil {
+		defer closeHome(home, log)
+	}
+
 	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
 	if err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)
@@ -173,7 +195,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv, err := gateway.New(gateway.Config{
 		TLS:           &tls.Config{Certificates: []tls.Certificate{cert}},
 		Auth:          authn,
-		Registerers:   regs,
+		Registerers:   slices.Concat(regs, c.extraRegs),
 		PortMin:       lo,
 		PortMax:       hi,
 		PublicHost:    c.PublicBind,
@@ -291,7 +313,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var tc *tls.Config
 	switch {
 	case ing.acme:
-		mgr, err := c.acmeManager(dataDir, srv, hl, tl, mtr, log)
+		mgr, err := c.acmeManager(dataDir, srv, hl, tl, homeACME(home, homeCfg), mtr, log)
 		if err != nil {
 			return err
 		}
@@ -309,6 +331,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		httpsPort = ingress.Port(tl)
 	}
 	srv.SetIngressPorts(httpPort, httpsPort)
+	if home != nil {
+		home.Set(gatewayState(ln, c.QUIC, httpPort, httpsPort, homeCfg.Names))
+	}
 	if hl != nil {
 		serves = append(serves, func() error { return web.Serve(hl, challenge) })
 		log.Info("serving tunnels over HTTP", "addr", hl.Addr().String(), "domain", c.Domain)

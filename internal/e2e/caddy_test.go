@@ -194,8 +194,15 @@ type gatewayProcess struct {
 // for its banner.
 func startGatewayProcess(t *testing.T, bin, cfg string) *gatewayProcess {
 	t.Helper()
+	return startGatewayCmd(t, exec.Command(bin, "--config", cfg))
+}
+
+// startGatewayCmd runs cmd, a gateway's command line, and waits for its
+// banner.
+func startGatewayCmd(t *testing.T, cmd *exec.Cmd) *gatewayProcess {
+	t.Helper()
 	g := &gatewayProcess{stderr: &testutil.Buffer{}, exited: make(chan error, 1)}
-	g.cmd = exec.Command(bin, "--config", cfg)
+	g.cmd = cmd
 	g.cmd.Stderr = g.stderr
 	stdout, err := g.cmd.StdoutPipe()
 	if err != nil {
