@@ -19,9 +19,12 @@ import (
 	"testing"
 	"time"
 
+	consul "github.com/hashicorp/consul/api"
+
 	"github.com/diglett/diglett/internal/autotls/pebbletest"
 	"github.com/diglett/diglett/internal/cli"
 	"github.com/diglett/diglett/internal/testutil"
+	"github.com/diglett/diglett/internal/testutil/consultest"
 	"github.com/diglett/diglett/internal/testutil/dnstest"
 	"github.com/diglett/diglett/internal/testutil/etcdtest"
 	"github.com/diglett/diglett/internal/testutil/routertest"
@@ -251,6 +254,37 @@ func TestPortmapCommand(t *testing.T) {
 		t.Fatalf("portmap: %v\n%s", err, out)
 	}
 	waitMapped(t, r, time.Second, true, "udp/45313")
+}
+
+// diglett-server portmap follows a node's services in a service catalog
+// (blocking queries on its node endpoint): a tag asks for ports, a
+// changed tag moves them, and a token given by file is sent.
+func TestPortmapCommandCatalog(t *testing.T) {
+	parallel(t)
+	r := routertest.Start(t, routertest.Options{})
+	c := consultest.Start(t)
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "home.yaml", fmt.Sprintf("version: 1\nnat: {protocol: upnp, router: %s, refresh: 1s, lifetime: 30s}\n", r.LAN))
+	token := writeFile(t, dir, "token", "catalog-s3cret\n")
+	c.Set("nas", &consul.AgentService{ID: "mail", Service: "mail", Tags: []string{"(diglett (tcp_port 45321 45322))", "primary"}})
+	out, stop := portmapCommand(t, "--config", cfg, "--source", "consul", "--consul-addr", c.URL,
+		"--consul-token-file", token, "--node", "nas")
+	waitMapped(t, r, eventually, false, "tcp/45321", "tcp/45322")
+	c.Set("nas", &consul.AgentService{ID: "dns", Service: "dns", Tags: []string{"(diglett (udp_port 45323))"}})
+	waitMapped(t, r, eventually, false, "udp/45323")
+	waitMapped(t, r, eventually, true, "tcp/45321", "tcp/45322")
+	t.Logf("catalog: the node's tags asked for tcp/45321-45322, then udp/45323; the router followed")
+	if err := stop(); err != nil {
+		t.Fatalf("portmap: %v\n%s", err, out)
+	}
+	waitMapped(t, r, time.Second, true, "udp/45323")
+	reqs := c.RequestsSince(time.Time{})
+	if len(reqs) == 0 || reqs[0].Token != "catalog-s3cret" {
+		t.Errorf("the token was not sent: %+v", reqs)
+	}
+	if strings.Contains(out.String(), "catalog-s3cret") {
+		t.Errorf("the token is in the log:\n%s", out)
+	}
 }
 
 func TestPortmapCommandErrors(t *testing.T) {
