@@ -3,9 +3,10 @@
 // certmagic: a Manager orders a certificate for a host the first time a
 // client asks for it, if the gateway allows that host, answers the CA's
 // HTTP-01 and TLS-ALPN-01 challenges on the gateway's own listeners, keeps
-// account and certificates in a directory, and renews them. With a DNS
-// provider it also obtains, at start and through the DNS-01 challenge, a
-// fixed list of names, wildcards included, and keeps them renewed.
+// account and certificates in a directory (or a storage shared by a
+// cluster of gateways), and renews them. With a DNS provider it also
+// obtains, at start and through the DNS-01 challenge, a fixed list of
+// names, wildcards included, and keeps them renewed.
 package autotls
 
 import (
@@ -40,8 +41,14 @@ type Config struct {
 	// Staging selects Let's Encrypt's staging directory when CA is empty.
 	Staging bool
 	// Dir is where the ACME account, the certificates and their keys are
-	// stored, e.g. <data-dir>/certs. Required; created if missing.
+	// stored, e.g. <data-dir>/certs. Required without Storage; created if
+	// missing.
 	Dir string
+	// Storage, when set, holds the ACME account, the certificates, their
+	// keys and the challenge tokens instead of Dir, for both on-demand
+	// orders and Names: e.g. the etcd storage a gateway cluster shares,
+	// where its locks make one node order what all nodes then serve.
+	Storage certmagic.Storage
 	// RootCAs is the trust for the CA's own HTTPS endpoint. Default the
 	// system roots.
 	RootCAs *x509.CertPool
@@ -111,7 +118,7 @@ const (
 
 // Validate reports the first problem with c.
 func (c *Config) Validate() error {
-	if c.Dir == "" {
+	if c.Dir == "" && c.Storage == nil {
 		return errors.New("autotls: no storage directory")
 	}
 	if c.Allow == nil {
@@ -230,8 +237,12 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("autotls: create storage directory: %w", err)
+	storage := cfg.Storage
+	if storage == nil {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("autotls: create storage directory: %w", err)
+		}
+		storage = &certmagic.FileStorage{Path: cfg.Dir}
 	}
 	httpHost, httpPort, err := splitAddr(cfg.HTTPAddr)
 	if err != nil {
@@ -272,7 +283,6 @@ func New(cfg Config) (*Manager, error) {
 	// current certificate until that expires. Nothing here defeats that:
 	// no cache capacity (no eviction), the default renewal window, and
 	// decide refuses only names that can never be in the cache.
-	storage := &certmagic.FileStorage{Path: cfg.Dir}
 	m.magic = certmagic.New(m.cache, certmagic.Config{
 		Storage:        storage,
 		OnDemand:       &certmagic.OnDemandConfig{DecisionFunc: m.decide},
@@ -293,9 +303,11 @@ func New(cfg Config) (*Manager, error) {
 		AltHTTPPort:             httpPort,
 		AltTLSALPNPort:          httpsPort,
 		// Distributed solving stays on: challenge tokens also go through
-		// Dir, and the HTTP handler answers only challenges it knows. With
-		// it off, certmagic answers any well-formed token "blindly",
-		// loading (or generating) an account key for each such request.
+		// the storage (so a node sharing it answers a challenge another
+		// node's order started), and the HTTP handler answers only
+		// challenges it knows. With it off, certmagic answers any
+		// well-formed token "blindly", loading (or generating) an
+		// account key for each such request.
 		Logger: zl,
 	})
 	m.magic.Issuers = []certmagic.Issuer{m.issuer}

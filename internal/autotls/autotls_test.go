@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/diglett/diglett/internal/autotls/pebbletest"
 	"go.uber.org/goleak"
 )
@@ -588,6 +589,7 @@ func TestValidate(t *testing.T) {
 		{"minimal", Config{Dir: "d", Allow: allow}, true},
 		{"full", Config{Dir: "d", Allow: allow, CA: "https://ca.test/dir", Email: "a@b.test", HTTPAddr: "1.2.3.4:80", HTTPSAddr: "[::]:443"}, true},
 		{"no dir", Config{Allow: allow}, false},
+		{"storage, no dir", Config{Allow: allow, Storage: &certmagic.FileStorage{Path: "d"}}, true},
 		{"no allow", Config{Dir: "d"}, false},
 		{"http CA", Config{Dir: "d", Allow: allow, CA: "http://ca.test/dir"}, false},
 		{"CA and staging", Config{Dir: "d", Allow: allow, CA: "https://ca.test/dir", Staging: true}, false},
