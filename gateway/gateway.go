@@ -155,8 +155,13 @@ type Config struct {
 	// LeaseFile, if set, is where the registry keeps every tunnel's name,
 	// identity, port and lease, written atomically on each change, so that
 	// after a restart the names and ports stay reserved for their owners
-	// until their leases end. The CLI sets DATA_DIR/leases.json.
+	// until their leases end. The CLI sets DATA_DIR/leases.json. Not with
+	// Cluster: a cluster keeps its names and ports in its store.
 	LeaseFile string
+	// Cluster, if set, makes the gateway a node of a cluster whose nodes
+	// share one namespace: a name belongs to one identity and has one
+	// public port on every node (see Cluster).
+	Cluster Cluster
 }
 
 // VisitorAccess is a policy on the visitor rules of tunnels.
@@ -354,6 +359,10 @@ func New(cfg Config) (*Server, error) {
 	s.regs = newReconciler(ctx, cfg)
 	s.reg = newRegistry(s)
 	s.limits = newVisitorLimits(cfg)
+	if cfg.LeaseFile != "" && cfg.Cluster != nil {
+		cancel()
+		return nil, errors.New("gateway: a lease file and a cluster exclude each other: a cluster keeps its names in its store")
+	}
 	if cfg.LeaseFile != "" {
 		if err := s.reg.keepLeases(time.Now()); err != nil {
 			cancel()

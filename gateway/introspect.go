@@ -244,6 +244,7 @@ func (s *Server) ReleaseLease(name string) error {
 	r.mu.Unlock()
 	t.log.Info("lease released by the operator, name and port freed", "port", t.port)
 	t.reconcile()
+	go r.release(t)
 	return nil
 }
 

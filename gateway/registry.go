@@ -24,6 +24,7 @@ type registry struct {
 	owned  map[string]int // identity -> tunnels it holds, live or leased
 	closed bool
 	leases *leaseWriter // nil without Config.LeaseFile
+	names  nameLocks    // serializes the cluster's calls per name
 
 	// routes is a copy of byName for the HTTP ingress, replaced (never
 	// changed) under mu whenever a tunnel is added or removed, so that
@@ -111,12 +112,33 @@ func refuse(code protocol.Code, format string, args ...any) *protocol.Error {
 }
 
 // join adds ss to the tunnel for req.Name, creating it (and its public
-// port) if needed.
+// port) if needed. In a cluster the name is claimed first, and the tunnel
+// gets the name's port in the cluster.
 func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol.Error) {
 	pol, err := newVisitorPolicy(req)
 	if err != nil {
 		return nil, refuse(protocol.CodeBadRequest, "%v", err)
 	}
+	if r.srv.cfg.Cluster == nil {
+		return r.joinLocal(ss, req, pol)
+	}
+	unlock := r.names.lock(req.Name)
+	own := *req
+	held, perr := r.hold(ss, &own)
+	if perr != nil {
+		unlock()
+		return nil, perr
+	}
+	t, perr := r.joinLocal(ss, &own, pol)
+	if perr != nil && held {
+		r.undoHold(req.Name)
+	}
+	unlock()
+	return t, perr
+}
+
+// joinLocal is join on this node.
+func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPolicy) (*tunnel, *protocol.Error) {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -284,6 +306,11 @@ func (r *registry) leave(t *tunnel, ss *session) {
 		r.srv.obs.LeaseStarted(t.name)
 		r.startLeaseLocked(t, time.Now().Add(r.srv.cfg.Lease))
 		r.persistLocked()
+		if r.srv.cfg.Cluster != nil {
+			// Off this path: a join of the name may hold its lock now.
+			// unhold looks again at what it finds when its turn comes.
+			go r.unhold(t)
+		}
 	}
 	r.mu.Unlock()
 	t.reconcile()
@@ -316,6 +343,7 @@ func (r *registry) expire(t *tunnel, timer **time.Timer) {
 	r.mu.Unlock()
 	t.log.Info("lease expired, name and port released", "port", t.port)
 	t.reconcile()
+	r.release(t)
 }
 
 func (r *registry) removeLocked(t *tunnel) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -229,7 +230,9 @@ type gatewayOptions struct {
 	HandshakeTimeout time.Duration         // default 5s
 	StatusTimeout    time.Duration         // default gateway.DefaultStatusTimeout
 	Registerer       gateway.Registerer
-	LeaseFile        string        // default none
+	LeaseFile        string // default none
+	Cluster          gateway.Cluster
+	PublicHost       string        // where public ports bind; default 127.0.0.1
 	Quota            gateway.Quota // default the gateway's
 	// HalfCloseTimeout, MaxVisitors, MaxVisitorsPerTunnel: gateway
 	// defaults if zero.
@@ -320,7 +323,7 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 		Registerer:       o.Registerer,
 		PortMin:          o.PortMin,
 		PortMax:          o.PortMax,
-		PublicHost:       "127.0.0.1",
+		PublicHost:       cmp.Or(o.PublicHost, "127.0.0.1"),
 		Lease:            o.Lease,
 		HandshakeTimeout: o.HandshakeTimeout,
 		StatusTimeout:    o.StatusTimeout,
@@ -329,6 +332,7 @@ func startGateway(t testing.TB, o gatewayOptions) *testGateway {
 		Domain:           o.Domain,
 		VisitorAccess:    o.VisitorAccess,
 		LeaseFile:        o.LeaseFile,
+		Cluster:          o.Cluster,
 		Quota:            o.Quota,
 
 		HalfCloseTimeout:     o.HalfCloseTimeout,

@@ -350,6 +350,9 @@ const (
 	// Too many failed logins from the agent's address: the message says
 	// when to retry.
 	CodeTooManyFailures Code = "too_many_failures"
+	// The gateway cannot check the request now (its cluster's store is
+	// unreachable): try again later.
+	CodeUnavailable Code = "unavailable"
 )
 
 // ValidateName checks that name is a DNS label: 1 to 63 characters of

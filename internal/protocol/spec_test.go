@@ -378,7 +378,7 @@ func TestSpecSourceConsts(t *testing.T) {
 	codes := []protocol.Code{
 		protocol.CodeBadRequest, protocol.CodeVersion, protocol.CodeUnauthorized, protocol.CodeForbidden,
 		protocol.CodeNameTaken, protocol.CodePortUnavailable, protocol.CodeTooManyNames, protocol.CodeInternal,
-		protocol.CodeShuttingDown, protocol.CodeQuotaExceeded, protocol.CodeTooManyFailures,
+		protocol.CodeShuttingDown, protocol.CodeQuotaExceeded, protocol.CodeTooManyFailures, protocol.CodeUnavailable,
 	}
 	for _, c := range codes {
 		if _, ok := g.codes[string(c)]; !ok {

@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/diglett/diglett"
+	"github.com/diglett/diglett/cluster"
+	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/testutil"
+	"github.com/diglett/diglett/internal/testutil/etcdtest"
+)
+
+// tokenIdentities lets in the token "as-NAME" as the identity NAME.
+var tokenIdentities = gateway.AuthFuncs{
+	AuthenticateFunc: func(_ context.Context, c gateway.Credentials) (gateway.Identity, error) {
+		if id, ok := strings.CutPrefix(c.Token, "as-"); ok && id != "" {
+			return gateway.Identity{Name: id}, nil
+		}
+		return gateway.Identity{}, gateway.ErrUnauthorized
+	},
+	AuthorizeFunc: func(context.Context, gateway.Identity, string) error { return nil },
+}
+
+// clusterNode is a gateway that is a node of a cluster on etcd at
+// endpoints, its public ports on its own loopback address host.
+func clusterNode(t *testing.T, endpoints []string, prefix, node, host string, lo, hi int) (*testGateway, *cluster.Member) {
+	t.Helper()
+	log, _ := newLogger(t, "cluster "+node)
+	ctx, cancel := context.WithTimeout(context.Background(), eventually)
+	defer cancel()
+	m, err := cluster.Join(ctx, cluster.Options{Endpoints: endpoints, Prefix: prefix, Node: node,
+		Advertise: host + ":1", TTL: 2 * time.Second, Timeout: 2 * time.Second, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), eventually)
+		defer cancel()
+		m.Close(ctx)
+	})
+	g := startGateway(t, gatewayOptions{Auth: tokenIdentities, Cluster: m.ForGateway(), PublicHost: host, PortMin: lo, PortMax: hi, Lease: 2 * time.Second})
+	return g, m
+}
+
+// Two gateways that are nodes of one cluster are one namespace: of two
+// identities registering one name through the two nodes at the same
+// moment exactly one wins, every time; the winner's other agents get the
+// same port through either node; with etcd down a new name is refused
+// with a reason and the tunnels already served keep working, and once
+// etcd is back names are given again, with no restart.
+func TestClusterNamespace(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.StartCluster(t, 1)
+	prefix := fmt.Sprintf("/t%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	ga, _ := clusterNode(t, etcd.Endpoints, prefix, "gw-a", "127.0.0.1", lo, hi)
+	gb, _ := clusterNode(t, etcd.Endpoints, prefix, "gw-b", "127.0.0.2", lo, hi)
+	agent := func(g *testGateway, name, identity string) diglett.Config {
+		cfg := agentConfig(t, g, name)
+		cfg.Token = "as-" + identity
+		return cfg
+	}
+
+	const rounds = 100
+	wins := map[string]int{}
+	for i := range rounds {
+		name := fmt.Sprintf("race-%d", i)
+		var wg sync.WaitGroup
+		lns := make([]*diglett.Listener, 2)
+		errs := make([]error, 2)
+		start := make(chan struct{})
+		for j, c := range []diglett.Config{agent(ga, name, "alice"), agent(gb, name, "bob")} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				lns[j], errs[j] = listen(t, c)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		won := -1
+		for j := range 2 {
+			switch {
+			case errs[j] == nil && won == -1:
+				won = j
+			case errs[j] == nil:
+				t.Fatalf("round %d: both identities got %q", i, name)
+			case !errors.Is(errs[j], diglett.ErrNameTaken):
+				t.Fatalf("round %d: %v, want the name taken", i, errs[j])
+			}
+		}
+		if won == -1 {
+			t.Fatalf("round %d: nobody got %q: %v", i, name, errs)
+		}
+		wins[[]string{"alice via gw-a", "bob via gw-b"}[won]]++
+		lns[won].Close()
+	}
+	t.Logf("%d rounds of two identities racing for one name through two nodes: exactly one won each time (%v)", rounds, wins)
+
+	// One identity through both nodes: one port, served on each.
+	la := mustListen(t, agent(ga, "shared", "carol"))
+	lb := mustListen(t, agent(gb, "shared", "carol"))
+	_, pa, _ := net.SplitHostPort(la.Addr().String())
+	_, pb, _ := net.SplitHostPort(lb.Addr().String())
+	if pa != pb {
+		t.Fatalf("the name has port %s on gw-a and %s on gw-b", pa, pb)
+	}
+	echo := startEcho(t)
+	forward(t, la, echo)
+	forward(t, lb, echo)
+	mustRoundTrip(t, "127.0.0.1:"+pa, "through gw-a")
+	mustRoundTrip(t, "127.0.0.2:"+pb, "through gw-b")
+	t.Logf("carol's tunnel has port %s on both nodes, each serving it", pa)
+
+	// A name stays its owner's through its lease, whichever node is
+	// asked; once the lease ends on the node that held it, it is free.
+	lx := mustListen(t, agent(ga, "leased", "erin"))
+	lx.Close()
+	waitFor(t, "lease", ga.Logs, `"agent offline, name and port leased" tunnel=leased`)
+	if _, err := listen(t, agent(gb, "leased", "frank")); !errors.Is(err, diglett.ErrNameTaken) {
+		t.Fatalf("during erin's lease, frank through gw-b: %v, want the name taken", err)
+	}
+	if err := testutil.Poll(eventually, func() error {
+		ln, err := listen(t, agent(gb, "leased", "frank"))
+		if err == nil {
+			ln.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("after erin's lease: %v", err)
+	}
+	t.Logf("a leased name stayed its owner's on the other node, and was free there once the lease ended")
+
+	// etcd goes down: what is served keeps working; a new name is
+	// refused, saying why.
+	etcd.Stop(0)
+	mustRoundTrip(t, "127.0.0.1:"+pa, "etcd down")
+	_, err := listen(t, agent(ga, "newcomer", "dave"))
+	if err == nil || !strings.Contains(err.Error(), "cluster store is unreachable") {
+		t.Fatalf("a new name with etcd down: %v", err)
+	}
+	t.Logf("etcd down: the tunnel kept working; a new name was refused: %v", err)
+
+	etcd.Restart(t, 0)
+	// The node finds etcd again on its own: the agent retries as it
+	// would after any refusal it may retry.
+	if err := testutil.Poll(eventually, func() error {
+		ln, err := listen(t, agent(ga, "newcomer", "dave"))
+		if err == nil {
+			ln.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("after etcd came back: %v", err)
+	}
+	t.Logf("etcd back: the new name was given, no gateway restarted")
+}
