@@ -124,11 +124,13 @@ type Member struct {
 	sessNew chan struct{}     // closed and replaced when sess changes
 	held    map[string][]byte // name -> the name's value when held
 
-	reachable atomic.Bool
-	nodes     atomic.Pointer[[]Node]
-	changes   chan struct{}
-	closed    atomic.Bool
-	runs      sync.WaitGroup // Lead's runs; added to under mu while not closed
+	reachable    atomic.Bool
+	nodes        atomic.Pointer[[]Node]
+	changes      chan struct{}
+	claims       atomic.Pointer[[]Claim] // see watch.go
+	claimChanges chan struct{}
+	closed       atomic.Bool
+	runs         sync.WaitGroup // Lead's runs; added to under mu while not closed
 
 	// testHookRelease, when set by a test, runs in Release between its
 	// read of the name and its transaction.
@@ -193,8 +195,11 @@ func Join(ctx context.Context, o Options) (*Member, error) {
 		sessNew: make(chan struct{}),
 		held:    make(map[string][]byte),
 		changes: make(chan struct{}, 1),
+
+		claimChanges: make(chan struct{}, 1),
 	}
 	m.nodes.Store(&[]Node{})
+	m.claims.Store(&[]Claim{})
 	var s *concurrency.Session
 	err = m.do(ctx, "join", func(ctx context.Context) (err error) {
 		s, err = m.establish(ctx, clientv3.NoLease)
@@ -207,9 +212,10 @@ func Join(ctx context.Context, o Options) (*Member, error) {
 	}
 	m.sess = s
 	m.reachable.Store(true)
-	m.wg.Add(3)
+	m.wg.Add(4)
 	go m.keep(s)
 	go m.watchMembers()
+	go m.watchClaims()
 	go m.probe()
 	m.log.Info("cluster: joined", "advertise", o.Advertise, "lease", fmt.Sprintf("%x", s.Lease()))
 	return m, nil
