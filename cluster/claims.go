@@ -36,6 +36,9 @@ type Claim struct {
 	Port int
 	// Holders are the ids of the nodes serving the name, sorted.
 	Holders []string
+	// Rules are the words of the latest hold (HoldWith), as given; nil
+	// when none were.
+	Rules []byte
 }
 
 // The keys, under the prefix:
@@ -84,6 +87,9 @@ func checkName(name string) error {
 // of its range.
 const maxConflicts = 16
 
+// maxRules bounds the rules of one hold.
+const maxRules = 16 << 10
+
 // Hold claims name for identity and records that this node serves it.
 // When the name is free it gets port, or with port 0 a free port of
 // [portMin, portMax] (no port when the range is 0-0), in one transaction
@@ -94,6 +100,17 @@ const maxConflicts = 16
 // lease: it goes with the node. Without etcd, Hold fails with
 // ErrUnavailable within Options.Timeout.
 func (m *Member) Hold(ctx context.Context, name, identity string, port, portMin, portMax int) (Claim, error) {
+	return m.HoldWith(ctx, name, identity, port, portMin, portMax, nil)
+}
+
+// HoldWith is Hold with rules, this node's words for how the name is
+// served (a gateway's visitor rules), which the other members see in
+// Claims (Claim.Rules: the rules of the latest hold). A hold made again
+// with other rules replaces them.
+func (m *Member) HoldWith(ctx context.Context, name, identity string, port, portMin, portMax int, rules []byte) (Claim, error) {
+	if len(rules) > maxRules {
+		return Claim{}, fmt.Errorf("cluster: hold %q: rules of %d bytes, at most %d", name, len(rules), maxRules)
+	}
 	if err := checkName(name); err != nil {
 		return Claim{}, err
 	}
@@ -112,16 +129,16 @@ func (m *Member) Hold(ctx context.Context, name, identity string, port, portMin,
 	what := fmt.Sprintf("hold %q", name)
 	var claim Claim
 	err := m.do(ctx, what, func(ctx context.Context) (err error) {
-		claim, err = m.hold(ctx, s, what, name, identity, port, portMin, portMax)
+		claim, err = m.hold(ctx, s, what, name, identity, port, portMin, portMax, rules)
 		return err
 	})
 	return claim, err
 }
 
 // hold is one try of Hold.
-func (m *Member) hold(ctx context.Context, s *concurrency.Session, what, name, identity string, port, portMin, portMax int) (Claim, error) {
+func (m *Member) hold(ctx context.Context, s *concurrency.Session, what, name, identity string, port, portMin, portMax int, rules []byte) (Claim, error) {
 	nk, hk, ok := m.nameKey(name), m.holderKey(name), m.orphanKey(name)
-	hold := clientv3.OpPut(hk, "", clientv3.WithLease(s.Lease()))
+	hold := clientv3.OpPut(hk, string(rules), clientv3.WithLease(s.Lease()))
 
 	var free []int // the range's free ports, read once
 	freeRead := false
@@ -159,8 +176,8 @@ func (m *Member) hold(ctx context.Context, s *concurrency.Session, what, name, i
 			if !tr.Succeeded {
 				continue // changed in between: read again
 			}
-			m.setHeld(name, kv.Value)
-			return Claim{Name: name, Identity: identity, Port: v.Port, Holders: withID(holders, m.o.Node)}, nil
+			m.setHeld(name, kv.Value, rules)
+			return Claim{Name: name, Identity: identity, Port: v.Port, Holders: withID(holders, m.o.Node), Rules: rules}, nil
 		}
 
 		p := port
@@ -186,8 +203,8 @@ func (m *Member) hold(ctx context.Context, s *concurrency.Session, what, name, i
 			return Claim{}, etcdError{err}
 		}
 		if tr.Succeeded {
-			m.setHeld(name, value)
-			return Claim{Name: name, Identity: identity, Port: p, Holders: []string{m.o.Node}}, nil
+			m.setHeld(name, value, rules)
+			return Claim{Name: name, Identity: identity, Port: p, Holders: []string{m.o.Node}, Rules: rules}, nil
 		}
 		if len(tr.Responses[0].GetResponseRange().Kvs) > 0 {
 			continue // the name was claimed first: read it
@@ -201,15 +218,17 @@ func (m *Member) hold(ctx context.Context, s *concurrency.Session, what, name, i
 	return Claim{}, fmt.Errorf("cluster: %s: gave up after too many conflicting claims", what)
 }
 
-func (m *Member) setHeld(name string, value []byte) {
+func (m *Member) setHeld(name string, value, rules []byte) {
 	m.mu.Lock()
 	m.held[name] = value
+	m.rules[name] = rules
 	m.mu.Unlock()
 }
 
 func (m *Member) dropHeld(name string) {
 	m.mu.Lock()
 	delete(m.held, name)
+	delete(m.rules, name)
 	m.mu.Unlock()
 }
 
@@ -374,15 +393,16 @@ func (m *Member) Lookup(ctx context.Context, name string) (Claim, bool, error) {
 func (m *Member) reputHolds(ctx context.Context, lease clientv3.LeaseID) (int, error) {
 	m.mu.Lock()
 	held := make(map[string][]byte, len(m.held))
+	rules := make(map[string][]byte, len(m.rules))
 	for n, v := range m.held {
-		held[n] = v
+		held[n], rules[n] = v, m.rules[n]
 	}
 	m.mu.Unlock()
 	kept := 0
 	for name, value := range held {
 		tr, err := m.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Value(m.nameKey(name)), "=", string(value))).
-			Then(clientv3.OpPut(m.holderKey(name), "", clientv3.WithLease(lease)), clientv3.OpDelete(m.orphanKey(name))).Commit()
+			Then(clientv3.OpPut(m.holderKey(name), string(rules[name]), clientv3.WithLease(lease)), clientv3.OpDelete(m.orphanKey(name))).Commit()
 		if err != nil {
 			return 0, etcdError{err}
 		}

@@ -123,6 +123,7 @@ type Member struct {
 	sess    *concurrency.Session
 	sessNew chan struct{}     // closed and replaced when sess changes
 	held    map[string][]byte // name -> the name's value when held
+	rules   map[string][]byte // name -> the rules of this node's hold
 
 	reachable    atomic.Bool
 	nodes        atomic.Pointer[[]Node]
@@ -194,6 +195,7 @@ func Join(ctx context.Context, o Options) (*Member, error) {
 		cancel:  cancel,
 		sessNew: make(chan struct{}),
 		held:    make(map[string][]byte),
+		rules:   make(map[string][]byte),
 		changes: make(chan struct{}, 1),
 
 		claimChanges: make(chan struct{}, 1),

@@ -18,8 +18,8 @@ type forGateway struct{ m *Member }
 
 var _ gateway.Cluster = forGateway{}
 
-func (g forGateway) Hold(ctx context.Context, name, identity string, port, portMin, portMax int) (int, error) {
-	c, err := g.m.Hold(ctx, name, identity, port, portMin, portMax)
+func (g forGateway) Hold(ctx context.Context, name, identity string, port, portMin, portMax int, rules []byte) (int, error) {
+	c, err := g.m.HoldWith(ctx, name, identity, port, portMin, portMax, rules)
 	if err != nil {
 		return 0, gatewayError(err)
 	}

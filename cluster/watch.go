@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"slices"
@@ -11,10 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Claims are the names of the cluster that some node serves now: each
-// with its owner, its port and the nodes holding it (sorted), as a watch
-// of the store last saw them, sorted by name. A node that serves no name
-// is in no claim; a leased name (held by no node) is not listed.
+// Claims are the names of the cluster: each with its owner, its port,
+// the nodes holding it (sorted; none while its agents are away and its
+// lease runs) and the rules of its latest hold, as a watch of the store
+// last saw them, sorted by name.
 func (m *Member) Claims() []Claim { return slices.Clone(*m.claims.Load()) }
 
 // ClaimChanges is signalled (coalesced, capacity 1) when Claims changes.
@@ -30,7 +31,7 @@ func (m *Member) watchClaims() {
 		ctx, cancel := m.opCtx(m.ctx)
 		resp, err := m.cli.Txn(ctx).Then(
 			clientv3.OpGet(names, clientv3.WithPrefix()),
-			clientv3.OpGet(holders, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+			clientv3.OpGet(holders, clientv3.WithPrefix()),
 		).Commit()
 		cancel()
 		if err != nil {
@@ -41,7 +42,7 @@ func (m *Member) watchClaims() {
 			continue
 		}
 		owners := map[string]nameValue{}
-		held := map[string]map[string]bool{}
+		held := map[string]map[string]holdValue{}
 		apply := func(kv *mvccpb.KeyValue, deleted bool) {
 			k := string(kv.Key)
 			switch {
@@ -65,9 +66,9 @@ func (m *Member) watchClaims() {
 					}
 				} else {
 					if held[name] == nil {
-						held[name] = map[string]bool{}
+						held[name] = map[string]holdValue{}
 					}
-					held[name][node] = true
+					held[name][node] = holdValue{rules: kv.Value, rev: kv.ModRevision}
 				}
 			}
 		}
@@ -92,19 +93,30 @@ func (m *Member) watchClaims() {
 }
 
 // publishClaims stores the held names as Claims when they changed.
-func (m *Member) publishClaims(owners map[string]nameValue, held map[string]map[string]bool) {
-	next := make([]Claim, 0, len(held))
-	for name, nodes := range held {
-		v, ok := owners[name]
-		if !ok {
-			continue // a hold whose name is being written or released
-		}
-		hs := make([]string, 0, len(nodes))
-		for n := range nodes {
+// holdValue is a holder key's rules and when they were written.
+type holdValue struct {
+	rules []byte
+	rev   int64
+}
+
+func (m *Member) publishClaims(owners map[string]nameValue, held map[string]map[string]holdValue) {
+	next := make([]Claim, 0, len(owners))
+	for name, v := range owners {
+		nodes := held[name]
+		var hs []string
+		var latest holdValue
+		for n, h := range nodes {
 			hs = append(hs, n)
+			if h.rev > latest.rev {
+				latest = h
+			}
 		}
 		slices.Sort(hs)
-		next = append(next, Claim{Name: name, Identity: v.Identity, Port: v.Port, Holders: hs})
+		var rules []byte
+		if len(latest.rules) > 0 {
+			rules = latest.rules
+		}
+		next = append(next, Claim{Name: name, Identity: v.Identity, Port: v.Port, Holders: hs, Rules: rules})
 	}
 	slices.SortFunc(next, func(a, b Claim) int { return strings.Compare(a.Name, b.Name) })
 	if slices.EqualFunc(*m.claims.Load(), next, sameClaim) {
@@ -118,5 +130,5 @@ func (m *Member) publishClaims(owners map[string]nameValue, held map[string]map[
 }
 
 func sameClaim(a, b Claim) bool {
-	return a.Name == b.Name && a.Identity == b.Identity && a.Port == b.Port && slices.Equal(a.Holders, b.Holders)
+	return a.Name == b.Name && a.Identity == b.Identity && a.Port == b.Port && slices.Equal(a.Holders, b.Holders) && bytes.Equal(a.Rules, b.Rules)
 }

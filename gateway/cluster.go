@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,8 +26,11 @@ type Cluster interface {
 	// port in the cluster: port when not 0 (ErrPortTaken when another
 	// name has it), the name's when it has one, else a free one in
 	// [portMin, portMax]. ErrNameTaken: another identity owns the name;
-	// ErrClusterUnavailable: the claim cannot be checked now.
-	Hold(ctx context.Context, name, identity string, port, portMin, portMax int) (int, error)
+	// ErrClusterUnavailable: the claim cannot be checked now. rules are
+	// the tunnel's visitor rules as this node applies them, which the
+	// other nodes get in their RemoteTunnels (see SetRemoteTunnels); a
+	// Hold made again with other rules replaces them.
+	Hold(ctx context.Context, name, identity string, port, portMin, portMax int, rules []byte) (int, error)
 	// Unhold says this node serves name no more.
 	Unhold(ctx context.Context, name string) error
 	// Release frees name and its port unless a node holds it.
@@ -86,19 +90,26 @@ func (r *registry) clusterTimeout() (context.Context, context.CancelFunc) {
 // already serves it for that identity, and sets req.Port to the name's
 // port in the cluster. held says a claim was made (to be undone if the
 // join fails). Called with the name locked.
-func (r *registry) hold(ss *session, req *protocol.Register) (held bool, perr *protocol.Error) {
+func (r *registry) hold(ss *session, req *protocol.Register, pol *visitorPolicy) (held bool, perr *protocol.Error) {
+	rules := pol.encode()
 	r.mu.Lock()
 	t := r.byName[req.Name]
-	serving := t != nil && !t.removed && t.identity == ss.identity.Name && len(t.live()) > 0
+	serving := t != nil && !t.removed && !t.remoteOnly && t.identity == ss.identity.Name && len(t.live()) > 0
+	same := serving && bytes.Equal(t.policy().encode(), rules)
 	r.mu.Unlock()
-	if serving {
+	if same {
 		return false, nil
 	}
 	ctx, cancel := r.clusterTimeout()
 	defer cancel()
 	start := time.Now()
-	port, err := r.srv.cfg.Cluster.Hold(ctx, req.Name, ss.identity.Name, req.Port, r.srv.cfg.PortMin, r.srv.cfg.PortMax)
+	port, err := r.srv.cfg.Cluster.Hold(ctx, req.Name, ss.identity.Name, req.Port, r.srv.cfg.PortMin, r.srv.cfg.PortMax, rules)
 	switch {
+	case serving && errors.Is(err, ErrClusterUnavailable):
+		// Held already: the agent joins; the other nodes keep the
+		// rules they had until the next hold.
+		r.srv.log.Warn("visitor rules not published to the cluster", "name", req.Name, "err", err)
+		return false, nil
 	case err == nil:
 		req.Port = port
 		return true, nil

@@ -117,7 +117,8 @@ func (t *tunnel) acceptLoop() {
 // tunnel, trying each member once.
 func (t *tunnel) serveVisitor(c net.Conn) {
 	members := t.live()
-	if len(members) == 0 {
+	remote := t.remoteMembers()
+	if len(members) == 0 && len(remote) == 0 {
 		t.log.Debug("visitor refused: no agent online", "visitor", c.RemoteAddr())
 		answerOffline(c)
 		return
@@ -133,6 +134,10 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 			reset(c)
 			return
 		}
+	}
+	if len(members) == 0 {
+		t.serveRemote(c, remote)
+		return
 	}
 	srv := t.reg.srv
 	start := t.next.Add(1)
@@ -153,6 +158,14 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		reset(c)
 		return
 	}
+	t.relayVisitor(c, st, agent.id)
+}
+
+// relayVisitor relays visitor c and st, a stream to an agent (through
+// another node with extra "node", NAME), once the agent's status says
+// it reached its backend, and logs the connection.
+func (t *tunnel) relayVisitor(c net.Conn, st transport.Stream, session uint64, extra ...string) {
+	srv := t.reg.srv
 	sc := &statusConn{Stream: st, timeout: srv.cfg.StatusTimeout, visitor: c}
 	began := time.Now()
 	srv.obs.VisitorOpened(t.name)
@@ -161,10 +174,13 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		t.log.Debug("visitor connection ended", "visitor", c.RemoteAddr(), "err", err)
 	}
 	if al := srv.cfg.AccessLog; al != nil {
-		al.LogAttrs(context.Background(), slog.LevelInfo, "tcp visitor",
-			slog.String("tunnel", t.name), slog.String("visitor", c.RemoteAddr().String()),
-			slog.Uint64("session", agent.id), slog.Int64("bytes_in", in), slog.Int64("bytes_out", out),
-			slog.Duration("duration", time.Since(began)))
+		attrs := []slog.Attr{slog.String("tunnel", t.name), slog.String("visitor", c.RemoteAddr().String()),
+			slog.Uint64("session", session), slog.Int64("bytes_in", in), slog.Int64("bytes_out", out),
+			slog.Duration("duration", time.Since(began))}
+		for i := 0; i+1 < len(extra); i += 2 {
+			attrs = append(attrs, slog.String(extra[i], extra[i+1]))
+		}
+		al.LogAttrs(context.Background(), slog.LevelInfo, "tcp visitor", attrs...)
 	}
 	// Told after the access log line is written: a test that sees the
 	// count sees the line.
@@ -173,6 +189,10 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 
 // reset closes c so that the visitor sees a reset rather than a clean EOF.
 func reset(c net.Conn) {
+	if s, ok := c.(interface{ Reset() error }); ok {
+		s.Reset()
+		return
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}

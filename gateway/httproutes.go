@@ -185,11 +185,12 @@ type memberView struct {
 	ms []Member
 }
 
-// Members are the tunnel's live sessions.
+// Members are the tunnel's live sessions; in a cluster, when this node
+// has none, the other nodes that serve it.
 func (t *tunnel) Members() []Member {
 	p := t.members.Load()
 	if p == nil || len(*p) == 0 {
-		return nil
+		return t.remoteMembers()
 	}
 	if v := t.view.Load(); v != nil && v.of == p {
 		return v.ms

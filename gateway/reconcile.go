@@ -107,8 +107,9 @@ func (t *tunnel) reconcileLocked() {
 	if len(rc.rgs) == 0 && t.regs == nil {
 		return
 	}
-	// A tunnel keeps its route while live and through its lease.
-	live := !t.removed
+	// A tunnel keeps its route while live and through its lease; one
+	// only other nodes of a cluster serve is theirs to publish.
+	live := !t.removed && !t.remoteOnly
 	if t.regs == nil {
 		if !live {
 			return // never published

@@ -95,6 +95,12 @@ type tunnel struct {
 
 	visitors atomic.Pointer[visitorPolicy] // set by the latest registration
 	view     atomic.Pointer[memberView]    // members as Members returns them
+
+	// In a cluster: the other nodes serving the tunnel (remote.go), and
+	// whether only they do (no agent of this node has joined it, or its
+	// lease here ended while they still served it); under reg.mu.
+	remote     atomic.Pointer[[]Member]
+	remoteOnly bool
 }
 
 // policy is how the tunnel treats visitors.
@@ -124,7 +130,7 @@ func (r *registry) join(ss *session, req *protocol.Register) (*tunnel, *protocol
 	}
 	unlock := r.names.lock(req.Name)
 	own := *req
-	held, perr := r.hold(ss, &own)
+	held, perr := r.hold(ss, &own, pol)
 	if perr != nil {
 		unlock()
 		return nil, perr
@@ -149,6 +155,15 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 		if t.identity != ss.identity.Name {
 			r.mu.Unlock()
 			return nil, refuse(protocol.CodeNameTaken, "name %q is taken by another identity", req.Name)
+		}
+		if t.remoteOnly {
+			// Served by other nodes so far: this node serves it too now.
+			if perr := r.checkQuotaLocked(ss); perr != nil {
+				r.mu.Unlock()
+				return nil, perr
+			}
+			t.remoteOnly = false
+			r.owned[t.identity]++
 		}
 		if t.ln == nil {
 			// A lease restored without its port: bind one now.
@@ -338,6 +353,19 @@ func (r *registry) expire(t *tunnel, timer **time.Timer) {
 	}
 	t.lease = nil
 	r.srv.obs.LeaseExpired(t.name)
+	if len(t.remoteMembers()) > 0 {
+		// Other nodes serve it: this node keeps forwarding to them.
+		t.remoteOnly = true
+		if r.owned[t.identity]--; r.owned[t.identity] <= 0 {
+			delete(r.owned, t.identity)
+		}
+		r.srv.obs.TunnelChanged(t.name, TunnelLive, 0)
+		r.persistLocked()
+		r.mu.Unlock()
+		t.log.Info("lease expired here; other nodes serve the tunnel, visitors go to them")
+		t.reconcile()
+		return
+	}
 	r.removeLocked(t)
 	r.persistLocked()
 	r.mu.Unlock()
@@ -355,9 +383,12 @@ func (r *registry) removeLocked(t *tunnel) {
 	if t.ln != nil && r.byPort[t.port] == t {
 		delete(r.byPort, t.port)
 	}
-	if r.owned[t.identity]--; r.owned[t.identity] <= 0 {
-		delete(r.owned, t.identity)
+	if !t.remoteOnly {
+		if r.owned[t.identity]--; r.owned[t.identity] <= 0 {
+			delete(r.owned, t.identity)
+		}
 	}
+	t.setRemoteLocked(nil, nil)
 	r.publishLocked()
 	if t.lease != nil {
 		t.lease.Stop()

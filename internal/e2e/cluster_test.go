@@ -2,17 +2,23 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/cluster"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/testutil/etcdtest"
 )
@@ -162,4 +168,166 @@ func TestClusterNamespace(t *testing.T) {
 		t.Fatalf("after etcd came back: %v", err)
 	}
 	t.Logf("etcd back: the new name was given, no gateway restarted")
+}
+
+// testNode is a gateway that is a full node of a cluster: claims in
+// etcd, a link to the other nodes, and the remote tunnels kept from the
+// claims.
+type testNode struct {
+	*testGateway
+	m    *cluster.Member
+	host string
+}
+
+func startNode(t *testing.T, endpoints []string, prefix, id, host string, lo, hi int) *testNode {
+	t.Helper()
+	log, _ := newLogger(t, "node "+id)
+	key := newKey(t)
+	cert, err := identity.SelfSigned(key, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lln, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), eventually)
+	defer cancel()
+	m, err := cluster.Join(ctx, cluster.Options{Endpoints: endpoints, Prefix: prefix, Node: id,
+		Advertise: lln.Addr().String(), Cert: cert.Certificate[0], TTL: 2 * time.Second, Timeout: 2 * time.Second, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv atomic.Pointer[gateway.Server]
+	l, err := m.NewLink(cert, srv.Load, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); l.Serve(lln) }()
+	g := startGateway(t, gatewayOptions{Auth: tokenIdentities, Cluster: m.ForGateway(), PublicHost: host,
+		PortMin: lo, PortMax: hi, Lease: 2 * time.Second, Domain: testDomain})
+	srv.Store(g.Server)
+	sctx, stop := context.WithCancel(context.Background())
+	fed := make(chan struct{})
+	go func() { defer close(fed); m.Serve(sctx, g.Server, l) }()
+	t.Cleanup(func() {
+		stop()
+		<-fed
+		g.Close()
+		l.Close()
+		<-served
+		ctx, cancel := context.WithTimeout(context.Background(), eventually)
+		defer cancel()
+		m.Close(ctx)
+	})
+	return &testNode{testGateway: g, m: m, host: host}
+}
+
+// checksummedEcho sends n random bytes through addr (an echo behind it)
+// and checks what comes back, by SHA-256.
+func checksummedEcho(addr string, n int) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(eventually))
+	data := make([]byte, n)
+	rand.Read(data)
+	go func() {
+		c.Write(data)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if sha256.Sum256(got) != sha256.Sum256(data) {
+		return fmt.Errorf("%d bytes back from %s, not the %d sent", len(got), addr, n)
+	}
+	return nil
+}
+
+// Any node serves any tunnel: an agent connected only to node a is
+// reached through the TCP port and the HTTP host of nodes b and c, with
+// its visitor rules applied there; while its agent is away every node
+// answers as for a leased tunnel, and once the lease ends none serves it.
+func TestClusterForwarding(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.Start(t)
+	prefix := fmt.Sprintf("/f%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	eps := []string{etcd.Endpoint}
+	a := startNode(t, eps, prefix, "gw-a", "127.0.0.1", lo, hi)
+	b := startNode(t, eps, prefix, "gw-b", "127.0.0.2", lo, hi)
+	c := startNode(t, eps, prefix, "gw-c", "127.0.0.3", lo, hi)
+
+	cfg := agentConfig(t, a.testGateway, "echo")
+	cfg.Token = "as-alice"
+	echo := mustListen(t, cfg)
+	forward(t, echo, startEcho(t))
+	_, port, _ := net.SplitHostPort(echo.Addr().String())
+	for _, n := range []*testNode{a, b, c} {
+		addr := net.JoinHostPort(n.host, port)
+		if err := testutil.Poll(eventually, func() error { return checksummedEcho(addr, 1<<20) }); err != nil {
+			t.Fatalf("through %s: %v", addr, err)
+		}
+	}
+	t.Logf("the agent is on gw-a only; 1 MiB echoed and checksummed through port %s of gw-a, gw-b and gw-c", port)
+
+	web := startHTTPAgent(t, a.testGateway, "web", nameBackend(t, "web"), func(c *diglett.Config) {
+		c.Token, c.BasicAuth = "as-alice", "ann:s3cret"
+	})
+	for _, n := range []*testNode{b, c} {
+		client := n.httpClient(t)
+		if err := testutil.Poll(eventually, func() error {
+			if code, _ := get(t, client, "http://web."+testDomain+"/"); code != http.StatusUnauthorized {
+				return fmt.Errorf("%s: %d without credentials, want 401", n.host, code)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(http.MethodGet, "http://web."+testDomain+"/", nil)
+		req.SetBasicAuth("ann", "s3cret")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "web" {
+			t.Fatalf("%s with credentials: %d %q", n.host, resp.StatusCode, body)
+		}
+	}
+	t.Logf("web (basic auth, agent on gw-a): gw-b and gw-c asked for the credentials and served it with them")
+
+	// The agent leaves: during its lease every node answers 503; after
+	// it, the name is free and no node serves it.
+	web.Close()
+	echo.Close()
+	for _, n := range []*testNode{a, b, c} {
+		client := n.httpClient(t)
+		if err := testutil.Poll(eventually, func() error {
+			if code, _ := get(t, client, "http://web."+testDomain+"/"); code != http.StatusServiceUnavailable {
+				return fmt.Errorf("%s: %d during the lease, want 503", n.host, code)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []*testNode{a, b, c} {
+		client := n.httpClient(t)
+		if err := testutil.Poll(eventually, func() error {
+			if code, _ := get(t, client, "http://web."+testDomain+"/"); code != http.StatusNotFound {
+				return fmt.Errorf("%s: %d after the lease, want 404", n.host, code)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("agent gone: 503 from every node during its lease, 404 from every node after it")
 }
