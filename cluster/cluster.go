@@ -620,3 +620,7 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 	case <-ctx.Done():
 	}
 }
+
+// Client is m's etcd client, for what else the node keeps in the store
+// (its certificates, see cluster/certstore); valid until Close.
+func (m *Member) Client() *clientv3.Client { return m.cli }

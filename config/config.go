@@ -90,6 +90,9 @@ type File struct {
 	// Home is the gateway's nat, firewall and dns sections; nil without
 	// any (home.go).
 	Home *Home
+	// Cluster is the gateway's cluster section; nil without it
+	// (cluster.go).
+	Cluster *ClusterSettings
 }
 
 // Lookup returns the setting of key, if the file has it.
@@ -102,9 +105,9 @@ func (f *File) Lookup(key string) (Setting, bool) {
 }
 
 // LoadServer reads a diglett-server file: the settings of schema, plus
-// auth, register, groups, nat, firewall and dns.
+// auth, register, groups, cluster, nat, firewall and dns.
 func LoadServer(path string, schema Schema) (*File, error) {
-	return load(path, schema, append([]string{"auth", "register", "groups"}, homeSections...))
+	return load(path, schema, append([]string{"auth", "register", "groups", "cluster"}, homeSections...))
 }
 
 // LoadAgent reads a diglett file: the settings of schema, plus tunnels.
@@ -172,6 +175,8 @@ func parse(file, dir string, data []byte, schema Schema, sections []string) (*Fi
 			groups = v // once the domain is known
 		case slices.Contains(homeSections, key) && slices.Contains(sections, key):
 			parseHome(errs, dir, key, v, f)
+		case key == "cluster" && slices.Contains(sections, key):
+			parseCluster(errs, dir, v, f)
 		default:
 			kind, ok := schema[key]
 			if !ok {

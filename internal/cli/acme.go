@@ -25,7 +25,11 @@ import (
 // name server, and a certificate for *.DOMAIN and DOMAIN is obtained at
 // start: the tunnels' hosts under DOMAIN are served it, with no order of
 // their own and nothing asked of port 80.
-func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, dns *dnsACME, mtr *metrics.Metrics, log *slog.Logger) (*autotls.Manager, error) {
+//
+// storage, when set, keeps the account and certificates instead of the
+// data dir: a cluster's nodes share them there, so one orders and all
+// serve.
+func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.Listener, dns *dnsACME, storage certmagic.Storage, mtr *metrics.Metrics, log *slog.Logger) (*autotls.Manager, error) {
 	cfg := autotls.Config{
 		Email:   c.ACMEEmail,
 		CA:      c.ACMECA,
@@ -35,6 +39,9 @@ func (c *serverCmd) acmeManager(dataDir string, srv *gateway.Server, hl, tl net.
 		Logger:  log,
 
 		OnCertificate: mtr.CertificateOrdered,
+	}
+	if storage != nil {
+		cfg.Storage, cfg.Dir = storage, ""
 	}
 	if hl != nil {
 		cfg.HTTPAddr = hl.Addr().String()

@@ -58,8 +58,9 @@ type configReload struct {
 	held *heldAuth
 
 	// Fixed at start: what a restart would change is measured from here.
-	startValues map[string]string
-	startHome   string // the nat, firewall and dns sections, as homeDigest words them
+	startValues  map[string]string
+	startHome    string // the nat, firewall and dns sections, as homeDigest words them
+	startCluster string // the cluster section, as clusterDigest words it
 
 	// In force, from the start or the last reload put in force.
 	modules []string             // the auth modules, as authModules words them
@@ -75,7 +76,7 @@ func (c *serverCmd) configSource(args []string, f *config.File, srv registererSe
 	if len(c.extraRegs) > 0 {
 		srv = withExtraRegs{srv, c.extraRegs}
 	}
-	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed, startHome: homeDigest(f)}
+	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed, startHome: homeDigest(f), startCluster: clusterDigest(f)}
 	cr.startValues, _ = settingValues(c)
 	raw := readRaw(f)
 	cr.modules = authModules(c, raw)
@@ -130,6 +131,9 @@ func (cr *configReload) build() (authSnapshot, error) {
 	}
 	if homeDigest(fr.file) != cr.startHome {
 		snap.Restart = append(snap.Restart, "nat/firewall/dns")
+	}
+	if clusterDigest(fr.file) != cr.startCluster {
+		snap.Restart = append(snap.Restart, "cluster")
 	}
 	regKeys, regs, err := cr.registerers(fr.file, raw)
 	if err != nil {

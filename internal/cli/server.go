@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/gateway"
@@ -165,6 +166,25 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
+	// A node of a cluster: names, ports and certificates in etcd, and a
+	// link to the other nodes. Left after the gateway stops (deferred
+	// first).
+	var cs *config.ClusterSettings
+	if fr.file != nil {
+		cs = fr.file.Cluster
+	}
+	node, err := joinCluster(ctx, cs, cert, log)
+	if err != nil {
+		return err
+	}
+	var member gateway.Cluster
+	leaseFile := filepath.Join(dataDir, "leases.json")
+	if node != nil {
+		defer node.close()
+		member = node.m.ForGateway()
+		leaseFile = "" // the cluster keeps the names and ports
+	}
+
 	rc := newRechecker(log)
 	authn, regs, err := c.modules(fr.file, log, rc.changed)
 	if err != nil {
@@ -208,7 +228,8 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Hosts:         fr.file.Hosts(),
 		VisitorAccess: gateway.VisitorAccess(c.VisitorAccess),
 		Quota:         c.quota(),
-		LeaseFile:     filepath.Join(dataDir, "leases.json"),
+		LeaseFile:     leaseFile,
+		Cluster:       member,
 
 		MaxHandshakes:          c.MaxHandshakes,
 		MaxHandshakesPerSource: c.MaxHandshakesPerSource,
@@ -221,6 +242,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer srv.Close()
+	if node != nil {
+		node.start(srv)
+	}
 	rcCtx, stopRechecks := context.WithCancel(ctx)
 	rcDone := make(chan struct{})
 	go func() { defer close(rcDone); rc.run(rcCtx, srv) }()
@@ -313,7 +337,13 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var tc *tls.Config
 	switch {
 	case ing.acme:
-		mgr, err := c.acmeManager(dataDir, srv, hl, tl, homeACME(home, homeCfg), mtr, log)
+		var storage certmagic.Storage
+		if node != nil {
+			if storage, err = node.certStorage(cs.Prefix); err != nil {
+				return err
+			}
+		}
+		mgr, err := c.acmeManager(dataDir, srv, hl, tl, homeACME(home, homeCfg), storage, mtr, log)
 		if err != nil {
 			return err
 		}

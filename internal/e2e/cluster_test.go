@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -330,4 +331,75 @@ func TestClusterForwarding(t *testing.T) {
 		}
 	}
 	t.Logf("agent gone: 503 from every node during its lease, 404 from every node after it")
+}
+
+// portOn is a port free on host now.
+func portOn(t *testing.T, host string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Three diglett-server commands whose files name one cluster: an agent
+// command connected to the first is reached through the TCP port and the
+// host name of each, and the nodes list each other.
+func TestClusterCommand(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.Start(t)
+	prefix := fmt.Sprintf("/c%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	var nodes []*serverCommand
+	var hosts []string
+	for i, host := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"} {
+		dir := t.TempDir()
+		link := portOn(t, host)
+		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
+listen: %s:0
+data_dir: %s
+ports: %d-%d
+public_bind: %s
+domain: %s
+http_addr: %s:%d
+cluster:
+  etcd: [%s]
+  prefix: %s
+  node: gw-%d
+  advertise: %s:%d
+  link_listen: %s:%d
+  ttl: 2s
+  timeout: 2s
+`, host, dir, lo, hi, host, testDomain, host, portOn(t, host), etcd.Endpoint, prefix, i, host, link, host, link))
+		nodes = append(nodes, startServerCommand(t, "--config", cfg))
+		hosts = append(hosts, host)
+	}
+	for _, n := range nodes {
+		waitFor(t, "three nodes", &n.stderr, `"serving as a node of the cluster"`)
+	}
+	a := startAgentCommand(t, "-g", nodes[0].Addr, "--fingerprint", nodes[0].Fingerprint,
+		"--known-gateways", filepath.Join(t.TempDir(), "known_gateways"), "-n", "web", nameBackend(t, "web"))
+	_, port, _ := net.SplitHostPort(a.tunnel(t, "web"))
+	for i, n := range nodes {
+		byPort := "http://" + net.JoinHostPort(hosts[i], port) + "/"
+		byHost := &testGateway{HTTPAddr: logged(t, n, httpLine)}
+		if err := testutil.Poll(eventually, func() error {
+			if code, body := get(t, http.DefaultClient, byPort); code != http.StatusOK || body != "web" {
+				return fmt.Errorf("%s: %d %q", byPort, code, body)
+			}
+			if code, body := get(t, byHost.httpClient(t), "http://web."+testDomain+"/"); code != http.StatusOK || body != "web" {
+				return fmt.Errorf("web.%s via %s: %d %q", testDomain, byHost.HTTPAddr, code, body)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("node gw-%d: %v\n%s", i, err, &n.stderr)
+		}
+	}
+	t.Logf("the agent on gw-0 only; its port %s and its host answered on gw-0, gw-1 and gw-2", port)
+	a.stop()
+	for _, n := range nodes {
+		n.stop()
+	}
 }

@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/diglett/diglett/cluster"
+	"github.com/diglett/diglett/cluster/certstore"
+	"github.com/diglett/diglett/cluster/link"
+	"github.com/diglett/diglett/config"
+	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/identity"
+)
+
+// joinTimeout bounds joining the cluster at start.
+const joinTimeout = 30 * time.Second
+
+// clusterNode is the gateway as a node of its cluster: its membership and
+// claims in etcd, its link to the other nodes, and its certificates'
+// storage there.
+type clusterNode struct {
+	m     *cluster.Member
+	l     *link.Link
+	ln    net.Listener
+	srv   atomic.Pointer[gateway.Server]
+	store *certstore.Storage
+	log   *slog.Logger
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// joinCluster joins the cluster of the file's cluster section (nil
+// without one), with a link certificate made from the key of cert, and
+// opens the link's listener.
+func joinCluster(ctx context.Context, cs *config.ClusterSettings, cert tls.Certificate, log *slog.Logger) (*clusterNode, error) {
+	if cs == nil {
+		return nil, nil
+	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("cluster: the gateway's key cannot sign a link certificate")
+	}
+	linkCert, err := identity.SelfSigned(signer, cs.Node)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: link certificate: %w", err)
+	}
+	etcdTLS, err := clusterTLS(cs)
+	if err != nil {
+		return nil, err
+	}
+	password, err := cs.EtcdPassword()
+	if err != nil {
+		return nil, err
+	}
+	addr := cs.LinkListen
+	if addr == "" {
+		_, port, _ := net.SplitHostPort(cs.Advertise)
+		addr = ":" + port
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, listenError("the other nodes (cluster.link_listen)", addr, err)
+	}
+	log = log.With("part", "cluster")
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	m, err := cluster.Join(jctx, cluster.Options{
+		Endpoints: cs.Etcd, TLS: etcdTLS, Username: cs.EtcdUsername, Password: password,
+		Prefix: cs.Prefix, Node: cs.Node, Advertise: cs.Advertise, Cert: linkCert.Certificate[0],
+		TTL: cs.TTL, Timeout: cs.Timeout, Logger: log,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	n := &clusterNode{m: m, ln: ln, log: log}
+	if n.l, err = m.NewLink(linkCert, n.srv.Load, log); err != nil {
+		ln.Close()
+		m.Close(context.Background())
+		return nil, err
+	}
+	return n, nil
+}
+
+// clusterTLS is the TLS client configuration for etcd; nil for plain.
+func clusterTLS(cs *config.ClusterSettings) (*tls.Config, error) {
+	if cs.EtcdCA == "" && cs.EtcdCert == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cs.EtcdCA != "" {
+		pem, err := os.ReadFile(cs.EtcdCA)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.etcd_ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("cluster.etcd_ca %s: no PEM certificates in the file", cs.EtcdCA)
+		}
+	}
+	if cs.EtcdCert != "" {
+		c, err := tls.LoadX509KeyPair(cs.EtcdCert, cs.EtcdKey)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.etcd_cert: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return tc, nil
+}
+
+// start serves the link and keeps srv's remote tunnels from the claims.
+func (n *clusterNode) start(srv *gateway.Server) {
+	n.srv.Store(srv)
+	ctx, stop := context.WithCancel(context.Background())
+	n.stop, n.done = stop, make(chan struct{})
+	served := make(chan struct{})
+	go func() { defer close(served); n.l.Serve(n.ln) }()
+	go func() {
+		defer close(n.done)
+		n.m.Serve(ctx, srv, n.l)
+		<-served
+	}()
+	n.log.Info("serving as a node of the cluster", "link", n.ln.Addr().String(), "nodes", len(n.m.Nodes()))
+}
+
+// certStorage is where the node's ACME certificates and account live:
+// the cluster's store, shared by every node.
+func (n *clusterNode) certStorage(prefix string) (*certstore.Storage, error) {
+	if prefix == "" {
+		prefix = cluster.DefaultPrefix
+	}
+	s, err := certstore.New(n.m.Client(), certstore.Options{Prefix: prefix + "certs/", Logger: n.log})
+	if err != nil {
+		return nil, err
+	}
+	n.store = s
+	return s, nil
+}
+
+// close leaves the cluster: the other nodes stop sending visitors here at
+// once.
+func (n *clusterNode) close() {
+	if n.stop != nil {
+		n.stop()
+	}
+	n.l.Close()
+	if n.done != nil {
+		<-n.done
+	} else {
+		n.ln.Close()
+	}
+	if n.store != nil {
+		n.store.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.m.Close(ctx); err != nil {
+		n.log.Warn("left the cluster without telling it; the others see it go when its lease ends", "err", err)
+	}
+}
+
+// clusterDigest words the cluster section of f, so a reload can tell it
+// changed (it takes effect at a restart).
+func clusterDigest(f *config.File) string {
+	if f == nil || f.Cluster == nil {
+		return ""
+	}
+	return fmt.Sprintf("%+v", *f.Cluster)
+}
