@@ -130,6 +130,7 @@ type Member struct {
 	changes      chan struct{}
 	claims       atomic.Pointer[[]Claim] // see watch.go
 	claimChanges chan struct{}
+	forwarded    atomic.Uint64 // see node.go
 	closed       atomic.Bool
 	runs         sync.WaitGroup // Lead's runs; added to under mu while not closed
 

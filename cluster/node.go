@@ -73,16 +73,28 @@ func (m *Member) NewLink(cert tls.Certificate, srv func() *gateway.Server, log *
 }
 
 // forwarder sends a gateway's visitors over a link.
-type forwarder struct{ l *link.Link }
+type forwarder struct {
+	m *Member
+	l *link.Link
+}
 
 func (f forwarder) OpenStream(ctx context.Context, node, name, visitor string) (net.Conn, error) {
-	return f.l.Open(ctx, node, link.Header{Tunnel: name, Visitor: visitor})
+	s, err := f.l.Open(ctx, node, link.Header{Tunnel: name, Visitor: visitor})
+	if err != nil {
+		return nil, err
+	}
+	f.m.forwarded.Add(1)
+	return s, nil
 }
+
+// Forwarded is how many visitors this node sent to other nodes (streams
+// opened by Serve's forwarder).
+func (m *Member) Forwarded() uint64 { return m.forwarded.Load() }
 
 // Serve keeps srv's remote tunnels, the names other nodes serve, from the
 // claims, their visitors sent over l, until ctx ends.
 func (m *Member) Serve(ctx context.Context, srv *gateway.Server, l *link.Link) {
-	f := forwarder{l}
+	f := forwarder{m, l}
 	for {
 		var ts []gateway.RemoteTunnel
 		for _, c := range m.Claims() {

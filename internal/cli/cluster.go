@@ -5,13 +5,17 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/diglett/diglett/cluster"
 	"github.com/diglett/diglett/cluster/certstore"
@@ -176,4 +180,72 @@ func clusterDigest(f *config.File) string {
 		return ""
 	}
 	return fmt.Sprintf("%+v", *f.Cluster)
+}
+
+// observe adds the cluster's series to reg: members, whether etcd is
+// reachable, visitors sent to other nodes, and link streams open.
+func (n *clusterNode) observe(reg *prometheus.Registry) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "diglett_cluster_members", Help: "Live nodes of the cluster, this one included."},
+			func() float64 { return float64(len(n.m.Nodes())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "diglett_cluster_healthy", Help: "1 while this node reaches the cluster's store, else 0."},
+			func() float64 {
+				if n.m.Healthy() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "diglett_cluster_forwarded_total", Help: "Visitors this node sent to other nodes, whose agents serve their tunnels."},
+			func() float64 { return float64(n.m.Forwarded()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "diglett_cluster_link_streams", Help: "Streams open on the links to other nodes, both ways."},
+			func() float64 {
+				total := 0
+				for _, s := range n.l.Sessions() {
+					total += s
+				}
+				return float64(total)
+			}),
+	)
+}
+
+// clusterView is GET /api/v1/cluster.
+type clusterView struct {
+	Node    string          `json:"node"`
+	Healthy bool            `json:"healthy"`
+	Members []clusterMember `json:"members"`
+	Tunnels []clusterTunnel `json:"tunnels"`
+}
+
+type clusterMember struct {
+	Node        string    `json:"node"`
+	Advertise   string    `json:"advertise"`
+	Joined      time.Time `json:"joined"`
+	LinkStreams int       `json:"link_streams"`
+}
+
+type clusterTunnel struct {
+	Name     string   `json:"name"`
+	Identity string   `json:"identity"`
+	Port     int      `json:"port"`
+	Nodes    []string `json:"nodes"`
+}
+
+// apiHandler serves the cluster as this node sees it.
+func (n *clusterNode) apiHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		streams := n.l.Sessions()
+		v := clusterView{Node: n.m.ID(), Healthy: n.m.Healthy(), Members: []clusterMember{}, Tunnels: []clusterTunnel{}}
+		for _, m := range n.m.Nodes() {
+			v.Members = append(v.Members, clusterMember{Node: m.ID, Advertise: m.Advertise, Joined: m.Joined.UTC(), LinkStreams: streams[m.ID]})
+		}
+		for _, c := range n.m.Claims() {
+			nodes := c.Holders
+			if nodes == nil {
+				nodes = []string{}
+			}
+			v.Tunnels = append(v.Tunnels, clusterTunnel{Name: c.Name, Identity: c.Identity, Port: c.Port, Nodes: nodes})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(v)
+	})
 }

@@ -244,6 +244,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer srv.Close()
 	if node != nil {
 		node.start(srv)
+		node.observe(mtr.Registry())
 	}
 	rcCtx, stopRechecks := context.WithCancel(ctx)
 	rcDone := make(chan struct{})
@@ -297,6 +298,9 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 		extra := map[string]http.Handler{"GET /traefik": traefikProvider{held}}
+		if node != nil {
+			extra["GET /api/v1/cluster"] = node.apiHandler()
+		}
 		page := dash.mount(extra)
 		if adm, err = startAdmin(aln, token, srv, reloads, mtr.Handler(), extra, page, log); err != nil {
 			aln.Close()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,6 +365,7 @@ ports: %d-%d
 public_bind: %s
 domain: %s
 http_addr: %s:%d
+admin_addr: 127.0.0.1:0
 cluster:
   etcd: [%s]
   prefix: %s
@@ -398,6 +400,37 @@ cluster:
 		}
 	}
 	t.Logf("the agent on gw-0 only; its port %s and its host answered on gw-0, gw-1 and gw-2", port)
+
+	// The management API and the metrics of a node show the cluster.
+	adm := logged(t, nodes[1], adminLine)
+	var view struct {
+		Node    string `json:"node"`
+		Healthy bool   `json:"healthy"`
+		Members []struct {
+			Node string `json:"node"`
+		} `json:"members"`
+		Tunnels []struct {
+			Name  string   `json:"name"`
+			Port  int      `json:"port"`
+			Nodes []string `json:"nodes"`
+		} `json:"tunnels"`
+	}
+	if code, body := api(t, http.MethodGet, adm, "/api/v1/cluster", "", &view); code != http.StatusOK {
+		t.Fatalf("GET /api/v1/cluster: %d %s", code, body)
+	}
+	if view.Node != "gw-1" || !view.Healthy || len(view.Members) != 3 || len(view.Tunnels) != 1 ||
+		view.Tunnels[0].Name != "web" || fmt.Sprint(view.Tunnels[0].Port) != port || fmt.Sprint(view.Tunnels[0].Nodes) != "[gw-0]" {
+		t.Fatalf("GET /api/v1/cluster on gw-1: %+v", view)
+	}
+	(&trafficGateway{adminAddr: adm}).awaitMetrics(t, map[string]float64{
+		"diglett_cluster_members": 3,
+		"diglett_cluster_healthy": 1,
+	})
+	scraped := (&trafficGateway{adminAddr: adm}).scrape(t)
+	if !regexp.MustCompile(`(?m)^diglett_cluster_forwarded_total [1-9]`).MatchString(scraped) {
+		t.Errorf("gw-1 forwarded visitors but its metrics do not count them:\n%s", scraped)
+	}
+	t.Logf("gw-1's API lists 3 members and web served by gw-0; its metrics count the members and the visitors it forwarded")
 	a.stop()
 	for _, n := range nodes {
 		n.stop()
