@@ -325,6 +325,8 @@ type Server struct {
 	closed    bool
 	wg        sync.WaitGroup // session and listener goroutines
 	visitors  sync.WaitGroup // visitor connections being relayed
+
+	publishAll atomic.Bool // see SetPublishAll (remote.go)
 }
 
 // New returns a server for cfg.

@@ -108,8 +108,9 @@ func (t *tunnel) reconcileLocked() {
 		return
 	}
 	// A tunnel keeps its route while live and through its lease; one
-	// only other nodes of a cluster serve is theirs to publish.
-	live := !t.removed && !t.remoteOnly
+	// only other nodes of a cluster serve is published by the node that
+	// publishes them all (SetPublishAll), the cluster's leader.
+	live := !t.removed && (!t.remoteOnly || t.reg.srv.publishAll.Load())
 	if t.regs == nil {
 		if !live {
 			return // never published

@@ -134,6 +134,7 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 			r.publishLocked()
 			t.log.Info("serving a tunnel of other nodes", "nodes", rt.Nodes, "port", rt.Port)
 			r.srv.obs.TunnelChanged(t.name, TunnelLive, 0)
+			t.reconcileLocked()
 		} else if len(t.live()) == 0 {
 			t.visitors.Store(pol)
 		}
@@ -147,6 +148,7 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 		if t.remoteOnly {
 			t.log.Info("tunnel released in the cluster; no longer served here")
 			r.removeLocked(t)
+			t.reconcileLocked()
 		}
 	}
 }
@@ -299,4 +301,21 @@ func decodeRules(b []byte) (*visitorPolicy, error) {
 		p.allow = append(p.allow, pr)
 	}
 	return p, nil
+}
+
+// SetPublishAll says whether the registerers publish the tunnels that
+// only other nodes of the cluster serve too. The node that leads the
+// cluster does, and the others run only registerers that concern
+// themselves (a log), so that outside systems are told of each tunnel
+// once.
+func (s *Server) SetPublishAll(all bool) {
+	r := s.reg
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.publishAll.Swap(all) == all {
+		return
+	}
+	for _, t := range r.byName {
+		t.reconcileLocked()
+	}
 }

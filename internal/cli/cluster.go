@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/identity"
+	reglog "github.com/diglett/diglett/register/log"
 )
 
 // joinTimeout bounds joining the cluster at start.
@@ -248,4 +250,66 @@ func (n *clusterNode) apiHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(v)
 	})
+}
+
+// leaderGate runs the file's registerers, which tell outside systems, on
+// the node that leads the cluster only, and has it publish every tunnel
+// of the cluster; the other nodes keep only their log registerers. It
+// stands in for the gateway in reloads: a reload's register list takes
+// effect on the leader, and is kept for when this node leads.
+type leaderGate struct {
+	registererSetter // the gateway, with its own extra registerers
+
+	mu      sync.Mutex
+	regs    []gateway.Registerer
+	leading bool
+}
+
+// SetRegisterers keeps rgs, and puts them in force when this node leads.
+func (g *leaderGate) SetRegisterers(rgs []gateway.Registerer) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.regs = rgs
+	g.applyLocked()
+}
+
+func (g *leaderGate) applyLocked() {
+	if g.registererSetter == nil {
+		return
+	}
+	if g.leading {
+		g.registererSetter.SetRegisterers(g.regs)
+	} else {
+		g.registererSetter.SetRegisterers(localRegisterers(g.regs))
+	}
+}
+
+// lead runs while this node leads the cluster: srv publishes every
+// tunnel through all the registerers until ctx ends.
+func (g *leaderGate) lead(ctx context.Context, srv *gateway.Server, log *slog.Logger) {
+	log.Info("leading the cluster: publishing every tunnel through the registerers")
+	g.mu.Lock()
+	g.leading = true
+	g.applyLocked()
+	srv.SetPublishAll(true)
+	g.mu.Unlock()
+	<-ctx.Done()
+	g.mu.Lock()
+	g.leading = false
+	srv.SetPublishAll(false)
+	g.applyLocked()
+	g.mu.Unlock()
+	log.Info("no longer leading the cluster")
+}
+
+// localRegisterers are those of rgs that concern this node only: the
+// log.
+func localRegisterers(rgs []gateway.Registerer) []gateway.Registerer {
+	var out []gateway.Registerer
+	for _, r := range rgs {
+		if _, ok := r.(*reglog.Registerer); ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }

@@ -76,6 +76,12 @@ func (c *serverCmd) configSource(args []string, f *config.File, srv registererSe
 	if len(c.extraRegs) > 0 {
 		srv = withExtraRegs{srv, c.extraRegs}
 	}
+	if c.gate != nil {
+		c.gate.mu.Lock()
+		c.gate.registererSetter = srv
+		c.gate.mu.Unlock()
+		srv = c.gate
+	}
 	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed, startHome: homeDigest(f), startCluster: clusterDigest(f)}
 	cr.startValues, _ = settingValues(c)
 	raw := readRaw(f)

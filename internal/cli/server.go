@@ -81,6 +81,9 @@ type serverCmd struct {
 	// extraRegs are registerers of the gateway's own (the home
 	// network's) that the register list of a reload does not replace.
 	extraRegs []gateway.Registerer `kong:"-"`
+	// gate runs the registerers on the cluster's leader only; nil off a
+	// cluster.
+	gate *leaderGate `kong:"-"`
 }
 
 // Server runs diglett-server with args until ctx ends; with the
@@ -208,6 +211,14 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer closeHome(home, log)
 	}
 
+	// On a node of a cluster the registerers that tell outside systems
+	// run on the leader only (see leaderGate).
+	startRegs := regs
+	if node != nil {
+		c.gate = &leaderGate{regs: regs}
+		startRegs = localRegisterers(regs)
+	}
+
 	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
 	if err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)
@@ -215,7 +226,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv, err := gateway.New(gateway.Config{
 		TLS:           &tls.Config{Certificates: []tls.Certificate{cert}},
 		Auth:          authn,
-		Registerers:   slices.Concat(regs, c.extraRegs),
+		Registerers:   slices.Concat(startRegs, c.extraRegs),
 		PortMin:       lo,
 		PortMax:       hi,
 		PublicHost:    c.PublicBind,
@@ -268,6 +279,23 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer stopReloads()
+	if node != nil {
+		leadCtx, stopLeading := context.WithCancel(ctx)
+		led := make(chan struct{})
+		go func() {
+			defer close(led)
+			node.m.Lead(leadCtx, "registerers", func(ctx context.Context) { c.gate.lead(ctx, srv, log) })
+		}()
+		defer func() {
+			stopLeading()
+			// A campaign cut short while etcd is away may not end
+			// until the member is closed, which comes after.
+			select {
+			case <-led:
+			case <-time.After(5 * time.Second):
+			}
+		}()
+	}
 
 	// Every listener is opened before anything is served, so that a port
 	// in use fails the start with a clear error.

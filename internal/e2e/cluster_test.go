@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -435,4 +438,93 @@ cluster:
 	for _, n := range nodes {
 		n.stop()
 	}
+}
+
+// hookCalls records the webhook registerer's calls, by path.
+type hookCalls struct {
+	mu    sync.Mutex
+	calls map[string][]string // path -> "event name"
+}
+
+func (h *hookCalls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var ev struct{ Event, Name string }
+	json.NewDecoder(r.Body).Decode(&ev)
+	h.mu.Lock()
+	h.calls[r.URL.Path] = append(h.calls[r.URL.Path], ev.Event+" "+ev.Name)
+	h.mu.Unlock()
+}
+
+func (h *hookCalls) of(path string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.calls[path])
+}
+
+// The registerers that tell outside systems run on the node that leads
+// the cluster only, and it publishes every tunnel, its own agents' or
+// not; when it stops, another node takes over and publishes them.
+func TestClusterLeaderPublishes(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.Start(t)
+	hooks := &hookCalls{calls: map[string][]string{}}
+	hs := httptest.NewServer(hooks)
+	defer hs.Close()
+	prefix := fmt.Sprintf("/l%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	var nodes []*serverCommand
+	for i, host := range []string{"127.0.0.1", "127.0.0.2"} {
+		dir := t.TempDir()
+		link := portOn(t, host)
+		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
+listen: %s:0
+data_dir: %s
+ports: %d-%d
+public_bind: %s
+lease: 2s
+register:
+  - log: {}
+  - webhook: {url: "%s/gw-%d"}
+cluster:
+  etcd: [%s]
+  prefix: %s
+  node: gw-%d
+  advertise: %s:%d
+  ttl: 2s
+  timeout: 2s
+`, host, dir, lo, hi, host, hs.URL, i, etcd.Endpoint, prefix, i, host, link))
+		nodes = append(nodes, startServerCommand(t, "--config", cfg))
+	}
+	// The agent is on both nodes: the tunnel outlives either.
+	a := startAgentCommand(t, "-g", nodes[0].Addr, "-g", nodes[1].Addr,
+		"--known-gateways", filepath.Join(t.TempDir(), "known_gateways"), "-n", "web", nameBackend(t, "web"))
+	a.tunnel(t, "web")
+	leader, follower := -1, -1
+	if err := testutil.Poll(eventually, func() error {
+		for i := range nodes {
+			if slices.Contains(hooks.of(fmt.Sprintf("/gw-%d", i)), "register web") {
+				leader, follower = i, 1-i
+				return nil
+			}
+		}
+		return errors.New("no node published web")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := hooks.of(fmt.Sprintf("/gw-%d", follower)); len(got) != 0 {
+		t.Fatalf("gw-%d, not the leader, called the webhook: %v", follower, got)
+	}
+	waitFor(t, "leader", &nodes[leader].stderr, "leading the cluster")
+	t.Logf("gw-%d leads and published web; gw-%d published nothing", leader, follower)
+
+	nodes[leader].stop()
+	if err := testutil.Poll(eventually, func() error {
+		if !slices.Contains(hooks.of(fmt.Sprintf("/gw-%d", follower)), "register web") {
+			return fmt.Errorf("gw-%d has not published web", follower)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, &nodes[follower].stderr)
+	}
+	t.Logf("gw-%d stopped; gw-%d took the lead and published web", leader, follower)
+	a.stop()
 }
