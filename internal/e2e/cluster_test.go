@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -391,11 +392,11 @@ cluster:
 		byPort := "http://" + net.JoinHostPort(hosts[i], port) + "/"
 		byHost := &testGateway{HTTPAddr: logged(t, n, httpLine)}
 		if err := testutil.Poll(eventually, func() error {
-			if code, body := get(t, http.DefaultClient, byPort); code != http.StatusOK || body != "web" {
-				return fmt.Errorf("%s: %d %q", byPort, code, body)
+			if code, body, err := fetch(http.DefaultClient, byPort); err != nil || code != http.StatusOK || body != "web" {
+				return fmt.Errorf("%s: %d %q %v", byPort, code, body, err)
 			}
-			if code, body := get(t, byHost.httpClient(t), "http://web."+testDomain+"/"); code != http.StatusOK || body != "web" {
-				return fmt.Errorf("web.%s via %s: %d %q", testDomain, byHost.HTTPAddr, code, body)
+			if code, body, err := fetch(byHost.httpClient(t), "http://web."+testDomain+"/"); err != nil || code != http.StatusOK || body != "web" {
+				return fmt.Errorf("web.%s via %s: %d %q %v", testDomain, byHost.HTTPAddr, code, body, err)
 			}
 			return nil
 		}); err != nil {
@@ -527,4 +528,153 @@ cluster:
 	}
 	t.Logf("gw-%d stopped; gw-%d took the lead and published web", leader, follower)
 	a.stop()
+}
+
+// A steady load by host over three real gateway processes; the node of
+// one of the agent's two sessions is killed (SIGKILL, no goodbye): not a
+// request started after the kill fails on the two others, and the dead
+// node leaves the membership within its lease.
+func TestClusterFailover(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.Start(t)
+	bin := filepath.Join(buildCommands(t, "./cmd/diglett-server"), "diglett-server")
+	prefix := fmt.Sprintf("/k%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	const ttl = 2 * time.Second
+	hosts := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
+	var nodes []*gatewayProcess
+	var web, admin []string
+	for i, host := range hosts {
+		dir := t.TempDir()
+		link, httpPort, adminPort := portOn(t, host), portOn(t, host), portOn(t, host)
+		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
+listen: %s:0
+data_dir: %s
+ports: %d-%d
+public_bind: %s
+domain: %s
+http_addr: %s:%d
+admin_addr: %s:%d
+cluster:
+  etcd: [%s]
+  prefix: %s
+  node: gw-%d
+  advertise: %s:%d
+  ttl: %s
+  timeout: 2s
+`, host, dir, lo, hi, host, testDomain, host, httpPort, host, adminPort, etcd.Endpoint, prefix, i, host, link, ttl))
+		nodes = append(nodes, startGatewayCmd(t, exec.Command(bin, "--config", cfg)))
+		web = append(web, fmt.Sprintf("%s:%d", host, httpPort))
+		admin = append(admin, fmt.Sprintf("%s:%d", host, adminPort))
+	}
+	members := func(at string) (int, []string, error) {
+		var view struct {
+			Members []struct{} `json:"members"`
+			Tunnels []struct {
+				Name  string   `json:"name"`
+				Nodes []string `json:"nodes"`
+			} `json:"tunnels"`
+		}
+		resp, err := http.Get("http://" + at + "/api/v1/cluster")
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&view); err != nil {
+			return 0, nil, err
+		}
+		var nodes []string
+		for _, tn := range view.Tunnels {
+			if tn.Name == "web" {
+				nodes = tn.Nodes
+			}
+		}
+		return len(view.Members), nodes, nil
+	}
+	a := startAgentCommand(t, "-g", nodes[0].Addr, "-g", nodes[1].Addr,
+		"--known-gateways", filepath.Join(t.TempDir(), "known_gateways"), "-n", "web", nameBackend(t, "web"))
+	a.tunnel(t, "web")
+	if err := testutil.Poll(eventually, func() error {
+		n, holders, err := members(admin[2])
+		if err != nil || n != 3 || fmt.Sprint(holders) != "[gw-0 gw-1]" {
+			return fmt.Errorf("gw-2 sees %d members, web on %v (%v)", n, holders, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	clients := make([]*http.Client, len(web))
+	for i, addr := range web {
+		clients[i] = (&testGateway{HTTPAddr: addr}).httpClient(t)
+	}
+	var before atomic.Int64
+	const maxCalls = 3000 // per worker: the load is bounded in count as well as in time
+	l := startLoad(t, 6, func(worker, call int) error {
+		if call >= maxCalls {
+			<-time.After(10 * time.Millisecond)
+			return nil
+		}
+		node := (worker + call) % 3
+		if l := before.Load(); l < 0 { // after the kill: the survivors only
+			node = 1 + (worker+call)%2
+		}
+		if code, body, err := fetch(clients[node], "http://web."+testDomain+"/"); err != nil || code != http.StatusOK || body != "web" {
+			return fmt.Errorf("gw-%d: %d %q %v", node, code, body, err)
+		}
+		if before.Load() >= 0 {
+			before.Add(1)
+		}
+		return nil
+	})
+	if err := testutil.Poll(eventually, func() error {
+		if n := before.Load(); n < 150 {
+			return fmt.Errorf("%d requests so far", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	served := before.Swap(-1)
+	l.mark()
+	killed := time.Now()
+	nodes[0].kill(t)
+	if err := testutil.Poll(ttl+5*time.Second, func() error {
+		n, holders, err := members(admin[2])
+		if err != nil || n != 2 || fmt.Sprint(holders) != "[gw-1]" {
+			return fmt.Errorf("gw-2 sees %d members, web on %v (%v)", n, holders, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	gone := time.Since(killed)
+	// Some more load on the membership without the dead node.
+	settled := l.ok.Load()
+	if err := testutil.Poll(eventually, func() error {
+		if n := l.ok.Load(); n < settled+200 {
+			return fmt.Errorf("%d requests since the membership settled", n-settled)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l.finish(t, "SIGKILL of gw-0")
+	if gone > ttl+3*time.Second {
+		t.Errorf("the dead node left the membership %v after the kill; its lease is %v", gone.Round(100*time.Millisecond), ttl)
+	}
+	t.Logf("%d requests over 3 nodes before the kill; after SIGKILL of gw-0: %d requests on gw-1 and gw-2, 0 failed; gw-0 left the membership %v after the kill (lease %v)",
+		served, l.ok.Load(), gone.Round(100*time.Millisecond), ttl)
+}
+
+// fetch GETs url: status, body, or the error (never failing the test, for
+// polls and load loops).
+func fetch(c *http.Client, url string) (int, string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
