@@ -59,21 +59,22 @@ import (
 )
 
 type options struct {
-	bin         string   // directory holding diglett and diglett-server
-	out         string   // where results.md and results.png go
-	runs        int      // runs per figure; medians are quoted
-	secs        int      // seconds per wrk or iperf3 measurement
-	latSecs     int      // seconds per fixed-rate latency measurement
-	rate        int      // requests/s of the latency measurement
-	sessions    int      // idle agent sessions for the memory figure
-	transports  []string // transports measured
-	portsMain   string   // public port range of the main gateway
-	portsMem    string   // public port range of the memory gateway
-	command     string   // the command line recorded in the results
-	keepLogs    string   // directory for the processes' logs
-	only        map[string]bool
-	refs        map[string]bool // reference paths measured: floor, library
-	stepTimeout time.Duration   // bound on one external tool run beyond its duration
+	bin          string   // directory holding diglett and diglett-server
+	out          string   // where results.md and results.png go
+	runs         int      // runs per figure; medians are quoted
+	secs         int      // seconds per wrk or iperf3 measurement
+	latSecs      int      // seconds per fixed-rate latency measurement
+	rate         int      // requests/s of the latency measurement
+	sessions     int      // idle agent sessions for the memory figure
+	transports   []string // transports measured
+	portsMain    string   // public port range of the main gateway
+	portsMem     string   // public port range of the memory gateway
+	portsCluster string   // public port range of the cluster reference's nodes
+	command      string   // the command line recorded in the results
+	keepLogs     string   // directory for the processes' logs
+	only         map[string]bool
+	refs         map[string]bool // reference paths measured: floor, library
+	stepTimeout  time.Duration   // bound on one external tool run beyond its duration
 }
 
 func main() {
@@ -92,20 +93,21 @@ func main() {
 	flag.StringVar(&transports, "transports", "tcp,quic,ws", "transports to measure")
 	flag.StringVar(&o.portsMain, "ports", "21000-21999", "public port range of the gateway (keep it out of the ephemeral range)")
 	flag.StringVar(&o.portsMem, "mem-ports", "22000-23999", "public port range of the memory gateway (more than -sessions ports)")
+	flag.StringVar(&o.portsCluster, "cluster-ports", "24000-24099", "public port range of the cluster reference's two nodes")
 	flag.StringVar(&o.command, "command", strings.Join(os.Args, " "), "command line recorded in results.md")
 	flag.StringVar(&o.keepLogs, "logs", "", "directory for the processes' logs (default: a temporary one, removed)")
 	flag.StringVar(&only, "only", "", "comma-separated subset of bulk,http,close,hol,latency,memory,streams,visitors (default: all)")
-	flag.StringVar(&refs, "refs", "floor,library", "comma-separated reference paths to measure beside the transports: floor, library (empty: none)")
+	flag.StringVar(&refs, "refs", "floor,library,cluster", "comma-separated reference paths to measure beside the transports: floor, library, cluster (empty: none)")
 	flag.Parse()
 	o.transports = strings.Split(transports, ",")
 	o.refs = map[string]bool{}
 	for _, r := range strings.Split(refs, ",") {
 		switch r {
 		case "":
-		case refFloor, refLibrary:
+		case refFloor, refLibrary, refCluster:
 			o.refs[r] = true
 		default:
-			fmt.Fprintf(os.Stderr, "bench: -refs: unknown reference path %q (want floor, library)\n", r)
+			fmt.Fprintf(os.Stderr, "bench: -refs: unknown reference path %q (want floor, library, cluster)\n", r)
 			os.Exit(2)
 		}
 	}

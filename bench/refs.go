@@ -38,7 +38,7 @@ const (
 )
 
 // refOrder is the order of the reference columns, after the transports.
-var refOrder = []string{refLibrary, refFloor}
+var refOrder = []string{refLibrary, refFloor, refCluster}
 
 // relayBufSize is the size of each of the relay's copy buffers.
 const relayBufSize = 32 << 10

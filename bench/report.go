@@ -147,6 +147,9 @@ func (b *bench) report() error {
 	if b.o.refs[refLibrary] {
 		p(" Library (reference): the app itself serves the same handler on `diglett.Listen` (TLS over TCP, default 2 sessions) to the same gateway, with no agent process and no hop from an agent to a backend; it has no iperf3 behind it, so no bulk figures.")
 	}
+	if b.o.refs[refCluster] {
+		p(" Cluster (reference): two `bin/diglett-server` nodes of one cluster on a local etcd, the agent (TLS over TCP) on the first only, and every request sent to the second node, which forwards it to the first over their link (mutual TLS, multiplexed); beside tcp, a session local to the gateway reached, it is the cost of the cross-node hop. Its RSS and CPU are the first node's agent's and the main gateway's, not the nodes'; no bulk figures.")
+	}
 	if b.o.refs[refFloor] {
 		p(" Floor (reference): two chained plain TCP relay processes (`bench relay`, 32 KiB copy buffers, half-close kept) in front of the direct backend and `iperf3 -s`, with no encryption and no multiplexing, modelling the cheapest two-process path (gateway + agent) on this machine; by Host, the standard library's reverse proxy (`bench proxy`, set up as the gateway's ingress) takes the outer relay's place; no RSS or CPU figures.")
 	}
@@ -334,7 +337,7 @@ func (b *bench) report() error {
 	if anyTarget {
 		p("%s", table.String())
 		if len(b.refs()) > 0 {
-			p("\nThe reference columns are yardsticks, not held to the targets (a dash marks a figure the path does not have): floor is two plain TCP relays in a chain (by Host: the standard library's reverse proxy, then a plain relay), with no encryption and no multiplexing, the cheapest two-process path (gateway + agent) on this machine, and library is the app serving on `diglett.Listen` itself, without the agent process.\n")
+			p("\nThe reference columns are yardsticks, not held to the targets (a dash marks a figure the path does not have): floor is two plain TCP relays in a chain (by Host: the standard library's reverse proxy, then a plain relay), with no encryption and no multiplexing, the cheapest two-process path (gateway + agent) on this machine, library is the app serving on `diglett.Listen` itself, without the agent process, and cluster goes through a second gateway node that forwards to the node holding the agent's session.\n")
 		}
 	}
 	if b.mem != nil {
@@ -434,6 +437,7 @@ func (b *bench) chart(path string) error {
 	refColors := map[string]color.Color{
 		refLibrary: color.RGBA{0x94, 0x67, 0xbd, 0xff},
 		refFloor:   color.RGBA{0x8c, 0x56, 0x4b, 0xff},
+		refCluster: color.RGBA{0x7f, 0x7f, 0x7f, 0xff},
 	}
 	n := len(ts) + 1
 	width := vg.Points(18)

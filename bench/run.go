@@ -74,10 +74,16 @@ type bench struct {
 	duration time.Duration
 	notes    []string
 	lag      float64 // worst p99 of the latency generator's own lag, ms
+
+	clusterHop *proc // the cluster reference's forwarding node
 }
 
 func run(ctx context.Context, o options) error {
-	for _, t := range [][2]string{{"wrk", "wrk"}, {"iperf3", "iperf3"}} {
+	tools := [][2]string{{"wrk", "wrk"}, {"iperf3", "iperf3"}}
+	if o.refs[refCluster] {
+		tools = append(tools, [2]string{"etcd", "etcd-server"})
+	}
+	for _, t := range tools {
 		if err := lookTool(t[0], t[1]); err != nil {
 			return err
 		}
@@ -208,9 +214,12 @@ func (b *bench) setup(ctx context.Context) error {
 		if !b.o.refs[r] {
 			continue
 		}
-		if r == refLibrary {
+		switch r {
+		case refLibrary:
 			err = b.startLibrary(exe, kg)
-		} else {
+		case refCluster:
+			err = b.startCluster(ctx)
+		default:
 			err = b.startFloor(exe, iperfPort)
 		}
 		if err != nil {

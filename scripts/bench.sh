@@ -7,7 +7,7 @@
 # Environment: BENCH_RUNS (3), BENCH_SECS (5, per wrk/iperf3 run),
 # BENCH_LATENCY_SECS (10), BENCH_SESSIONS (1000, idle sessions for the
 # memory figure; 0 skips it), BENCH_TRANSPORTS (tcp,quic,ws), BENCH_REFS
-# (floor,library: the reference paths measured beside the transports;
+# (floor,library,cluster: the reference paths measured beside the transports;
 # empty for none), BENCH_ONLY (a subset of
 # bulk,http,close,hol,latency,memory,streams,visitors), BENCH_LOGS (a
 # directory to keep the processes' logs in).
@@ -20,6 +20,10 @@ missing=()
 for tool in wrk iperf3; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# The cluster reference path runs its own etcd.
+if [[ ",${BENCH_REFS-floor,library,cluster}," == *,cluster,* ]] && ! command -v etcd >/dev/null 2>&1; then
+	missing+=(etcd-server)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 		echo "bench: installing ${missing[*]} from Debian" >&2
@@ -67,7 +71,7 @@ if [ -n "${BENCH_REFS+set}" ] && [ -z "$BENCH_REFS" ]; then cmdline="BENCH_REFS=
 	-latency-secs "${BENCH_LATENCY_SECS:-10}" \
 	-sessions "${BENCH_SESSIONS:-1000}" \
 	-transports "${BENCH_TRANSPORTS:-tcp,quic,ws}" \
-	-refs "${BENCH_REFS-floor,library}" \
+	-refs "${BENCH_REFS-floor,library,cluster}" \
 	-only "${BENCH_ONLY:-}" \
 	-logs "${BENCH_LOGS:-}" \
 	-command "$cmdline" &
