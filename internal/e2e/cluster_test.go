@@ -678,3 +678,38 @@ func fetch(c *http.Client, url string) (int, string, error) {
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
 }
+
+// With a three-member etcd cluster under them, the gateways go on as if
+// nothing happened when one etcd member is killed: names are given and
+// visitors forwarded, and the only trace is in the logs.
+func TestClusterEtcdMemberKilled(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.StartCluster(t, 3)
+	prefix := fmt.Sprintf("/m%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	a := startNode(t, etcd.Endpoints, prefix, "gw-a", "127.0.0.1", lo, hi)
+	b := startNode(t, etcd.Endpoints, prefix, "gw-b", "127.0.0.2", lo, hi)
+	publish := func(name string) string {
+		cfg := agentConfig(t, a.testGateway, name)
+		cfg.Token = "as-alice"
+		ln := mustListen(t, cfg)
+		forward(t, ln, startEcho(t))
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		return port
+	}
+	reach := func(port string) {
+		t.Helper()
+		if err := testutil.Poll(eventually, func() error { return checksummedEcho(net.JoinHostPort(b.host, port), 64<<10) }); err != nil {
+			t.Fatalf("through gw-b: %v", err)
+		}
+	}
+	reach(publish("before"))
+	for i := range 3 {
+		etcd.Stop(i)
+		start := time.Now()
+		port := publish(fmt.Sprintf("without-%d", i))
+		reach(port)
+		t.Logf("etcd member %d killed: a new name was given and forwarded through gw-b in %v", i, time.Since(start).Round(time.Millisecond))
+		etcd.Restart(t, i)
+	}
+}
