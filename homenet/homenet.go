@@ -99,6 +99,9 @@ type Options struct {
 	DNS      *DNSOptions
 	// Logger receives what is done and what failed; nil discards it.
 	Logger *slog.Logger
+	// DNSPassive starts the Exposer without keeping the DNS records,
+	// until SetDNSActive(true): a node of a cluster that may not lead.
+	DNSPassive bool
 }
 
 // Exposer keeps a desired State reachable. It is safe for concurrent use.
@@ -113,6 +116,7 @@ type Exposer struct {
 	routes   map[*route]struct{}
 	external netip.Addr
 	learnt   bool // external was learnt from the router
+	dnsOff   bool // SetDNSActive(false): the records are another node's to keep
 	protocol string
 	closed   bool
 
@@ -167,6 +171,7 @@ func New(ctx context.Context, o Options) (*Exposer, error) {
 	}
 	e := &Exposer{
 		o:      o,
+		dnsOff: o.DNSPassive,
 		log:    log,
 		routes: make(map[*route]struct{}),
 		wake:   make(chan struct{}, 1),
@@ -218,6 +223,17 @@ func (e *Exposer) ExternalIP() (netip.Addr, string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.external, e.protocol
+}
+
+// SetDNSActive says whether this Exposer keeps the DNS records (the
+// default): among the nodes of a cluster only the leader does, so that
+// they do not overwrite each other's records. Turned on, the records are
+// written again at once.
+func (e *Exposer) SetDNSActive(active bool) {
+	e.mu.Lock()
+	e.dnsOff = !active
+	e.mu.Unlock()
+	e.poke()
 }
 
 // DNS is the client of the dns settings' name server (the DNS-01
@@ -408,7 +424,16 @@ func (e *Exposer) round(ctx context.Context, r *rounds) {
 			e.log.Info("firewall rules set", "ports", len(fp))
 		}
 	}
-	if e.dns != nil {
+	e.mu.Lock()
+	off := e.dnsOff
+	e.mu.Unlock()
+	switch {
+	case e.dns == nil:
+	case off:
+		// Written by another node from now on: written again here
+		// when this one keeps them again.
+		clear(r.applied)
+	default:
 		e.roundDNS(ctx, r, s)
 	}
 }

@@ -207,3 +207,40 @@ func TestNewChecksOptions(t *testing.T) {
 		}
 	}
 }
+
+// A passive Exposer (a node of a cluster that does not lead) keeps the
+// router and the firewall but not the records, until it is made active.
+func TestExposerDNSPassive(t *testing.T) {
+	t.Parallel()
+	d := dnstest.Start(t, "home.test")
+	log, _ := logger(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	addr := netip.MustParseAddr("198.51.100.9")
+	e, err := homenet.New(ctx, homenet.Options{
+		DNS:        &homenet.DNSOptions{Update: dnsOptions(d), Addresses: []netip.Addr{addr}},
+		Logger:     log,
+		DNSPassive: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	e.Set(homenet.State{Names: []string{"home.test"}})
+	// A change made while passive must not be undone: another node's.
+	other := homenet.Options{DNS: &homenet.DNSOptions{Update: dnsOptions(d), Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}}, Logger: log}
+	o, err := homenet.New(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Set(homenet.State{Names: []string{"home.test"}})
+	waitDig(t, d, "home.test", "198.51.100.1")
+	o.Close(ctx)
+	e.SetDNSActive(false) // a round with nothing to do, observed below
+	if got := digA(t, d, "home.test"); got != "198.51.100.1" {
+		t.Fatalf("the passive Exposer wrote the record: %q", got)
+	}
+	e.SetDNSActive(true)
+	waitDig(t, d, "home.test", addr.String())
+	t.Logf("passive: the record stayed another's; active: it became %v", addr)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/diglett/diglett/cluster/link"
 	"github.com/diglett/diglett/config"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/homenet"
 	"github.com/diglett/diglett/internal/identity"
 	reglog "github.com/diglett/diglett/register/log"
 )
@@ -258,7 +259,8 @@ func (n *clusterNode) apiHandler() http.Handler {
 // stands in for the gateway in reloads: a reload's register list takes
 // effect on the leader, and is kept for when this node leads.
 type leaderGate struct {
-	registererSetter // the gateway, with its own extra registerers
+	registererSetter                  // the gateway, with its own extra registerers
+	home             *homenet.Exposer // its DNS records are the leader's to keep; nil without
 
 	mu      sync.Mutex
 	regs    []gateway.Registerer
@@ -292,11 +294,17 @@ func (g *leaderGate) lead(ctx context.Context, srv *gateway.Server, log *slog.Lo
 	g.leading = true
 	g.applyLocked()
 	srv.SetPublishAll(true)
+	if g.home != nil {
+		g.home.SetDNSActive(true)
+	}
 	g.mu.Unlock()
 	<-ctx.Done()
 	g.mu.Lock()
 	g.leading = false
 	srv.SetPublishAll(false)
+	if g.home != nil {
+		g.home.SetDNSActive(false)
+	}
 	g.applyLocked()
 	g.mu.Unlock()
 	log.Info("no longer leading the cluster")

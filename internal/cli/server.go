@@ -217,6 +217,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if node != nil {
 		c.gate = &leaderGate{regs: regs}
 		startRegs = localRegisterers(regs)
+		c.gate.home = home
 	}
 
 	trusted, err := protocol.ParsePrefixes(c.TrustedProxies)
