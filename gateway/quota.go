@@ -95,7 +95,11 @@ func (q *quotas) allowOrder(identity, host string, limit int, now time.Time) err
 			return nil
 		}
 	}
-	if limit >= 0 && len(recent) >= limit {
+	if limit == 0 {
+		q.orders[identity] = recent
+		return fmt.Errorf("identity %q may not order certificates (its quota is 0 per hour)", identity)
+	}
+	if limit > 0 && len(recent) >= limit {
 		q.orders[identity] = recent
 		retry := certOrderWindow - now.Sub(recent[0].at)
 		return fmt.Errorf("identity %q has reached its quota of %d certificate orders per hour (next in %v)", identity, limit, retry.Round(time.Second))

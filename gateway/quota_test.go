@@ -67,6 +67,11 @@ func TestCertOrderQuotaWindow(t *testing.T) {
 	if err := q.allowOrder("alice", "d", -1, t0.Add(time.Hour)); err != nil {
 		t.Fatalf("no limit: %v", err)
 	}
+	// A quota of 0 refuses every order, with no order in the window to
+	// tell the next one from (it once panicked there).
+	if err := q.allowOrder("carol", "e", 0, t0); err == nil || !strings.Contains(err.Error(), "its quota is 0 per hour") {
+		t.Fatalf("quota 0: %v", err)
+	}
 }
 
 // TestCertOrderSweep: identities whose orders all left the window are

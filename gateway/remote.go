@@ -114,8 +114,10 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 			continue
 		}
 		if t == nil {
+			// The owner's quota is known where it logged in: this node
+			// applies its defaults (certificate orders, say).
 			t = &tunnel{reg: r, name: rt.Name, identity: rt.Identity, port: rt.Port, remoteOnly: true,
-				log: s.log.With("tunnel", rt.Name)}
+				quota: s.cfg.Quota, log: s.log.With("tunnel", rt.Name)}
 			if rt.Port > 0 {
 				ln, err := r.bind(rt.Port)
 				if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/cluster"
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/autotls/pebbletest"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/testutil/etcdtest"
@@ -712,4 +714,86 @@ func TestClusterEtcdMemberKilled(t *testing.T) {
 		t.Logf("etcd member %d killed: a new name was given and forwarded through gw-b in %v", i, time.Since(start).Round(time.Millisecond))
 		etcd.Restart(t, i)
 	}
+}
+
+// One node of a cluster orders a tunnel's certificate; the other serves
+// the same certificate from etcd, with no order of its own.
+func TestClusterSharedCertificates(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.Start(t)
+	bin := filepath.Join(buildCommands(t, "./cmd/diglett-server"), "diglett-server")
+	prefix := fmt.Sprintf("/s%d/", time.Now().UnixNano())
+	// A domain of its own: certificate orders are per name.
+	domain := fmt.Sprintf("c%d.test", time.Now().UnixNano()%1e9)
+	lo, hi := randomPortWindow()
+	httpA, httpsA := portOn(t, "127.0.0.1"), portOn(t, "127.0.0.1")
+	p := pebbletest.Start(t, httpA, httpsA)
+	t.Cleanup(p.CloseClientConnections)
+	var nodes []*gatewayProcess
+	var https []string
+	for i, host := range []string{"127.0.0.1", "127.0.0.2"} {
+		dir := t.TempDir()
+		httpPort, httpsPort := portOn(t, host), portOn(t, host)
+		if i == 0 {
+			// Where the CA checks its challenges.
+			httpPort, httpsPort = httpA, httpsA
+		}
+		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
+listen: %s:0
+data_dir: %s
+ports: %d-%d
+public_bind: %s
+domain: %s
+http_addr: %s:%d
+https_addr: %s:%d
+acme_ca: %s
+acme_ca_root: %s
+acme_email: ops@example.com
+cluster:
+  etcd: [%s]
+  prefix: %s
+  node: gw-%d
+  advertise: %s:%d
+  ttl: 2s
+  timeout: 2s
+`, host, dir, lo, hi, host, domain, host, httpPort, host, httpsPort, p.DirectoryURL, p.RootCAFile,
+			etcd.Endpoint, prefix, i, host, portOn(t, host)))
+		nodes = append(nodes, startGatewayCmd(t, exec.Command(bin, "--config", cfg)))
+		https = append(https, fmt.Sprintf("%s:%d", host, httpsPort))
+	}
+	a := startAgentCommand(t, "-g", nodes[0].Addr, "--fingerprint", nodes[0].Fingerprint,
+		"--known-gateways", filepath.Join(t.TempDir(), "known_gateways"), "-n", "web", nameBackend(t, "web"))
+	a.tunnel(t, "web")
+	serial := func(addr string) (string, error) {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+			&tls.Config{ServerName: "web." + domain, RootCAs: p.IssuerRoots(t)})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
+	}
+	var first string
+	if err := testutil.Poll(2*eventually, func() (err error) {
+		first, err = serial(https[0])
+		return err
+	}); err != nil {
+		t.Fatalf("gw-0: %v\n%s", err, nodes[0].stderr)
+	}
+	orders := p.Orders()
+	var second string
+	if err := testutil.Poll(eventually, func() (err error) {
+		second, err = serial(https[1])
+		return err
+	}); err != nil {
+		t.Fatalf("gw-1: %v\n%s", err, nodes[1].stderr)
+	}
+	if first != second {
+		t.Fatalf("gw-0 served certificate %s, gw-1 %s", first, second)
+	}
+	if n := p.Orders(); n != orders || n != 1 {
+		t.Fatalf("%d orders (%d after gw-0's), want 1", n, orders)
+	}
+	t.Logf("gw-0 ordered web.%s's certificate (serial %s); gw-1 served the same one from etcd; 1 order in all", domain, first)
+	a.stop()
 }
