@@ -99,9 +99,10 @@ type Options struct {
 	DNS      *DNSOptions
 	// Logger receives what is done and what failed; nil discards it.
 	Logger *slog.Logger
-	// DNSPassive starts the Exposer without keeping the DNS records,
-	// until SetDNSActive(true): a node of a cluster that may not lead.
-	DNSPassive bool
+	// Passive starts the Exposer without keeping what the nodes of a
+	// cluster share (the router's mappings, the DNS records) until
+	// SetShared(true): a node of a cluster that may not lead.
+	Passive bool
 }
 
 // Exposer keeps a desired State reachable. It is safe for concurrent use.
@@ -116,7 +117,7 @@ type Exposer struct {
 	routes   map[*route]struct{}
 	external netip.Addr
 	learnt   bool // external was learnt from the router
-	dnsOff   bool // SetDNSActive(false): the records are another node's to keep
+	passive  bool // SetShared(false): the router and the records are another node's to keep
 	protocol string
 	closed   bool
 
@@ -170,12 +171,12 @@ func New(ctx context.Context, o Options) (*Exposer, error) {
 		o.NAT = &nc
 	}
 	e := &Exposer{
-		o:      o,
-		dnsOff: o.DNSPassive,
-		log:    log,
-		routes: make(map[*route]struct{}),
-		wake:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		o:       o,
+		passive: o.Passive,
+		log:     log,
+		routes:  make(map[*route]struct{}),
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 	if d := o.DNS; d != nil {
 		if len(d.Addresses) == 0 && o.NAT == nil {
@@ -225,13 +226,15 @@ func (e *Exposer) ExternalIP() (netip.Addr, string) {
 	return e.external, e.protocol
 }
 
-// SetDNSActive says whether this Exposer keeps the DNS records (the
-// default): among the nodes of a cluster only the leader does, so that
-// they do not overwrite each other's records. Turned on, the records are
-// written again at once.
-func (e *Exposer) SetDNSActive(active bool) {
+// SetShared says whether this Exposer keeps what the nodes of a cluster
+// share (the default): the router's port mappings and the DNS records.
+// Among the nodes of a cluster only the leader does, so that they do not
+// map the same ports to different machines or overwrite each other's
+// records; a node that stops keeping them deletes its mappings, for the
+// next leader to make. The firewall, this machine's own, is always kept.
+func (e *Exposer) SetShared(active bool) {
 	e.mu.Lock()
-	e.dnsOff = !active
+	e.passive = !active
 	e.mu.Unlock()
 	e.poke()
 }
@@ -408,7 +411,21 @@ func (r *rounds) ok(what string) bool {
 // round makes the router, the firewall and DNS match the state.
 func (e *Exposer) round(ctx context.Context, r *rounds) {
 	s := e.state()
-	if e.o.NAT != nil {
+	e.mu.Lock()
+	off := e.passive
+	e.mu.Unlock()
+	switch {
+	case e.o.NAT == nil:
+	case off:
+		// Kept by another node from now on.
+		if e.keeper != nil {
+			if err := e.keeper.Close(ctx); err != nil {
+				e.log.Warn("port mappings not all deleted on handing them over", "err", err)
+			}
+			e.keeper, r.mapper = nil, nil
+			e.log.Info("port mappings handed over to the cluster's leader")
+		}
+	default:
 		e.roundNAT(ctx, r, s)
 	}
 	if e.fw != nil {
@@ -424,9 +441,6 @@ func (e *Exposer) round(ctx context.Context, r *rounds) {
 			e.log.Info("firewall rules set", "ports", len(fp))
 		}
 	}
-	e.mu.Lock()
-	off := e.dnsOff
-	e.mu.Unlock()
 	switch {
 	case e.dns == nil:
 	case off:

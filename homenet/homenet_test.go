@@ -218,9 +218,9 @@ func TestExposerDNSPassive(t *testing.T) {
 	defer cancel()
 	addr := netip.MustParseAddr("198.51.100.9")
 	e, err := homenet.New(ctx, homenet.Options{
-		DNS:        &homenet.DNSOptions{Update: dnsOptions(d), Addresses: []netip.Addr{addr}},
-		Logger:     log,
-		DNSPassive: true,
+		DNS:     &homenet.DNSOptions{Update: dnsOptions(d), Addresses: []netip.Addr{addr}},
+		Logger:  log,
+		Passive: true,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -236,11 +236,36 @@ func TestExposerDNSPassive(t *testing.T) {
 	o.Set(homenet.State{Names: []string{"home.test"}})
 	waitDig(t, d, "home.test", "198.51.100.1")
 	o.Close(ctx)
-	e.SetDNSActive(false) // a round with nothing to do, observed below
+	e.SetShared(false) // a round with nothing to do, observed below
 	if got := digA(t, d, "home.test"); got != "198.51.100.1" {
 		t.Fatalf("the passive Exposer wrote the record: %q", got)
 	}
-	e.SetDNSActive(true)
+	e.SetShared(true)
 	waitDig(t, d, "home.test", addr.String())
 	t.Logf("passive: the record stayed another's; active: it became %v", addr)
+}
+
+// A passive Exposer maps nothing on the router; made active it maps its
+// ports, and made passive again it deletes them, for the next leader.
+func TestExposerRouterPassive(t *testing.T) {
+	t.Parallel()
+	r := routertest.Start(t, routertest.Options{})
+	log, _ := logger(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := homenet.New(ctx, homenet.Options{
+		NAT:     &homenet.NATOptions{Protocol: "upnp", Router: r.LAN, Refresh: time.Second, Lifetime: 10 * time.Second},
+		Logger:  log,
+		Passive: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	e.Set(homenet.State{Ports: []homenet.Port{{Proto: "tcp", Port: 45401, Service: "agents"}}})
+	e.SetShared(true)
+	waitListed(t, r, 45401, true)
+	e.SetShared(false)
+	waitListed(t, r, 45401, false)
+	t.Logf("tcp 45401 mapped while shared things were this node's, deleted when handed over")
 }

@@ -260,7 +260,7 @@ func (n *clusterNode) apiHandler() http.Handler {
 // effect on the leader, and is kept for when this node leads.
 type leaderGate struct {
 	registererSetter                  // the gateway, with its own extra registerers
-	home             *homenet.Exposer // its DNS records are the leader's to keep; nil without
+	home             *homenet.Exposer // its router mappings and DNS records are the leader's to keep; nil without
 
 	mu      sync.Mutex
 	regs    []gateway.Registerer
@@ -295,7 +295,7 @@ func (g *leaderGate) lead(ctx context.Context, srv *gateway.Server, log *slog.Lo
 	g.applyLocked()
 	srv.SetPublishAll(true)
 	if g.home != nil {
-		g.home.SetDNSActive(true)
+		g.home.SetShared(true)
 	}
 	g.mu.Unlock()
 	<-ctx.Done()
@@ -303,7 +303,7 @@ func (g *leaderGate) lead(ctx context.Context, srv *gateway.Server, log *slog.Lo
 	g.leading = false
 	srv.SetPublishAll(false)
 	if g.home != nil {
-		g.home.SetDNSActive(false)
+		g.home.SetShared(false)
 	}
 	g.applyLocked()
 	g.mu.Unlock()

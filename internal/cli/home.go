@@ -33,8 +33,9 @@ func (c *serverCmd) startHome(ctx context.Context, f *config.File, acme bool, lo
 	}
 	o := hs.Options
 	o.Logger = log.With("part", "home")
-	// On a node of a cluster the records are the leader's to keep.
-	o.DNSPassive = f.Cluster != nil
+	// On a node of a cluster the router and the records are the
+	// leader's to keep.
+	o.Passive = f.Cluster != nil
 	home, err := homenet.New(ctx, o)
 	if err != nil {
 		return nil, nil, err
