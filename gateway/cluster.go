@@ -126,28 +126,23 @@ func (r *registry) hold(ss *session, req *protocol.Register, pol *visitorPolicy)
 // unhold tells the cluster this node serves name no more, unless an
 // agent came back meanwhile.
 func (r *registry) unhold(t *tunnel) {
-	c := r.srv.cfg.Cluster
-	if c == nil {
-		return
-	}
-	unlock := r.names.lock(t.name)
-	defer unlock()
-	r.mu.Lock()
-	back := r.byName[t.name] != t || len(t.live()) > 0
-	r.mu.Unlock()
-	if back {
-		return
-	}
-	ctx, cancel := r.clusterTimeout()
-	defer cancel()
-	if err := c.Unhold(ctx, t.name); err != nil {
-		t.log.Warn("cluster not told the tunnel left this node", "err", err)
-	}
+	r.tellCluster(t, "cluster not told the tunnel left this node",
+		func() bool { return r.byName[t.name] != t || len(t.live()) > 0 },
+		func(ctx context.Context, c Cluster) error { return c.Unhold(ctx, t.name) })
 }
 
 // release frees t's name in the cluster (unless another node holds it),
 // unless this node published the name again meanwhile.
 func (r *registry) release(t *tunnel) {
+	r.tellCluster(t, "name not released in the cluster; the cluster's sweep frees it later",
+		func() bool { return r.byName[t.name] != nil },
+		func(ctx context.Context, c Cluster) error { return c.Release(ctx, t.name) })
+}
+
+// tellCluster makes call for t's name, under the name's lock and bounded,
+// unless moved (asked under r.mu) says the registry moved on meanwhile; a
+// failure is logged as failed.
+func (r *registry) tellCluster(t *tunnel, failed string, moved func() bool, call func(context.Context, Cluster) error) {
 	c := r.srv.cfg.Cluster
 	if c == nil {
 		return
@@ -155,15 +150,15 @@ func (r *registry) release(t *tunnel) {
 	unlock := r.names.lock(t.name)
 	defer unlock()
 	r.mu.Lock()
-	again := r.byName[t.name] != nil
+	skip := moved()
 	r.mu.Unlock()
-	if again {
+	if skip {
 		return
 	}
 	ctx, cancel := r.clusterTimeout()
 	defer cancel()
-	if err := c.Release(ctx, t.name); err != nil {
-		t.log.Warn("name not released in the cluster; the cluster's sweep frees it later", "err", err)
+	if err := call(ctx, c); err != nil {
+		t.log.Warn(failed, "err", err)
 	}
 }
 

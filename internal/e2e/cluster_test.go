@@ -142,13 +142,7 @@ func TestClusterNamespace(t *testing.T) {
 	if _, err := listen(t, agent(gb, "leased", "frank")); !errors.Is(err, diglett.ErrNameTaken) {
 		t.Fatalf("during erin's lease, frank through gw-b: %v, want the name taken", err)
 	}
-	if err := testutil.Poll(eventually, func() error {
-		ln, err := listen(t, agent(gb, "leased", "frank"))
-		if err == nil {
-			ln.Close()
-		}
-		return err
-	}); err != nil {
+	if err := registerEventually(t, agent(gb, "leased", "frank")); err != nil {
 		t.Fatalf("after erin's lease: %v", err)
 	}
 	t.Logf("a leased name stayed its owner's on the other node, and was free there once the lease ended")
@@ -166,13 +160,7 @@ func TestClusterNamespace(t *testing.T) {
 	etcd.Restart(t, 0)
 	// The node finds etcd again on its own: the agent retries as it
 	// would after any refusal it may retry.
-	if err := testutil.Poll(eventually, func() error {
-		ln, err := listen(t, agent(ga, "newcomer", "dave"))
-		if err == nil {
-			ln.Close()
-		}
-		return err
-	}); err != nil {
+	if err := registerEventually(t, agent(ga, "newcomer", "dave")); err != nil {
 		t.Fatalf("after etcd came back: %v", err)
 	}
 	t.Logf("etcd back: the new name was given, no gateway restarted")
@@ -796,4 +784,17 @@ cluster:
 	}
 	t.Logf("gw-0 ordered web.%s's certificate (serial %s); gw-1 served the same one from etcd; 1 order in all", domain, first)
 	a.stop()
+}
+
+// registerEventually registers cfg's name, again and again as an agent
+// would while the gateway refuses it for now, until it is given (the
+// listener is closed at once) or eventually passes.
+func registerEventually(t *testing.T, cfg diglett.Config) error {
+	return testutil.Poll(eventually, func() error {
+		ln, err := listen(t, cfg)
+		if err == nil {
+			ln.Close()
+		}
+		return err
+	})
 }
