@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -26,6 +27,7 @@ import (
 	"github.com/diglett/diglett/cluster"
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/autotls/pebbletest"
+	"github.com/diglett/diglett/internal/cli"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/testutil/etcdtest"
@@ -797,4 +799,46 @@ func registerEventually(t *testing.T, cfg diglett.Config) error {
 		}
 		return err
 	})
+}
+
+// A node reaches an etcd that asks for client certificates with the
+// cluster section's etcd_ca, etcd_cert and etcd_key; without a client
+// certificate it does not start, and says why.
+func TestClusterEtcdTLS(t *testing.T) {
+	parallel(t)
+	etcd := etcdtest.StartTLS(t)
+	prefix := fmt.Sprintf("/t%d/", time.Now().UnixNano())
+	lo, hi := randomPortWindow()
+	file := func(extra string) string {
+		return writeFile(t, t.TempDir(), "node.yaml", fmt.Sprintf(`version: 1
+listen: 127.0.0.1:0
+data_dir: %s
+ports: %d-%d
+public_bind: 127.0.0.1
+cluster:
+  etcd: [%s]
+  prefix: %s
+  node: gw-tls
+  advertise: 127.0.0.1:%d
+  etcd_ca: %s
+  timeout: 2s
+%s`, t.TempDir(), lo, hi, etcd.Endpoint, prefix, portOn(t, "127.0.0.1"), etcd.CAFile, extra))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), eventually)
+	var out bytes.Buffer
+	err := cli.Server(ctx, []string{"--config", file("")}, &out, &out)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "cluster") {
+		t.Fatalf("without a client certificate: %v\n%s", err, &out)
+	}
+	t.Logf("without a client certificate the node did not start: %v", err)
+
+	srv := startServerCommand(t, "--config", file(fmt.Sprintf("  etcd_cert: %s\n  etcd_key: %s\n", etcd.ClientCertFile, etcd.ClientKeyFile)))
+	waitFor(t, "joined", &srv.stderr, `"serving as a node of the cluster"`)
+	resp, err := etcd.Client.Get(context.Background(), prefix+"members/gw-tls")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("membership key: %v %v", resp, err)
+	}
+	t.Logf("with etcd_cert and etcd_key the node joined over TLS: %s", resp.Kvs[0].Key)
+	srv.stop()
 }

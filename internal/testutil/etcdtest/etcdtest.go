@@ -23,10 +23,15 @@ const startTimeout = 20 * time.Second
 
 // Server is a running etcd.
 type Server struct {
-	// Endpoint is its client URL, http://127.0.0.1:PORT.
+	// Endpoint is its client URL, http://127.0.0.1:PORT (https:// with
+	// StartTLS).
 	Endpoint string
 	// Client is a client of it, closed when the test ends.
 	Client *clientv3.Client
+	// With StartTLS: the PEM files of the CA that signed the server's
+	// and the client's certificates, and of a client certificate and
+	// key it takes.
+	CAFile, ClientCertFile, ClientKeyFile string
 }
 
 // Start starts etcd for t. When the program is missing, t fails under CI
@@ -35,19 +40,41 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := testutil.Program(t, "etcd")
 	// A port picked free may be taken before etcd binds it: try again.
-	return testutil.StartRetrying(t, "etcd", func() (*Server, error) { return start(t, bin) })
+	return testutil.StartRetrying(t, "etcd", func() (*Server, error) { return start(t, bin, nil) })
 }
 
-func start(t testing.TB, bin string) (*Server, error) {
+// StartTLS starts etcd for t serving its clients over TLS, with a
+// certificate of a CA of the test's, and asking them for a client
+// certificate of that CA.
+func StartTLS(t testing.TB) *Server {
+	t.Helper()
+	bin := testutil.Program(t, "etcd")
+	files, err := writeTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatalf("etcdtest: %v", err)
+	}
+	return testutil.StartRetrying(t, "etcd", func() (*Server, error) { return start(t, bin, files) })
+}
+
+func start(t testing.TB, bin string, tf *tlsFiles) (*Server, error) {
 	ports, err := testutil.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
 	client, peer := ports[0], ports[1]
-	clientURL := "http://127.0.0.1:" + strconv.Itoa(client)
+	scheme := "http"
+	if tf != nil {
+		scheme = "https"
+	}
+	clientURL := scheme + "://127.0.0.1:" + strconv.Itoa(client)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
 	out := &testutil.Buffer{}
-	cmd := exec.Command(bin,
+	args := []string{}
+	if tf != nil {
+		args = append(args, "--cert-file", tf.serverCert, "--key-file", tf.serverKey,
+			"--trusted-ca-file", tf.ca, "--client-cert-auth")
+	}
+	cmd := exec.Command(bin, append(args,
 		"--name", "test",
 		"--data-dir", t.TempDir(),
 		"--listen-client-urls", clientURL,
@@ -58,7 +85,7 @@ func start(t testing.TB, bin string) (*Server, error) {
 		"--initial-cluster-state", "new",
 		"--logger", "zap",
 		"--log-level", "warn",
-	)
+	)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -70,11 +97,18 @@ func start(t testing.TB, bin string) (*Server, error) {
 		<-exited
 	}
 
-	cli, err := clientv3.New(clientv3.Config{
+	cc := clientv3.Config{
 		Endpoints:   []string{clientURL},
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if tf != nil {
+		if cc.TLS, err = tf.clientConfig(); err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	cli, err := clientv3.New(cc)
 	if err != nil {
 		stop()
 		return nil, err
@@ -103,5 +137,9 @@ func start(t testing.TB, bin string) (*Server, error) {
 		cli.Close()
 		stop()
 	})
-	return &Server{Endpoint: clientURL, Client: cli}, nil
+	srv := &Server{Endpoint: clientURL, Client: cli}
+	if tf != nil {
+		srv.CAFile, srv.ClientCertFile, srv.ClientKeyFile = tf.ca, tf.clientCert, tf.clientKey
+	}
+	return srv, nil
 }
