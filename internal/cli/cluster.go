@@ -2,11 +2,12 @@ package cli
 
 import (
 	"context"
-	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -47,17 +48,19 @@ type clusterNode struct {
 }
 
 // joinCluster joins the cluster of the file's cluster section (nil
-// without one), with a link certificate made from the key of cert, and
-// opens the link's listener.
-func joinCluster(ctx context.Context, cs *config.ClusterSettings, cert tls.Certificate, log *slog.Logger) (*clusterNode, error) {
+// without one) and opens the link's listener. The link's certificate has
+// a key of its own, made at each start and published in etcd at the
+// join: the nodes may share one gateway key (agents pin it), but each
+// must be told apart on the link.
+func joinCluster(ctx context.Context, cs *config.ClusterSettings, log *slog.Logger) (*clusterNode, error) {
 	if cs == nil {
 		return nil, nil
 	}
-	signer, ok := cert.PrivateKey.(crypto.Signer)
-	if !ok {
-		return nil, errors.New("cluster: the gateway's key cannot sign a link certificate")
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: link key: %w", err)
 	}
-	linkCert, err := identity.SelfSigned(signer, cs.Node)
+	linkCert, err := identity.SelfSigned(key, cs.Node)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: link certificate: %w", err)
 	}

@@ -176,7 +176,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if fr.file != nil {
 		cs = fr.file.Cluster
 	}
-	node, err := joinCluster(ctx, cs, cert, log)
+	node, err := joinCluster(ctx, cs, log)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -351,6 +352,7 @@ func TestClusterCommand(t *testing.T) {
 	lo, hi := randomPortWindow()
 	var nodes []*serverCommand
 	var hosts []string
+	var key []byte
 	for i, host := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"} {
 		dir := t.TempDir()
 		link := portOn(t, host)
@@ -371,11 +373,24 @@ cluster:
   ttl: 2s
   timeout: 2s
 `, host, dir, lo, hi, host, testDomain, host, portOn(t, host), etcd.Endpoint, prefix, i, host, link, host, link))
+		if i > 0 {
+			// One gateway key for the whole cluster, as the README says.
+			writeFile(t, dir, "gateway.key", string(key))
+		}
 		nodes = append(nodes, startServerCommand(t, "--config", cfg))
 		hosts = append(hosts, host)
+		if i == 0 {
+			var err error
+			if key, err = os.ReadFile(filepath.Join(dir, "gateway.key")); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	for _, n := range nodes {
 		waitFor(t, "three nodes", &n.stderr, `"serving as a node of the cluster"`)
+		if n.Fingerprint != nodes[0].Fingerprint {
+			t.Fatalf("a node's key is not the one given: %s, want %s", n.Fingerprint, nodes[0].Fingerprint)
+		}
 	}
 	a := startAgentCommand(t, "-g", nodes[0].Addr, "--fingerprint", nodes[0].Fingerprint,
 		"--known-gateways", filepath.Join(t.TempDir(), "known_gateways"), "-n", "web", nameBackend(t, "web"))
@@ -395,7 +410,7 @@ cluster:
 			t.Fatalf("node gw-%d: %v\n%s", i, err, &n.stderr)
 		}
 	}
-	t.Logf("the agent on gw-0 only; its port %s and its host answered on gw-0, gw-1 and gw-2", port)
+	t.Logf("three nodes with one gateway key; the agent on gw-0 only; its port %s and its host answered on gw-0, gw-1 and gw-2", port)
 
 	// The management API and the metrics of a node show the cluster.
 	adm := logged(t, nodes[1], adminLine)
