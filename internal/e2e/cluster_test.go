@@ -497,9 +497,10 @@ cluster:
   prefix: %s
   node: gw-%d
   advertise: %s:%d
+  link_listen: %s:%d
   ttl: 2s
   timeout: 2s
-`, host, dir, lo, hi, host, hs.URL, i, etcd.Endpoint, prefix, i, host, link))
+`, host, dir, lo, hi, host, hs.URL, i, etcd.Endpoint, prefix, i, host, link, host, link))
 		nodes = append(nodes, startServerCommand(t, "--config", cfg))
 	}
 	// The agent is on both nodes: the tunnel outlives either.
@@ -567,9 +568,10 @@ cluster:
   prefix: %s
   node: gw-%d
   advertise: %s:%d
+  link_listen: %s:%d
   ttl: %s
   timeout: 2s
-`, host, dir, lo, hi, host, testDomain, host, httpPort, host, adminPort, etcd.Endpoint, prefix, i, host, link, ttl))
+`, host, dir, lo, hi, host, testDomain, host, httpPort, host, adminPort, etcd.Endpoint, prefix, i, host, link, host, link, ttl))
 		nodes = append(nodes, startGatewayCmd(t, exec.Command(bin, "--config", cfg)))
 		web = append(web, fmt.Sprintf("%s:%d", host, httpPort))
 		admin = append(admin, fmt.Sprintf("%s:%d", host, adminPort))
@@ -738,7 +740,7 @@ func TestClusterSharedCertificates(t *testing.T) {
 	var https []string
 	for i, host := range []string{"127.0.0.1", "127.0.0.2"} {
 		dir := t.TempDir()
-		httpPort, httpsPort := portOn(t, host), portOn(t, host)
+		httpPort, httpsPort, link := portOn(t, host), portOn(t, host), portOn(t, host)
 		if i == 0 {
 			// Where the CA checks its challenges.
 			httpPort, httpsPort = httpA, httpsA
@@ -759,10 +761,11 @@ cluster:
   prefix: %s
   node: gw-%d
   advertise: %s:%d
+  link_listen: %s:%d
   ttl: 2s
   timeout: 2s
 `, host, dir, lo, hi, host, domain, host, httpPort, host, httpsPort, p.DirectoryURL, p.RootCAFile,
-			etcd.Endpoint, prefix, i, host, portOn(t, host)))
+			etcd.Endpoint, prefix, i, host, link, host, link))
 		nodes = append(nodes, startGatewayCmd(t, exec.Command(bin, "--config", cfg)))
 		https = append(https, fmt.Sprintf("%s:%d", host, httpsPort))
 	}
@@ -825,6 +828,7 @@ func TestClusterEtcdTLS(t *testing.T) {
 	prefix := fmt.Sprintf("/t%d/", time.Now().UnixNano())
 	lo, hi := randomPortWindow()
 	file := func(extra string) string {
+		link := portOn(t, "127.0.0.1")
 		return writeFile(t, t.TempDir(), "node.yaml", fmt.Sprintf(`version: 1
 listen: 127.0.0.1:0
 data_dir: %s
@@ -835,9 +839,10 @@ cluster:
   prefix: %s
   node: gw-tls
   advertise: 127.0.0.1:%d
+  link_listen: 127.0.0.1:%d
   etcd_ca: %s
   timeout: 2s
-%s`, t.TempDir(), lo, hi, etcd.Endpoint, prefix, portOn(t, "127.0.0.1"), etcd.CAFile, extra))
+%s`, t.TempDir(), lo, hi, etcd.Endpoint, prefix, link, link, etcd.CAFile, extra))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), eventually)
 	var out bytes.Buffer
