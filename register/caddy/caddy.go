@@ -7,6 +7,7 @@
 package caddy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/diglett/diglett/gateway"
@@ -496,24 +498,41 @@ func (c *Registerer) idPath(id string) string { return "/id/" + url.PathEscape(i
 // and returns the status and the body of the answer, bounded. A status
 // other than 200 and those in ok is an error quoting caddy's answer.
 func (c *Registerer) do(ctx context.Context, method, path string, body any, ok ...int) (int, []byte, error) {
-	var rd io.Reader
+	var payload []byte
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return 0, nil, fmt.Errorf("caddy admin: %s %s: %w", method, path, err)
 		}
-		rd = strings.NewReader(string(b))
+		payload = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.admin.String()+path, rd)
-	if err != nil {
-		return 0, nil, fmt.Errorf("caddy admin: %s %s: %w", method, path, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return 0, nil, fmt.Errorf("caddy admin: %w", err)
+	var resp *http.Response
+	for attempt := 0; ; attempt++ {
+		var rd io.Reader
+		if payload != nil {
+			rd = bytes.NewReader(payload)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, c.admin.String()+path, rd)
+		if err != nil {
+			return 0, nil, fmt.Errorf("caddy admin: %s %s: %w", method, path, err)
+		}
+		if payload != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err = c.client.Do(req)
+		if err == nil {
+			break
+		}
+		if attempt >= adminRetries || !retryable(method, err) {
+			return 0, nil, fmt.Errorf("caddy admin: %w", err)
+		}
+		// The admin server restarts when a new configuration is
+		// loaded: a request that meets the restart is made again.
+		select {
+		case <-ctx.Done():
+			return 0, nil, fmt.Errorf("caddy admin: %w", err)
+		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+		}
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
@@ -532,6 +551,18 @@ func (c *Registerer) do(ctx context.Context, method, path string, body any, ok .
 		}
 	}
 	return resp.StatusCode, b, answerError(method, path, resp.StatusCode, b)
+}
+
+// adminRetries bounds the attempts made again after a connection error.
+const adminRetries = 3
+
+// retryable reports whether a request that failed with err may be made
+// again: nothing reached the admin API (refused), or the connection was
+// reset under a request that replaces or removes by id, which making
+// again does not change (not a POST, which appends).
+func retryable(method string, err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) ||
+		(method != http.MethodPost && errors.Is(err, syscall.ECONNRESET))
 }
 
 // answerError says what the admin API answered: its status and the first
