@@ -291,24 +291,29 @@ func (f closerFunc) Close() error { return f() }
 func (e *Exposer) state() State {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	ports := map[[2]any]Port{}
+	type key struct {
+		proto string
+		port  uint16
+	}
+	ports := map[key]Port{}
 	names := map[string]bool{}
-	add := func(p Port, ns []string) {
-		k := [2]any{p.Proto, p.Port}
-		if _, ok := ports[k]; !ok {
-			ports[k] = p
+	addPorts := func(ps ...Port) {
+		for _, p := range ps {
+			if _, ok := ports[key{p.Proto, p.Port}]; !ok {
+				ports[key{p.Proto, p.Port}] = p
+			}
 		}
+	}
+	addNames := func(ns []string) {
 		for _, n := range ns {
 			names[strings.ToLower(strings.TrimSuffix(n, "."))] = true
 		}
 	}
-	for _, p := range e.base.Ports {
-		add(p, nil)
-	}
-	add(Port{}, e.base.Names)
-	delete(ports, [2]any{"", uint16(0)})
+	addPorts(e.base.Ports...)
+	addNames(e.base.Names)
 	for r := range e.routes {
-		add(r.port, r.names)
+		addPorts(r.port)
+		addNames(r.names)
 	}
 	s := State{Ports: slices.Collect(maps.Values(ports)), Names: slices.Sorted(maps.Keys(names))}
 	slices.SortFunc(s.Ports, func(a, b Port) int {
