@@ -355,24 +355,8 @@ func TestClusterCommand(t *testing.T) {
 	var key []byte
 	for i, host := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"} {
 		dir := t.TempDir()
-		link := portOn(t, host)
-		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
-listen: %s:0
-data_dir: %s
-ports: %d-%d
-public_bind: %s
-domain: %s
-http_addr: %s:%d
-admin_addr: 127.0.0.1:0
-cluster:
-  etcd: [%s]
-  prefix: %s
-  node: gw-%d
-  advertise: %s:%d
-  link_listen: %s:%d
-  ttl: 2s
-  timeout: 2s
-`, host, dir, lo, hi, host, testDomain, host, portOn(t, host), etcd.Endpoint, prefix, i, host, link, host, link))
+		cfg := nodeFile(t, dir, host, i, lo, hi, etcd.Endpoint, prefix,
+			fmt.Sprintf("domain: %s\nhttp_addr: %s:%d\nadmin_addr: 127.0.0.1:0\n", testDomain, host, portOn(t, host)))
 		if i > 0 {
 			// One gateway key for the whole cluster, as the README says.
 			writeFile(t, dir, "gateway.key", string(key))
@@ -482,25 +466,8 @@ func TestClusterLeaderPublishes(t *testing.T) {
 	var nodes []*serverCommand
 	for i, host := range []string{"127.0.0.1", "127.0.0.2"} {
 		dir := t.TempDir()
-		link := portOn(t, host)
-		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
-listen: %s:0
-data_dir: %s
-ports: %d-%d
-public_bind: %s
-lease: 2s
-register:
-  - log: {}
-  - webhook: {url: "%s/gw-%d"}
-cluster:
-  etcd: [%s]
-  prefix: %s
-  node: gw-%d
-  advertise: %s:%d
-  link_listen: %s:%d
-  ttl: 2s
-  timeout: 2s
-`, host, dir, lo, hi, host, hs.URL, i, etcd.Endpoint, prefix, i, host, link, host, link))
+		cfg := nodeFile(t, dir, host, i, lo, hi, etcd.Endpoint, prefix,
+			fmt.Sprintf("lease: 2s\nregister:\n  - log: {}\n  - webhook: {url: \"%s/gw-%d\"}\n", hs.URL, i))
 		nodes = append(nodes, startServerCommand(t, "--config", cfg))
 	}
 	// The agent is on both nodes: the tunnel outlives either.
@@ -554,24 +521,9 @@ func TestClusterFailover(t *testing.T) {
 	var web, admin []string
 	for i, host := range hosts {
 		dir := t.TempDir()
-		link, httpPort, adminPort := portOn(t, host), portOn(t, host), portOn(t, host)
-		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
-listen: %s:0
-data_dir: %s
-ports: %d-%d
-public_bind: %s
-domain: %s
-http_addr: %s:%d
-admin_addr: %s:%d
-cluster:
-  etcd: [%s]
-  prefix: %s
-  node: gw-%d
-  advertise: %s:%d
-  link_listen: %s:%d
-  ttl: %s
-  timeout: 2s
-`, host, dir, lo, hi, host, testDomain, host, httpPort, host, adminPort, etcd.Endpoint, prefix, i, host, link, host, link, ttl))
+		httpPort, adminPort := portOn(t, host), portOn(t, host)
+		cfg := nodeFile(t, dir, host, i, lo, hi, etcd.Endpoint, prefix,
+			fmt.Sprintf("domain: %s\nhttp_addr: %s:%d\nadmin_addr: %s:%d\n", testDomain, host, httpPort, host, adminPort))
 		nodes = append(nodes, startGatewayCmd(t, exec.Command(bin, "--config", cfg)))
 		web = append(web, fmt.Sprintf("%s:%d", host, httpPort))
 		admin = append(admin, fmt.Sprintf("%s:%d", host, adminPort))
@@ -740,32 +692,14 @@ func TestClusterSharedCertificates(t *testing.T) {
 	var https []string
 	for i, host := range []string{"127.0.0.1", "127.0.0.2"} {
 		dir := t.TempDir()
-		httpPort, httpsPort, link := portOn(t, host), portOn(t, host), portOn(t, host)
+		httpPort, httpsPort := portOn(t, host), portOn(t, host)
 		if i == 0 {
 			// Where the CA checks its challenges.
 			httpPort, httpsPort = httpA, httpsA
 		}
-		cfg := writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
-listen: %s:0
-data_dir: %s
-ports: %d-%d
-public_bind: %s
-domain: %s
-http_addr: %s:%d
-https_addr: %s:%d
-acme_ca: %s
-acme_ca_root: %s
-acme_email: ops@example.com
-cluster:
-  etcd: [%s]
-  prefix: %s
-  node: gw-%d
-  advertise: %s:%d
-  link_listen: %s:%d
-  ttl: 2s
-  timeout: 2s
-`, host, dir, lo, hi, host, domain, host, httpPort, host, httpsPort, p.DirectoryURL, p.RootCAFile,
-			etcd.Endpoint, prefix, i, host, link, host, link))
+		cfg := nodeFile(t, dir, host, i, lo, hi, etcd.Endpoint, prefix, fmt.Sprintf(
+			"domain: %s\nhttp_addr: %s:%d\nhttps_addr: %s:%d\nacme_ca: %s\nacme_ca_root: %s\nacme_email: ops@example.com\n",
+			domain, host, httpPort, host, httpsPort, p.DirectoryURL, p.RootCAFile))
 		nodes = append(nodes, startGatewayCmd(t, exec.Command(bin, "--config", cfg)))
 		https = append(https, fmt.Sprintf("%s:%d", host, httpsPort))
 	}
@@ -861,4 +795,27 @@ cluster:
 	}
 	t.Logf("with etcd_cert and etcd_key the node joined over TLS: %s", resp.Kvs[0].Key)
 	srv.stop()
+}
+
+// nodeFile writes, in dir, the file of node gw-I of a cluster on etcd at
+// endpoint under prefix: its agent port and public ports on host (tunnel
+// ports lo-hi), settings (YAML lines) and its cluster section, its link
+// on host too.
+func nodeFile(t *testing.T, dir, host string, i, lo, hi int, endpoint, prefix, settings string) string {
+	t.Helper()
+	link := portOn(t, host)
+	return writeFile(t, dir, "node.yaml", fmt.Sprintf(`version: 1
+listen: %s:0
+data_dir: %s
+ports: %d-%d
+public_bind: %s
+%scluster:
+  etcd: [%s]
+  prefix: %s
+  node: gw-%d
+  advertise: %s:%d
+  link_listen: %s:%d
+  ttl: 2s
+  timeout: 2s
+`, host, dir, lo, hi, host, settings, endpoint, prefix, i, host, link, host, link))
 }
