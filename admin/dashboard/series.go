@@ -24,7 +24,7 @@ const DefaultMaxTunnels = 1000
 // last 15 minutes, in 5-second points: HTTP requests answered, TCP
 // visitor connections taken, and bytes from and to visitors (counted as
 // each request or connection ends, as the metrics count them). Each
-// tunnel has a fixed ring of Points points; a tunnel is kept from the
+// tunnel has a fixed ring of Points points, made at its first event; a tunnel is kept from the
 // moment it is published (live or leased) until it is removed, and at most
 // MaxTunnels at once: one published beyond that is not charted until it
 // is published anew. Hand a Series to gateway.Config.Observer and
@@ -37,7 +37,7 @@ type Series struct {
 	now func() time.Time // time.Now but in tests
 
 	mu      sync.Mutex
-	tunnels map[string]*ring
+	tunnels map[string]*ring // nil until the tunnel's first event
 }
 
 // Interface guards.
@@ -90,8 +90,10 @@ func (s *Series) TunnelChanged(tunnel string, state gateway.TunnelState, _ int) 
 		delete(s.tunnels, tunnel)
 		return
 	}
-	if s.tunnels[tunnel] == nil && len(s.tunnels) < s.max {
-		s.tunnels[tunnel] = new(ring)
+	if _, kept := s.tunnels[tunnel]; !kept && len(s.tunnels) < s.max {
+		// The ring comes with the tunnel's first event: an idle
+		// tunnel costs a map entry, not its 7 KiB of points.
+		s.tunnels[tunnel] = nil
 	}
 }
 
@@ -100,9 +102,15 @@ func (s *Series) add(tunnel string, f func(*point)) {
 	slot := slotOf(s.now())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r := s.tunnels[tunnel]; r != nil {
-		f(r.at(slot))
+	r, kept := s.tunnels[tunnel]
+	if !kept {
+		return
 	}
+	if r == nil {
+		r = new(ring)
+		s.tunnels[tunnel] = r
+	}
+	f(r.at(slot))
 }
 
 // VisitorOpened counts a TCP visitor connection.
@@ -171,6 +179,9 @@ func (s *Series) Snapshot(tunnel string) Snapshot {
 			BytesOut:    make([]int64, Points),
 		}
 		for i := range Points {
+			if r == nil {
+				break // nothing carried yet: all zero
+			}
 			slot := first + int64(i)
 			p := &r[slot%int64(Points)]
 			if p.slot != slot {

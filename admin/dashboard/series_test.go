@@ -167,3 +167,24 @@ func TestSeriesConcurrent(t *testing.T) {
 		t.Fatalf("%d requests, want 8000", got)
 	}
 }
+
+// A published tunnel that has carried nothing is listed with zero points
+// and holds no ring; its first event makes one.
+func TestSeriesIdleTunnelHoldsNoRing(t *testing.T) {
+	s, _ := newTestSeries(0)
+	s.TunnelChanged("idle", gateway.TunnelLive, 1)
+	snap := s.Snapshot("idle")
+	if len(snap.Tunnels) != 1 || len(snap.Tunnels[0].Requests) != Points || sum(snap.Tunnels[0].Requests) != 0 {
+		t.Fatalf("idle tunnel's snapshot: %+v", snap.Tunnels)
+	}
+	s.mu.Lock()
+	r := s.tunnels["idle"]
+	s.mu.Unlock()
+	if r != nil {
+		t.Fatal("an idle tunnel holds a ring")
+	}
+	s.VisitorOpened("idle")
+	if got := s.Snapshot("idle").Tunnels[0].Connections[Points-1]; got != 1 {
+		t.Fatalf("after the first event: %d connections, want 1", got)
+	}
+}
