@@ -1,6 +1,13 @@
 // Command bench measures diglett against the direct path on loopback, with
-// the real release binaries, and writes bench/results.md and
-// bench/results.png.
+// the real release binaries, and writes bench/results.md, bench/results.json
+// (every figure's median and ratio by path and key, with the run's
+// metadata) and bench/results.png.
+//
+// With -before FILE (scripts/bench.sh passes bench/before.md, the run kept
+// as the baseline), the report opens with the targets of issue 17, each
+// with the figure before (read back from FILE's "Figures" and idle-session
+// memory tables) and after, and the chart shows the tcp transport's main
+// ratios before and after beside the floor's, with the targets.
 //
 // It starts a direct backend (a Go HTTP server answering 100 bytes, with
 // keep-alive) and an iperf3 server, a gateway (bin/diglett-server) and, per
@@ -72,6 +79,7 @@ type options struct {
 	portsCluster string   // public port range of the cluster reference's nodes
 	command      string   // the command line recorded in the results
 	keepLogs     string   // directory for the processes' logs
+	before       string   // a results.md of an earlier run to compare with (bench/before.md)
 	only         map[string]bool
 	refs         map[string]bool // reference paths measured: floor, library
 	stepTimeout  time.Duration   // bound on one external tool run beyond its duration
@@ -96,6 +104,7 @@ func main() {
 	flag.StringVar(&o.portsCluster, "cluster-ports", "24000-24099", "public port range of the cluster reference's two nodes")
 	flag.StringVar(&o.command, "command", strings.Join(os.Args, " "), "command line recorded in results.md")
 	flag.StringVar(&o.keepLogs, "logs", "", "directory for the processes' logs (default: a temporary one, removed)")
+	flag.StringVar(&o.before, "before", "", "results.md of an earlier run (bench/before.md) shown as the before of the issue-17 targets and the chart (empty: none)")
 	flag.StringVar(&only, "only", "", "comma-separated subset of bulk,http,close,hol,latency,memory,streams,visitors (default: all)")
 	flag.StringVar(&refs, "refs", "floor,library,cluster", "comma-separated reference paths to measure beside the transports: floor, library, cluster (empty: none)")
 	flag.Parse()

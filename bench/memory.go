@@ -16,9 +16,12 @@ import (
 type memResult struct {
 	sessions      int
 	before, after int64 // VmRSS, bytes
-	setup         time.Duration
-	errors        int
-	firstErr      error
+	// The same samples' RssAnon and RssFile: most of a fresh process's
+	// VmRSS is its binary's file pages, and what sessions add is anon.
+	beforeMem, afterMem memSample
+	setup               time.Duration
+	errors              int
+	firstErr            error
 }
 
 func (m *memResult) perSession() float64 {
@@ -37,18 +40,19 @@ func (b *bench) memory(ctx context.Context) (*memResult, error) {
 		return nil, err
 	}
 	defer b.ps.stopAll()
-	settle := func() int64 {
+	settle := func() memSample {
 		// The gateway's heap settles within a few seconds of idleness;
 		// take the last of a few samples.
-		var v int64
+		var v memSample
 		for i := 0; i < 5 && ctx.Err() == nil; i++ {
 			time.Sleep(time.Second)
-			v = rss(g.pid())
+			v = memOf(g.pid())
 		}
 		return v
 	}
 	m := &memResult{sessions: n}
-	m.before = settle()
+	m.beforeMem = settle()
+	m.before = m.beforeMem.vm
 
 	logf, err := os.Create(filepath.Join(b.logDir, "memory-agents.log"))
 	if err != nil {
@@ -111,7 +115,8 @@ func (b *bench) memory(ctx context.Context) (*memResult, error) {
 		return nil, fmt.Errorf("no session opened: %v", m.firstErr)
 	}
 	m.sessions = len(lns)
-	m.after = settle()
+	m.afterMem = settle()
+	m.after = m.afterMem.vm
 	fmt.Fprintf(os.Stderr, "  %d sessions in %v (%d failed), gateway RSS %.1f MB -> %.1f MB: %.1f KB per session\n",
 		m.sessions, m.setup.Round(time.Millisecond), m.errors, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession())
 	return m, ctx.Err()

@@ -231,18 +231,63 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / ticks
 }
 
-// peakRSS samples the summed RSS of pids every 100 ms until stop is called,
-// and returns the peak.
-func peakRSS(pids ...int) (stop func() int64) {
-	var peak int64
+// memSample is resident memory from /proc/PID/status, in bytes: VmRSS
+// and its two main parts, RssAnon (heap, stacks: what the process
+// allocated) and RssFile (mapped file pages, mostly the binary's own code
+// and data, shared with the page cache).
+type memSample struct{ vm, anon, file int64 }
+
+// memOf reads pid's memSample; a field it cannot read counts as 0.
+func memOf(pid int) memSample {
+	var m memSample
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return m
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		var dst *int64
+		switch k {
+		case "VmRSS":
+			dst = &m.vm
+		case "RssAnon":
+			dst = &m.anon
+		case "RssFile":
+			dst = &m.file
+		default:
+			continue
+		}
+		if f := strings.Fields(v); len(f) > 0 {
+			if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+				*dst = kb * 1024
+			}
+		}
+	}
+	return m
+}
+
+// peakRSS samples the summed memory of pids every 100 ms until stop is
+// called, and returns the sample of the peak summed VmRSS, with its RssFile,
+// and the peak summed RssAnon.
+func peakRSS(pids ...int) (stop func() memSample) {
+	var peak memSample
 	quit := make(chan struct{})
 	done := make(chan struct{})
 	sample := func() {
-		var sum int64
+		var sum memSample
 		for _, p := range pids {
-			sum += rss(p)
+			m := memOf(p)
+			sum.vm += m.vm
+			sum.anon += m.anon
+			sum.file += m.file
 		}
-		peak = max(peak, sum)
+		if sum.vm > peak.vm {
+			peak.vm, peak.file = sum.vm, sum.file
+		}
+		peak.anon = max(peak.anon, sum.anon)
 	}
 	go func() {
 		defer close(done)
@@ -257,7 +302,7 @@ func peakRSS(pids ...int) (stop func() int64) {
 			}
 		}
 	}()
-	return func() int64 {
+	return func() memSample {
 		close(quit)
 		<-done
 		sample()

@@ -54,9 +54,19 @@ func rows() []row {
 			row{"1,000 req/s, " + w.name + ", added p99", "ms", "", "add" + w.key + "_p99", 3, true},
 		)
 	}
+	for _, w := range []struct{ name, key string }{{"HTTP by Host", "host64"}, {"HTTP via TCP port", "tcp64"}} {
+		for _, k := range []struct{ what, sfx string }{
+			{"shared gateway", ""},
+			{"a fresh pair", "_fresh"},
+		} {
+			rs = append(rs,
+				row{"Gateway + agent peak RSS, " + w.name + ", 64 conns, " + k.what, "MB", "", w.key + k.sfx + "_rss", 1, true},
+				row{"Gateway + agent peak RssAnon, " + w.name + ", 64 conns, " + k.what, "MB", "", w.key + k.sfx + "_anon", 1, true},
+				row{"Gateway + agent RssFile at the RSS peak, " + w.name + ", 64 conns, " + k.what, "MB", "", w.key + k.sfx + "_file", 1, true},
+			)
+		}
+	}
 	rs = append(rs,
-		row{"Gateway + agent peak RSS, HTTP by Host, 64 conns", "MB", "", "host64_rss", 1, true},
-		row{"Gateway + agent peak RSS, HTTP via TCP port, 64 conns", "MB", "", "tcp64_rss", 1, true},
 		row{"Gateway + agent CPU per request, HTTP by Host, 64 conns", "µs", "", "host64_cpu", 1, true},
 		row{"Gateway + agent CPU per request, HTTP via TCP port, 64 conns", "µs", "", "tcp64_cpu", 1, true},
 	)
@@ -155,6 +165,25 @@ func (b *bench) report() error {
 	}
 	p("\n\n")
 
+	figs := b.figures()
+	b.issue17 = issue17(figs, b.memPerSession(), b.mem != nil, b.before)
+	p("## Issue 17 targets\n\n")
+	if b.before != nil {
+		p("Before: `%s` (commit %s, %s), read back; after: this run. ", b.before.file, orUnknown(b.before.commit), orUnknown(b.before.date))
+	} else {
+		p("No baseline given (`-before`), so no before column. ")
+	}
+	p("Ratios are to direct in the same run, and so are the floor's figures used as goals; a verdict is for this run's figure only. The RSS goal is judged on a fresh gateway and tcp agent of their own under the 64-connection load (see the RSS rows of the Figures below; the suite's shared gateway also holds every other path's agent and has served the bulk runs, and the file pages of the two binaries are part of VmRSS, so RssAnon is given beside it).\n\n")
+	p("| target | path | before | after | goal | verdict |\n| --- | --- | --- | --- | --- | --- |\n")
+	for _, t := range b.issue17 {
+		v := t.Verdict
+		if v == verdictFail {
+			v = "**FAIL**"
+		}
+		p("| %s | %s | %s | %s | %s | %s |\n", t.Target, t.Path, t.Before, t.After, t.Goal, v)
+	}
+	p("\n")
+
 	p("## Figures\n\n")
 	p("| workload | unit | direct |")
 	for _, t := range ts {
@@ -201,7 +230,7 @@ func (b *bench) report() error {
 			p("| %s | %s | %s |\n", r.label, r.unit, strings.Join(cells, " | "))
 		}
 	}
-	p("\nThroughput ratios above 1× are better than direct, latency ratios below 1×. \"Added\" is the path's figure minus direct's, within each run. RSS and CPU are those of the gateway and of the agent serving that tunnel, sampled during the 64-connection run (the gateway also holds the other paths' agents, idle meanwhile).")
+	p("\nThroughput ratios above 1× are better than direct, latency ratios below 1×. \"Added\" is the path's figure minus direct's, within each run. RSS and CPU are those of the gateway and of the agent serving that tunnel, sampled every 100 ms during the 64-connection run: \"shared gateway\" is the suite's gateway, which also holds the other paths' agents (idle meanwhile) and has served the bulk runs before; \"a fresh pair\" (tcp only) is a gateway and a tcp agent started for that measurement alone, serving the same two 64-connection runs. RSS is the peak of the summed VmRSS, RssAnon the peak of the summed RssAnon (heap and stacks), RssFile the summed mapped file pages (mostly the binaries' own) at the RSS peak.")
 	if b.o.refs[refLibrary] {
 		p(" For library the second process is the app itself, so its RSS and CPU include the HTTP server's own work, which for the other paths happens in the backend, outside these figures.")
 	}
@@ -214,8 +243,10 @@ func (b *bench) report() error {
 		if m.errors > 0 {
 			p(", %d failed (first: %v)", m.errors, m.firstErr)
 		}
-		p(".\n\n| gateway VmRSS idle | with %d sessions | per session |\n| --- | --- | --- |\n| %.1f MB | %.1f MB | %.1f KB |\n\n",
-			m.sessions, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession())
+		p(".\n\n| gateway VmRSS idle | with %d sessions | per session | RssAnon idle → with | RssFile idle → with |\n| --- | --- | --- | --- | --- |\n| %.1f MB | %.1f MB | %.1f KB | %.1f MB → %.1f MB | %.1f MB → %.1f MB |\n\n",
+			m.sessions, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession(),
+			mb(m.beforeMem.anon), mb(m.afterMem.anon), mb(m.beforeMem.file), mb(m.afterMem.file))
+		p("RssAnon is what the gateway allocated (heap, stacks); RssFile is mapped file pages, mostly its own binary's.\n\n")
 	}
 
 	if _, ok := b.value("direct", "hol_rate"); ok {
@@ -293,7 +324,7 @@ func (b *bench) report() error {
 		{"Added latency at 1,000 req/s by Host: p99 ≤ +0.5 ms", "addhost_p99", "", 0.5, true, " ms"},
 		{"Added latency at 1,000 req/s via TCP port: p50 ≤ +0.15 ms", "addtcp_p50", "", 0.15, true, " ms"},
 		{"Added latency at 1,000 req/s via TCP port: p99 ≤ +0.5 ms", "addtcp_p99", "", 0.5, true, " ms"},
-		{"Gateway + agent ≤ 40 MB RSS under 64-conn HTTP by Host", "host64_rss", "", 40, true, "MB"},
+		{"Gateway + agent ≤ 40 MB RSS under 64-conn HTTP by Host (shared gateway)", "host64_rss", "", 40, true, "MB"},
 	}
 	for _, g := range tgts {
 		var cells []string
@@ -400,10 +431,17 @@ func (b *bench) report() error {
 	if err := os.WriteFile(filepath.Join(b.o.out, "results.md"), []byte(w.String()), 0o644); err != nil {
 		return err
 	}
-	if err := b.chart(filepath.Join(b.o.out, "results.png")); err != nil {
+	if err := b.writeJSON(filepath.Join(b.o.out, "results.json"), figs); err != nil {
+		return fmt.Errorf("results.json: %w", err)
+	}
+	chart := b.chart
+	if b.before != nil {
+		chart = b.chartBeforeAfter
+	}
+	if err := chart(filepath.Join(b.o.out, "results.png")); err != nil {
 		return fmt.Errorf("chart: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "bench: wrote %s and %s\n", filepath.Join(b.o.out, "results.md"), filepath.Join(b.o.out, "results.png"))
+	fmt.Fprintf(os.Stderr, "bench: wrote %s, %s and %s\n", filepath.Join(b.o.out, "results.md"), filepath.Join(b.o.out, "results.json"), filepath.Join(b.o.out, "results.png"))
 	return nil
 }
 
@@ -505,6 +543,13 @@ func orNone(ss []string) string {
 		return "none"
 	}
 	return strings.Join(ss, ", ")
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 func verdict(pass bool) string {

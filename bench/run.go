@@ -47,7 +47,7 @@ func (t *target) offers(key string) bool {
 	switch {
 	case strings.HasPrefix(key, "bulk"):
 		return t.bulkPort != 0
-	case strings.HasSuffix(key, "_rss"), strings.HasSuffix(key, "_cpu"):
+	case strings.HasSuffix(key, "_rss"), strings.HasSuffix(key, "_anon"), strings.HasSuffix(key, "_file"), strings.HasSuffix(key, "_cpu"):
 		return t.server != nil
 	case strings.HasPrefix(key, "host"), strings.HasPrefix(key, "lathost"), strings.HasPrefix(key, "addhost"):
 		return t.direct() || t.byHost()
@@ -73,7 +73,9 @@ type bench struct {
 	started  time.Time
 	duration time.Duration
 	notes    []string
-	lag      float64 // worst p99 of the latency generator's own lag, ms
+	lag      float64    // worst p99 of the latency generator's own lag, ms
+	before   *baseline  // the earlier run compared with (-before), or nil
+	issue17  []target17 // the targets of issue 17, judged by report
 
 	clusterHop *proc // the cluster reference's forwarding node
 }
@@ -94,6 +96,15 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	b := &bench{o: o, errs: map[string]int64{}, started: time.Now()}
+	if o.before != "" {
+		// Read before measuring: a file the report cannot use fails now,
+		// not after the whole run.
+		bl, err := readBaseline(o.before)
+		if err != nil {
+			return fmt.Errorf("-before: %w", err)
+		}
+		b.before = bl
+	}
 	if o.keepLogs != "" {
 		b.logDir = o.keepLogs
 		if err := os.MkdirAll(b.logDir, 0o755); err != nil {
@@ -357,7 +368,7 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 					ways = append(ways, way{fmt.Sprintf("tcp%d", conns), "http://" + t.httpAddr + "/", nil})
 				}
 				for _, w := range ways {
-					var stopRSS func() int64
+					var stopRSS func() memSample
 					var cpu0 time.Duration
 					if t.server != nil && conns == 64 {
 						stopRSS = peakRSS(b.gateway.pid(), t.server.pid())
@@ -367,7 +378,9 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 					if stopRSS != nil {
 						peak := stopRSS()
 						cpu := cpuTime(b.gateway.pid()) + cpuTime(t.server.pid()) - cpu0
-						res[t.name][w.key+"_rss"] = float64(peak) / (1 << 20)
+						res[t.name][w.key+"_rss"] = mb(peak.vm)
+						res[t.name][w.key+"_anon"] = mb(peak.anon)
+						res[t.name][w.key+"_file"] = mb(peak.file)
 						if r.requests > 0 {
 							res[t.name][w.key+"_cpu"] = float64(cpu.Microseconds()) / float64(r.requests)
 						}
@@ -385,6 +398,9 @@ func (b *bench) measure(ctx context.Context, res map[string]map[string]float64) 
 			if err := b.alive(); err != nil {
 				return err
 			}
+		}
+		if err := b.freshRSS(ctx, res); err != nil {
+			return fmt.Errorf("fresh gateway and agent: %w", err)
 		}
 	}
 	if o.want("close") {

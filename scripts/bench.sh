@@ -10,7 +10,9 @@
 # (floor,library,cluster: the reference paths measured beside the transports;
 # empty for none), BENCH_ONLY (a subset of
 # bulk,http,close,hol,latency,memory,streams,visitors), BENCH_LOGS (a
-# directory to keep the processes' logs in).
+# directory to keep the processes' logs in), BENCH_BEFORE (a results.md of
+# an earlier run shown as the "before" of the issue-17 targets and the
+# chart; bench/before.md when unset and present, empty for none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -65,6 +67,17 @@ for v in BENCH_RUNS BENCH_SECS BENCH_LATENCY_SECS BENCH_SESSIONS BENCH_TRANSPORT
 done
 if [ -n "${BENCH_REFS+set}" ] && [ -z "$BENCH_REFS" ]; then cmdline="BENCH_REFS= $cmdline"; fi
 
+# The baseline: bench/before.md unless BENCH_BEFORE says otherwise; a file
+# named explicitly must exist (the bench program fails on it otherwise).
+if [ -n "${BENCH_BEFORE+set}" ]; then
+	before=$BENCH_BEFORE
+	cmdline="BENCH_BEFORE=$BENCH_BEFORE $cmdline"
+elif [ -f bench/before.md ]; then
+	before=bench/before.md
+else
+	before=
+fi
+
 "$work/bench" -bin bin -out bench \
 	-runs "${BENCH_RUNS:-3}" \
 	-secs "${BENCH_SECS:-5}" \
@@ -74,6 +87,7 @@ if [ -n "${BENCH_REFS+set}" ] && [ -z "$BENCH_REFS" ]; then cmdline="BENCH_REFS=
 	-refs "${BENCH_REFS-floor,library,cluster}" \
 	-only "${BENCH_ONLY:-}" \
 	-logs "${BENCH_LOGS:-}" \
+	-before "$before" \
 	-command "$cmdline" &
 pid=$!
 wait "$pid"
