@@ -131,43 +131,67 @@ func stripH2CUpgrade(h http.Header) {
 
 // rewrite builds the request to the backend. The reverse proxy has already
 // removed hop-by-hop headers (including those a visitor named in
-// Connection) and Forwarded and X-Forwarded-For, -Host and -Proto; the
-// other headers only a proxy may set are dropped here unless the peer is a
-// trusted proxy (see clientClaimHeaders), so the ones set here cannot be
-// removed or spoofed by a visitor. The host the backend is told is the
-// validated one, never the visitor's text.
+// Connection) and Forwarded and X-Forwarded-For, -Host and -Proto. The
+// host the backend is told is the validated one, never the visitor's text.
 func (in *Server) rewrite(pr *httputil.ProxyRequest) {
 	rt := pr.In.Context().Value(routeKey{}).(*route)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = rt.t.Name()
 	pr.Out.Host = rt.host
+	setForwarded(pr.Out.Header, rt, in.forwardedFrom(pr.In.Header, rt))
+}
+
+// forwardedValues are the forwarded headers the backend is told.
+type forwardedValues struct {
+	forwardedFor, forwarded, proto string
+	trusted                        bool // the peer is a trusted proxy
+}
+
+// forwardedFrom computes the forwarded headers of a request whose header,
+// as the visitor sent it, is orig: a trusted proxy's own are extended,
+// anyone else's replaced.
+func (in *Server) forwardedFrom(orig http.Header, rt *route) forwardedValues {
 	proto := "http"
 	if rt.https {
 		proto = "https"
 	}
-	h := pr.Out.Header
+	fv := forwardedValues{
+		forwardedFor: rt.peer.String(),
+		forwarded:    `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto,
+		proto:        proto,
+		trusted:      in.trusted(rt.peer),
+	}
+	if fv.trusted {
+		if prior := orig.Values("X-Forwarded-For"); len(prior) > 0 {
+			fv.forwardedFor = strings.Join(prior, ", ") + ", " + fv.forwardedFor
+		}
+		if prior := orig.Values("Forwarded"); len(prior) > 0 {
+			fv.forwarded = strings.Join(prior, ", ") + ", " + fv.forwarded
+		}
+		if v := orig.Get("X-Forwarded-Proto"); v != "" {
+			fv.proto = v
+		}
+	}
+	return fv
+}
+
+// setForwarded rewrites h, the header of the request to the backend, from
+// which hop-by-hop headers and Forwarded and X-Forwarded-For, -Host and
+// -Proto are already removed: the other headers only a proxy may set are
+// dropped unless the peer is a trusted proxy (see clientClaimHeaders), so
+// the ones set here cannot be removed or spoofed by a visitor. Both
+// forwarding paths (the reverse proxy's and fast.go's) rewrite with it.
+func setForwarded(h http.Header, rt *route, fv forwardedValues) {
 	// Also for h2c tunnels: their backends get HTTP/2 with prior
 	// knowledge, where an Upgrade header fails the request.
 	stripH2CUpgrade(h)
-	forwardedFor := rt.peer.String()
-	forwarded := `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto
-	if in.trusted(rt.peer) {
-		if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			forwardedFor = strings.Join(prior, ", ") + ", " + forwardedFor
-		}
-		if prior := pr.In.Header.Values("Forwarded"); len(prior) > 0 {
-			forwarded = strings.Join(prior, ", ") + ", " + forwarded
-		}
-		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
-			proto = v
-		}
-	} else {
+	if !fv.trusted {
 		dropClientClaims(h)
 	}
-	h.Set("X-Forwarded-For", forwardedFor)
+	h.Set("X-Forwarded-For", fv.forwardedFor)
 	h.Set("X-Forwarded-Host", rt.host)
-	h.Set("X-Forwarded-Proto", proto)
-	h.Set("Forwarded", forwarded)
+	h.Set("X-Forwarded-Proto", fv.proto)
+	h.Set("Forwarded", fv.forwarded)
 	if rt.pol.BasicAuth() {
 		// The credentials were the gateway's to check, not the backend's.
 		h.Del("Authorization")

@@ -1,9 +1,11 @@
 // Package ingress is diglett's HTTP(S) ingress: it serves every tunnel of
 // a gateway on shared HTTP and HTTPS ports, by host name (a request for
-// NAME.Domain goes to tunnel NAME). Requests are proxied with the standard
-// library's reverse proxy over streams opened on the agents' sessions; a
-// stream carries many requests, one after the other, and idle streams are
-// kept for the next request like keep-alive connections.
+// NAME.Domain goes to tunnel NAME). Plain HTTP/1.1 requests take a
+// connection-level forwarding path (fast.go) that passes heads and bodies
+// to the agents as raw bytes; everything else is proxied with the standard
+// library's reverse proxy. Both go over streams opened on the agents'
+// sessions; a stream carries many requests, one after the other, and idle
+// streams are kept for the next request like keep-alive connections.
 //
 // Each agent session has its own HTTP client (and so its own pool of idle
 // streams, per tunnel). The member is picked per request (least
@@ -31,6 +33,7 @@ import (
 	"time"
 
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/accept"
 	"github.com/diglett/diglett/internal/httpguard"
 	"github.com/diglett/diglett/internal/source"
 )
@@ -173,6 +176,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	servers map[*http.Server]struct{}
+	fast    map[*fastServer]struct{} // the forwarding paths in front of servers; see fast.go
 	closed  bool
 	once    sync.Once
 }
@@ -183,7 +187,7 @@ func New(gw Gateway, cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &Server{gw: gw, cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
-		servers: make(map[*http.Server]struct{}),
+		servers: make(map[*http.Server]struct{}), fast: make(map[*fastServer]struct{}),
 		sources: newSourceLimiter(cfg.MaxRequestsPerSource, cfg.Logger, source.Interval)}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:      in.rewrite,
@@ -235,6 +239,9 @@ func (in *Server) newHTTPServer(h http.Handler) *http.Server {
 			case *httpguard.Conn:
 				info.guard = x
 				_, info.https = x.Conn.(*tls.Conn)
+			case *handoffConn:
+				info.guard = x.Conn
+				info.https = x.https
 			}
 			return context.WithValue(ctx, connInfoKey{}, info)
 		},
@@ -259,19 +266,23 @@ func (in *Server) guard(h http.Handler) http.Handler {
 	})
 }
 
-func (in *Server) track(hs *http.Server) bool {
+func (in *Server) track(hs *http.Server, fs *fastServer) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.closed {
 		return false
 	}
 	in.servers[hs] = struct{}{}
+	if fs != nil {
+		in.fast[fs] = struct{}{}
+	}
 	return true
 }
 
-func (in *Server) untrack(hs *http.Server) {
+func (in *Server) untrack(hs *http.Server, fs *fastServer) {
 	in.mu.Lock()
 	delete(in.servers, hs)
+	delete(in.fast, fs)
 	in.mu.Unlock()
 }
 
@@ -285,9 +296,22 @@ func (in *Server) shutdown(ctx context.Context) error {
 	for hs := range in.servers {
 		servers = append(servers, hs)
 	}
+	fast := make([]*fastServer, 0, len(in.fast))
+	for fs := range in.fast {
+		fast = append(fast, fs)
+	}
 	in.mu.Unlock()
 	var wg sync.WaitGroup
 	var late atomic.Bool
+	for _, fs := range fast {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if fs.shutdown(ctx) != nil {
+				late.Store(true)
+			}
+		}()
+	}
 	for _, hs := range servers {
 		wg.Add(1)
 		go func() {
@@ -340,18 +364,46 @@ func (in *Server) Serve(ln net.Listener, wrap func(http.Handler) http.Handler) e
 	}
 	var h http.Handler = in
 	if wrap != nil {
+		// The wrapper may answer some requests itself: they all go to
+		// the standard server.
 		h = wrap(h)
+		hs := in.newHTTPServer(h)
+		if !in.track(hs, nil) {
+			ln.Close()
+			return ErrServerClosed
+		}
+		defer in.untrack(hs, nil)
+		err := hs.Serve(httpguard.NewListener(in.gw.LimitVisitors(ln)))
+		if errors.Is(err, http.ErrServerClosed) {
+			return ErrServerClosed
+		}
+		return fmt.Errorf("ingress: HTTP: %w", err)
 	}
 	hs := in.newHTTPServer(h)
-	if !in.track(hs) {
+	vl := in.gw.LimitVisitors(ln)
+	fs := in.newFastServer(false, ln.Addr(), vl)
+	if !in.track(hs, fs) {
 		ln.Close()
 		return ErrServerClosed
 	}
-	defer in.untrack(hs)
-	err := hs.Serve(httpguard.NewListener(in.gw.LimitVisitors(ln)))
-	if errors.Is(err, http.ErrServerClosed) {
+	defer in.untrack(hs, fs)
+	handed := make(chan error, 1)
+	go func() { handed <- hs.Serve(fs.handoff) }()
+	var err error
+	for {
+		var c net.Conn
+		if c, err = accept.Next(vl, fs.handoff.done, in.log, "accept visitor"); err != nil {
+			break
+		}
+		fs.serve(httpguard.Wrap(c))
+	}
+	vl.Close()
+	fs.handoff.Close()
+	<-handed
+	if fs.closing.Load() {
 		return ErrServerClosed
 	}
+	fs.shutdown(nil)
 	return fmt.Errorf("ingress: HTTP: %w", err)
 }
 
@@ -376,14 +428,24 @@ func (in *Server) ServeHTTPS(ln net.Listener, tc *tls.Config) error {
 	tc = in.gw.AgentTLS(tc)
 	hs := in.newHTTPServer(in)
 	hs.TLSConfig = tc
-	if !in.track(hs) {
+	fs := in.newFastServer(true, ln.Addr(), nil)
+	if !in.track(hs, fs) {
 		ln.Close()
 		return ErrServerClosed
 	}
-	defer in.untrack(hs)
-	hl := newHandshakeListener(in.ctx, in.gw.LimitVisitors(ln), tc, in.cfg.ReadHeaderTimeout, in.log, in.gw.ServeAgentTLS)
+	defer in.untrack(hs, fs)
+	// HTTP/1 connections go to the forwarding path, which hands what it
+	// does not forward to hs; HTTP/2 ones to hs directly.
+	handed := make(chan error, 1)
+	go func() { handed <- hs.Serve(fs.handoff) }()
+	hl := newHandshakeListener(in.ctx, in.gw.LimitVisitors(ln), tc, in.cfg.ReadHeaderTimeout, in.log, in.gw.ServeAgentTLS, fs.serve)
 	err := hs.Serve(hl)
 	hl.wait()
+	fs.handoff.Close()
+	<-handed
+	if !fs.closing.Load() {
+		fs.shutdown(nil)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return ErrServerClosed
 	}

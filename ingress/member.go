@@ -28,7 +28,8 @@ type member struct {
 	stop        func() bool // stops the drop on the member's leaving
 
 	mu      sync.Mutex
-	h1, h2c *http.Transport // made on first use; see transport
+	h1, h2c *http.Transport          // made on first use; see transport
+	idle    map[string][]*fastStream // fast.go's idle streams, per tunnel
 	dropped bool
 }
 
@@ -59,10 +60,13 @@ func (m *member) drop() {
 	m.mu.Lock()
 	m.dropped = true
 	h1, h2c, stop := m.h1, m.h2c, m.stop
+	idle := m.idle
+	m.idle = nil
 	m.mu.Unlock()
 	if stop != nil {
 		stop()
 	}
+	closeIdle(idle)
 	if h1 != nil {
 		h1.CloseIdleConnections()
 		h2c.CloseIdleConnections()
@@ -118,6 +122,12 @@ func (m *member) dialHTTP(ctx context.Context, _, addr string) (net.Conn, error)
 	if rt, ok := ctx.Value(routeKey{}).(*route); ok {
 		visitor = rt.remote
 	}
+	return m.openHTTP(ctx, name, visitor)
+}
+
+// openHTTP opens a stream for HTTP requests to tunnel name for visitor and
+// waits for the agent to say it reached the backend.
+func (m *member) openHTTP(ctx context.Context, name, visitor string) (net.Conn, error) {
 	st, err := m.OpenStream(ctx, name, visitor)
 	if err != nil {
 		return nil, &dialError{retry: true, err: err}

@@ -32,6 +32,24 @@ func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer tb.finish(r.ProtoMajor == 1)
 		r.Body = tb
 	}
+	rt, release := in.routeRequest(w, r, info.https, x)
+	if rt == nil {
+		return
+	}
+	defer release()
+	if r.Body != nil && r.Body != http.NoBody {
+		rt.body = &visitorBody{ReadCloser: r.Body}
+		r.Body = rt.body
+	}
+	in.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+}
+
+// routeRequest takes a slot of the request's source, routes r to its
+// tunnel and applies the tunnel's visitor rules and cap. It returns the
+// route and the release of the slots it took, or nil after answering w.
+// Both forwarding paths (the reverse proxy's and the connection-level
+// one of fast.go) route through it.
+func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https bool, x *exchange) (*route, func()) {
 	var peer netip.Addr
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		peer = ap.Addr().Unmap()
@@ -45,54 +63,58 @@ func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 		}
 		httpError(w, http.StatusTooManyRequests, "too many requests in flight from your address")
-		return
+		return nil, nil
 	}
-	defer in.sources.release(src)
 	name, host, err := in.gw.Route(r.Host)
 	if err != nil {
 		if r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
 		}
 		httpError(w, http.StatusBadRequest, "malformed host")
-		return
+		in.sources.release(src)
+		return nil, nil
 	}
 	if name == "" {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
-		return
+		in.sources.release(src)
+		return nil, nil
 	}
 	t, ok := in.gw.Tunnel(name)
 	if !ok {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
-		return
+		in.sources.release(src)
+		return nil, nil
 	}
 	in.routed(x, name)
-	rt := &route{t: t, pol: t.Visitors(), https: info.https, remote: r.RemoteAddr, peer: peer, host: host, x: x}
+	rt := &route{t: t, pol: t.Visitors(), https: https, remote: r.RemoteAddr, peer: peer, host: host, x: x}
 	if !rt.pol.Allows(client) {
 		httpError(w, http.StatusForbidden, "your address may not reach this tunnel")
-		return
+		in.sources.release(src)
+		return nil, nil
 	}
 	if rt.pol.BasicAuth() {
 		u, p, ok := r.BasicAuth()
 		if !ok || !rt.pol.CheckPassword(u, p) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="`+name+`", charset="UTF-8"`)
 			httpError(w, http.StatusUnauthorized, "this tunnel asks for a user and password")
-			return
+			in.sources.release(src)
+			return nil, nil
 		}
 	}
 	if len(t.Members()) == 0 {
 		httpError(w, http.StatusServiceUnavailable, "no agent is online for this tunnel")
-		return
+		in.sources.release(src)
+		return nil, nil
 	}
 	release := in.admit(w, r, t) // the gateway's MaxVisitorsPerTunnel
 	if release == nil {
-		return
+		in.sources.release(src)
+		return nil, nil
 	}
-	defer release()
-	if r.Body != nil && r.Body != http.NoBody {
-		rt.body = &visitorBody{ReadCloser: r.Body}
-		r.Body = rt.body
+	return rt, func() {
+		release()
+		in.sources.release(src)
 	}
-	in.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
 }
 
 // admit takes a slot of t's visitor cap for an HTTP request. It returns

@@ -28,7 +28,8 @@ type handshakeListener struct {
 	log     *slog.Logger
 	ctx     context.Context // ends with the server or when the listener closes
 	cancel  context.CancelFunc
-	agent   func(*tls.Conn) // takes WebSocket agent connections
+	agent   func(*tls.Conn)       // takes WebSocket agent connections
+	h1      func(*httpguard.Conn) // if set, takes HTTP/1 connections (see fast.go)
 	conns   chan net.Conn
 	done    chan struct{}
 	once    sync.Once
@@ -38,9 +39,9 @@ type handshakeListener struct {
 	err error // why Accept fails, once done is closed
 }
 
-func newHandshakeListener(ctx context.Context, ln net.Listener, tc *tls.Config, timeout time.Duration, log *slog.Logger, agent func(*tls.Conn)) *handshakeListener {
+func newHandshakeListener(ctx context.Context, ln net.Listener, tc *tls.Config, timeout time.Duration, log *slog.Logger, agent func(*tls.Conn), h1 func(*httpguard.Conn)) *handshakeListener {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &handshakeListener{Listener: ln, tls: tc, timeout: timeout, log: log, ctx: ctx, cancel: cancel, agent: agent,
+	l := &handshakeListener{Listener: ln, tls: tc, timeout: timeout, log: log, ctx: ctx, cancel: cancel, agent: agent, h1: h1,
 		conns: make(chan net.Conn), done: make(chan struct{})}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -97,6 +98,10 @@ func (l *handshakeListener) handshake(raw net.Conn) {
 		l.agent(tc)
 		return
 	default:
+		if l.h1 != nil {
+			l.h1(httpguard.Wrap(tc))
+			return
+		}
 		c = httpguard.Wrap(tc)
 	}
 	select {

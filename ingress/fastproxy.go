@@ -1,0 +1,692 @@
+package ingress
+
+// Forwarding one request on fast.go's path: routed and refused exactly as
+// ServeHTTP does, its head rewritten as the reverse proxy's is, then the
+// head and the body (raw, by its framing) written to a pooled stream, and
+// the response head read back and relayed with its body, raw too.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// maxInterim bounds the 1xx responses relayed before the final one.
+const maxInterim = 5
+
+var (
+	writers    = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	copyBufs   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	headBufs   = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+	errAborted = errors.New("request body aborted")
+)
+
+// hopHeaders are removed from requests and responses as the reverse proxy
+// removes them, with those named in Connection.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, f := range hopHeaders {
+		delete(h, f)
+	}
+}
+
+// bodyState is how far a request body went.
+type bodyState struct {
+	read    atomic.Bool // all of it was read from the visitor
+	started atomic.Bool // some of it was read
+	aborted atomic.Bool // its copy was stopped: its errors are not the visitor's
+}
+
+// forward serves r, whose head has been read, and reports whether the
+// connection stays open for the next request.
+func (fc *fastConn) forward(r *http.Request) bool {
+	in := fc.fs.in
+	fw := &fastWriter{}
+	x := &exchange{start: time.Now(), rec: &recorder{ResponseWriter: fw}}
+	hasBody := r.ContentLength != 0
+	if hasBody {
+		x.body = &countingBody{}
+	}
+	defer in.finish(x, r)
+	rt, release := in.routeRequest(x.rec, r, fc.fs.https, x)
+	if rt == nil {
+		return fc.answer(fw, r, hasBody, nil)
+	}
+	defer release()
+	var body *bodyState
+	if hasBody {
+		body = &bodyState{}
+		rt.body = &visitorBody{}
+	}
+	fv := in.forwardedFrom(r.Header, rt)
+	te := httpgutsTrailers(r.Header["Te"])
+	removeHopHeaders(r.Header)
+	for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Length"} {
+		delete(r.Header, k)
+	}
+	if te {
+		r.Header["Te"] = []string{"trailers"}
+	}
+	setForwarded(r.Header, rt, fv)
+	hb := headBufs.Get().(*[]byte)
+	defer headBufs.Put(hb)
+	*hb = appendRequestHead((*hb)[:0], r, rt.host)
+
+	var tried []uint64
+	var lastErr error
+	fresh := false
+	for {
+		m := in.pick(rt.t, tried)
+		if m == nil {
+			break
+		}
+		m.outstanding.Add(1)
+		x.session.Store(m.ID())
+		st, reused, err := fc.stream(m, rt, fresh)
+		if err != nil {
+			m.outstanding.Add(-1)
+			lastErr = err
+			var de *dialError
+			if !errors.As(err, &de) || !de.retry {
+				break
+			}
+			tried = append(tried, m.ID())
+			continue
+		}
+		keep, stale, err := fc.exchange(r, rt, st, reused, *hb, x, body)
+		m.outstanding.Add(-1)
+		if err == nil {
+			return keep
+		}
+		lastErr = err
+		if stale {
+			fresh = true
+			continue
+		}
+		break
+	}
+	if lastErr == nil {
+		lastErr = errNoAgent
+	}
+	in.proxyError(x.rec, r.WithContext(context.WithValue(in.ctx, routeKey{}, rt)), lastErr)
+	return fc.answer(fw, r, hasBody, body)
+}
+
+func httpgutsTrailers(te []string) bool {
+	for _, v := range te {
+		for tok := range strings.SplitSeq(v, ",") {
+			if t := textproto.TrimString(tok); strings.EqualFold(t, "trailers") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stream returns an idle stream of m for the tunnel, or opens one (fresh
+// forces a new one); reused says which.
+func (fc *fastConn) stream(m *member, rt *route, fresh bool) (*fastStream, bool, error) {
+	name := rt.t.Name()
+	if !fresh {
+		for {
+			s := m.takeIdle(name)
+			if s == nil {
+				break
+			}
+			if s.alive() {
+				return s, true, nil
+			}
+			s.close(false)
+		}
+	}
+	if !m.Serves(name) {
+		return nil, false, &dialError{retry: true, err: errNoAgent}
+	}
+	c, err := m.openHTTP(fc.fs.in.ctx, name, rt.remote)
+	if err != nil {
+		return nil, false, err
+	}
+	return newFastStream(c, m, name), false, nil
+}
+
+// appendRequestHead appends the head of r to the backend: its request
+// line, the validated host, its headers and its body's framing.
+func appendRequestHead(b []byte, r *http.Request, host string) []byte {
+	b = append(b, r.Method...)
+	b = append(b, ' ')
+	b = append(b, r.URL.RequestURI()...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, host...)
+	b = append(b, "\r\n"...)
+	b = appendHeader(b, r.Header)
+	switch {
+	case r.ContentLength < 0:
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		if len(r.Trailer) > 0 {
+			b = appendTrailerKeys(b, r.Trailer)
+		}
+	case r.ContentLength > 0 || r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, r.ContentLength, 10)
+		b = append(b, "\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+func appendTrailerKeys(b []byte, t http.Header) []byte {
+	b = append(b, "Trailer: "...)
+	first := true
+	for k := range t {
+		if !first {
+			b = append(b, ", "...)
+		}
+		first = false
+		b = append(b, k...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// appendHeader appends h's fields, with any CR or LF in a value written
+// as a space (as the standard client does).
+func appendHeader(b []byte, h http.Header) []byte {
+	for k, vs := range h {
+		for _, v := range vs {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			start := len(b)
+			b = append(b, textproto.TrimString(v)...)
+			for i := start; i < len(b); i++ {
+				if b[i] == '\r' || b[i] == '\n' {
+					b[i] = ' '
+				}
+			}
+			b = append(b, "\r\n"...)
+		}
+	}
+	return b
+}
+
+// exchange sends r on st and relays the response. With err nil, the
+// response was relayed (or cut after it started: keep is then false);
+// otherwise nothing was written to the visitor, and stale says that st, a
+// reused stream, failed before any answer to a request that may be sent
+// again.
+func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused bool, head []byte, x *exchange, body *bodyState) (keep, stale bool, err error) {
+	in := fc.fs.in
+	sw := writers.Get().(*bufio.Writer)
+	sw.Reset(st)
+	defer func() {
+		sw.Reset(nil)
+		writers.Put(sw)
+	}()
+	sw.Write(head)
+	var bodyDone chan error
+	// The response timeout starts once the body is sent, unless the
+	// response head came first: mu orders the two.
+	var mu sync.Mutex
+	headRead := false
+	switch {
+	case body == nil:
+		if err := sw.Flush(); err != nil {
+			st.close(true)
+			return false, reused && replayable(r), err
+		}
+		st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
+	case r.ContentLength > 0 && int64(fc.br.Buffered()) >= r.ContentLength:
+		// All of the body is here: no need to wait for the visitor.
+		err := fc.sendBody(sw, r, rt, x, body)
+		if err == nil {
+			err = sw.Flush()
+		}
+		if err != nil {
+			st.close(true)
+			return false, false, err
+		}
+		st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
+	default:
+		// The backend may answer before the body ends, as the standard
+		// client lets it: the body goes in its own goroutine.
+		bodyDone = make(chan error, 1)
+		go func() {
+			err := fc.sendBody(sw, r, rt, x, body)
+			if err == nil {
+				err = sw.Flush()
+			}
+			if err != nil {
+				resetStream(st.Conn) // ends the wait for the response
+			} else {
+				mu.Lock()
+				if !headRead {
+					st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
+				}
+				mu.Unlock()
+			}
+			bodyDone <- err
+		}()
+	}
+	// stopBody ends the body's copy if it is still going, and waits for it.
+	stopBody := func() {
+		if bodyDone == nil {
+			return
+		}
+		select {
+		case <-bodyDone:
+		default:
+			body.aborted.Store(true)
+			fc.c.SetReadDeadline(longAgo)
+			resetStream(st.Conn)
+			<-bodyDone
+		}
+		bodyDone = nil
+	}
+
+	vw := writers.Get().(*bufio.Writer)
+	vw.Reset(fc.c)
+	defer func() {
+		vw.Reset(nil)
+		writers.Put(vw)
+	}()
+	resp, err := fc.readResponse(st, r, vw)
+	if err != nil {
+		stopBody()
+		st.close(true)
+		if errors.Is(err, errInterimSent) {
+			return false, false, nil
+		}
+		return false, reused && body == nil && replayable(r) && !isTimeout(err), err
+	}
+	mu.Lock()
+	headRead = true
+	st.SetReadDeadline(time.Time{})
+	mu.Unlock()
+
+	bodyless := r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	chunked := !bodyless && len(resp.TransferEncoding) > 0
+	length := resp.ContentLength
+	if bodyless {
+		length = 0
+	}
+	closeAfter := r.Close || (!chunked && length < 0)
+	removeHopHeaders(resp.Header)
+	b := appendStatusLine((*headBufsGet())[:0], resp.StatusCode)
+	b = appendHeader(b, resp.Header)
+	if _, ok := resp.Header["Date"]; !ok {
+		b = append(b, "Date: "...)
+		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+		b = append(b, "\r\n"...)
+	}
+	if chunked {
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		if len(resp.Trailer) > 0 {
+			b = appendTrailerKeys(b, resp.Trailer)
+		}
+	}
+	if closeAfter {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	vw.Write(b)
+	headBufsPut(b)
+	x.rec.status = resp.StatusCode
+
+	buf := copyBufs.Get().(*[]byte)
+	var n int64
+	var rerr, werr error
+	switch {
+	case chunked:
+		n, rerr, werr = relayChunked(vw, st.br, *buf, nil)
+	case length != 0:
+		n, rerr, werr = relayLength(vw, st.br, *buf, length, nil)
+		if length < 0 && rerr == io.EOF {
+			rerr = nil
+		}
+	}
+	copyBufs.Put(buf)
+	if werr == nil {
+		werr = vw.Flush()
+	}
+	x.rec.written = n
+	if rerr != nil || werr != nil {
+		in.log.Debug("response cut", "visitor", r.RemoteAddr, "host", r.Host, "err", errors.Join(rerr, werr))
+		stopBody()
+		st.close(true)
+		return false, false, nil
+	}
+	reuse := !closeAfter && !resp.Close && resp.ProtoAtLeast(1, 1) && st.br.Buffered() == 0
+	if bodyDone != nil {
+		select {
+		case berr := <-bodyDone:
+			reuse = reuse && berr == nil
+		default:
+			// The backend answered before the body ended: the stream
+			// cannot carry another request.
+			reuse = false
+			stopBody()
+		}
+	}
+	if body != nil && !body.read.Load() {
+		closeAfter = true
+	}
+	if reuse {
+		st.m.putIdle(st)
+	} else {
+		st.close(true)
+	}
+	return !closeAfter, false, nil
+}
+
+func headBufsGet() *[]byte { return headBufs.Get().(*[]byte) }
+func headBufsPut(b []byte) { headBufs.Put(&b) }
+
+// replayable reports whether a request without a body may be sent again
+// after a reused stream failed (as the standard client decides).
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return len(r.Header["Idempotency-Key"]) > 0 || len(r.Header["X-Idempotency-Key"]) > 0
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// errInterimSent: the response failed after an interim (1xx) response
+// was relayed to the visitor, who cannot be answered anymore.
+var errInterimSent = errors.New("response failed after an interim response")
+
+// readResponse reads the final response head from st, relaying interim
+// (1xx) responses to the visitor through vw.
+func (fc *fastConn) readResponse(st *fastStream, r *http.Request, vw *bufio.Writer) (*http.Response, error) {
+	for i := 0; ; i++ {
+		resp, err := http.ReadResponse(st.br, r)
+		if err != nil {
+			if i > 0 {
+				return nil, errInterimSent
+			}
+			return nil, err
+		}
+		code := resp.StatusCode
+		if code >= 200 {
+			if len(resp.TransferEncoding) > 0 && (len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked") {
+				return nil, errors.New("unsupported transfer encoding")
+			}
+			return resp, nil
+		}
+		if code == http.StatusSwitchingProtocols || i == maxInterim {
+			if i > 0 {
+				return nil, errInterimSent
+			}
+			return nil, errors.New("unexpected interim response")
+		}
+		removeHopHeaders(resp.Header)
+		b := appendStatusLine((*headBufsGet())[:0], code)
+		b = appendHeader(b, resp.Header)
+		b = append(b, "\r\n"...)
+		vw.Write(b)
+		headBufsPut(b)
+		if err := vw.Flush(); err != nil {
+			return nil, errInterimSent
+		}
+	}
+}
+
+func appendStatusLine(b []byte, code int) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, ' ')
+	if text := http.StatusText(code); text != "" {
+		b = append(b, text...)
+	} else {
+		b = append(b, "status code "...)
+		b = strconv.AppendInt(b, int64(code), 10)
+	}
+	return append(b, "\r\n"...)
+}
+
+// sendBody copies the request body from the visitor to sw by its
+// framing, counting it for the access log; a visitor's failure is
+// recorded in rt.body for the answer.
+func (fc *fastConn) sendBody(sw *bufio.Writer, r *http.Request, rt *route, x *exchange, body *bodyState) error {
+	timeout := fc.fs.in.cfg.BodyReadTimeout
+	wait := func() {
+		body.started.Store(true)
+		fc.c.SetReadDeadline(time.Now().Add(timeout))
+	}
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	var n int64
+	var rerr, werr error
+	if r.ContentLength < 0 {
+		n, rerr, werr = relayChunked(sw, fc.br, *buf, wait)
+	} else {
+		n, rerr, werr = relayLength(sw, fc.br, *buf, r.ContentLength, wait)
+	}
+	body.started.Store(true)
+	x.body.n.Add(n)
+	if rerr != nil {
+		if body.aborted.Load() {
+			return errAborted
+		}
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
+			rerr = errBodyTimeout
+		} else if rerr == io.EOF {
+			rerr = io.ErrUnexpectedEOF
+		}
+		rt.body.failed.CompareAndSwap(nil, &rerr)
+		return rerr
+	}
+	if werr != nil {
+		return werr
+	}
+	body.read.Store(true)
+	return nil
+}
+
+// relayLength copies n bytes (until EOF if n < 0) from src to dst,
+// flushing dst before each read that would wait; wait, if not nil, is
+// called before such a read. It returns the bytes copied, and the error
+// reading src (io.EOF if it ended early) or writing dst.
+func relayLength(dst *bufio.Writer, src *bufio.Reader, buf []byte, n int64, wait func()) (int64, error, error) {
+	var done int64
+	for n < 0 || done < n {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return done, nil, err
+			}
+			if wait != nil {
+				wait()
+			}
+		}
+		p := buf
+		if n >= 0 && int64(len(p)) > n-done {
+			p = p[:n-done]
+		}
+		k, err := src.Read(p)
+		if k > 0 {
+			done += int64(k)
+			if _, werr := dst.Write(p[:k]); werr != nil {
+				return done, nil, werr
+			}
+		}
+		if err != nil {
+			return done, err, nil
+		}
+	}
+	return done, nil, nil
+}
+
+// relayChunked copies a chunked body, encoding and trailer as they are,
+// from src to dst, as relayLength does; it returns the bytes of chunk
+// data, and errBadChunk for a body it cannot follow.
+func relayChunked(dst *bufio.Writer, src *bufio.Reader, buf []byte, wait func()) (int64, error, error) {
+	var s chunkScanner
+	for !s.done() {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return s.data, nil, err
+			}
+			if wait != nil {
+				wait()
+			}
+			if left := s.dataLeft(); left >= uint64(src.Size()) {
+				// Chunk data larger than the buffer: read it directly.
+				p := buf
+				if uint64(len(p)) > left {
+					p = p[:left]
+				}
+				k, err := src.Read(p)
+				if k > 0 {
+					s.scan(p[:k])
+					if _, werr := dst.Write(p[:k]); werr != nil {
+						return s.data, nil, werr
+					}
+				}
+				if err != nil {
+					return s.data, err, nil
+				}
+				continue
+			}
+			if _, err := src.Peek(1); err != nil {
+				return s.data, err, nil
+			}
+		}
+		p, _ := src.Peek(src.Buffered())
+		k, err := s.scan(p)
+		if _, werr := dst.Write(p[:k]); werr != nil {
+			return s.data, nil, werr
+		}
+		src.Discard(k)
+		if err != nil {
+			return s.data, err, nil
+		}
+	}
+	return s.data, nil, nil
+}
+
+// answer writes fw, the gateway's own answer to r, and reports whether
+// the connection stays open: a body the answer left unread is read and
+// dropped first, up to maxDiscardBody, as the standard server does.
+func (fc *fastConn) answer(fw *fastWriter, r *http.Request, hasBody bool, body *bodyState) bool {
+	keep := !r.Close && !headerHasToken(fw.h["Connection"], "close")
+	if hasBody && keep && body != nil && body.started.Load() && !body.read.Load() {
+		keep = false
+	}
+	if !fc.writeAnswer(fw, r, keep) || !keep {
+		return false
+	}
+	if hasBody && (body == nil || !body.started.Load()) {
+		if r.ContentLength > maxDiscardBody {
+			return false
+		}
+		timeout := fc.fs.in.cfg.BodyReadTimeout
+		wait := func() { fc.c.SetReadDeadline(time.Now().Add(timeout)) }
+		dw := bufio.NewWriterSize(io.Discard, 16)
+		buf := copyBufs.Get().(*[]byte)
+		defer copyBufs.Put(buf)
+		var n int64
+		var rerr error
+		if r.ContentLength < 0 {
+			n, rerr, _ = relayChunked(dw, fc.br, *buf, wait)
+		} else {
+			n, rerr, _ = relayLength(dw, fc.br, *buf, r.ContentLength, wait)
+		}
+		return rerr == nil && n <= maxDiscardBody
+	}
+	return true
+}
+
+func headerHasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// writeAnswer writes fw's response to the visitor, with Connection: close
+// unless keep. It reports whether the write succeeded.
+func (fc *fastConn) writeAnswer(fw *fastWriter, r *http.Request, keep bool) bool {
+	h := fw.Header()
+	if !keep {
+		h.Set("Connection", "close")
+	}
+	if _, ok := h["Date"]; !ok {
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	code := fw.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	b := appendStatusLine(nil, code)
+	b = appendHeader(b, h)
+	if r == nil || r.Method != http.MethodHead {
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, int64(len(fw.body)), 10)
+		b = append(b, "\r\n\r\n"...)
+		b = append(b, fw.body...)
+	} else {
+		b = append(b, "\r\n"...)
+	}
+	_, err := fc.c.Write(b)
+	return err == nil
+}
+
+// fastWriter is the ResponseWriter of the gateway's own answers on the
+// forwarding path (refusals and errors): short bodies, written at once
+// with their length.
+type fastWriter struct {
+	h    http.Header
+	code int
+	body []byte
+}
+
+var _ http.ResponseWriter = (*fastWriter)(nil)
+
+func (w *fastWriter) Header() http.Header {
+	if w.h == nil {
+		w.h = make(http.Header)
+	}
+	return w.h
+}
+
+func (w *fastWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *fastWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	w.body = append(w.body, p...)
+	return len(p), nil
+}
+
+func newFastWriter() *fastWriter { return &fastWriter{} }
