@@ -8,373 +8,110 @@
 // in snake_case: max_visitors for --max-visitors), whose keys and kinds
 // the caller gives as a Schema, and sections of their own: auth and
 // register (the gateway's modules) and tunnels (the agent's tunnels).
+//
+// The checking itself is package configfile's, which links nothing of
+// the gateway: the agent reads its file through it alone. This package
+// adds what the gateway's sections are checked against (checks) and what
+// is built from them.
 package config
 
 import (
-	"errors"
-	"fmt"
-	"maps"
-	"os"
-	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
-	"time"
-
-	"github.com/diglett/diglett/internal/yamlerr"
-	"go.yaml.in/yaml/v3"
+	"github.com/diglett/diglett/config/configfile"
+	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/homenet"
 )
 
 // Version is the only version of the file format.
-const Version = 1
+const Version = configfile.Version
 
 // Kind is the kind of value a setting takes.
-type Kind int
+type Kind = configfile.Kind
 
 // The kinds of settings.
 const (
-	String   Kind = iota // any scalar
-	Int                  // a whole number
-	Bool                 // true or false
-	Duration             // a duration such as 60s or 1m30s
-	List                 // a list of strings (or one string)
-	Path                 // a file or directory: relative to the config file's directory
+	String   = configfile.String   // any scalar
+	Int      = configfile.Int      // a whole number
+	Bool     = configfile.Bool     // true or false
+	Duration = configfile.Duration // a duration such as 60s or 1m30s
+	List     = configfile.List     // a list of strings (or one string)
+	Path     = configfile.Path     // a file or directory: relative to the config file's directory
 )
 
-// Schema maps the keys of a file's plain settings to their kinds.
-type Schema map[string]Kind
+type (
+	// Schema maps the keys of a file's plain settings to their kinds.
+	Schema = configfile.Schema
+	// Setting is one plain setting of a file, checked against its kind.
+	Setting = configfile.Setting
+	// Module is one item of a module list (auth, register).
+	Module = configfile.Module
+	// Tunnel is one tunnel of an agent's file.
+	Tunnel = configfile.Tunnel
+	// Group is one tunnel group of a gateway's file.
+	Group = configfile.Group
+	// Home is a gateway's nat, firewall and dns sections.
+	Home = configfile.Home
+	// ClusterSettings is the cluster section of a file.
+	ClusterSettings = configfile.ClusterSettings
+	// Error is one problem found in a configuration file, at a line.
+	Error = configfile.Error
+	// Errors are all the problems found in a file, in the order of its
+	// lines.
+	Errors = configfile.Errors
+)
 
-// Setting is one plain setting of a file, checked against its kind.
-type Setting struct {
-	Key  string
-	Line int
-	// Value is the setting's value as text (a Path made absolute); for a
-	// List, its items joined by commas.
-	Value string
-	// List holds the items of a List setting.
-	List []string
-}
-
-// Module is one item of a module list (auth, register): the module's name
-// and its own settings, checked when the module is built.
-type Module struct {
-	Name string
-	Line int
-	node *yaml.Node // the settings; nil when none were given
-}
-
-// Tunnel is one tunnel of an agent's file.
-type Tunnel struct {
-	Name      string
-	Backend   string // as written: HOST:PORT or a bare PORT
-	H2C       bool
-	BasicAuth string
-	AllowIPs  []string
-	Port      int
-	Line      int
-}
-
-// File is a checked configuration file.
+// File is a checked configuration file, with the gateway's modules and
+// home settings built from it on demand.
 type File struct {
-	// Path is the file as given; Dir is its directory, which relative
-	// paths in it are taken from.
-	Path, Dir string
-	// Settings are the plain settings, by key.
-	Settings map[string]Setting
-	// Auth and Register are the gateway's module lists, in file order.
-	Auth, Register []Module
-	// Tunnels are the agent's tunnels, in file order.
-	Tunnels []Tunnel
-	// Groups are the gateway's tunnel groups, in file order.
-	Groups []Group
-	// Home is the gateway's nat, firewall and dns sections; nil without
-	// any (home.go).
-	Home *Home
-	// Cluster is the gateway's cluster section; nil without it
-	// (cluster.go).
-	Cluster *ClusterSettings
+	*configfile.File
 }
 
-// Lookup returns the setting of key, if the file has it.
+// Lookup returns the setting of key, if the file has it; a nil file has
+// none.
 func (f *File) Lookup(key string) (Setting, bool) {
 	if f == nil {
 		return Setting{}, false
 	}
-	s, ok := f.Settings[key]
-	return s, ok
+	return f.File.Lookup(key)
+}
+
+// wrap is f as a *File: nil when f is nil.
+func wrap(f *configfile.File, err error) (*File, error) {
+	if f == nil {
+		return nil, err
+	}
+	return &File{File: f}, err
+}
+
+// checks are what the gateway's sections are checked against: the module
+// table, the gateway's rule for hosts and the nat defaults.
+var checks = &configfile.Checks{
+	Modules:      moduleSpecs(),
+	ValidateHost: gateway.ValidateHost,
+	NATRefresh:   homenet.DefaultRefresh,
+	NATLifetime:  homenet.DefaultLifetime,
 }
 
 // LoadServer reads a diglett-server file: the settings of schema, plus
 // auth, register, groups, cluster, nat, firewall and dns.
 func LoadServer(path string, schema Schema) (*File, error) {
-	return load(path, schema, append([]string{"auth", "register", "groups", "cluster"}, homeSections...))
+	return wrap(configfile.Load(path, schema, configfile.ServerSections(), checks))
 }
 
 // LoadAgent reads a diglett file: the settings of schema, plus tunnels.
+// The agent itself reads it with configfile.LoadAgent, which links none of
+// the gateway.
 func LoadAgent(path string, schema Schema) (*File, error) {
-	return load(path, schema, []string{"tunnels"})
+	return wrap(configfile.LoadAgent(path, schema))
 }
 
-func load(path string, schema Schema, sections []string) (*File, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
-	}
-	dir, err := filepath.Abs(filepath.Dir(path))
-	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
-	}
-	return parse(path, dir, data, schema, sections)
+// LoadHome reads a file of diglett-server portmap: the settings of
+// schema, plus nat, firewall and dns.
+func LoadHome(path string, schema Schema) (*File, error) {
+	return wrap(configfile.LoadHome(path, schema, checks))
 }
 
 // parse checks data, the text of file, whose relative paths are taken
-// from dir.
+// from dir (the tests' way in).
 func parse(file, dir string, data []byte, schema Schema, sections []string) (*File, error) {
-	errs := &errorList{file: file}
-	f := &File{Path: file, Dir: dir, Settings: make(map[string]Setting)}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		errs.add(yamlLine(err), "not valid YAML: %s", yamlMsg(err))
-		return nil, errs.err()
-	}
-	if len(doc.Content) == 0 {
-		errs.add(0, "empty file: start it with \"version: %d\"", Version)
-		return nil, errs.err()
-	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		errs.add(root.Line, "want a mapping of keys to values (version: %d, ...), got %s", Version, yamlerr.Describe(root))
-		return nil, errs.err()
-	}
-	known := append(slices.Sorted(maps.Keys(schema)), sections...)
-	known = append(known, "version")
-	seen := map[string]int{}
-	version := false
-	var groups *yaml.Node
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		k, v := root.Content[i], root.Content[i+1]
-		key := k.Value
-		if line, dup := seen[key]; dup {
-			errs.add(k.Line, "%s: given twice (first on line %d)", key, line)
-			continue
-		}
-		seen[key] = k.Line
-		switch {
-		case key == "version":
-			version = true
-			if n, err := strconv.Atoi(v.Value); v.Kind != yaml.ScalarNode || err != nil || n != Version {
-				errs.add(v.Line, "version: want %d, got %s", Version, yamlerr.Describe(v))
-			}
-		case key == "auth" && slices.Contains(sections, key):
-			f.Auth = parseModules(errs, key, v)
-		case key == "register" && slices.Contains(sections, key):
-			f.Register = parseModules(errs, key, v)
-		case key == "tunnels" && slices.Contains(sections, key):
-			f.Tunnels = parseTunnels(errs, v)
-		case key == "groups" && slices.Contains(sections, key):
-			groups = v // once the domain is known
-		case slices.Contains(homeSections, key) && slices.Contains(sections, key):
-			parseHome(errs, dir, key, v, f)
-		case key == "cluster" && slices.Contains(sections, key):
-			parseCluster(errs, dir, v, f)
-		default:
-			kind, ok := schema[key]
-			if !ok {
-				errs.add(k.Line, "%s", unknownKey(key, known))
-				continue
-			}
-			if s, ok := parseSetting(errs, dir, key, kind, v); ok {
-				f.Settings[key] = s
-			}
-		}
-	}
-	if groups != nil {
-		f.Groups = parseGroups(errs, strings.TrimSuffix(strings.ToLower(f.Settings["domain"].Value), "."), groups)
-	}
-	if !version {
-		errs.add(root.Line, "no version: start the file with \"version: %d\"", Version)
-	}
-	if err := errs.err(); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// parseSettings checks the settings of a mapping (a module's block)
-// against schema.
-func parseSettings(errs *errorList, dir, where string, schema Schema, n *yaml.Node) map[string]Setting {
-	out := map[string]Setting{}
-	if n == nil || n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return out
-	}
-	if n.Kind != yaml.MappingNode {
-		errs.add(n.Line, "%s: want a mapping of settings such as {file: tokens.yaml}, got %s", where, yamlerr.Describe(n))
-		return out
-	}
-	known := slices.Sorted(maps.Keys(schema))
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		kind, ok := schema[k.Value]
-		if !ok {
-			msg := unknownKey(k.Value, known)
-			if len(known) == 0 {
-				msg = fmt.Sprintf("unknown key %q (this module takes no settings)", k.Value)
-			}
-			errs.add(k.Line, "%s: %s", where, msg)
-			continue
-		}
-		if s, ok := parseSetting(errs, dir, where+"."+k.Value, kind, v); ok {
-			out[k.Value] = s
-		}
-	}
-	return out
-}
-
-// parseSetting checks v against kind.
-func parseSetting(errs *errorList, dir, key string, kind Kind, v *yaml.Node) (Setting, bool) {
-	s := Setting{Key: key, Line: v.Line}
-	if kind == List {
-		switch v.Kind {
-		case yaml.ScalarNode:
-			s.List = []string{v.Value}
-		case yaml.SequenceNode:
-			for _, it := range v.Content {
-				if it.Kind != yaml.ScalarNode {
-					errs.add(it.Line, "%s: want a list of strings, got %s in it", key, yamlerr.Describe(it))
-					return s, false
-				}
-				s.List = append(s.List, it.Value)
-			}
-		default:
-			errs.add(v.Line, "%s: want a list of strings, got %s", key, yamlerr.Describe(v))
-			return s, false
-		}
-		s.Value = strings.Join(s.List, ",")
-		return s, true
-	}
-	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
-		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), yamlerr.Describe(v))
-		return s, false
-	}
-	s.Value = v.Value
-	var bad bool
-	switch kind {
-	case Int:
-		_, err := strconv.Atoi(v.Value)
-		bad = err != nil
-	case Bool:
-		_, err := strconv.ParseBool(v.Value)
-		bad = err != nil || v.Tag != "!!bool"
-	case Duration:
-		_, err := time.ParseDuration(v.Value)
-		bad = err != nil
-	case Path:
-		if v.Value != "" && !filepath.IsAbs(v.Value) {
-			s.Value = filepath.Join(dir, v.Value)
-		}
-	}
-	if bad {
-		errs.add(v.Line, "%s: want %s, got %s", key, want(kind), yamlerr.Describe(v))
-		return s, false
-	}
-	return s, true
-}
-
-func want(k Kind) string {
-	switch k {
-	case Int:
-		return "a whole number"
-	case Bool:
-		return "true or false"
-	case Duration:
-		return "a duration such as 60s"
-	case List:
-		return "a list of strings"
-	case Path:
-		return "a file name"
-	}
-	return "a string"
-}
-
-// parseModules checks a module list: a list of one-key mappings
-// {module-name: settings}.
-func parseModules(errs *errorList, section string, n *yaml.Node) []Module {
-	if n.Kind != yaml.SequenceNode {
-		errs.add(n.Line, "%s: want a list of modules such as \"- log: {}\", got %s", section, yamlerr.Describe(n))
-		return nil
-	}
-	var ms []Module
-	for _, it := range n.Content {
-		if it.Kind != yaml.MappingNode || len(it.Content) != 2 {
-			errs.add(it.Line, "%s: want one module per item, as \"- NAME: {settings}\", got %s", section, yamlerr.Describe(it))
-			continue
-		}
-		m := Module{Name: it.Content[0].Value, Line: it.Content[0].Line, node: it.Content[1]}
-		if _, ok := modules[m.Name]; !ok || modules[m.Name].section != section {
-			errs.add(m.Line, "%s: unknown module %q (known: %s)", section, m.Name, strings.Join(moduleNames(section), ", "))
-			continue
-		}
-		ms = append(ms, m)
-	}
-	return ms
-}
-
-// tunnelSchema is the settings of one tunnel.
-var tunnelSchema = Schema{"name": String, "backend": String, "h2c": Bool, "basic_auth": String, "allow_ips": List, "port": Int}
-
-func parseTunnels(errs *errorList, n *yaml.Node) []Tunnel {
-	if n.Kind != yaml.SequenceNode {
-		errs.add(n.Line, "tunnels: want a list such as [{name: web, backend: localhost:3000}], got %s", yamlerr.Describe(n))
-		return nil
-	}
-	var ts []Tunnel
-	names := map[string]int{}
-	for i, it := range n.Content {
-		where := fmt.Sprintf("tunnels[%d]", i+1)
-		before := len(errs.errs)
-		s := parseSettings(errs, "", where, tunnelSchema, it)
-		if len(errs.errs) > before {
-			continue
-		}
-		t := Tunnel{Name: s["name"].Value, Backend: s["backend"].Value, BasicAuth: s["basic_auth"].Value, AllowIPs: s["allow_ips"].List, Line: it.Line}
-		t.H2C, _ = strconv.ParseBool(s["h2c"].Value)
-		t.Port, _ = strconv.Atoi(s["port"].Value)
-		if t.Name == "" || t.Backend == "" {
-			errs.add(it.Line, "%s: want a name and a backend, as {name: web, backend: localhost:3000}", where)
-			continue
-		}
-		if line, dup := names[t.Name]; dup {
-			errs.add(it.Line, "%s: tunnel %q given twice (first on line %d)", where, t.Name, line)
-			continue
-		}
-		names[t.Name] = it.Line
-		ts = append(ts, t)
-	}
-	return ts
-}
-
-// yamlLine finds the line in a YAML syntax error, or 0.
-func yamlLine(err error) int {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		return 0
-	}
-	msg := err.Error()
-	if _, rest, ok := strings.Cut(msg, "line "); ok {
-		end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
-		if end > 0 {
-			n, _ := strconv.Atoi(rest[:end])
-			return n
-		}
-	}
-	return 0
-}
-
-// yamlMsg strips the prefix and line of a YAML syntax error.
-func yamlMsg(err error) string {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	if _, rest, ok := strings.Cut(msg, ": "); ok && strings.HasPrefix(msg, "line ") {
-		return rest
-	}
-	return msg
+	return wrap(configfile.Parse(file, dir, data, schema, sections, checks))
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/diglett/diglett/auth/allowall"
 	"github.com/diglett/diglett/auth/tokens"
+	"github.com/diglett/diglett/config/configfile"
 	"github.com/diglett/diglett/gateway"
 	reglog "github.com/diglett/diglett/register/log"
 )
@@ -59,15 +60,13 @@ func PathKeys(module string) []string {
 	return keys
 }
 
-// moduleNames lists the modules of section, sorted.
-func moduleNames(section string) []string {
-	var names []string
-	for _, n := range slices.Sorted(maps.Keys(modules)) {
-		if modules[n].section == section {
-			names = append(names, n)
-		}
+// moduleSpecs is the table as configfile checks module lists against it.
+func moduleSpecs() map[string]configfile.ModuleSpec {
+	specs := make(map[string]configfile.ModuleSpec, len(modules))
+	for name, m := range modules {
+		specs[name] = configfile.ModuleSpec{Section: m.section, Settings: m.settings}
 	}
-	return names
+	return specs
 }
 
 // Env is what modules are built with.
@@ -135,22 +134,29 @@ func (f *File) Registerers(env Env) ([]gateway.Registerer, error) {
 // buildModules builds each module of a section's list with build, after
 // reading its settings; every problem is reported with its line.
 func buildModules[T any](f *File, section string, list []Module, build func(Module, module, map[string]Setting) (T, error)) ([]T, error) {
-	errs := &errorList{file: f.Path}
+	var errs Errors
 	var out []T
 	for _, m := range list {
 		mod := modules[m.Name]
-		s := parseSettings(errs, f.Dir, section+": "+m.Name, mod.settings, m.node)
-		if len(errs.errs) > 0 {
+		s, err := m.Settings(f.Path, f.Dir, section+": "+m.Name, mod.settings)
+		var es Errors
+		if errors.As(err, &es) {
+			errs = append(errs, es...)
+		}
+		if len(errs) > 0 {
 			continue
 		}
 		x, err := build(m, mod, s)
 		if err != nil {
-			errs.add(m.Line, "%s: %s: %v", section, m.Name, err)
+			errs = append(errs, &Error{File: f.Path, Line: m.Line, Msg: fmt.Sprintf("%s: %s: %v", section, m.Name, err)})
 			continue
 		}
 		out = append(out, x)
 	}
-	return out, errs.err()
+	if len(errs) == 0 {
+		return out, nil
+	}
+	return out, errs
 }
 
 // ClaimAuthenticator is the claim a Chain adds to an identity: the index

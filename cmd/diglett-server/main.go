@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 )
 
 func main() {
@@ -16,7 +17,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "second signal: exiting now")
 		os.Exit(1)
 	})
-	err := cli.Server(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	err := servercli.Server(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !cli.IsHelp(err) {
 		fmt.Fprintln(os.Stderr, "diglett-server:", err)

@@ -15,8 +15,9 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/config"
+	"github.com/diglett/diglett/config/configfile"
 	"github.com/diglett/diglett/internal/inspect"
+	"github.com/diglett/diglett/internal/transport"
 )
 
 type agentCmd struct {
@@ -51,7 +52,7 @@ type agentCmd struct {
 	VersionFlag   kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 	Config        string           `type:"existingfile" placeholder:"FILE" help:"YAML configuration file (version: 1): a key per flag (known_gateways for --known-gateways), plus tunnels: [{name: web, backend: localhost:3000}, ...] to serve several tunnels, each with its own backend. Flags and DIGLETT_* variables override it."`
 
-	logFlags `embed:""`
+	LogFlags `embed:""`
 }
 
 // Agent runs diglett with args until ctx ends or a fatal error.
@@ -60,22 +61,22 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return keyCommands[args[0]](ctx, args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "completion" {
-		return completion("diglett", args[1:], stdout, stderr)
+		return Completion("diglett", args[1:], stdout, stderr)
 	}
 	var c agentCmd
-	fr := &fileResolver{load: config.LoadAgent}
-	if err := parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.\n\nIdentity keys: \"diglett keygen\" makes one, \"diglett token sign\" signs a token with it (see their --help).", args, stdout, stderr, fr); err != nil {
+	fr := &FileResolver{Load: configfile.LoadAgent}
+	if err := Parse(&c, "diglett", "The diglett agent: publishes a local service through a diglett gateway.\n\nIdentity keys: \"diglett keygen\" makes one, \"diglett token sign\" signs a token with it (see their --help).", args, stdout, stderr, fr); err != nil {
 		return err
 	}
 	if err := c.gatewayPorts(); err != nil {
 		return err
 	}
-	log := c.logger(stderr)
+	log := c.Logger(stderr)
 	groups, err := c.tunnelGroups(fr.file)
 	if err != nil {
 		return err
 	}
-	if err := checkIdleTimeout(c.KeepAlive, c.MaxIdle, log); err != nil {
+	if err := CheckIdleTimeout(c.KeepAlive, c.MaxIdle, log); err != nil {
 		return err
 	}
 	cfg := diglett.Config{
@@ -115,7 +116,7 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if c.DebugAddr != "" {
-		if err := serveDebug(ctx, c.DebugAddr, log); err != nil {
+		if err := ServeDebug(ctx, c.DebugAddr, log); err != nil {
 			return err
 		}
 	}
@@ -171,4 +172,19 @@ func forwardOptions(dial, drain, halfClose time.Duration, log *slog.Logger) digl
 		HalfCloseTimeout: noZero(halfClose),
 		Logger:           log,
 	}
+}
+
+// CheckIdleTimeout refuses a --max-idle-timeout below the floor, and says
+// when it lowers the keep-alive period (the agent's flags as the gateway's).
+func CheckIdleTimeout(keepAlive, maxIdle time.Duration, log *slog.Logger) error {
+	if maxIdle < transport.MinMaxIdleTimeout {
+		return fmt.Errorf("--max-idle-timeout %v: want at least %v (a busy network would pass for a dead peer)", maxIdle, transport.MinMaxIdleTimeout)
+	}
+	tc := transport.Config{KeepAlivePeriod: keepAlive, MaxIdleTimeout: maxIdle}
+	if period, lowered := tc.KeepAliveLowered(); lowered {
+		log.Warn("keep-alive period lowered to half the idle timeout",
+			"keep_alive_period", period, "asked", keepAlive, "max_idle_timeout", maxIdle,
+			"fix", "set --max-idle-timeout to at least twice --keep-alive-period")
+	}
+	return nil
 }

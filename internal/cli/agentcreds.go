@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -48,7 +49,7 @@ func (c *agentCmd) credentials(cfg *diglett.Config) error {
 			return fmt.Errorf("--password-file: %w", err)
 		}
 		defer f.Close()
-		if cfg.Password, err = readSecretLine(f, protocol.MaxCredLen); err != nil {
+		if cfg.Password, err = ReadSecretLine(f, protocol.MaxCredLen); err != nil {
 			return fmt.Errorf("--password-file %s: %w", c.PasswordFile, err)
 		}
 	case inEnv:
@@ -84,4 +85,25 @@ func readBounded(file string, max int) (string, error) {
 		return "", fmt.Errorf("%s: longer than %d bytes", file, max)
 	}
 	return s, nil
+}
+
+// ReadSecretLine reads a password as a file or a pipe gives it: one line,
+// its line ending ("\n" or "\r\n") removed and nothing else, at most max
+// bytes. Its errors never quote the secret.
+func ReadSecretLine(r io.Reader, max int) (string, error) {
+	data, err := io.ReadAll(io.LimitReader(r, int64(max)+3))
+	if err != nil {
+		return "", err
+	}
+	data = bytes.TrimSuffix(data, []byte("\n"))
+	data = bytes.TrimSuffix(data, []byte("\r"))
+	switch {
+	case len(data) == 0:
+		return "", errors.New("empty password")
+	case len(data) > max:
+		return "", fmt.Errorf("password longer than %d bytes", max)
+	case bytes.ContainsAny(data, "\r\n"):
+		return "", errors.New("more than one line: want the password alone on one line")
+	}
+	return string(data), nil
 }

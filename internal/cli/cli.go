@@ -1,6 +1,9 @@
-// Package cli holds the command lines of diglett-server and diglett: flags,
-// environment (DIGLETT_*), logging set-up and the run loops that tie the
-// gateway and agent packages together. The mains only call it.
+// Package cli holds the command line of diglett, the agent, and what both
+// command lines share: flags from the environment (DIGLETT_*) and the
+// --config file, logging set-up, help, completion, the version and the
+// signals. diglett-server's own command line is package servercli, so
+// that the agent links none of the gateway (a test in cmd/diglett holds
+// that boundary). The mains only call them.
 package cli
 
 import (
@@ -21,7 +24,7 @@ var errHelp = errors.New("help printed")
 
 // parse parses args into app. Every flag can also come from the environment
 // as DIGLETT_<FLAG>, and from the file of --config when file is not nil.
-func parse(app any, name, desc string, args []string, stdout, stderr io.Writer, file ...*fileResolver) error {
+func Parse(app any, name, desc string, args []string, stdout, stderr io.Writer, file ...*FileResolver) error {
 	exited := false
 	var opts []kong.Option
 	for _, r := range file {

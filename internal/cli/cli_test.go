@@ -3,43 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
-
-func TestHelpListsEveryFlag(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		run   func(context.Context, []string, *bytes.Buffer, *bytes.Buffer) error
-		flags []string
-	}{
-		{"server", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Server(ctx, a, o, e) },
-			[]string{"--listen", "--debug", "--data-dir", "--ports", "--public-bind", "--tokens", "--lease", "--cert", "--key", "--keep-alive-period", "--max-idle-timeout", "quic", "DIGLETT_LISTEN",
-				"--domain", "--http-addr", "--https-addr", "--trusted-proxies", "--http-response-timeout", "--acme-email", "--acme-ca", "--acme-staging", "--acme-ca-root", "--visitor-access"}},
-		{"agent", func(ctx context.Context, a []string, o, e *bytes.Buffer) error { return Agent(ctx, a, o, e) },
-			[]string{"--gateway", "--name", "--token", "--debug", "--port", "--fingerprint", "--ca", "--known-gateways", "--keep-alive-period", "--max-idle-timeout", "--transport", "--connections", "--ws-addr", "--proxy", "DIGLETT_GATEWAY", "<backend>",
-				"--basic-auth", "--allow-ips", "--h2c"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			err := tc.run(context.Background(), []string{"--help"}, &out, &errOut)
-			if !IsHelp(err) {
-				t.Fatalf("--help: err = %v", err)
-			}
-			for _, f := range tc.flags {
-				if !strings.Contains(out.String(), f) {
-					t.Errorf("help does not mention %s:\n%s", f, out.String())
-				}
-			}
-			if strings.Contains(out.String(), "insecure") {
-				t.Error("help offers an insecure mode")
-			}
-		})
-	}
-}
 
 func TestAgentArgumentErrors(t *testing.T) {
 	kg := filepath.Join(t.TempDir(), "kg")
@@ -77,45 +45,6 @@ func TestAgentArgumentErrors(t *testing.T) {
 	}
 }
 
-func TestServerArgumentErrors(t *testing.T) {
-	dir := t.TempDir()
-	badTokens := filepath.Join(dir, "tokens.yaml")
-	os.WriteFile(badTokens, []byte("- token: \"\"\n  names: [a]\n"), 0o600)
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
-		{"bad ports", []string{"--ports", "40000-30000"}, "--ports"},
-		{"ports not numbers", []string{"--ports", "a-b"}, "--ports"},
-		{"missing tokens file", []string{"--tokens", filepath.Join(dir, "none.yaml")}, "none.yaml"},
-		{"bad tokens file", []string{"--tokens", badTokens}, "empty token"},
-		{"cert without key", []string{"--cert", badTokens}, "--key"},
-		{"bad listen", []string{"-l", "nonsense"}, "listen"},
-		{"bad lease", []string{"--lease", "soon"}, "lease"},
-		{"http without domain", []string{"--http-addr", ":8080"}, "--domain"},
-		{"acme without domain", []string{"--acme-email", "a@example.com"}, "--domain"},
-		{"bad domain", []string{"--domain", "not a domain", "--http-addr", "127.0.0.1:0"}, "domain"},
-		{"https without certificate", []string{"--domain", "gw.example", "--https-addr", "127.0.0.1:0"}, "certificate"},
-		{"acme and cert", []string{"--domain", "gw.example", "--acme-email", "a@example.com", "--cert", badTokens, "--key", badTokens}, "exclusive"},
-		{"bad visitor access", []string{"--visitor-access", "maybe"}, "visitor-access"},
-		{"bad trusted proxy", []string{"--trusted-proxies", "10.0.0.0/8,nonsense"}, "--trusted-proxies"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			args := append([]string{"--data-dir", filepath.Join(dir, "data")}, tt.args...)
-			err := Server(context.Background(), args, &out, &errOut)
-			if err == nil || IsHelp(err) {
-				t.Fatalf("err = %v", err)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("error %q does not mention %q", err, tt.want)
-			}
-		})
-	}
-}
-
 func TestEnvironmentSetsFlags(t *testing.T) {
 	var c agentCmd
 	t.Setenv("DIGLETT_GATEWAY", "gw.example:20000")
@@ -123,7 +52,7 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 	t.Setenv("DIGLETT_TOKEN", "s3cret")
 	t.Setenv("DIGLETT_PORT", "30001")
 	var out, errOut bytes.Buffer
-	if err := parse(&c, "diglett", "", []string{"localhost:9000"}, &out, &errOut); err != nil {
+	if err := Parse(&c, "diglett", "", []string{"localhost:9000"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(c.Gateway, ",") != "gw.example:20000" || len(c.Name) != 1 || c.Name[0] != "example" || c.Token != "s3cret" || c.Port != 30001 {
@@ -131,25 +60,11 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 	}
 	// Flags win over the environment.
 	c = agentCmd{}
-	if err := parse(&c, "diglett", "", []string{"-g", "other:1", "-n", "a", "-n", "b", "-dd", "9000"}, &out, &errOut); err != nil {
+	if err := Parse(&c, "diglett", "", []string{"-g", "other:1", "-n", "a", "-n", "b", "-dd", "9000"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(c.Gateway, ",") != "other:1" || strings.Join(c.Name, ",") != "a,b" || c.Debug != 2 {
 		t.Fatalf("parsed %+v", c)
-	}
-}
-
-func TestParsePorts(t *testing.T) {
-	for in, want := range map[string][2]int{"30000-40000": {30000, 40000}, "5000": {5000, 5000}, " 1 - 2 ": {1, 2}} {
-		lo, hi, err := parsePorts(in)
-		if err != nil || lo != want[0] || hi != want[1] {
-			t.Errorf("parsePorts(%q) = %d, %d, %v", in, lo, hi, err)
-		}
-	}
-	for _, bad := range []string{"", "0-10", "10-5", "1-70000", "x", "1-2-3"} {
-		if _, _, err := parsePorts(bad); err == nil {
-			t.Errorf("parsePorts(%q) accepted", bad)
-		}
 	}
 }
 

@@ -47,7 +47,7 @@ const completionShells = "bash, zsh or fish"
 
 // completion prints the completion script of program name for the shell
 // in args: "NAME completion bash|zsh|fish".
-func completion(name string, args []string, stdout, stderr io.Writer) error {
+func Completion(name string, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
 		fmt.Fprintf(stdout, "Usage: %[1]s completion SHELL\n\nPrint the shell completion script of %[1]s for SHELL: %[2]s.\n\n"+
 			"  bash: source <(%[1]s completion bash)   (in ~/.bashrc)\n"+

@@ -14,32 +14,36 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/diglett/diglett"
-	"github.com/diglett/diglett/config"
+	"github.com/diglett/diglett/config/configfile"
 	"github.com/diglett/diglett/internal/printable"
 )
 
-// fileResolver gives flags their values from the --config file, below the
+// FileResolver gives flags their values from the --config file, below the
 // command line and the environment: flag > DIGLETT_* env > file > default.
 // Kong applies environment variables as defaults and lets resolvers
 // override them, so the resolver itself leaves alone every flag whose
 // variable is set.
-type fileResolver struct {
-	load func(path string, schema config.Schema) (*config.File, error)
+type FileResolver struct {
+	// Load reads the file of --config, whose settings schema lists.
+	Load func(path string, schema configfile.Schema) (*configfile.File, error)
 
 	loaded bool
-	file   *config.File // nil without --config
-	err    error        // from loading the file
+	file   *configfile.File // nil without --config
+	err    error            // from loading the file
 }
 
-var _ kong.Resolver = (*fileResolver)(nil)
+var _ kong.Resolver = (*FileResolver)(nil)
 
-func (r *fileResolver) Validate(*kong.Application) error { return nil }
+// File is the file Load read: nil without --config, or before Parse.
+func (r *FileResolver) File() *configfile.File { return r.file }
 
-func (r *fileResolver) Resolve(ctx *kong.Context, _ *kong.Path, flag *kong.Flag) (any, error) {
+func (r *FileResolver) Validate(*kong.Application) error { return nil }
+
+func (r *FileResolver) Resolve(ctx *kong.Context, _ *kong.Path, flag *kong.Flag) (any, error) {
 	if !r.loaded {
 		r.loaded = true
 		if path := configPath(ctx); path != "" {
-			r.file, r.err = r.load(path, schemaOf(ctx.Model.Node))
+			r.file, r.err = r.Load(path, SchemaOf(ctx.Model.Node))
 		}
 	}
 	if r.file == nil {
@@ -50,19 +54,19 @@ func (r *fileResolver) Resolve(ctx *kong.Context, _ *kong.Path, flag *kong.Flag)
 			return nil, nil
 		}
 	}
-	s, ok := r.file.Lookup(settingKey(flag))
+	s, ok := r.file.Lookup(SettingKey(flag))
 	if !ok {
 		return nil, nil
 	}
 	if flag.Enum != "" && !slices.Contains(flag.EnumSlice(), s.Value) {
-		r.err = errors.Join(r.err, &config.Error{File: r.file.Path, Line: s.Line,
+		r.err = errors.Join(r.err, &configfile.Error{File: r.file.Path, Line: s.Line,
 			Msg: fmt.Sprintf("%s: want one of %s, got %q", s.Key, strings.Join(flag.EnumSlice(), ", "), s.Value)})
 		return nil, nil
 	}
 	if (flag.Tag.Type == "existingfile" || flag.Tag.Type == "existingdir") && s.Value != "" {
 		// Said here, with the line, rather than by the flag's own check.
 		if _, err := os.Stat(s.Value); err != nil {
-			r.err = errors.Join(r.err, &config.Error{File: r.file.Path, Line: s.Line, Msg: fmt.Sprintf("%s: %v", s.Key, err)})
+			r.err = errors.Join(r.err, &configfile.Error{File: r.file.Path, Line: s.Line, Msg: fmt.Sprintf("%s: %v", s.Key, err)})
 			return nil, nil
 		}
 	}
@@ -87,40 +91,43 @@ func configPath(ctx *kong.Context) string {
 	return ""
 }
 
-// settingKey is the file's key for flag: its name in snake_case.
-func settingKey(flag *kong.Flag) string { return strings.ReplaceAll(flag.Name, "-", "_") }
+// SettingKey is the file's key for flag: its name in snake_case.
+func SettingKey(flag *kong.Flag) string { return strings.ReplaceAll(flag.Name, "-", "_") }
 
 // notInFile are the flags a file cannot set.
 var notInFile = map[string]bool{"help": true, "version": true, "config": true}
 
-// schemaOf lists the settings a file may hold: one per flag of node.
-func schemaOf(node *kong.Node) config.Schema {
-	s := config.Schema{}
+// InFile reports whether a file can set flag.
+func InFile(flag *kong.Flag) bool { return !notInFile[flag.Name] }
+
+// SchemaOf lists the settings a file may hold: one per flag of node.
+func SchemaOf(node *kong.Node) configfile.Schema {
+	s := configfile.Schema{}
 	for _, f := range node.Flags {
 		if notInFile[f.Name] {
 			continue
 		}
-		s[settingKey(f)] = kindOf(f)
+		s[SettingKey(f)] = kindOf(f)
 	}
 	return s
 }
 
-func kindOf(f *kong.Flag) config.Kind {
+func kindOf(f *kong.Flag) configfile.Kind {
 	t := f.Target.Type()
 	switch {
 	case t == reflect.TypeFor[time.Duration]():
-		return config.Duration
+		return configfile.Duration
 	case t.Kind() == reflect.Bool:
-		return config.Bool
+		return configfile.Bool
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
-		return config.Int
+		return configfile.Int
 	case t.Kind() == reflect.Slice:
-		return config.List
+		return configfile.List
 	case f.Tag.Type == "existingfile" || f.Tag.Type == "path" || f.Tag.Type == "existingdir" ||
 		f.PlaceHolder == "FILE" || f.PlaceHolder == "DIR":
-		return config.Path
+		return configfile.Path
 	}
-	return config.String
+	return configfile.String
 }
 
 // tunnelGroup is the tunnels one diglett.Listener serves: those that share
@@ -138,7 +145,7 @@ type tunnelGroup struct {
 // (--name... BACKEND and its options), or the tunnels of the --config
 // file, grouped by their options so that tunnels that can share a
 // listener do. A tunnel that asks for a port has a listener of its own.
-func (c *agentCmd) tunnelGroups(f *config.File) ([]tunnelGroup, error) {
+func (c *agentCmd) tunnelGroups(f *configfile.File) ([]tunnelGroup, error) {
 	if f == nil || len(f.Tunnels) == 0 {
 		if len(c.Name) == 0 {
 			return nil, errors.New("missing flags: --name=NAME (or tunnels in a --config file; see diglett --help)")

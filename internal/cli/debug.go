@@ -14,7 +14,7 @@ import (
 // serveDebug serves the Go profiler's endpoints (/debug/pprof/) on addr
 // until ctx ends, for measuring a running gateway or agent. The endpoints
 // show the program's internals, so a non-loopback address is refused.
-func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
+func ServeDebug(ctx context.Context, addr string, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--debug-addr: %w", err)

@@ -33,7 +33,7 @@ type keygenCmd struct {
 // the gateway's operator needs to register it.
 func keygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	var c keygenCmd
-	if err := parse(&c, "diglett keygen", "Make an identity key (Ed25519) for signed tokens, and print its public key and identity id for the gateway's operator.", args, stdout, stderr); err != nil {
+	if err := Parse(&c, "diglett keygen", "Make an identity key (Ed25519) for signed tokens, and print its public key and identity id for the gateway's operator.", args, stdout, stderr); err != nil {
 		return err
 	}
 	file := c.Out
@@ -108,7 +108,7 @@ type tokenSignCmd struct {
 // it expires, like any token given with -t.
 func tokenSign(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	var c tokenCmd
-	if err := parse(&c, "diglett token", "Sign tokens with an identity key.", args, stdout, stderr); err != nil {
+	if err := Parse(&c, "diglett token", "Sign tokens with an identity key.", args, stdout, stderr); err != nil {
 		return err
 	}
 	s := c.Sign

@@ -19,7 +19,7 @@ import (
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/gateway"
-	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 	"github.com/diglett/diglett/internal/testutil"
 )
 
@@ -408,7 +408,7 @@ func TestAdminReload(t *testing.T) {
 // request without it gets 401, but the probes.
 func TestAdminToken(t *testing.T) {
 	parallel(t)
-	err := cli.Server(context.Background(), []string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(),
+	err := servercli.Server(context.Background(), []string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(),
 		"--admin-addr", "0.0.0.0:0"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "--admin-addr 0.0.0.0:0 is not a loopback address") ||
 		!strings.Contains(err.Error(), "--admin-token-file") {
@@ -424,7 +424,7 @@ func TestAdminToken(t *testing.T) {
 	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err = cli.Server(context.Background(), []string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(),
+	err = servercli.Server(context.Background(), []string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(),
 		"--admin-addr", "127.0.0.1:0", "--admin-token-file", empty}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "empty") {
 		t.Fatalf("empty token file: %v", err)
@@ -460,11 +460,11 @@ func TestAdminToken(t *testing.T) {
 
 	// status asks for the token, and takes it from a file.
 	var out bytes.Buffer
-	err = cli.Server(context.Background(), []string{"status", "--admin-addr", adm}, &out, io.Discard)
+	err = servercli.Server(context.Background(), []string{"status", "--admin-addr", adm}, &out, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "wants a token: give --admin-token-file FILE") {
 		t.Fatalf("status without the token: %v", err)
 	}
-	if err := cli.Server(context.Background(), []string{"status", "--admin-addr", adm, "--admin-token-file", tokenFile}, &out, io.Discard); err != nil {
+	if err := servercli.Server(context.Background(), []string{"status", "--admin-addr", adm, "--admin-token-file", tokenFile}, &out, io.Discard); err != nil {
 		t.Fatalf("status with the token: %v", err)
 	}
 	if out.String() != "no tunnels\n" {
@@ -483,7 +483,7 @@ func TestAdminDebugAddrAlias(t *testing.T) {
 	if code, body := api(t, "GET", url, "/debug/pprof/goroutine?debug=1", "", nil); code != 200 || !strings.Contains(body, "goroutine profile") {
 		t.Fatalf("profiler: %d %.200s", code, body)
 	}
-	err := cli.Server(context.Background(), []string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(),
+	err := servercli.Server(context.Background(), []string{"-l", "127.0.0.1:0", "--no-quic", "--data-dir", t.TempDir(),
 		"--debug-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:1"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "give only --admin-addr") {
 		t.Fatalf("both names: %v", err)
@@ -506,7 +506,7 @@ func TestAdminStatus(t *testing.T) {
 	waitFor(t, "server", &s.stderr, "agent offline, name and port leased")
 
 	var out, errOut bytes.Buffer
-	if err := cli.Server(context.Background(), []string{"status", "--admin-addr", adm}, &out, &errOut); err != nil {
+	if err := servercli.Server(context.Background(), []string{"status", "--admin-addr", adm}, &out, &errOut); err != nil {
 		t.Fatalf("status: %v\n%s", err, &errOut)
 	}
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
@@ -530,7 +530,7 @@ func TestAdminStatus(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := cli.Server(context.Background(), []string{"status", "--admin-addr", adm, "--json"}, &out, &errOut); err != nil {
+	if err := servercli.Server(context.Background(), []string{"status", "--admin-addr", adm, "--json"}, &out, &errOut); err != nil {
 		t.Fatalf("status --json: %v", err)
 	}
 	var tl tunnelList
@@ -539,7 +539,7 @@ func TestAdminStatus(t *testing.T) {
 	}
 
 	// Nobody there: a clear error.
-	err := cli.Server(context.Background(), []string{"status", "--admin-addr", unusedAddr(t)}, &out, &errOut)
+	err := servercli.Server(context.Background(), []string{"status", "--admin-addr", unusedAddr(t)}, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "cannot reach the management listener") {
 		t.Fatalf("status of nothing: %v", err)
 	}

@@ -28,7 +28,7 @@ import (
 	"github.com/diglett/diglett/cluster"
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/autotls/pebbletest"
-	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/testutil/etcdtest"
@@ -780,7 +780,7 @@ cluster:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), eventually)
 	var out bytes.Buffer
-	err := cli.Server(ctx, []string{"--config", file("")}, &out, &out)
+	err := servercli.Server(ctx, []string{"--config", file("")}, &out, &out)
 	cancel()
 	if err == nil || !strings.Contains(err.Error(), "cluster") {
 		t.Fatalf("without a client certificate: %v\n%s", err, &out)

@@ -39,6 +39,7 @@ import (
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/ingress"
 	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
@@ -866,7 +867,7 @@ func startServerCommand(t *testing.T, args ...string) *serverCommand {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &serverCommand{t: t, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- cli.Server(ctx, args, &s.stdout, &s.stderr) }()
+	go func() { s.errc <- servercli.Server(ctx, args, &s.stdout, &s.stderr) }()
 	t.Cleanup(s.stop)
 	var m []string
 	if err := testutil.Poll(eventually, func() error {

@@ -22,7 +22,7 @@ import (
 	consul "github.com/hashicorp/consul/api"
 
 	"github.com/diglett/diglett/internal/autotls/pebbletest"
-	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/testutil/consultest"
 	"github.com/diglett/diglett/internal/testutil/dnstest"
@@ -187,7 +187,7 @@ func portmapCommand(t *testing.T, args ...string) (out *testutil.Buffer, stop fu
 	ctx, cancel := context.WithCancel(context.Background())
 	out = &testutil.Buffer{}
 	errc := make(chan error, 1)
-	go func() { errc <- cli.Server(ctx, append([]string{"portmap"}, args...), out, out) }()
+	go func() { errc <- servercli.Server(ctx, append([]string{"portmap"}, args...), out, out) }()
 	var once sync.Once
 	var err error
 	stop = func() error {
@@ -305,7 +305,7 @@ func TestPortmapCommandErrors(t *testing.T) {
 	} {
 		var out bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), eventually)
-		err := cli.Server(ctx, append([]string{"portmap"}, c.args...), &out, &out)
+		err := servercli.Server(ctx, append([]string{"portmap"}, c.args...), &out, &out)
 		cancel()
 		if err == nil || !strings.Contains(err.Error()+out.String(), c.want) {
 			t.Errorf("portmap %v: %v\n%s\nwant %q", c.args, err, &out, c.want)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/testutil/privilege"
 )
@@ -49,7 +50,7 @@ func runServerCommand(t *testing.T, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), eventually)
 	defer cancel()
 	var stdout, stderr testutil.Buffer
-	err := cli.Server(ctx, append(args, "--data-dir", t.TempDir(), "--no-quic"), &stdout, &stderr)
+	err := servercli.Server(ctx, append(args, "--data-dir", t.TempDir(), "--no-quic"), &stdout, &stderr)
 	if err == nil {
 		t.Errorf("the gateway started; stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
 		return errors.New("the gateway started")

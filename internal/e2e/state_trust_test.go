@@ -14,6 +14,7 @@ import (
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/internal/cli"
+	"github.com/diglett/diglett/internal/cli/servercli"
 	"github.com/diglett/diglett/internal/identity"
 )
 
@@ -26,7 +27,7 @@ func runServer(t *testing.T, args ...string) (error, string) {
 	var stdout, stderr testutil.Buffer
 	errc := make(chan error, 1)
 	start := time.Now()
-	go func() { errc <- cli.Server(ctx, args, &stdout, &stderr) }()
+	go func() { errc <- servercli.Server(ctx, args, &stdout, &stderr) }()
 	select {
 	case err := <-errc:
 		return err, stderr.String()
