@@ -20,6 +20,8 @@ import (
 	hyamux "github.com/hashicorp/yamux"
 	lyamux "github.com/libp2p/go-yamux/v5"
 	"github.com/xtaci/smux"
+
+	"github.com/diglett/diglett/internal/transport/mux"
 )
 
 // Run with:
@@ -28,7 +30,8 @@ import (
 //
 // Sub-benchmark names read <mux>/<setting>/<shape>: "yamux" is
 // github.com/hashicorp/yamux, "libp2p-yamux" is github.com/libp2p/go-yamux/v5
-// and "smux" is github.com/xtaci/smux with protocol version 2. "direct" is a
+// and "smux" is github.com/xtaci/smux with protocol version 2; "mux" is
+// diglett's own internal/transport/mux (the yamux wire format). "direct" is a
 // plain TLS 1.3 connection per stream, without a multiplexer.
 
 const (
@@ -456,6 +459,7 @@ func bulkCandidates() []candidate {
 	for _, w := range []int{64 << 10, 1 << 20, 4 << 20} {
 		cs = append(cs, candidate{"smux/buf=" + size(w), smuxLink(smuxConfig(w)), true})
 	}
+	cs = append(cs, candidate{"mux/max=16MiB", diglettLink(mux.Config{}), false})
 	return cs
 }
 
@@ -467,6 +471,7 @@ func requestCandidates() []candidate {
 		{"yamux", hashicorpLink(hashicorpConfig(0)), false},
 		{"libp2p-yamux", libp2pLink(libp2pConfig(0)), false},
 		{"smux", smuxLink(sc), true},
+		{"mux", diglettLink(mux.Config{}), false},
 	}
 }
 
@@ -552,6 +557,30 @@ func (s libp2pSession) accept() (stream, error) {
 		return nil, err
 	}
 	return st, nil
+}
+
+type diglettSession struct{ *mux.Session }
+
+func (s diglettSession) open() (stream, error) {
+	st, err := s.OpenStream(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (s diglettSession) accept() (stream, error) {
+	st, err := s.AcceptStream(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func diglettLink(cfg mux.Config) func(testing.TB, time.Duration) *link {
+	return muxLink(func(c, s net.Conn) (muxSession, muxSession, error) {
+		return diglettSession{mux.Client(c, cfg)}, diglettSession{mux.Server(s, cfg)}, nil
+	})
 }
 
 type smuxSession struct{ *smux.Session }
@@ -956,4 +985,80 @@ func waitGoroutines(tb testing.TB, base int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// BenchmarkIdleSessions opens 1000 idle sessions (both ends in this
+// process, over TLS on loopback) and reports what the multiplexer adds per
+// session end, after a GC: live heap plus goroutine stacks, and
+// goroutines. The TLS connections are made and measured first, so their
+// own cost is left out.
+func BenchmarkIdleSessions(b *testing.B) {
+	const n = 1000
+	starts := []struct {
+		name  string
+		start func(c, s net.Conn) (muxSession, muxSession, error)
+	}{
+		{"libp2p-yamux", func(c, s net.Conn) (muxSession, muxSession, error) {
+			cfg := libp2pConfig(0)
+			cfg.ReadBufSize = 0 // as tlsmux configured it
+			cs, err := lyamux.Client(c, cfg, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			ss, err := lyamux.Server(s, cfg, nil)
+			if err != nil {
+				cs.Close()
+				return nil, nil, err
+			}
+			return libp2pSession{cs}, libp2pSession{ss}, nil
+		}},
+		{"mux", func(c, s net.Conn) (muxSession, muxSession, error) {
+			cfg := mux.Config{KeepAlivePeriod: 5 * time.Second, MaxIdleTimeout: 15 * time.Second, WriteTimeout: 10 * time.Second}
+			return diglettSession{mux.Client(c, cfg)}, diglettSession{mux.Server(s, cfg)}, nil
+		}},
+	}
+	for _, st := range starts {
+		b.Run(st.name, func(b *testing.B) {
+			for b.Loop() {
+				base := runtime.NumGoroutine()
+				type pair struct {
+					c, s   *tls.Conn
+					stop   func()
+					cs, ss muxSession
+				}
+				pairs := make([]pair, n)
+				for i := range pairs {
+					pairs[i].c, pairs[i].s, pairs[i].stop = tlsPair(b, 0)
+				}
+				m0, g0 := memNow()
+				for i := range pairs {
+					cs, ss, err := st.start(pairs[i].c, pairs[i].s)
+					if err != nil {
+						b.Fatal(err)
+					}
+					pairs[i].cs, pairs[i].ss = cs, ss
+				}
+				time.Sleep(500 * time.Millisecond) // let the first pings settle
+				m1, g1 := memNow()
+				b.ReportMetric(float64(m1-m0)/(2*n), "B/session")
+				b.ReportMetric(float64(g1-g0)/(2*n), "goroutines/session")
+				for _, p := range pairs {
+					p.cs.Close()
+					p.ss.Close()
+					p.stop()
+				}
+				waitGoroutines(b, base)
+			}
+		})
+	}
+}
+
+// memNow is live heap plus goroutine stacks after a GC, and the number of
+// goroutines.
+func memNow() (uint64, int) {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc + m.StackInuse, runtime.NumGoroutine()
 }

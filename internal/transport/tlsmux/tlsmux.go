@@ -1,8 +1,8 @@
 // Package tlsmux is the TLS-over-TCP transport: one TLS 1.3 connection
-// carrying many streams through the yamux stream multiplexer (the libp2p
-// implementation, which has real half-close and stream reset). New runs the
-// same multiplexer over any other authenticated connection (a WebSocket,
-// say).
+// carrying many streams through diglett's stream multiplexer (package mux,
+// on the yamux wire format, so agents of earlier releases still connect).
+// New runs the same multiplexer over any other authenticated connection (a
+// WebSocket, say).
 package tlsmux
 
 import (
@@ -10,36 +10,27 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 
-	"github.com/libp2p/go-yamux/v5"
-
 	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/mux"
 )
 
-func yamuxConfig(c transport.Config) *yamux.Config {
+func muxConfig(c transport.Config) mux.Config {
 	c = c.WithDefaults()
-	yc := yamux.DefaultConfig()
-	yc.LogOutput = io.Discard
-	// A ping goes out every KeepAlivePeriod; it must be sent and answered
-	// within the rest of MaxIdleTimeout: a dead peer is noticed within
-	// MaxIdleTimeout. Every other write must finish within that rest too.
-	yc.EnableKeepAlive = true
-	yc.KeepAliveInterval = c.KeepAlivePeriod
-	yc.ConnectionWriteTimeout = c.MaxIdleTimeout - c.KeepAlivePeriod
-	yc.MaxIncomingStreams = uint32(c.MaxIncomingStreams)
-	// The multiplexer's defaults for the queue of streams not yet accepted
-	// (also its bound on streams opened and not yet acknowledged); a
-	// larger one costs 8 bytes per slot in every session, idle or not.
-	yc.AcceptBacklog = 256
-	// TLS and WebSocket connections buffer what they read already (a
-	// whole record or frame); the multiplexer's own 4 KiB read buffer per
-	// session would only copy it once more.
-	yc.ReadBufSize = 0
-	yc.MaxStreamWindowSize = uint32(max(c.StreamWindow, 256<<10))
-	return yc
+	return mux.Config{
+		// A ping goes out after KeepAlivePeriod of silence; it must be
+		// answered within the rest of MaxIdleTimeout: a dead peer is
+		// noticed within MaxIdleTimeout. Every write must finish within
+		// that rest too.
+		KeepAlivePeriod:    c.KeepAlivePeriod,
+		MaxIdleTimeout:     c.MaxIdleTimeout,
+		WriteTimeout:       c.MaxIdleTimeout - c.KeepAlivePeriod,
+		MaxIncomingStreams: c.MaxIncomingStreams,
+		AcceptBacklog:      mux.DefaultAcceptBacklog,
+		MaxStreamWindow:    max(c.StreamWindow, mux.InitialWindow),
+	}
 }
 
 // Server performs the server side of the TLS handshake on conn (bounded by
@@ -75,30 +66,26 @@ func handshake(ctx context.Context, tc *tls.Conn) error {
 }
 
 // New starts a session over conn, a connection authenticated by state;
-// client says which side of the multiplexer this is. conn is closed on
-// failure and when the session ends.
+// client says which side of the multiplexer this is. conn is closed when
+// the session ends.
 func New(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config) (*Session, error) {
-	newMux := yamux.Server
-	if client {
-		newMux = yamux.Client
-	}
-	ms, err := newMux(conn, yamuxConfig(cfg), nil)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("start multiplexer: %w", err)
-	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Session{mux: ms, conn: conn, state: state, ctx: ctx, cancel: cancel, accepted: make(chan *yamux.Stream)}
-	go s.acceptLoop()
+	s := &Session{conn: conn, state: state, ctx: ctx, cancel: cancel}
+	mc := muxConfig(cfg)
+	mc.OnClose = s.ended
+	if client {
+		s.mux = mux.Client(conn, mc)
+	} else {
+		s.mux = mux.Server(conn, mc)
+	}
 	return s, nil
 }
 
 // Session is a tlsmux session. It implements transport.Session.
 type Session struct {
-	mux       *yamux.Session
+	mux       *mux.Session
 	conn      net.Conn
 	state     tls.ConnectionState
-	accepted  chan *yamux.Stream
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
 	closeOnce sync.Once
@@ -121,39 +108,15 @@ func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {
 
 // AcceptStream waits for the next stream opened by the peer.
 func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
-	select {
-	case st := <-s.accepted:
-		return st, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.ctx.Done():
-		return nil, fmt.Errorf("accept stream: %w", transport.ErrSessionClosed)
+	st, err := s.mux.AcceptStream(ctx)
+	if err != nil {
+		return nil, s.wrapErr("accept stream", err)
 	}
-}
-
-// acceptLoop hands the multiplexer's streams to AcceptStream callers, so
-// that AcceptStream can honour a context. It ends with the session, whose
-// end it notices first (the multiplexer's accept fails with the reason).
-func (s *Session) acceptLoop() {
-	for {
-		st, err := s.mux.AcceptStream()
-		if err != nil {
-			s.closeWith(err)
-			return
-		}
-		select {
-		case s.accepted <- st:
-		case <-s.mux.CloseChan():
-			st.Reset()
-		case <-s.ctx.Done():
-			st.Reset()
-			return
-		}
-	}
+	return st, nil
 }
 
 func (s *Session) wrapErr(op string, err error) error {
-	if s.mux.IsClosed() {
+	if s.mux.IsClosed() || errors.Is(err, mux.ErrSessionClosed) {
 		return fmt.Errorf("%s: %w", op, transport.ErrSessionClosed)
 	}
 	return fmt.Errorf("%s: %w", op, err)
@@ -169,7 +132,6 @@ func (s *Session) CloseWithError(code transport.ErrorCode, reason string) error 
 		}
 		s.cancel(err)
 		s.mux.CloseWithError(uint32(code))
-		s.conn.Close()
 	})
 	return nil
 }
@@ -177,24 +139,21 @@ func (s *Session) CloseWithError(code transport.ErrorCode, reason string) error 
 // Close ends the session and all its streams.
 func (s *Session) Close() error { return s.CloseWithError(transport.CodeNone, "") }
 
-// closeWith ends the session because of cause, the multiplexer's reason.
-func (s *Session) closeWith(cause error) {
-	s.closeOnce.Do(func() {
-		var ge *yamux.GoAwayError
-		switch {
-		case errors.As(cause, &ge) && ge.Remote:
-			cause = &transport.PeerClosedError{Code: transport.ErrorCode(ge.ErrorCode)}
-		case errors.Is(cause, yamux.ErrKeepAliveTimeout), errors.Is(cause, yamux.ErrConnectionWriteTimeout):
-			cause = fmt.Errorf("%w: the peer went silent (%v)", transport.ErrSessionClosed, cause)
-		case errors.Is(cause, yamux.ErrSessionShutdown):
-			cause = transport.ErrSessionClosed
-		default:
-			cause = fmt.Errorf("%w: %v", transport.ErrSessionClosed, cause)
-		}
-		s.cancel(cause)
-		s.mux.Close()
-		s.conn.Close()
-	})
+// ended records why the multiplexer's session ended (its OnClose; the
+// first cause recorded stays).
+func (s *Session) ended(cause error) {
+	var ge *mux.GoAwayError
+	switch {
+	case errors.As(cause, &ge) && ge.Remote:
+		cause = &transport.PeerClosedError{Code: transport.ErrorCode(ge.Code)}
+	case errors.Is(cause, mux.ErrKeepAliveTimeout), errors.Is(cause, mux.ErrWriteTimeout):
+		cause = fmt.Errorf("%w: the peer went silent (%v)", transport.ErrSessionClosed, cause)
+	case errors.Is(cause, mux.ErrSessionClosed):
+		cause = transport.ErrSessionClosed
+	default:
+		cause = fmt.Errorf("%w: %v", transport.ErrSessionClosed, cause)
+	}
+	s.cancel(cause)
 }
 
 // Context ends when the session does; context.Cause says why.

@@ -1,0 +1,524 @@
+package mux
+
+import (
+	"io"
+	"math"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// Stream is one bidirectional byte stream of a session. It is a net.Conn
+// with half-close (CloseWrite) and reset.
+type Stream struct {
+	s       *Session
+	id      uint32
+	inbound bool
+
+	readCh  chan struct{} // data, EOF, reset, deadline change
+	writeCh chan struct{} // window, reset, close
+	dlCh    chan struct{} // write deadline changed
+
+	mu sync.Mutex
+	// Receive buffer: pooled chunks; off is the read offset in chunks[0].
+	// While filling, the receive loop writes past the end of the last
+	// chunk outside mu: that chunk stays put.
+	chunks   []*[]byte
+	off      int
+	buffered int
+	filling  bool
+	// Flow control.
+	recvWindow uint32 // the window granted, growing up to MaxStreamWindow
+	recvAvail  uint32 // bytes the peer may still send
+	unsent     uint32 // bytes read and not yet credited back
+	lastCredit time.Time
+	sendWindow uint32
+	// State.
+	synPending  bool // opened here, not acknowledged yet
+	synQueued   bool // opened here, the SYN perhaps not written yet
+	finSent     bool // no more writes (FIN or RST sent)
+	finRecv     bool
+	readStopped bool // Close was called
+	reset       bool
+	ended       bool // the session ended
+	rdl, wdl    time.Time
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+func newStream(s *Session, id uint32, inbound bool) *Stream {
+	return &Stream{
+		s:          s,
+		id:         id,
+		inbound:    inbound,
+		readCh:     make(chan struct{}, 1),
+		writeCh:    make(chan struct{}, 1),
+		dlCh:       make(chan struct{}, 1),
+		recvWindow: InitialWindow,
+		recvAvail:  InitialWindow,
+		sendWindow: InitialWindow,
+		lastCredit: time.Now(),
+	}
+}
+
+// ID is the stream's id on the wire.
+func (st *Stream) ID() uint32 { return st.id }
+
+// LocalAddr is the session's local address.
+func (st *Stream) LocalAddr() net.Addr { return st.s.LocalAddr() }
+
+// RemoteAddr is the session's remote address.
+func (st *Stream) RemoteAddr() net.Addr { return st.s.RemoteAddr() }
+
+// Read reads data the peer sent; io.EOF after the peer's CloseWrite and
+// everything before it.
+func (st *Stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	st.mu.Lock()
+	for {
+		if st.buffered > 0 {
+			n := st.copyOutLocked(p)
+			credit := st.creditLocked(uint32(n))
+			st.mu.Unlock()
+			if credit > 0 {
+				// A failure here ends the session; the next call says so.
+				st.s.sendControl(typeWindowUpdate, 0, st.id, credit, true)
+			}
+			return n, nil
+		}
+		switch {
+		case st.reset:
+			st.mu.Unlock()
+			return 0, ErrStreamReset
+		case st.readStopped:
+			st.mu.Unlock()
+			return 0, ErrStreamClosed
+		case st.finRecv:
+			st.mu.Unlock()
+			return 0, io.EOF
+		case st.ended:
+			st.mu.Unlock()
+			return 0, ErrSessionClosed
+		}
+		dl := st.rdl
+		if !dl.IsZero() && !time.Now().Before(dl) {
+			st.mu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+		syn := st.synQueued
+		st.synQueued = false
+		st.mu.Unlock()
+		if syn {
+			// The peer cannot answer a stream it does not know of.
+			st.s.flushNow()
+		}
+		waitFor(st.readCh, nil, dl, st.s.done)
+		st.mu.Lock()
+	}
+}
+
+func (st *Stream) copyOutLocked(p []byte) int {
+	n := 0
+	for n < len(p) && st.buffered > 0 {
+		c := *st.chunks[0]
+		k := copy(p[n:], c[st.off:])
+		st.off += k
+		n += k
+		st.buffered -= k
+		if st.off == len(c) {
+			if len(st.chunks) == 1 && st.filling {
+				break
+			}
+			putChunk(st.chunks[0])
+			st.chunks[0] = nil
+			st.chunks = st.chunks[1:]
+			st.off = 0
+		}
+	}
+	if len(st.chunks) == 0 {
+		st.chunks = nil
+	}
+	return n
+}
+
+// creditLocked accounts n bytes read and returns the window update to
+// send, if any: once half the window was read. A window read within
+// about two round trips (the reader keeps up, the window is what limits
+// the stream) doubles, up to MaxStreamWindow.
+func (st *Stream) creditLocked(n uint32) uint32 {
+	st.unsent += n
+	if st.finRecv || st.reset || st.ended || st.unsent < st.recvWindow/2 {
+		return 0
+	}
+	delta := st.unsent
+	now := time.Now()
+	if maxWin := uint32(st.s.cfg.MaxStreamWindow); st.recvWindow < maxWin {
+		rtt := max(st.s.RTT(), time.Millisecond)
+		if now.Sub(st.lastCredit) < 2*rtt {
+			grown := min(st.recvWindow*2, maxWin)
+			delta += grown - st.recvWindow
+			st.recvWindow = grown
+		}
+	}
+	st.lastCredit = now
+	st.unsent = 0
+	st.recvAvail += delta
+	return delta
+}
+
+// releaseLocked gives the receive buffer back to the pool (but the chunk
+// the receive loop is filling: it releases that one itself).
+func (st *Stream) releaseLocked() {
+	keep := 0
+	for i, c := range st.chunks {
+		if st.filling && i == len(st.chunks)-1 {
+			keep = 1
+			break
+		}
+		putChunk(c)
+		st.chunks[i] = nil
+	}
+	if keep == 1 {
+		st.chunks = st.chunks[len(st.chunks)-1:]
+	} else {
+		st.chunks = nil
+	}
+	st.off = 0
+	st.buffered = 0
+}
+
+// receive reads a data frame's payload of length bytes into the buffer.
+// Called by the receive loop only.
+func (st *Stream) receive(length uint32) error {
+	s := st.s
+	st.mu.Lock()
+	if length > st.recvAvail {
+		st.mu.Unlock()
+		return protocolError("stream %d: %d bytes over a window of %d", st.id, length, st.recvAvail)
+	}
+	st.recvAvail -= length
+	st.mu.Unlock()
+	remaining := int(length)
+	for remaining > 0 {
+		st.mu.Lock()
+		if st.reset || st.readStopped || st.ended || st.finRecv {
+			resetIt := st.readStopped && !st.reset && !st.ended
+			st.mu.Unlock()
+			if resetIt {
+				// Closed here, and the peer goes on sending: reset
+				// the stream rather than leave the peer blocked
+				// once its window is used.
+				st.resetLocal(false)
+			}
+			return s.discard(uint32(remaining))
+		}
+		var tail *[]byte
+		if k := len(st.chunks); k > 0 {
+			tail = st.chunks[k-1]
+		}
+		if tail == nil || len(*tail) == cap(*tail) {
+			tail = getChunk(remaining)
+			st.chunks = append(st.chunks, tail)
+		}
+		l := len(*tail)
+		m := min(remaining, cap(*tail)-l)
+		dst := (*tail)[l : l+m]
+		st.filling = true
+		st.mu.Unlock()
+		_, err := io.ReadFull(s.conn, dst)
+		st.mu.Lock()
+		st.filling = false
+		if err != nil {
+			st.mu.Unlock()
+			return readError(err)
+		}
+		if st.reset || st.readStopped {
+			st.releaseLocked()
+		} else {
+			*tail = (*tail)[:l+m]
+			st.buffered += m
+		}
+		st.mu.Unlock()
+		remaining -= m
+	}
+	signal(st.readCh)
+	return nil
+}
+
+// Write writes p as data frames, within the window the peer granted.
+func (st *Stream) Write(p []byte) (int, error) {
+	total := 0
+	for len(p) > 0 {
+		st.mu.Lock()
+		for {
+			if err := st.writeErrLocked(); err != nil {
+				st.mu.Unlock()
+				return total, err
+			}
+			if st.sendWindow > 0 {
+				break
+			}
+			dl := st.wdl
+			if !dl.IsZero() && !time.Now().Before(dl) {
+				st.mu.Unlock()
+				return total, os.ErrDeadlineExceeded
+			}
+			st.mu.Unlock()
+			waitFor(st.writeCh, st.dlCh, dl, st.s.done)
+			st.mu.Lock()
+		}
+		n := min(len(p), int(st.sendWindow))
+		st.sendWindow -= uint32(n)
+		st.mu.Unlock()
+		k, err := st.s.writeData(st, p[:n], 0)
+		total += k
+		if k < n {
+			st.mu.Lock()
+			st.sendWindow += uint32(n - k)
+			st.mu.Unlock()
+		}
+		if err != nil {
+			return total, err
+		}
+		p = p[n:]
+	}
+	return total, nil
+}
+
+func (st *Stream) writeErrLocked() error {
+	switch {
+	case st.reset:
+		return ErrStreamReset
+	case st.finSent:
+		return ErrStreamClosed
+	case st.ended:
+		return ErrSessionClosed
+	}
+	return nil
+}
+
+// writeDeadline is the stream's write deadline.
+func (st *Stream) writeDeadline() time.Time {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.wdl
+}
+
+// CloseWrite sends FIN: the peer reads EOF after the data written before.
+// Reads go on.
+func (st *Stream) CloseWrite() error {
+	st.mu.Lock()
+	if st.finSent || st.reset {
+		st.mu.Unlock()
+		return nil
+	}
+	if st.ended {
+		st.mu.Unlock()
+		return ErrSessionClosed
+	}
+	st.finSent = true
+	forget := st.finRecv
+	st.mu.Unlock()
+	signal(st.writeCh)
+	err := st.s.sendControl(typeWindowUpdate, flagFIN, st.id, 0, true)
+	if forget {
+		st.s.forget(st)
+	}
+	return err
+}
+
+// Close sends FIN and stops reading: what the peer still sends is
+// dropped, and a peer that goes on sending gets a reset.
+func (st *Stream) Close() error {
+	st.mu.Lock()
+	if st.readStopped {
+		st.mu.Unlock()
+		return nil
+	}
+	st.readStopped = true
+	st.releaseLocked()
+	sendFIN := !st.finSent && !st.reset && !st.ended
+	st.finSent = true
+	forget := st.finRecv || st.reset || st.ended
+	st.mu.Unlock()
+	signal(st.readCh)
+	signal(st.writeCh)
+	var err error
+	if sendFIN {
+		err = st.s.sendControl(typeWindowUpdate, flagFIN, st.id, 0, true)
+	}
+	if forget {
+		st.s.forget(st)
+	}
+	return err
+}
+
+// Reset abandons the stream both ways: the peer's reads and writes fail
+// at once.
+func (st *Stream) Reset() error {
+	st.resetLocal(true)
+	return nil
+}
+
+// resetLocal resets the stream from this side; wait says whether the
+// caller may write the RST itself.
+func (st *Stream) resetLocal(wait bool) {
+	st.mu.Lock()
+	if st.reset || st.ended || (st.finSent && st.finRecv) {
+		st.mu.Unlock()
+		return
+	}
+	st.reset = true
+	st.finSent = true
+	st.releaseLocked()
+	syn := st.synPending
+	st.synPending = false
+	st.mu.Unlock()
+	signal(st.readCh)
+	signal(st.writeCh)
+	st.s.sendControl(typeWindowUpdate, flagRST, st.id, 0, wait)
+	st.s.forget(st)
+	if syn {
+		st.s.releaseSyn()
+	}
+}
+
+// peerReset handles the peer's RST.
+func (st *Stream) peerReset() {
+	st.mu.Lock()
+	if st.reset {
+		st.mu.Unlock()
+		return
+	}
+	st.reset = true
+	st.releaseLocked()
+	syn := st.synPending
+	st.synPending = false
+	st.mu.Unlock()
+	signal(st.readCh)
+	signal(st.writeCh)
+	st.s.forget(st)
+	if syn {
+		st.s.releaseSyn()
+	}
+}
+
+// peerFIN handles the peer's FIN.
+func (st *Stream) peerFIN() {
+	st.mu.Lock()
+	if st.finRecv {
+		st.mu.Unlock()
+		return
+	}
+	st.finRecv = true
+	forget := st.finSent
+	if st.readStopped {
+		st.releaseLocked()
+	}
+	st.mu.Unlock()
+	signal(st.readCh)
+	if forget {
+		st.s.forget(st)
+	}
+}
+
+// acked handles the peer's ACK of a stream opened here.
+func (st *Stream) acked() {
+	st.mu.Lock()
+	syn := st.synPending
+	st.synPending = false
+	st.mu.Unlock()
+	if syn {
+		st.s.releaseSyn()
+	}
+}
+
+// acknowledge sends the ACK of an accepted stream.
+func (st *Stream) acknowledge() {
+	st.mu.Lock()
+	skip := st.reset || st.ended
+	st.mu.Unlock()
+	if !skip {
+		// Only the opener's count of streams awaiting acknowledgement
+		// waits for it: it may go with the stream's first frame.
+		st.s.sendLazy(typeWindowUpdate, flagACK, st.id, 0)
+	}
+}
+
+// grantSend adds the peer's window update to the send window.
+func (st *Stream) grantSend(delta uint32) error {
+	st.mu.Lock()
+	if uint64(st.sendWindow)+uint64(delta) > math.MaxUint32 {
+		st.mu.Unlock()
+		return protocolError("stream %d: window overflow", st.id)
+	}
+	st.sendWindow += delta
+	st.mu.Unlock()
+	signal(st.writeCh)
+	return nil
+}
+
+// sessionEnded wakes everything waiting on the stream; buffered data
+// stays readable.
+func (st *Stream) sessionEnded() {
+	st.mu.Lock()
+	st.ended = true
+	syn := st.synPending
+	st.synPending = false
+	st.mu.Unlock()
+	signal(st.readCh)
+	signal(st.writeCh)
+	if syn {
+		st.s.releaseSyn()
+	}
+}
+
+// SetDeadline sets the read and write deadlines.
+func (st *Stream) SetDeadline(t time.Time) error {
+	st.SetReadDeadline(t)
+	return st.SetWriteDeadline(t)
+}
+
+// SetReadDeadline makes a blocked or future Read fail with
+// os.ErrDeadlineExceeded once t has passed; zero means none.
+func (st *Stream) SetReadDeadline(t time.Time) error {
+	st.mu.Lock()
+	st.rdl = t
+	st.mu.Unlock()
+	signal(st.readCh)
+	return nil
+}
+
+// SetWriteDeadline is SetReadDeadline for writes.
+func (st *Stream) SetWriteDeadline(t time.Time) error {
+	st.mu.Lock()
+	st.wdl = t
+	st.mu.Unlock()
+	signal(st.writeCh)
+	signal(st.dlCh)
+	return nil
+}
+
+// waitFor waits for a signal on ch or alt (which may be nil), the deadline
+// dl (zero: none) or done.
+func waitFor(ch, alt chan struct{}, dl time.Time, done <-chan struct{}) {
+	if dl.IsZero() {
+		select {
+		case <-ch:
+		case <-alt:
+		case <-done:
+		}
+		return
+	}
+	t := time.NewTimer(time.Until(dl))
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-alt:
+	case <-t.C:
+	case <-done:
+	}
+}
