@@ -18,6 +18,7 @@ import (
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/batchconn"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 	"github.com/diglett/diglett/internal/transport/wstransport"
 )
@@ -81,7 +82,9 @@ func (s *Server) serveConn(conn net.Conn, slot *hsSlot) {
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	fb := newFirstByteConn(conn, s.cfg.FirstByteTimeout)
-	tc := tls.Server(fb, s.tls)
+	// Each batch of the multiplexer's frames leaves in one system call
+	// (see tlsmux.New).
+	tc := tls.Server(batchconn.New(fb), s.tls)
 	err := tc.HandshakeContext(hsCtx)
 	if err == nil && tc.ConnectionState().Version != tls.VersionTLS13 {
 		err = errors.New("agent did not negotiate TLS 1.3")

@@ -30,6 +30,7 @@ import (
 	"github.com/diglett/diglett/internal/accept"
 	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/batchconn"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 )
 
@@ -302,7 +303,7 @@ func (l *Link) serveConn(conn net.Conn) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.o.DialTimeout)
 	defer cancel()
 	remote := conn.RemoteAddr().String()
-	tc := tls.Server(conn, l.serverTLS)
+	tc := tls.Server(batchconn.New(conn), l.serverTLS)
 	err := tc.HandshakeContext(ctx)
 	var node string
 	if err == nil {
@@ -615,7 +616,7 @@ func (l *Link) dialPeer(ctx context.Context, p Peer, fp string) (*tlsmux.Session
 		}
 		return nil
 	}
-	tc := tls.Client(conn, conf)
+	tc := tls.Client(batchconn.New(conn), conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		if errors.Is(err, ErrUnpublishedCertificate) {

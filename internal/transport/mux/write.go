@@ -5,13 +5,15 @@ import (
 	"errors"
 	"net"
 	"os"
+	"runtime"
 	"time"
 )
 
 // The write path: group commit. Frames are appended to s.out under s.wmu;
 // the goroutine that finds no writer active becomes the writer, takes the
 // whole pending output, writes it with one conn.Write outside the lock and
-// repeats while more was appended meanwhile. After maxWriterRounds rounds a
+// repeats while more was appended meanwhile; before its first round it
+// yields once to the goroutines ready to run. After maxWriterRounds rounds a
 // writer hands the job to a short-lived goroutine, so that a caller is not
 // held writing other streams' frames for long under sustained load.
 const maxWriterRounds = 4
@@ -209,6 +211,19 @@ func (s *Session) writeRoundsLocked(limit int) {
 			s.wmu.Unlock()
 			go s.writeRounds(0)
 			return
+		}
+		if round == 0 {
+			// Let the goroutines that are ready to run go first: the
+			// network poller wakes the relays of many visitors at
+			// once, and those that write now join this batch instead
+			// of making a system call each. With nothing else ready
+			// this returns at once, so an idle session adds no delay.
+			s.wmu.Unlock()
+			runtime.Gosched()
+			s.wmu.Lock()
+			if len(s.out) == 0 || s.werr != nil {
+				continue
+			}
 		}
 		buf := s.out
 		s.out, s.spare = s.spare, nil

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/diglett/diglett/internal/transport"
+	"github.com/diglett/diglett/internal/transport/batchconn"
 	"github.com/diglett/diglett/internal/transport/mux"
 )
 
@@ -36,7 +37,7 @@ func muxConfig(c transport.Config) mux.Config {
 // Server performs the server side of the TLS handshake on conn (bounded by
 // ctx) and starts a session over it. conn is closed on failure.
 func Server(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg transport.Config) (*Session, error) {
-	tc := tls.Server(conn, tlsConf)
+	tc := tls.Server(batchconn.New(conn), tlsConf)
 	if err := handshake(ctx, tc); err != nil {
 		conn.Close()
 		return nil, err
@@ -47,7 +48,7 @@ func Server(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg transpo
 // Client performs the client side of the TLS handshake on conn (bounded by
 // ctx) and starts a session over it. conn is closed on failure.
 func Client(ctx context.Context, conn net.Conn, tlsConf *tls.Config, cfg transport.Config) (*Session, error) {
-	tc := tls.Client(conn, tlsConf)
+	tc := tls.Client(batchconn.New(conn), tlsConf)
 	if err := handshake(ctx, tc); err != nil {
 		conn.Close()
 		return nil, err
@@ -67,12 +68,19 @@ func handshake(ctx context.Context, tc *tls.Conn) error {
 
 // New starts a session over conn, a connection authenticated by state;
 // client says which side of the multiplexer this is. conn is closed when
-// the session ends.
+// the session ends. When conn is a TLS connection over a batchconn.Conn
+// (as Server and Client make them), each batch of frames the multiplexer
+// writes leaves in one system call, however many records it takes.
 func New(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config) (*Session, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &Session{conn: conn, state: state, ctx: ctx, cancel: cancel}
 	mc := muxConfig(cfg)
 	mc.OnClose = s.ended
+	if tc, ok := conn.(*tls.Conn); ok {
+		if bc, ok := tc.NetConn().(*batchconn.Conn); ok {
+			mc.Hold, mc.Flush = bc.Hold, bc.Flush
+		}
+	}
 	if client {
 		s.mux = mux.Client(conn, mc)
 	} else {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,5 +187,57 @@ func TestDeadPeerDetected(t *testing.T) {
 		case <-time.After(10 * idle):
 			t.Fatalf("%s did not notice the dead peer", name)
 		}
+	}
+}
+
+// writeCounter counts the write calls made on a connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes.Add(1)
+	return w.Conn.Write(p)
+}
+
+// A large write on a stream leaves in far fewer system calls than the TLS
+// records it takes: each batch of frames goes out in one call.
+func TestBatchesLeaveInOneWrite(t *testing.T) {
+	var wc *writeCounter
+	c, s := pairOver(t, transport.Config{}, func(raw net.Conn) net.Conn {
+		wc = &writeCounter{Conn: raw}
+		return wc
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const size = 4 << 20
+	got := make(chan int64, 1)
+	go func() {
+		st, err := s.AcceptStream(ctx)
+		if err != nil {
+			got <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, st)
+		got <- n
+	}()
+	st, err := c.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := wc.writes.Load()
+	if _, err := st.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseWrite()
+	if n := <-got; n != size {
+		t.Fatalf("peer read %d bytes, want %d", n, size)
+	}
+	records := size / (16 << 10)
+	writes := wc.writes.Load() - before
+	t.Logf("%d MiB in %d write calls (%d TLS records at least)", size>>20, writes, records)
+	if writes > int64(records/4) {
+		t.Fatalf("%d write calls for %d records: batches are not gathered", writes, records)
 	}
 }
