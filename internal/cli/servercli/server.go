@@ -118,6 +118,12 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	file := serverFile(fr)
+	// Many lines a second (the access log under load) leave in few
+	// writes, each line at most 5 ms late (see cli.BatchWriter).
+	be, bo := cli.NewBatchWriter(stderr), cli.NewBatchWriter(stdout)
+	defer be.Flush()
+	defer bo.Flush()
+	stderr, stdout = be, bo
 	// The dashboard's recent errors and series, kept only for a
 	// management listener.
 	dash := newDashboard(c.AdminAddr != "" || c.DebugAddr != "")
