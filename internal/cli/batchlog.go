@@ -24,26 +24,49 @@ const (
 // them while they come close together: a line that comes within a
 // millisecond of the previous write waits, with those after it, at most
 // 5 ms (or until 64 KiB are gathered), and they leave in one write. The
-// order of lines is kept. Flush writes what is gathered; call it before
-// the program ends. Its methods are safe for concurrent use.
+// order of lines is kept, also across the writers made together by
+// NewBatchWriters (a line on one goes after the lines gathered on the
+// others). Flush writes what is gathered; call it before the program
+// ends. Its methods are safe for concurrent use.
 type BatchWriter struct {
-	w io.Writer
+	w     io.Writer
+	group *batchGroup
 
-	mu    sync.Mutex
 	buf   []byte
 	last  time.Time // when the last write to w began
 	timer *time.Timer
 	armed bool
 }
 
+// batchGroup is the lock and the members of writers made together.
+type batchGroup struct {
+	mu      sync.Mutex
+	members []*BatchWriter
+}
+
 // NewBatchWriter returns a BatchWriter writing to w.
-func NewBatchWriter(w io.Writer) *BatchWriter { return &BatchWriter{w: w} }
+func NewBatchWriter(w io.Writer) *BatchWriter { return NewBatchWriters(w)[0] }
+
+// NewBatchWriters returns a BatchWriter for each of ws that keep the
+// order of lines among them (stdout and stderr, say).
+func NewBatchWriters(ws ...io.Writer) []*BatchWriter {
+	g := &batchGroup{}
+	for _, w := range ws {
+		g.members = append(g.members, &BatchWriter{w: w, group: g})
+	}
+	return g.members
+}
 
 // Write writes p (one log line) or gathers it. The error is w's, for a
 // line written at once; a gathered line's error is Flush's.
 func (b *BatchWriter) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.group.mu.Lock()
+	defer b.group.mu.Unlock()
+	for _, o := range b.group.members {
+		if o != b {
+			o.flushLocked()
+		}
+	}
 	now := time.Now()
 	if len(b.buf) == 0 && now.Sub(b.last) >= batchGap {
 		b.last = now
@@ -65,16 +88,16 @@ func (b *BatchWriter) Write(p []byte) (int, error) {
 }
 
 func (b *BatchWriter) timed() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.group.mu.Lock()
+	defer b.group.mu.Unlock()
 	b.armed = false
 	b.flushLocked()
 }
 
 // Flush writes what is gathered.
 func (b *BatchWriter) Flush() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.group.mu.Lock()
+	defer b.group.mu.Unlock()
 	return b.flushLocked()
 }
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,3 +70,35 @@ func TestBatchWriter(t *testing.T) {
 		t.Fatalf("after Flush: %q", s[len(want.String()):])
 	}
 }
+
+// A line on one writer of a group goes after the lines gathered on the
+// others.
+func TestBatchWritersKeepOrderAcross(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	rec := func(name string) *funcWriter {
+		return &funcWriter{f: func(p []byte) {
+			mu.Lock()
+			order = append(order, name+":"+string(p))
+			mu.Unlock()
+		}}
+	}
+	ws := NewBatchWriters(rec("err"), rec("out"))
+	ws[0].Write([]byte("1\n")) // at once
+	ws[0].Write([]byte("2\n")) // gathered: within a millisecond
+	ws[1].Write([]byte("3\n")) // flushes "2" first
+	if err := ws[0].Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ws[1].Flush()
+	mu.Lock()
+	defer mu.Unlock()
+	got := strings.Join(order, "")
+	if !strings.HasPrefix(got, "err:1\nerr:2\n") || strings.Index(got, "out:3") < strings.Index(got, "err:2") {
+		t.Fatalf("order across writers: %q", got)
+	}
+}
+
+type funcWriter struct{ f func([]byte) }
+
+func (w *funcWriter) Write(p []byte) (int, error) { w.f(p); return len(p), nil }

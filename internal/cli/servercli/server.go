@@ -120,10 +120,10 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	file := serverFile(fr)
 	// Many lines a second (the access log under load) leave in few
 	// writes, each line at most 5 ms late (see cli.BatchWriter).
-	be, bo := cli.NewBatchWriter(stderr), cli.NewBatchWriter(stdout)
-	defer be.Flush()
-	defer bo.Flush()
-	stderr, stdout = be, bo
+	bw := cli.NewBatchWriters(stderr, stdout)
+	defer bw[0].Flush()
+	defer bw[1].Flush()
+	stderr, stdout = bw[0], bw[1]
 	// The dashboard's recent errors and series, kept only for a
 	// management listener.
 	dash := newDashboard(c.AdminAddr != "" || c.DebugAddr != "")
