@@ -236,17 +236,10 @@ func (b *bench) chartBeforeAfter(path string) error {
 		lab.TextStyle[0].YAlign = draw.YBottom
 		p.Add(lab)
 	}
-	// Room above the bars for the legend.
-	p.Y.Max = math.Ceil(ymax*10)/10 + 0.25
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.Legend.XOffs = vg.Points(10)
 	var labels []string
 	for _, g := range groups {
 		labels = append(labels, g.label)
 	}
-	p.NominalX(labels...)
-	p.X.Min = -0.6
-	p.X.Max = float64(len(groups)) - 0.4
-	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+	// Room above the bars for the legend.
+	return saveBars(p, labels, math.Ceil(ymax*10)/10+0.25, path)
 }

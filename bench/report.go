@@ -512,17 +512,23 @@ func (b *bench) chart(path string) error {
 		p.Add(bars)
 		p.Legend.Add(name, bars)
 	}
-	p.Y.Max = math.Ceil(ymax*10)/10 + 0.05
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.Legend.XOffs = vg.Points(10)
 	var labels []string
 	for _, g := range groups {
 		labels = append(labels, g.label)
 	}
+	return saveBars(p, labels, math.Ceil(ymax*10)/10+0.05, path)
+}
+
+// saveBars finishes a chart of bars in groups named labels (the legend at
+// the top left, the y axis up to ymax) and writes it to path.
+func saveBars(p *plot.Plot, labels []string, ymax float64, path string) error {
+	p.Y.Max = ymax
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(10)
 	p.NominalX(labels...)
 	p.X.Min = -0.6
-	p.X.Max = float64(len(groups)) - 0.4
+	p.X.Max = float64(len(labels)) - 0.4
 	return p.Save(9*vg.Inch, 5*vg.Inch, path)
 }
 

@@ -373,13 +373,22 @@ func (st *Stream) resetLocal(wait bool) {
 	}
 	st.reset = true
 	st.finSent = true
+	st.endResetLocked(func() { st.s.sendControl(typeWindowUpdate, flagRST, st.id, 0, wait) })
+}
+
+// endResetLocked finishes a reset, ours or the peer's: the buffers go,
+// blocked calls wake, send (if not nil) sends our RST, and the session
+// forgets the stream. Called with st.mu held; returns with it released.
+func (st *Stream) endResetLocked(send func()) {
 	st.releaseLocked()
 	syn := st.synPending
 	st.synPending = false
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
-	st.s.sendControl(typeWindowUpdate, flagRST, st.id, 0, wait)
+	if send != nil {
+		send()
+	}
 	st.s.forget(st)
 	if syn {
 		st.s.releaseSyn()
@@ -394,16 +403,7 @@ func (st *Stream) peerReset() {
 		return
 	}
 	st.reset = true
-	st.releaseLocked()
-	syn := st.synPending
-	st.synPending = false
-	st.mu.Unlock()
-	signal(st.readCh)
-	signal(st.writeCh)
-	st.s.forget(st)
-	if syn {
-		st.s.releaseSyn()
-	}
+	st.endResetLocked(nil)
 }
 
 // peerFIN handles the peer's FIN.
