@@ -401,9 +401,23 @@ func (h *hangingRoute) CloseContext(ctx context.Context) error {
 func TestHangingUnregisterIsBounded(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	route := &hangingRoute{closed: make(chan struct{})}
-	rg := RegistererFunc(func(context.Context, Route) (io.Closer, error) { return route, nil })
+	registered := make(chan struct{}, 1)
+	rg := RegistererFunc(func(context.Context, Route) (io.Closer, error) {
+		select {
+		case registered <- struct{}{}:
+		default:
+		}
+		return route, nil
+	})
 	g := startRegGateway(t, Config{Registerer: rg, RegisterTimeout: 200 * time.Millisecond})
 	ln, _ := g.listen(t, "stuck")
+	// Registering is off the agent's path: a tunnel gone before its
+	// route was made has no route to take down.
+	select {
+	case <-registered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the route was never registered")
+	}
 	ln.Close() // the tunnel goes away: its route is taken down
 	select {
 	case <-route.closed:
