@@ -87,6 +87,7 @@ func TestClusterNamespace(t *testing.T) {
 
 	const rounds = 100
 	wins := map[string]int{}
+	skipped := 0
 	for i := range rounds {
 		name := fmt.Sprintf("race-%d", i)
 		var wg sync.WaitGroup
@@ -103,6 +104,21 @@ func TestClusterNamespace(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
+		if errors.Is(errs[0], diglett.ErrPortUnavailable) || errors.Is(errs[1], diglett.ErrPortUnavailable) {
+			// The name's cluster port is held on this machine by
+			// another test's process (port windows are random): not
+			// the race under test. Bounded, so a real refusal of
+			// every port still fails.
+			if skipped++; skipped > 5 {
+				t.Fatalf("round %d: %v: more than 5 rounds met a port held elsewhere", i, errs)
+			}
+			for _, ln := range lns {
+				if ln != nil {
+					ln.Close()
+				}
+			}
+			continue
+		}
 		won := -1
 		for j := range 2 {
 			switch {
@@ -120,7 +136,7 @@ func TestClusterNamespace(t *testing.T) {
 		wins[[]string{"alice via gw-a", "bob via gw-b"}[won]]++
 		lns[won].Close()
 	}
-	t.Logf("%d rounds of two identities racing for one name through two nodes: exactly one won each time (%v)", rounds, wins)
+	t.Logf("%d rounds of two identities racing for one name through two nodes: exactly one won each time (%v; %d rounds met a port held by another process)", rounds-skipped, wins, skipped)
 
 	// One identity through both nodes: one port, served on each.
 	la := mustListen(t, agent(ga, "shared", "carol"))
