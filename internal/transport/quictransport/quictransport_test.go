@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"os"
 	"strings"
 	"sync"
@@ -763,6 +764,9 @@ func TestCloseReasonSanitized(t *testing.T) {
 func TestSessionsUseGSO(t *testing.T) {
 	noLeaks(t)
 	if why := noGSO(); why != "" {
+		if testutil.InCI() && runtime.GOOS == "linux" {
+			t.Fatalf("no GSO on this Linux machine under CI: %s", why)
+		}
 		t.Skip(why)
 	}
 	c, s := pairVia(t, transport.Config{}, nil)
