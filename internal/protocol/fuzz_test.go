@@ -56,6 +56,9 @@ func FuzzReadStreamHeader(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte{1, 1, 'a', 0})
 	f.Add([]byte{1, 63})
+	b, _ = AppendStreamHeader(nil, StreamHeader{Name: "dns", Visitor: "127.0.0.1:53", UDP: true, Flow: 7})
+	f.Add(b)
+	f.Add([]byte{2, 0, 0, 0, 0, 1, 'a', 0})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := bytes.NewReader(in)
 		h, err := ReadStreamHeader(r)

@@ -94,6 +94,12 @@ type Hello struct {
 // FeatureNotice says an agent reads Notice messages.
 const FeatureNotice = "notice"
 
+// FeatureUDP, in a gateway's hello, says the gateway publishes UDP
+// tunnels (Register.UDP). An agent registers a UDP tunnel only with a
+// gateway that lists it: one that predates UDP would ignore the field and
+// publish a TCP port.
+const FeatureUDP = "udp"
+
 // Limits of Hello's further fields.
 const (
 	MaxInstanceLen = 64
@@ -134,6 +140,10 @@ type Register struct {
 	// H2C says the backend speaks HTTP/2 without TLS (gRPC, say): the
 	// gateway speaks HTTP/2 to it instead of HTTP/1.1.
 	H2C bool `json:"h2c,omitempty"`
+	// UDP asks for a public UDP port instead of a TCP port: the gateway
+	// relays datagrams of each visitor address as a flow (see
+	// StreamHeader.UDP). A UDP tunnel has no HTTP address.
+	UDP bool `json:"udp,omitempty"`
 }
 
 // BasicAuth is the user and password HTTP visitors must give.
@@ -253,6 +263,9 @@ func (m *Register) validate() error {
 	}
 	if _, err := ParseAllowIPs(m.AllowIPs); err != nil {
 		return fmt.Errorf("register: %w", err)
+	}
+	if m.UDP && (m.BasicAuth != nil || m.H2C) {
+		return errors.New("register: a UDP tunnel takes no basic auth or h2c: it has no HTTP address")
 	}
 	return nil
 }

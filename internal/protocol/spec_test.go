@@ -131,7 +131,7 @@ func atoi(t *testing.T, s string) int {
 // packages.
 func loadConsts(t *testing.T) goConsts {
 	t.Helper()
-	src := sourceConsts(t, "protocol.go", "stream.go")
+	src := sourceConsts(t, "protocol.go", "stream.go", "datagram.go")
 	tr := sourceConsts(t, filepath.Join("..", "transport", "transport.go"))
 	g := goConsts{
 		codes:    map[string]string{},
@@ -154,19 +154,23 @@ func loadConsts(t *testing.T) goConsts {
 		g.sessions[atoi(t, v)] = name
 	}
 	compiled := map[string]int{
-		"Version":             protocol.Version,
-		"MaxMessageSize":      protocol.MaxMessageSize,
-		"MaxNameLen":          protocol.MaxNameLen,
-		"MaxTokenLen":         protocol.MaxTokenLen,
-		"MaxAddrLen":          protocol.MaxAddrLen,
-		"MaxNames":            protocol.MaxNames,
-		"MaxAllowIPs":         protocol.MaxAllowIPs,
-		"MaxURLLen":           protocol.MaxURLLen,
-		"MaxCredLen":          protocol.MaxCredLen,
-		"MaxInstanceLen":      protocol.MaxInstanceLen,
-		"MaxFeatures":         protocol.MaxFeatures,
-		"MaxFeatureLen":       protocol.MaxFeatureLen,
-		"StreamHeaderVersion": protocol.StreamHeaderVersion,
+		"Version":                protocol.Version,
+		"MaxMessageSize":         protocol.MaxMessageSize,
+		"MaxNameLen":             protocol.MaxNameLen,
+		"MaxTokenLen":            protocol.MaxTokenLen,
+		"MaxAddrLen":             protocol.MaxAddrLen,
+		"MaxNames":               protocol.MaxNames,
+		"MaxAllowIPs":            protocol.MaxAllowIPs,
+		"MaxURLLen":              protocol.MaxURLLen,
+		"MaxCredLen":             protocol.MaxCredLen,
+		"MaxInstanceLen":         protocol.MaxInstanceLen,
+		"MaxFeatures":            protocol.MaxFeatures,
+		"MaxFeatureLen":          protocol.MaxFeatureLen,
+		"StreamHeaderVersion":    protocol.StreamHeaderVersion,
+		"StreamHeaderVersionUDP": protocol.StreamHeaderVersionUDP,
+		"MaxDatagramSize":        protocol.MaxDatagramSize,
+		"DatagramFrameHeaderLen": protocol.DatagramFrameHeaderLen,
+		"FlowDatagramOverhead":   protocol.FlowDatagramOverhead,
 	}
 	for name, v := range src[""] {
 		if _, err := strconv.ParseInt(v, 0, 64); err != nil {

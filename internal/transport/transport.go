@@ -47,6 +47,27 @@ type Session interface {
 	RemoteAddr() net.Addr
 }
 
+// DatagramSession is a Session that also carries unreliable datagrams
+// beside its streams (QUIC's, RFC 9221). UDP tunnels use them when both
+// sides can.
+type DatagramSession interface {
+	Session
+	// DatagramsEnabled says the peer takes datagrams.
+	DatagramsEnabled() bool
+	// SendDatagram sends p as one datagram, or fails with an error
+	// wrapping ErrDatagramTooLarge when p does not fit the path now. It
+	// waits while the session's short queue of datagrams to send is full.
+	SendDatagram(p []byte) error
+	// HandleDatagrams sets the function each datagram from the peer is
+	// given to, in order, on the session's one goroutine that receives
+	// them: it must return at once, and may keep p. nil drops them, as
+	// before the first call.
+	HandleDatagrams(func(p []byte))
+}
+
+// ErrDatagramTooLarge is a datagram that does not fit the path's packets.
+var ErrDatagramTooLarge = errors.New("datagram too large for the path")
+
 // ErrorCode says why a session was closed.
 type ErrorCode uint32
 

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -190,7 +191,7 @@ func (l *Listener) Accept(ctx context.Context) (*Session, error) {
 	l.live++
 	l.mu.Unlock()
 	s := newSession(conn, l.release)
-	go s.discardDatagrams()
+	s.startDatagrams()
 	return s, nil
 }
 
@@ -283,7 +284,10 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg transport.C
 	}
 	quietBufferWarning()
 	tr := &quic.Transport{Conn: pconn}
-	conn, err := tr.Dial(ctx, raddr, tlsConf, quicConfig(cfg))
+	qc := quicConfig(cfg)
+	// The gateway sends the datagrams of UDP flows (see Session.HandleDatagrams).
+	qc.EnableDatagrams = true
+	conn, err := tr.Dial(ctx, raddr, tlsConf, qc)
 	if err != nil {
 		tr.Close()
 		pconn.Close()
@@ -349,9 +353,12 @@ type Session struct {
 	release     func() // frees the socket: Dial's own, or its share of the listener's
 	releaseOnce sync.Once
 	closeOnce   sync.Once
+
+	datagrams     atomic.Pointer[func([]byte)] // HandleDatagrams' function
+	datagramsOnce sync.Once                    // starts receiveDatagrams
 }
 
-var _ transport.Session = (*Session)(nil)
+var _ transport.DatagramSession = (*Session)(nil)
 
 func newSession(conn *quic.Conn, release func()) *Session {
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -390,14 +397,51 @@ func (s *Session) probe(interval time.Duration) {
 	}
 }
 
-// discardDatagrams reads and drops the peer's probes until the session
-// ends, so that they do not fill quic-go's queue of received datagrams.
-func (s *Session) discardDatagrams() {
+// startDatagrams starts the session's receiver of datagrams, once. The
+// listening side starts it at once, for the peer's probes; the dialing
+// side when it is first given a handler.
+func (s *Session) startDatagrams() {
+	s.datagramsOnce.Do(func() { go s.receiveDatagrams() })
+}
+
+// receiveDatagrams hands each datagram to the handler, or drops it (the
+// peer's probes, say), until the session ends, so that they do not fill
+// quic-go's queue of received datagrams.
+func (s *Session) receiveDatagrams() {
 	for {
-		if _, err := s.conn.ReceiveDatagram(s.conn.Context()); err != nil {
+		d, err := s.conn.ReceiveDatagram(s.conn.Context())
+		if err != nil {
 			return
 		}
+		if h := s.datagrams.Load(); h != nil {
+			(*h)(d)
+		}
 	}
+}
+
+// DatagramsEnabled says the peer takes datagrams.
+func (s *Session) DatagramsEnabled() bool {
+	return s.conn.ConnectionState().SupportsDatagrams.Remote
+}
+
+// SendDatagram sends p as one QUIC datagram.
+func (s *Session) SendDatagram(p []byte) error {
+	err := s.conn.SendDatagram(p)
+	var tl *quic.DatagramTooLargeError
+	if errors.As(err, &tl) {
+		return fmt.Errorf("%w: %d bytes, at most %d now", transport.ErrDatagramTooLarge, len(p), tl.MaxDatagramPayloadSize)
+	}
+	return err
+}
+
+// HandleDatagrams sets the function given each datagram the peer sends.
+func (s *Session) HandleDatagrams(h func(p []byte)) {
+	if h == nil {
+		s.datagrams.Store(nil)
+		return
+	}
+	s.datagrams.Store(&h)
+	s.startDatagrams()
 }
 
 // ended runs once the connection has ended, whoever ended it. When this
