@@ -56,6 +56,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadMessage$$' -fuzztime $(FUZZTIME) ./internal/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzReadStreamHeader$$' -fuzztime $(FUZZTIME) ./internal/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzFlowDatagram$$' -fuzztime $(FUZZTIME) ./internal/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzUnlistedConn$$' -fuzztime $(FUZZTIME) ./gateway
 
 # Measure diglett against the direct path; writes bench/results.md and
 # bench/results.png (BENCH_RUNS=1 for a quick run, see scripts/bench.sh).

@@ -17,11 +17,34 @@ import (
 // Conn is a visitor's connection, carried from the gateway as a stream.
 // RemoteAddr is the visitor's address, LocalAddr the tunnel's public
 // address. CloseWrite half-closes like TCP.
+//
+// RemoteAddr is the address the gateway saw the visitor connect from (a
+// *net.TCPAddr for a TCP visitor), not the gateway's: a program serving a Listener itself
+// has the visitor's address as is and needs no PROXY protocol header,
+// which only a separate backend behind Forward needs
+// (ForwardOptions.ProxyProtocol). On a tunnel's TCP port a Conn is one
+// visitor's connection. Through the gateway's HTTP(S) ingress (by Host),
+// the gateway reuses a Conn for the requests of several visitors, so
+// RemoteAddr is that of the visitor whose request opened it: take each
+// request's X-Forwarded-For (or Forwarded) instead.
+//
+// On a UDP tunnel (Config.UDP) a Conn is one flow: the datagrams of one
+// visitor address, and it behaves like a connected UDP socket. Each Read
+// returns exactly one datagram, truncated to the buffer as a UDP socket
+// does; each Write sends p as exactly one datagram (at most 65507 bytes).
+// RemoteAddr is then a *net.UDPAddr and LocalAddr's Network is "udp".
+// Over QUIC the datagrams travel as QUIC datagrams: one too large for the
+// path is dropped (Write still returns len(p), nil) and counted by
+// Dropped, as are datagrams from the visitor that arrive while 64 wait
+// unread. Close ends the flow; a UDP Conn has no half-close. Deadlines
+// work as on a socket; the gateway ends a flow after its own idle
+// timeout, and Read then returns io.EOF.
 type Conn struct {
 	st      transport.Stream
 	name    string
 	visitor net.Addr
 	public  net.Addr
+	udp     *udpFlow // nil for a TCP visitor
 
 	statusOnce sync.Once
 	statusErr  error
@@ -66,6 +89,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if err := c.sendStatus(protocol.StatusOK); err != nil {
 		return 0, err
 	}
+	if c.udp != nil {
+		return c.udp.read(c.st, p)
+	}
 	n, err := c.st.Read(p)
 	if err == io.EOF {
 		c.readEOF.Store(true)
@@ -78,11 +104,17 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if err := c.sendStatus(protocol.StatusOK); err != nil {
 		return 0, err
 	}
+	if c.udp != nil {
+		return c.udp.write(c.st, p)
+	}
 	return c.st.Write(p)
 }
 
 // CloseWrite sends EOF to the visitor; reading goes on.
 func (c *Conn) CloseWrite() error {
+	if c.udp != nil {
+		return errNoHalfClose
+	}
 	if err := c.sendStatus(protocol.StatusOK); err != nil {
 		return err
 	}
@@ -97,7 +129,7 @@ func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		defer c.closed()
 		c.sendStatus(protocol.StatusOK)
-		if c.readEOF.Load() {
+		if c.readEOF.Load() || c.udp != nil {
 			err = c.st.Close()
 			return
 		}
@@ -137,6 +169,12 @@ func (c *Conn) Abort(err error) error {
 	if errors.As(err, &ne) && ne.Timeout() {
 		s = protocol.StatusTimeout
 	}
+	return c.refuse(s)
+}
+
+// refuse answers status s (unless a status was sent already) and closes
+// the connection.
+func (c *Conn) refuse(s protocol.Status) error {
 	c.sendStatus(s)
 	var cerr error
 	c.closeOnce.Do(func() {
@@ -149,14 +187,39 @@ func (c *Conn) Abort(err error) error {
 func (c *Conn) LocalAddr() net.Addr  { return c.public }
 func (c *Conn) RemoteAddr() net.Addr { return c.visitor }
 
-func (c *Conn) SetDeadline(t time.Time) error      { return c.st.SetDeadline(t) }
-func (c *Conn) SetReadDeadline(t time.Time) error  { return c.st.SetReadDeadline(t) }
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.st.SetWriteDeadline(t) }
+func (c *Conn) SetDeadline(t time.Time) error {
+	if c.udp.queued() {
+		c.udp.setReadDeadline(t)
+		c.udp.setWriteDeadline(t)
+		return nil
+	}
+	return c.st.SetDeadline(t)
+}
 
-// visitorAddr parses the visitor address of a stream header.
-func visitorAddr(s string) net.Addr {
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.udp.queued() {
+		c.udp.setReadDeadline(t)
+		return nil
+	}
+	return c.st.SetReadDeadline(t)
+}
+
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.udp.queued() {
+		c.udp.setWriteDeadline(t)
+		return nil
+	}
+	return c.st.SetWriteDeadline(t)
+}
+
+// visitorAddr parses the visitor address of a stream header: a
+// *net.UDPAddr for a UDP flow's, a *net.TCPAddr otherwise.
+func visitorAddr(s string, udp bool) net.Addr {
 	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if udp {
+			return net.UDPAddrFromAddrPort(ap)
+		}
 		return net.TCPAddrFromAddrPort(ap)
 	}
-	return Addr{Host: s}
+	return Addr{Host: s, UDP: udp}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"golang.org/x/net/http/httpproxy"
@@ -215,6 +216,10 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 		return nil, fmt.Errorf("%w: gateway speaks protocol version %d, this agent speaks version %d: use an agent of the same release as the gateway",
 			ErrVersionMismatch, hello.Version, protocol.Version)
 	}
+	if cfg.UDP && !slices.Contains(hello.Features, protocol.FeatureUDP) {
+		// Such a gateway would ignore Register.UDP and publish a TCP port.
+		return nil, &udpUnsupportedError{gateway: k.gateway}
+	}
 	login := &protocol.Login{Token: cfg.Token, User: cfg.User, Password: cfg.Password, Names: cfg.names()}
 	if cfg.TokenFunc != nil {
 		if login.Token, err = cfg.TokenFunc(ctx, k.gateway, login.Names); err != nil {
@@ -260,7 +265,11 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 		if want := max(req.Port, req.PreferPort); want != 0 && r.Port != want {
 			k.log.Warn("the gateway gave the tunnel another port than it had", "tunnel", name, "asked", want, "got", r.Port)
 		}
-		ls.tunnels = append(ls.tunnels, Tunnel{Name: name, Addr: Addr{Host: host, Port: r.Port}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL})
+		t := Tunnel{Name: name, Addr: Addr{Host: host, Port: r.Port, UDP: cfg.UDP}, HTTPURL: r.HTTPURL, HTTPSURL: r.HTTPSURL}
+		if cfg.UDP {
+			t.HTTPURL, t.HTTPSURL = "", "" // a UDP tunnel has no HTTP address
+		}
+		ls.tunnels = append(ls.tunnels, t)
 	}
 	ctrl.SetDeadline(time.Time{})
 	// The control stream stays open for the session's life; the gateway
@@ -290,6 +299,15 @@ func (k *link) handshake(ctx context.Context, sess transport.Session, via string
 	}()
 	return ls, nil
 }
+
+// udpUnsupportedError is ErrUDPUnsupported for one gateway.
+type udpUnsupportedError struct{ gateway string }
+
+func (e *udpUnsupportedError) Error() string {
+	return "gateway " + e.gateway + " does not serve UDP tunnels (it predates them): upgrade it"
+}
+
+func (e *udpUnsupportedError) Unwrap() error { return ErrUDPUnsupported }
 
 // reply reads the gateway's answer to a request, turning an Error message
 // into a *RefusedError.

@@ -23,6 +23,12 @@
 // meanwhile, and sends visitors to the other sessions. Accept returns an
 // error only when the listener is closed or a fatal error stops it (see
 // IsFatal).
+//
+// With Config.UDP the names are UDP tunnels: the gateway publishes a
+// public UDP port for each, and every Conn the listener accepts is one
+// visitor address's flow of datagrams, read and written like a connected
+// UDP socket (one datagram per Read and per Write; see Conn). Forward
+// relays each flow to a UDP socket of its own to the backend.
 package diglett
 
 import (
@@ -92,7 +98,8 @@ type Config struct {
 	// User and Password log the agent in to gateways that take a user
 	// and password.
 	User, Password string
-	// Port asks for a specific public TCP port for Name (0: any).
+	// Port asks for a specific public TCP port for Name (0: any); a UDP
+	// port with UDP.
 	Port int
 	// Fingerprint pins the gateway's key ("SHA256:..."), bypassing both CA
 	// verification and known_gateways.
@@ -137,6 +144,13 @@ type Config struct {
 	// H2C says the backend speaks HTTP/2 without TLS (a gRPC server, say),
 	// so the gateway's HTTP ingress speaks HTTP/2 to it.
 	H2C bool
+	// UDP makes every name of the listener a UDP tunnel: the gateway
+	// publishes a public UDP port for each (Port asks for one) and no
+	// HTTP address, and each Conn the listener accepts is one visitor
+	// address's flow of datagrams (see Conn). It takes no BasicAuth or
+	// H2C. A gateway that predates UDP tunnels is refused with
+	// ErrUDPUnsupported.
+	UDP bool
 }
 
 // Defaults for Config.
@@ -204,6 +218,9 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
+	if c.UDP && (c.BasicAuth != "" || c.H2C) {
+		return errors.New("a UDP tunnel takes no basic auth or h2c: it has no HTTP address")
+	}
 	if _, err := c.register(c.Name); err != nil {
 		return err
 	}
@@ -212,7 +229,7 @@ func (c *Config) Validate() error {
 
 // register is the registration of name with the visitor options.
 func (c *Config) register(name string) (*protocol.Register, error) {
-	req := &protocol.Register{Name: name, AllowIPs: c.AllowIPs, H2C: c.H2C}
+	req := &protocol.Register{Name: name, AllowIPs: c.AllowIPs, H2C: c.H2C, UDP: c.UDP}
 	if c.BasicAuth != "" {
 		user, pass, ok := strings.Cut(c.BasicAuth, ":")
 		if !ok || user == "" || pass == "" {
@@ -291,10 +308,17 @@ func (c Config) withDefaults() Config {
 type Addr struct {
 	Host string
 	Port int
+	// UDP says Port is a UDP port: the address of a UDP tunnel.
+	UDP bool
 }
 
-// Network is "tcp".
-func (a Addr) Network() string { return "tcp" }
+// Network is "tcp", or "udp" for a UDP tunnel's address.
+func (a Addr) Network() string {
+	if a.UDP {
+		return "udp"
+	}
+	return "tcp"
+}
 
 func (a Addr) String() string {
 	if a.Port == 0 {
@@ -312,11 +336,16 @@ type Tunnel struct {
 	HTTPURL, HTTPSURL string
 }
 
-// URL is the tunnel's public TCP address as tcp://host:port.
-func (t Tunnel) URL() string { return "tcp://" + t.Addr.String() }
+// URL is the tunnel's public TCP address as tcp://host:port, or its UDP
+// address as udp://host:port.
+func (t Tunnel) URL() string { return t.Addr.Network() + "://" + t.Addr.String() }
 
-// URLs lists the tunnel's public addresses: HTTPS, HTTP, then TCP.
+// URLs lists the tunnel's public addresses: HTTPS, HTTP, then TCP; a UDP
+// tunnel has only its UDP address.
 func (t Tunnel) URLs() []string {
+	if t.Addr.UDP {
+		return []string{t.URL()}
+	}
 	var urls []string
 	for _, u := range []string{t.HTTPSURL, t.HTTPURL, t.URL()} {
 		if u != "" {
@@ -357,6 +386,12 @@ var _ net.Listener = (*Listener)(nil)
 // background, and once started the listener reconnects on its own until
 // Close. As with net.ListenConfig, ctx bounds only the initial connection,
 // not the listener's life.
+//
+// Each accepted connection is a *Conn whose RemoteAddr is the visitor's
+// own address (for HTTP(S) by Host, see Conn), so a server on the
+// listener logs, limits or bans visitors by address with no PROXY
+// protocol header to parse; Forward can send one to a separate backend
+// (ForwardOptions.ProxyProtocol).
 func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -38,14 +38,18 @@ var (
 	ErrGatewayBusy = errors.New("gateway busy")
 	// ErrRefused: the gateway refused a request for another reason.
 	ErrRefused = errors.New("refused by the gateway")
+	// ErrUDPUnsupported: the gateway does not publish UDP tunnels (it
+	// predates them) and Config.UDP asks for one (fatal).
+	ErrUDPUnsupported = errors.New("gateway does not serve UDP tunnels")
 )
 
 // IsFatal reports whether err is one the agent must not retry: a wrong
-// token, a refused name, a version mismatch or an untrusted gateway.
+// token, a refused name, a version mismatch, an untrusted gateway or one
+// that does not serve UDP tunnels.
 func IsFatal(err error) bool {
 	return errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrNameRefused) ||
 		errors.Is(err, ErrVersionMismatch) || errors.Is(err, ErrGatewayKeyMismatch) ||
-		errors.Is(err, ErrGatewayUntrusted)
+		errors.Is(err, ErrGatewayUntrusted) || errors.Is(err, ErrUDPUnsupported)
 }
 
 // RefusedError is a refusal sent by the gateway. It unwraps to the sentinel

@@ -25,7 +25,9 @@ type ForwardOptions struct {
 	// backend argument are not used. It is called from many goroutines at
 	// once; ctx carries DialTimeout and ends early when Forward stops. An
 	// error refuses the visitor (HTTP visitors get 502, or 504 when the
-	// error is a timeout, as a net.Error).
+	// error is a timeout, as a net.Error). For a UDP tunnel's flow it must
+	// return a connected UDP socket (net.Dial("udp", ...)), or a net.Conn
+	// that keeps datagram boundaries as one does: one for each call.
 	Dial func(ctx context.Context, tunnel string) (net.Conn, error)
 	// DialTimeout bounds the connection to a backend. Default 10s;
 	// negative: no bound but the system's.
@@ -50,6 +52,32 @@ type ForwardOptions struct {
 	// they should return at once, and their errors are ignored. The bytes
 	// relayed are the same with or without Inspect.
 	Inspect func(c *Conn) (fromVisitor, fromBackend io.WriteCloser)
+	// ProxyProtocol, when ProxyProtocolV1 (1) or ProxyProtocolV2 (2),
+	// makes Forward send each TCP backend a PROXY protocol header of that
+	// version (text or binary) before the visitor's first byte (UDP flows
+	// get none), so that a backend that reads it (nginx's "listen ...
+	// proxy_protocol", say) sees the visitor's address, Conn.RemoteAddr,
+	// as the connection's source; the destination is the backend
+	// connection's remote address.
+	// The header goes in one write once the backend is connected, Dial's
+	// connections included, and before any relayed byte; a header that
+	// cannot be written refuses the visitor as a failed dial does. A
+	// visitor address that is not an IP address and port (the gateway
+	// never sends one) gets a header without addresses (v1 UNKNOWN, v2
+	// LOCAL). Default 0: no header. Other values make Forward return an
+	// error at once.
+	ProxyProtocol int
+	// ProxyProtocols overrides ProxyProtocol for the tunnels it names (0:
+	// no header for that tunnel's backend), as Backends does backend.
+	// Forward only reads it.
+	ProxyProtocols map[string]int
+	// UDPIdleTimeout ends a UDP flow (forward_udp.go) after this long
+	// without a datagram either way. Default 60s; negative: no bound.
+	UDPIdleTimeout time.Duration
+	// MaxUDPFlows caps the UDP flows of one tunnel open at once; the
+	// gateway's next visitor address is refused (StatusBusy). Default
+	// 1024.
+	MaxUDPFlows int
 }
 
 // Defaults for ForwardOptions (Config.DialTimeout, DefaultDialTimeout, is
@@ -102,8 +130,14 @@ var errNoBackend = errors.New("no backend for the tunnel")
 // end, resets both sides of those still open, then closes ln.
 //
 // The visitor's tunnel picks its backend: Dial when set, otherwise
-// Backends[name], otherwise backend.
+// Backends[name], otherwise backend. With ProxyProtocol (or
+// ProxyProtocols) set, each backend connection starts with a PROXY
+// protocol header carrying the visitor's address.
 func Forward(ctx context.Context, ln *Listener, backend string, opts ForwardOptions) error {
+	if err := opts.checkProxyProtocol(); err != nil {
+		ln.Close()
+		return err
+	}
 	o := opts.withDefaults(ln)
 	log := o.Logger
 	var (
@@ -124,7 +158,7 @@ func Forward(ctx context.Context, ln *Listener, backend string, opts ForwardOpti
 		ln.Close()
 	})
 	defer stop()
-	f := &forwarder{backend: backend, o: o, d: net.Dialer{Timeout: o.DialTimeout}}
+	f := &forwarder{backend: backend, o: o, d: net.Dialer{Timeout: o.DialTimeout}, drain: ctx}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -161,6 +195,8 @@ type forwarder struct {
 	backend string
 	o       ForwardOptions
 	d       net.Dialer
+	flows   flowCounts      // UDP flows per tunnel
+	drain   context.Context // ends when Forward starts draining
 }
 
 // dial connects a visitor of tunnel to its backend; addr names it in logs.
@@ -193,6 +229,10 @@ func (f *forwarder) dial(ctx context.Context, tunnel string) (c net.Conn, addr s
 func (f *forwarder) run(p *relayPair, log *slog.Logger) {
 	vc := p.vc
 	l := log.With("tunnel", vc.Name(), "visitor", vc.RemoteAddr().String())
+	if vc.udp != nil {
+		f.runUDP(p, l)
+		return
+	}
 	bc, backend, err := f.dial(p.ctx, vc.Name())
 	if err != nil {
 		if p.ctx.Err() == nil {
@@ -204,6 +244,16 @@ func (f *forwarder) run(p *relayPair, log *slog.Logger) {
 	if !p.setBackend(bc) {
 		bc.Close()
 		return
+	}
+	if v := f.o.proxyProtocol(vc.Name()); v != 0 {
+		if err := writeProxyHeader(bc, vc, v, f.o.DialTimeout, l); err != nil {
+			if p.ctx.Err() == nil {
+				l.Warn("could not send the backend the PROXY protocol header", "backend", backend, "err", err)
+			}
+			vc.Abort(err)
+			bc.Close()
+			return
+		}
 	}
 	l.Debug("visitor connected")
 	var a, b net.Conn = vc, bc

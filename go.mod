@@ -36,6 +36,8 @@ require (
 	github.com/jackpal/go-nat-pmp v1.0.2
 )
 
+require github.com/pires/go-proxyproto v0.15.0
+
 require (
 	github.com/armon/go-metrics v0.4.1 // indirect
 	github.com/coreos/go-iptables v0.8.0

@@ -42,6 +42,7 @@ type linkSession struct {
 	ctrl    transport.Stream
 	tunnels []Tunnel
 	conns   sync.WaitGroup // visitor connections not yet closed
+	flows   flowTable      // UDP flows in QUIC datagrams
 	// refused is set when the gateway ends the session with a fatal
 	// error (its operator revoked the token or took a name away).
 	refused atomic.Pointer[RefusedError]
@@ -281,19 +282,33 @@ func (k *link) handleStream(ls *linkSession, st transport.Stream) {
 		}
 	}
 	ls.conns.Add(1)
-	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor), public: public, closed: ls.conns.Done, session: ls.sess.Context()}
-	if !found {
+	c := &Conn{st: st, name: h.Name, visitor: visitorAddr(h.Visitor, h.UDP), public: public, closed: ls.conns.Done, session: ls.sess.Context()}
+	switch {
+	case !found:
 		k.log.Warn("gateway sent a connection for a name this agent does not serve", "tunnel", h.Name)
-		c.sendStatus(protocol.StatusUnknownTunnel)
-		c.Abort(nil)
+		c.refuse(protocol.StatusUnknownTunnel)
 		return
+	case h.UDP != public.UDP:
+		// Served as an unknown name: the gateway has it as another kind
+		// of tunnel than this agent does.
+		k.log.Warn("gateway sent a visitor of the other protocol than the tunnel's", "tunnel", h.Name, "udp_flow", h.UDP, "udp_tunnel", public.UDP)
+		c.refuse(protocol.StatusUnknownTunnel)
+		return
+	case h.UDP:
+		if err := ls.attachUDP(c, h, k.log.With("tunnel", h.Name, "visitor", h.Visitor)); err != nil {
+			k.log.Warn("bad UDP flow from gateway", "tunnel", h.Name, "err", err)
+			c.refuse(protocol.StatusRefused)
+			return
+		}
 	}
 	select {
 	case l.conns <- c:
 	default:
 		k.log.Warn("visitor refused: accept backlog full", "tunnel", h.Name, "visitor", h.Visitor, "backlog", l.cfg.Backlog)
-		c.sendStatus(protocol.StatusBusy)
-		c.Abort(nil)
+		c.refuse(protocol.StatusBusy)
+	}
+	if c.udp.queued() {
+		c.udp.watch(st)
 	}
 }
 

@@ -52,6 +52,8 @@ type (
 	Home = configfile.Home
 	// ClusterSettings is the cluster section of a file.
 	ClusterSettings = configfile.ClusterSettings
+	// ProxyProtocol is the proxy_protocol section of a file.
+	ProxyProtocol = configfile.ProxyProtocol
 	// Error is one problem found in a configuration file, at a line.
 	Error = configfile.Error
 	// Errors are all the problems found in a file, in the order of its
@@ -92,7 +94,7 @@ var checks = &configfile.Checks{
 }
 
 // LoadServer reads a diglett-server file: the settings of schema, plus
-// auth, register, groups, cluster, nat, firewall and dns.
+// auth, register, groups, cluster, proxy_protocol, nat, firewall and dns.
 func LoadServer(path string, schema Schema) (*File, error) {
 	return wrap(configfile.Load(path, schema, configfile.ServerSections(), checks))
 }

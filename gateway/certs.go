@@ -19,6 +19,9 @@ func (s *Server) HostAllowed(_ context.Context, host string) error {
 	if t == nil {
 		return fmt.Errorf("no tunnel named %q", name)
 	}
+	if t.udp {
+		return fmt.Errorf("tunnel %q is a UDP tunnel: it has no HTTP address", name)
+	}
 	s.reg.mu.Lock()
 	limit := t.quota.CertOrdersPerHour
 	s.reg.mu.Unlock()

@@ -19,6 +19,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,11 +55,20 @@ type Config struct {
 	// and how long Close waits for the registerers to take down the routes
 	// of the tunnels it removes. Default 30s.
 	RegisterTimeout time.Duration
-	// PortMin and PortMax bound the public TCP ports. Default 30000-40000.
+	// PortMin and PortMax bound the public ports: TCP, or UDP for UDP
+	// tunnels. Default 30000-40000.
 	PortMin, PortMax int
-	// PublicHost is the address public TCP listeners bind to. Default all
-	// interfaces.
+	// PublicHost is the address public TCP listeners and UDP sockets bind
+	// to. Default all interfaces.
 	PublicHost string
+	// ProxyProtocolFrom are the load balancers in front of the gateway:
+	// a connection from one of them to a tunnel's public TCP port (or to
+	// a listener wrapped by AcceptProxyProtocol, such as the HTTP and
+	// HTTPS ports) must open with a PROXY protocol header (v1 or v2)
+	// within FirstByteTimeout, and its visitor is the header's source. A
+	// PROXY header from any other source is refused. Default none: no
+	// header is read, and one is passed on as the visitor's data.
+	ProxyProtocolFrom []netip.Prefix
 	// Lease is how long a disconnected agent's names and ports stay
 	// reserved for its identity. Default 60s.
 	Lease time.Duration
@@ -98,7 +108,8 @@ type Config struct {
 	MaxHandshakesPerSource int
 	// FirstByteTimeout bounds how long a new TCP agent connection may
 	// stay silent: its TLS ClientHello must start within it, the rest of
-	// the handshake has HandshakeTimeout. Default 3s.
+	// the handshake has HandshakeTimeout; it bounds the PROXY protocol
+	// header of a connection from ProxyProtocolFrom too. Default 3s.
 	FirstByteTimeout time.Duration
 	// LoginFailureLimit is how many failed logins (wrong tokens) from one
 	// source address (IPv6: per /64) within LoginFailureWindow lock that
@@ -120,11 +131,25 @@ type Config struct {
 	// MaxNamesPerSession caps the names one agent session registers.
 	// Default protocol.MaxNames.
 	MaxNamesPerSession int
+	// UDPIdleTimeout ends a UDP tunnel's flow (the datagrams of one
+	// visitor address) when no datagram went either way for this long.
+	// Default 60s.
+	UDPIdleTimeout time.Duration
+	// UDPMaxFlows caps the flows of one UDP tunnel at once; a datagram
+	// from a new visitor address beyond it is dropped and counted.
+	// Default 1024.
+	UDPMaxFlows int
+	// UDPMaxFlowsPerSource caps the flows of one UDP tunnel from one
+	// visitor IP address (each of its ports is a flow). Default 64, at
+	// most UDPMaxFlows.
+	UDPMaxFlowsPerSource int
 	// Logger receives the gateway's logs. Default slog.Default().
 	Logger *slog.Logger
 	// AccessLog receives one Info line per TCP visitor connection, when it
 	// ends ("tcp visitor": tunnel, visitor, session, bytes_in, bytes_out,
-	// duration). Default nil: none.
+	// duration), and one per UDP flow that reached an agent ("udp
+	// visitor": the same, with datagrams_in, datagrams_out and dropped).
+	// Default nil: none.
 	AccessLog *slog.Logger
 	// Observer is told what the gateway does, for metrics. Default none.
 	Observer Observer
@@ -194,6 +219,10 @@ const (
 	DefaultLoginFailureWindow     = 10 * time.Minute
 	DefaultLoginLockout           = 5 * time.Minute
 	DefaultLoginFailureDelay      = 250 * time.Millisecond
+
+	DefaultUDPIdleTimeout       = 60 * time.Second
+	DefaultUDPMaxFlows          = 1024
+	DefaultUDPMaxFlowsPerSource = 64
 )
 
 // Validate reports the first problem with c.
@@ -209,6 +238,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Lease < 0 {
 		return errors.New("gateway: negative lease")
+	}
+	if c.UDPIdleTimeout < 0 || c.UDPMaxFlows < 0 || c.UDPMaxFlowsPerSource < 0 {
+		return errors.New("gateway: negative UDP idle timeout or flow cap")
+	}
+	if err := validatePrefixes(c.ProxyProtocolFrom); err != nil {
+		return err
 	}
 	switch c.VisitorAccess {
 	case "", VisitorAccessAllow, VisitorAccessDeny, VisitorAccessRequire:
@@ -278,6 +313,16 @@ func (c Config) withDefaults() Config {
 	if c.MaxNamesPerSession <= 0 {
 		c.MaxNamesPerSession = protocol.MaxNames
 	}
+	if c.UDPIdleTimeout <= 0 {
+		c.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if c.UDPMaxFlows <= 0 {
+		c.UDPMaxFlows = DefaultUDPMaxFlows
+	}
+	if c.UDPMaxFlowsPerSource <= 0 {
+		c.UDPMaxFlowsPerSource = DefaultUDPMaxFlowsPerSource
+	}
+	c.UDPMaxFlowsPerSource = min(c.UDPMaxFlowsPerSource, c.UDPMaxFlows)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

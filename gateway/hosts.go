@@ -124,8 +124,12 @@ func (s *Server) HostsOf(name string) []string {
 }
 
 // routeHosts are the hosts of tunnel name as registerers publish them:
-// NAME.Domain, then its further hosts.
+// NAME.Domain, then its further hosts; none for a UDP tunnel, which has
+// no HTTP address.
 func (s *Server) routeHosts(name string) []string {
+	if t := s.reg.route(name); t != nil && t.udp {
+		return nil
+	}
 	var out []string
 	if s.cfg.Domain != "" {
 		out = append(out, name+"."+s.cfg.Domain)

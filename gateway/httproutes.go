@@ -78,11 +78,11 @@ var (
 )
 
 // Tunnel returns the tunnel published as name, live or leased; false when
-// there is none. It takes no lock (the routes are a copy-on-write
-// snapshot).
+// there is none, or when it is a UDP tunnel, which has no HTTP address.
+// It takes no lock (the routes are a copy-on-write snapshot).
 func (s *Server) Tunnel(name string) (HTTPTunnel, bool) {
 	t := s.reg.route(name)
-	if t == nil {
+	if t == nil || t.udp {
 		return nil, false
 	}
 	return t, true

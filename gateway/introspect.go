@@ -33,9 +33,13 @@ type TunnelInfo struct {
 	// Hosts are the HTTP(S) hosts the tunnel answers on: NAME.Domain, then
 	// its further hosts (Config.Hosts). Empty without a Domain or hosts.
 	Hosts []string `json:"hosts"`
-	// Port is the public TCP port; 0 while a lease restored after a
-	// restart could not bind its old one (its owner gets a new one).
-	Port     int    `json:"port"`
+	// Port is the public port (TCP, or UDP for a UDP tunnel); 0 while a
+	// lease restored after a restart could not bind its old one (its
+	// owner gets a new one).
+	Port int `json:"port"`
+	// Protocol is the public port's: "tcp", or "udp" for a UDP tunnel
+	// (which has no hosts).
+	Protocol string `json:"protocol"`
 	Identity string `json:"identity"`
 	// State is StateLive or StateLeased.
 	State string `json:"state"`
@@ -112,7 +116,7 @@ func (s *Server) Tunnels() []TunnelInfo {
 	s.reg.mu.Lock()
 	rows := make([]row, 0, len(s.reg.byName))
 	for _, t := range s.reg.byName {
-		info := TunnelInfo{Name: t.name, Port: t.port, Identity: t.identity, State: StateLive}
+		info := TunnelInfo{Name: t.name, Port: t.port, Protocol: protoName(t.udp), Identity: t.identity, State: StateLive}
 		members := t.live()
 		if len(members) == 0 {
 			info.State, info.LeaseEnds = StateLeased, t.leaseEnd

@@ -35,6 +35,7 @@ type leaseRecord struct {
 	Name     string    `json:"name"`
 	Identity string    `json:"identity"`
 	Port     int       `json:"port"`
+	UDP      bool      `json:"udp,omitempty"` // a UDP port; files from before UDP tunnels have none
 	Live     bool      `json:"live,omitempty"`
 	Expires  time.Time `json:"expires,omitzero"`
 }
@@ -132,7 +133,7 @@ func (w *leaseWriter) write(recs []leaseRecord) {
 func (r *registry) snapshotLocked() []leaseRecord {
 	recs := make([]leaseRecord, 0, len(r.byName))
 	for _, t := range r.byName {
-		rec := leaseRecord{Name: t.name, Identity: t.identity, Port: t.port}
+		rec := leaseRecord{Name: t.name, Identity: t.identity, Port: t.port, UDP: t.udp}
 		if len(t.live()) > 0 {
 			rec.Live = true
 		} else {
@@ -174,10 +175,10 @@ func (r *registry) restore(recs []leaseRecord, now time.Time) {
 			log.Warn("lease file: skipping a second lease of the same name")
 			continue
 		}
-		t := &tunnel{reg: r, name: rec.Name, identity: rec.Identity, log: log, quota: r.srv.cfg.Quota}
+		t := &tunnel{reg: r, name: rec.Name, identity: rec.Identity, udp: rec.UDP, log: log, quota: r.srv.cfg.Quota}
 		t.visitors.Store(&visitorPolicy{})
 		if rec.Port >= r.srv.cfg.PortMin && rec.Port <= r.srv.cfg.PortMax && r.byPort[rec.Port] == nil {
-			if ln, err := r.bind(rec.Port); err == nil {
+			if ln, err := r.bindPort(rec.UDP, rec.Port); err == nil {
 				t.ln, t.port = ln, rec.Port
 			} else {
 				log.Warn("leased port is not free after the restart: the name stays reserved, its owner gets a new port", "port", rec.Port, "err", err)

@@ -4,11 +4,11 @@ package gateway
 // gateway itself depends on no metrics library.
 
 // Observer is told what the gateway does: agents logging in and out,
-// tunnels going live, leased and away, TCP visitors, refused logins and
-// failing registerers. Its methods are called concurrently, some on the
-// visitors' path and some under the registry's lock: they must return at
-// once and must not call back into the gateway. Embed NopObserver to
-// implement only some of them.
+// tunnels going live, leased and away, TCP visitors, UDP flows and
+// dropped datagrams, refused logins and failing registerers. Its methods
+// are called concurrently, some on the visitors' path and some under the
+// registry's lock: they must return at once and must not call back into
+// the gateway. Embed NopObserver to implement only some of them.
 type Observer interface {
 	// SessionOpened: an agent logged in over transport ("tcp", "quic"
 	// or "ws").
@@ -36,7 +36,39 @@ type Observer interface {
 	// RegistererFailed: a Register or Close call of registerer failed
 	// (it is retried).
 	RegistererFailed(registerer string)
+	// UDPFlowOpened: a UDP visitor of tunnel (a flow: the datagrams of
+	// one visitor address) reached an agent.
+	UDPFlowOpened(tunnel string)
+	// UDPFlowClosed: that flow ended, after in bytes from the visitor and
+	// out bytes to it.
+	UDPFlowClosed(tunnel string, in, out int64)
+	// DatagramDropped: a datagram of a UDP tunnel was dropped, for
+	// reason.
+	DatagramDropped(tunnel string, reason DatagramDrop)
 }
+
+// DatagramDrop is why a datagram of a UDP tunnel was dropped: one of a
+// few fixed values.
+type DatagramDrop string
+
+// Reasons for dropped datagrams.
+const (
+	// DropTooLarge: the datagram does not fit the agent's path (a QUIC
+	// datagram), or is larger than a UDP payload may be.
+	DropTooLarge DatagramDrop = "too_large"
+	// DropFlowLimit: a datagram from a new visitor address beyond the
+	// tunnel's flow caps (Config.UDPMaxFlows, UDPMaxFlowsPerSource).
+	DropFlowLimit DatagramDrop = "flow_limit"
+	// DropQueueFull: the flow's queue to its agent was full (or, while
+	// the agent's status was awaited, held as many datagrams as it may).
+	DropQueueFull DatagramDrop = "queue_full"
+	// DropNoAgent: no agent of this gateway took the flow (none online,
+	// none reachable, or it refused the flow).
+	DropNoAgent DatagramDrop = "no_agent"
+	// DropNotAllowed: the visitor's address is not in the tunnel's
+	// allowed IPs.
+	DropNotAllowed DatagramDrop = "not_allowed"
+)
 
 // TunnelState is where a tunnel stands.
 type TunnelState string
@@ -80,5 +112,8 @@ func (NopObserver) VisitorOpened(string)                   {}
 func (NopObserver) VisitorClosed(string, int64, int64)     {}
 func (NopObserver) LoginRefused(LoginRefusal)              {}
 func (NopObserver) RegistererFailed(string)                {}
+func (NopObserver) UDPFlowOpened(string)                   {}
+func (NopObserver) UDPFlowClosed(string, int64, int64)     {}
+func (NopObserver) DatagramDropped(string, DatagramDrop)   {}
 
 var _ Observer = NopObserver{}

@@ -52,8 +52,8 @@ func answerOffline(c net.Conn) {
 		reset(c)
 		return
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 	}
 	c.SetDeadline(time.Now().Add(offlineLinger))
 	io.CopyN(io.Discard, c, offlineDrain)

@@ -16,6 +16,7 @@ type visitorPolicy struct {
 	pass  [32]byte       // SHA-256 of the password
 	allow []netip.Prefix // empty: everyone
 	h2c   bool           // the backend speaks HTTP/2 without TLS
+	udp   bool           // a UDP tunnel's: a cluster's nodes learn it with the rules
 }
 
 // checkVisitorAccess applies the gateway's policy to the visitor rules of
@@ -36,7 +37,7 @@ func newVisitorPolicy(req *protocol.Register) (*visitorPolicy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &visitorPolicy{allow: allow, h2c: req.H2C}
+	p := &visitorPolicy{allow: allow, h2c: req.H2C, udp: req.UDP}
 	if a := req.BasicAuth; a != nil {
 		p.user = a.User
 		p.pass = sha256.Sum256([]byte(a.Password))

@@ -124,7 +124,7 @@ func (t *tunnel) reconcileLocked() {
 	for _, r := range t.regs {
 		r.mu.Lock()
 		r.want = live
-		r.route = Route{Name: t.name, Port: t.port, Identity: t.identity, Hosts: hosts}
+		r.route = Route{Name: t.name, Port: t.port, Identity: t.identity, UDP: t.udp, Hosts: hosts}
 		switch {
 		case r.running:
 			select {

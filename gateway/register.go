@@ -9,8 +9,11 @@ import (
 // Route is a tunnel as registerers see it.
 type Route struct {
 	Name     string // tunnel name
-	Port     int    // public TCP port on the gateway
+	Port     int    // public port on the gateway: TCP, or UDP when UDP is set
 	Identity string // owner of the name
+	// UDP says the tunnel is a UDP tunnel: Port is a UDP port, and it
+	// has no Hosts (no HTTP address).
+	UDP bool
 	// Hosts are the host names HTTP(S) visitors reach the tunnel by:
 	// NAME.Domain first, when the gateway has a domain, then the further
 	// hosts of its tunnel group (Config.Hosts), sorted. Empty without
@@ -20,7 +23,7 @@ type Route struct {
 
 // Equal reports whether r and o publish the same thing.
 func (r Route) Equal(o Route) bool {
-	return r.Name == o.Name && r.Port == o.Port && r.Identity == o.Identity && slices.Equal(r.Hosts, o.Hosts)
+	return r.Name == o.Name && r.Port == o.Port && r.Identity == o.Identity && r.UDP == o.UDP && slices.Equal(r.Hosts, o.Hosts)
 }
 
 // Registerer publishes routes somewhere outside the gateway (a log, a

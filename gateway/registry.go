@@ -80,6 +80,7 @@ type tunnel struct {
 	identity string
 	port     int
 	ln       net.Listener // nil while a restored lease could not bind its port
+	udp      bool         // a UDP tunnel: ln is its *udpPort (udp.go)
 	log      *slog.Logger
 	quota    Quota // the owner's, for its certificate orders
 
@@ -156,6 +157,10 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 			r.mu.Unlock()
 			return nil, refuse(protocol.CodeNameTaken, "name %q is taken by another identity", req.Name)
 		}
+		if t.udp != req.UDP {
+			r.mu.Unlock()
+			return nil, refuse(protocol.CodePortUnavailable, "name %q is a %s tunnel: every registration of a name must agree on udp", req.Name, protoName(t.udp))
+		}
 		if t.remoteOnly {
 			// Served by other nodes so far: this node serves it too now.
 			if perr := r.checkQuotaLocked(ss); perr != nil {
@@ -167,7 +172,7 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 		}
 		if t.ln == nil {
 			// A lease restored without its port: bind one now.
-			ln, port, perr := r.listen(&protocol.Register{Port: req.Port, PreferPort: t.port})
+			ln, port, perr := r.listen(&protocol.Register{Port: req.Port, PreferPort: t.port, UDP: t.udp})
 			if perr != nil {
 				r.mu.Unlock()
 				return nil, perr
@@ -175,7 +180,7 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 			t.ln, t.port = ln, port
 			r.byPort[port] = t
 			r.srv.visitors.Add(1)
-			go t.acceptLoop()
+			go t.serve()
 		}
 		if req.Port != 0 && req.Port != t.port {
 			r.mu.Unlock()
@@ -197,6 +202,7 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 			identity: ss.identity.Name,
 			port:     port,
 			ln:       ln,
+			udp:      req.UDP,
 			log:      r.srv.log.With("tunnel", req.Name),
 		}
 		// The ingress may see the tunnel as soon as it is published.
@@ -238,7 +244,7 @@ func (r *registry) addLocked(t *tunnel) {
 	if t.ln != nil {
 		r.byPort[t.port] = t
 		r.srv.visitors.Add(1)
-		go t.acceptLoop()
+		go t.serve()
 	}
 	r.owned[t.identity]++
 	r.publishLocked()
@@ -269,14 +275,14 @@ func (r *registry) listen(req *protocol.Register) (net.Listener, int, *protocol.
 		if r.byPort[req.Port] != nil {
 			return nil, 0, refuse(protocol.CodePortUnavailable, "port %d is in use by another tunnel", req.Port)
 		}
-		ln, err := r.bind(req.Port)
+		ln, err := r.bindPort(req.UDP, req.Port)
 		if err != nil {
 			return nil, 0, refuse(protocol.CodePortUnavailable, "port %d is not available on the gateway", req.Port)
 		}
 		return ln, req.Port, nil
 	}
 	if p := req.PreferPort; p >= lo && p <= hi && r.byPort[p] == nil {
-		if ln, err := r.bind(p); err == nil {
+		if ln, err := r.bindPort(req.UDP, p); err == nil {
 			return ln, p, nil
 		}
 	}
@@ -288,7 +294,7 @@ func (r *registry) listen(req *protocol.Register) (net.Listener, int, *protocol.
 		if r.byPort[p] != nil {
 			continue
 		}
-		ln, err := r.bind(p)
+		ln, err := r.bindPort(req.UDP, p)
 		if err != nil {
 			failures++
 			continue
@@ -299,7 +305,7 @@ func (r *registry) listen(req *protocol.Register) (net.Listener, int, *protocol.
 }
 
 func (r *registry) bind(port int) (net.Listener, error) {
-	return net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port)))
+	return r.srv.proxyProtocol(net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port))))
 }
 
 // leave removes ss from t; the last member to leave starts the lease.

@@ -117,9 +117,9 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 			// The owner's quota is known where it logged in: this node
 			// applies its defaults (certificate orders, say).
 			t = &tunnel{reg: r, name: rt.Name, identity: rt.Identity, port: rt.Port, remoteOnly: true,
-				quota: s.cfg.Quota, log: s.log.With("tunnel", rt.Name)}
+				udp: pol.udp, quota: s.cfg.Quota, log: s.log.With("tunnel", rt.Name)}
 			if rt.Port > 0 {
-				ln, err := r.bind(rt.Port)
+				ln, err := r.bindPort(t.udp, rt.Port)
 				if err != nil {
 					t.log.Warn("remote tunnel's port not available on this node; served by host only", "port", rt.Port, "err", err)
 				} else {
@@ -131,7 +131,7 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 			if t.ln != nil {
 				r.byPort[t.port] = t
 				s.visitors.Add(1)
-				go t.acceptLoop()
+				go t.serve()
 			}
 			r.publishLocked()
 			t.log.Info("serving a tunnel of other nodes", "nodes", rt.Nodes, "port", rt.Port)
@@ -238,7 +238,9 @@ func (s *Server) ServeForwarded(ctx context.Context, name, visitor string, c net
 	for i := range members {
 		m := members[(int(start)+i)%len(members)]
 		octx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
-		st, err := m.openStream(octx, name, visitor)
+		// A UDP tunnel's flow crosses the link in frames (flow 0),
+		// relayed as they are.
+		st, err := m.openWith(octx, protocol.StreamHeader{Name: name, Visitor: visitor, UDP: t.udp})
 		cancel()
 		if err != nil {
 			continue
@@ -259,18 +261,19 @@ type rules struct {
 	Pass  string   `json:"pass,omitempty"` // SHA-256 of the password, hex
 	Allow []string `json:"allow,omitempty"`
 	H2C   bool     `json:"h2c,omitempty"`
+	UDP   bool     `json:"udp,omitempty"` // a UDP tunnel (udp.go)
 }
 
 // encode is p as rules; nil for a policy with no rule.
 func (p *visitorPolicy) encode() []byte {
-	r := rules{User: p.user, H2C: p.h2c}
+	r := rules{User: p.user, H2C: p.h2c, UDP: p.udp}
 	if p.user != "" {
 		r.Pass = hex.EncodeToString(p.pass[:])
 	}
 	for _, a := range p.allow {
 		r.Allow = append(r.Allow, a.String())
 	}
-	if r.User == "" && len(r.Allow) == 0 && !r.H2C {
+	if r.User == "" && len(r.Allow) == 0 && !r.H2C && !r.UDP {
 		return nil
 	}
 	b, _ := json.Marshal(r)
@@ -287,7 +290,7 @@ func decodeRules(b []byte) (*visitorPolicy, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, err
 	}
-	p.user, p.h2c = r.User, r.H2C
+	p.user, p.h2c, p.udp = r.User, r.H2C, r.UDP
 	if r.User != "" {
 		sum, err := hex.DecodeString(r.Pass)
 		if err != nil || len(sum) != len(p.pass) {

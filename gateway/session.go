@@ -48,6 +48,8 @@ type session struct {
 	mu      sync.Mutex
 	tunnels []*tunnel // tunnels this session is a member of
 	closed  bool
+
+	flows flowDemux // UDP flows carried in QUIC datagrams (udp.go)
 }
 
 func (ss *session) close() { ss.sess.Close() }
@@ -55,7 +57,13 @@ func (ss *session) close() { ss.sess.Close() }
 // openStream opens a data stream for a visitor of tunnel name and writes its
 // header; the agent's status byte is left for the caller to read.
 func (ss *session) openStream(ctx context.Context, name, visitor string) (transport.Stream, error) {
-	hdr, err := protocol.AppendStreamHeader(make([]byte, 0, 80), protocol.StreamHeader{Name: name, Visitor: visitor})
+	return ss.openWith(ctx, protocol.StreamHeader{Name: name, Visitor: visitor})
+}
+
+// openWith opens a data stream with header h (a TCP visitor's, or a UDP
+// flow's) and writes the header.
+func (ss *session) openWith(ctx context.Context, h protocol.StreamHeader) (transport.Stream, error) {
+	hdr, err := protocol.AppendStreamHeader(make([]byte, 0, 80), h)
 	if err != nil {
 		return nil, fmt.Errorf("stream header: %w", err)
 	}
@@ -255,7 +263,9 @@ func (ss *session) handshake(ctx context.Context, ctrl transport.Stream) error {
 	}
 	// Set before the session can join a tunnel; read by others after.
 	ss.instance, ss.notices = hello.Instance, slices.Contains(hello.Features, protocol.FeatureNotice)
-	if err := ss.reply(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software}); err != nil {
+	// The gateway's features are listed to every agent: one that does not
+	// know a feature ignores it.
+	if err := ss.reply(ctrl, &protocol.Hello{Version: protocol.Version, Software: Software, Features: []string{protocol.FeatureUDP}}); err != nil {
 		return err
 	}
 	m, err = protocol.ReadMessage(ctrl)
@@ -339,6 +349,10 @@ func (ss *session) register(req *protocol.Register) protocol.Message {
 		return perr
 	}
 	ss.srv.obs.Registered(t.name)
+	if t.udp {
+		// A UDP tunnel has no HTTP address.
+		return &protocol.Registered{Name: t.name, Port: t.port}
+	}
 	httpURL, httpsURL := ss.srv.URLs(t.name)
 	return &protocol.Registered{Name: t.name, Port: t.port, HTTPURL: httpURL, HTTPSURL: httpsURL}
 }

@@ -244,8 +244,8 @@ func (e *Exposer) SetShared(active bool) {
 // them.
 func (e *Exposer) DNS() *dnsupdate.Client { return e.dns }
 
-// Registerer makes each tunnel's public TCP port reachable while the
-// tunnel is (and, with DNSOptions.PerTunnel, its hosts in the zone).
+// Registerer makes each tunnel's public port (TCP, or UDP for a UDP
+// tunnel) reachable while the tunnel is (and, with DNSOptions.PerTunnel, its hosts in the zone).
 func (e *Exposer) Registerer() gateway.Registerer { return registerer{e} }
 
 type registerer struct{ e *Exposer }
@@ -257,7 +257,11 @@ func (g registerer) Register(_ context.Context, r gateway.Route) (io.Closer, err
 	if r.Port <= 0 || r.Port > 65535 {
 		return nil, fmt.Errorf("homenet: tunnel %s: port %d", r.Name, r.Port)
 	}
-	rt := &route{port: Port{Proto: "tcp", Port: uint16(r.Port), Service: "tunnel " + r.Name}}
+	proto := "tcp"
+	if r.UDP {
+		proto = "udp"
+	}
+	rt := &route{port: Port{Proto: proto, Port: uint16(r.Port), Service: "tunnel " + r.Name}}
 	if d := g.e.o.DNS; d != nil && d.PerTunnel {
 		for _, h := range r.Hosts {
 			if inZone(h, d.Update.Zone) {

@@ -50,9 +50,14 @@ func waitDig(t *testing.T, d *dnstest.Server, name, want string) {
 
 func waitListed(t *testing.T, r *routertest.Router, port uint16, want bool) {
 	t.Helper()
+	waitListedProto(t, r, "tcp", port, want)
+}
+
+func waitListedProto(t *testing.T, r *routertest.Router, proto string, port uint16, want bool) {
+	t.Helper()
 	if err := testutil.Poll(within, func() error {
-		if r.Listed(t, "tcp", port) != want {
-			return fmt.Errorf("tcp %d mapped: %t, want %t", port, !want, want)
+		if r.Listed(t, proto, port) != want {
+			return fmt.Errorf("%s %d mapped: %t, want %t", proto, port, !want, want)
 		}
 		return nil
 	}); err != nil {
@@ -98,6 +103,19 @@ func TestExposerRouterAndDNS(t *testing.T) {
 	c.Close()
 	waitListed(t, r, 45102, false)
 	t.Logf("a tunnel's port was mapped while its route lived, and unmapped after")
+
+	// A UDP tunnel's port is mapped as UDP, and not as TCP.
+	c, err = e.Registerer().Register(ctx, gateway.Route{Name: "dns", Port: 45103, UDP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitListedProto(t, r, "udp", 45103, true)
+	if r.Listed(t, "tcp", 45103) {
+		t.Fatal("a UDP tunnel's port was mapped as TCP")
+	}
+	c.Close()
+	waitListedProto(t, r, "udp", 45103, false)
+	t.Logf("a UDP tunnel's port was mapped as udp while its route lived")
 
 	// The provider gives the router another address: the records follow
 	// at the next refresh.

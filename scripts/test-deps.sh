@@ -2,8 +2,9 @@
 # Installs what the test suite needs on a fresh machine: Go's module
 # dependencies, a C compiler for the race detector, and the programs the
 # end-to-end tests run: pebble (ACME test server), tinyproxy (HTTP forward
-# proxy), iptables (blocked ports), etcd (the etcd identity registry) and
-# an authoritative DNS server with dig (DNS updates and DNS-01).
+# proxy), iptables (blocked ports), etcd (the etcd identity registry),
+# an authoritative DNS server with dig (DNS updates and DNS-01) and nginx
+# (a backend reading PROXY protocol headers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -82,6 +83,14 @@ if ! { command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ]; } || ! comman
 	# the package may start is not used.
 	echo "test-deps: installing bind9 and dig, for the DNS update tests"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9 bind9-dnsutils
+fi
+if ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }; then
+	# The PROXY protocol tests run their own nginx (one process, files in
+	# a temporary directory, a free loopback port) as a backend that
+	# reads the header and logs the address in it; the system service the
+	# package may start is not used.
+	echo "test-deps: installing nginx, the backend of the PROXY protocol tests"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
 fi
 if ! command -v curl >/dev/null 2>&1; then
 	# The home gateway's test plays a visitor on the internet side of its

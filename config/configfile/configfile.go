@@ -73,7 +73,12 @@ type Tunnel struct {
 	BasicAuth string
 	AllowIPs  []string
 	Port      int
-	Line      int
+	// ProxyProtocol is the PROXY protocol header the agent sends the
+	// backend: "off", "v1" or "v2", or "" when the tunnel does not say.
+	ProxyProtocol string
+	// UDP makes the tunnel a UDP tunnel (udp: true).
+	UDP  bool
+	Line int
 }
 
 // File is a checked configuration file.
@@ -95,6 +100,9 @@ type File struct {
 	// Cluster is the gateway's cluster section; nil without it
 	// (cluster.go).
 	Cluster *ClusterSettings
+	// ProxyProtocol is the gateway's proxy_protocol section; nil without
+	// it (proxyproto.go).
+	ProxyProtocol *ProxyProtocol
 }
 
 // Lookup returns the setting of key, if the file has it.
@@ -130,7 +138,7 @@ type Checks struct {
 // ServerSections are the sections of a diglett-server file besides its
 // settings.
 func ServerSections() []string {
-	return append([]string{"auth", "register", "groups", "cluster"}, HomeSections()...)
+	return append([]string{"auth", "register", "groups", "cluster", "proxy_protocol"}, HomeSections()...)
 }
 
 // LoadAgent reads a diglett file: the settings of schema, plus tunnels.
@@ -203,6 +211,8 @@ func Parse(file, dir string, data []byte, schema Schema, sections []string, chec
 			parseHome(errs, checks, dir, key, v, f)
 		case key == "cluster" && slices.Contains(sections, key):
 			parseCluster(errs, dir, v, f)
+		case key == "proxy_protocol" && slices.Contains(sections, key):
+			parseProxyProtocol(errs, v, f)
 		default:
 			kind, ok := schema[key]
 			if !ok {
@@ -373,7 +383,11 @@ func parseModules(errs *errorList, checks *Checks, section string, n *yaml.Node)
 }
 
 // tunnelSchema is the settings of one tunnel.
-var tunnelSchema = Schema{"name": String, "backend": String, "h2c": Bool, "basic_auth": String, "allow_ips": List, "port": Int}
+var tunnelSchema = Schema{"name": String, "backend": String, "h2c": Bool, "basic_auth": String, "allow_ips": List, "port": Int, "proxy_protocol": String, "udp": Bool}
+
+// proxyProtocols are the values of a tunnel's proxy_protocol (those of
+// the agent's --proxy-protocol).
+var proxyProtocols = []string{"off", "v1", "v2"}
 
 func parseTunnels(errs *errorList, n *yaml.Node) []Tunnel {
 	if n.Kind != yaml.SequenceNode {
@@ -392,6 +406,14 @@ func parseTunnels(errs *errorList, n *yaml.Node) []Tunnel {
 		t := Tunnel{Name: s["name"].Value, Backend: s["backend"].Value, BasicAuth: s["basic_auth"].Value, AllowIPs: s["allow_ips"].List, Line: it.Line}
 		t.H2C, _ = strconv.ParseBool(s["h2c"].Value)
 		t.Port, _ = strconv.Atoi(s["port"].Value)
+		t.UDP, _ = strconv.ParseBool(s["udp"].Value)
+		if pp, ok := s["proxy_protocol"]; ok {
+			if !slices.Contains(proxyProtocols, pp.Value) {
+				errs.add(pp.Line, "%s: want one of %s, got %q", pp.Key, strings.Join(proxyProtocols, ", "), pp.Value)
+				continue
+			}
+			t.ProxyProtocol = pp.Value
+		}
 		if t.Name == "" || t.Backend == "" {
 			errs.add(it.Line, "%s: want a name and a backend, as {name: web, backend: localhost:3000}", where)
 			continue

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/pires/go-proxyproto"
 
 	"github.com/diglett/diglett"
 	"github.com/diglett/diglett/config/configfile"
@@ -29,7 +30,7 @@ type agentCmd struct {
 	User          string           `placeholder:"USER" help:"User to log in as, on gateways that take users and passwords; the password comes from --password-file or DIGLETT_PASSWORD."`
 	PasswordFile  string           `name:"password-file" type:"existingfile" placeholder:"FILE" help:"Read the password of --user from this file: one line, its line ending trimmed."`
 	IdentityKey   string           `name:"identity-key" type:"path" placeholder:"FILE" help:"Sign a fresh short-lived token for each login with this identity key (made by diglett keygen) instead of --token."`
-	Port          int              `placeholder:"N" help:"Ask for this public TCP port (it must be free and in the gateway's range)."`
+	Port          int              `placeholder:"N" help:"Ask for this public TCP port, or UDP port with --udp (it must be free and in the gateway's range)."`
 	Fingerprint   string           `placeholder:"SHA256:..." help:"Trust only the gateway whose key has this fingerprint (printed by diglett-server at start)."`
 	CA            string           `name:"ca" type:"existingfile" placeholder:"FILE" help:"Verify the gateway's certificate against this CA bundle (PEM) instead of the system roots; disables pinning on first use."`
 	DebugAddr     string           `name:"debug-addr" placeholder:"ADDR" help:"Serve the Go profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6061."`
@@ -45,9 +46,13 @@ type agentCmd struct {
 	DialTimeout   time.Duration    `default:"10s" help:"Give up on reaching the backend after this time."`
 	DrainTimeout  time.Duration    `name:"drain-timeout" default:"10s" help:"On SIGINT or SIGTERM, wait this long for open connections to end, then close them and exit (a second signal exits at once)."`
 	HalfClose     time.Duration    `name:"half-close-timeout" default:"60s" help:"Close a connection that one side has half-closed when the other sends nothing for this long."`
+	ProxyProtocol string           `name:"proxy-protocol" default:"off" enum:"off,v1,v2" help:"Start each TCP connection to the backend with a PROXY protocol header (v1 text, v2 binary) carrying the visitor's address as its source and the backend's address as its destination, for backends that read it (nginx: listen ... proxy_protocol). A tunnel's proxy_protocol in --config overrides it."`
 	BasicAuth     string           `name:"basic-auth" placeholder:"USER:PASS" help:"Make the gateway ask HTTP visitors for this user and password (the tunnel's raw TCP port then refuses visitors)."`
 	AllowIPs      []string         `name:"allow-ips" sep:"," placeholder:"CIDR" help:"Let only visitors from these addresses or CIDR prefixes in, e.g. 10.0.0.0/8,192.0.2.7."`
 	H2C           bool             `name:"h2c" help:"The backend speaks HTTP/2 without TLS (gRPC, say): the gateway speaks HTTP/2 to it."`
+	UDP           bool             `name:"udp" help:"Publish a UDP service: the gateway opens a public UDP port for each name and relays datagrams to the backend (a UDP HOST:PORT), through a socket per visitor address. A tunnel's udp: true in --config does the same for that tunnel."`
+	UDPIdle       time.Duration    `name:"udp-idle-timeout" default:"60s" help:"End a UDP visitor's flow (and its socket to the backend) after this long without a datagram either way; 0: never."`
+	UDPMaxFlows   int              `name:"udp-max-flows" default:"1024" placeholder:"N" help:"UDP visitor flows each tunnel may have open at once; the gateway's next visitor address is refused."`
 	Backend       string           `arg:"" optional:"" placeholder:"BACKEND" help:"Local service to publish, HOST:PORT (a bare PORT means localhost:PORT, http://HOST:PORT means HOST:PORT); required unless --config gives tunnels."`
 	VersionFlag   kong.VersionFlag `name:"version" env:"-" help:"Print the version and exit."`
 	Config        string           `type:"existingfile" placeholder:"FILE" help:"YAML configuration file (version: 1): a key per flag (known_gateways for --known-gateways), plus tunnels: [{name: web, backend: localhost:3000}, ...] to serve several tunnels, each with its own backend. Flags and DIGLETT_* variables override it."`
@@ -121,6 +126,9 @@ func Agent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	o := forwardOptions(c.DialTimeout, c.DrainTimeout, c.HalfClose, log)
+	if err := c.udpOptions(&o); err != nil {
+		return err
+	}
 	if c.InspectSize < 1 || c.InspectSize > inspect.MaxSize {
 		return fmt.Errorf("--inspect-size %d: want 1 to %d", c.InspectSize, inspect.MaxSize)
 	}
@@ -153,6 +161,67 @@ func backendAddr(s string) (string, error) {
 		s = net.JoinHostPort("localhost", port)
 	}
 	return s, nil
+}
+
+// udpOptions sets the forwarder's bounds of UDP flows from the command
+// line, where a zero idle timeout means "no bound".
+func (c *agentCmd) udpOptions(o *diglett.ForwardOptions) error {
+	if c.UDPMaxFlows < 1 {
+		return fmt.Errorf("--udp-max-flows %d: want at least 1", c.UDPMaxFlows)
+	}
+	if c.UDPIdle < 0 {
+		return fmt.Errorf("--udp-idle-timeout %v: want 0 (no bound) or more", c.UDPIdle)
+	}
+	o.MaxUDPFlows, o.UDPIdleTimeout = c.UDPMaxFlows, c.UDPIdle
+	if o.UDPIdleTimeout == 0 {
+		o.UDPIdleTimeout = -1
+	}
+	return nil
+}
+
+// udpConflict refuses the options a UDP tunnel cannot have; the names
+// are the options' spellings where they were given (flags or file keys).
+func udpConflict(udp, basicAuth, h2c, proxyProtocol string, t configfile.Tunnel) error {
+	switch {
+	case t.BasicAuth != "":
+		return fmt.Errorf("%s with %s: a UDP tunnel has no HTTP address where the gateway could ask visitors for a password", udp, basicAuth)
+	case t.H2C:
+		return fmt.Errorf("%s with %s: a UDP tunnel carries datagrams, not HTTP/2", udp, h2c)
+	case t.ProxyProtocol != "" && t.ProxyProtocol != "off":
+		return fmt.Errorf("%s with %s: the PROXY protocol header starts a TCP connection; a UDP backend gets the visitors' datagrams alone", udp, proxyProtocol)
+	}
+	return nil
+}
+
+// proxyProtocolVersion is the version of a --proxy-protocol value (or a
+// tunnel's proxy_protocol): 1 or 2, or 0 for off.
+func proxyProtocolVersion(s string) int {
+	switch s {
+	case "v1":
+		return diglett.ProxyProtocolV1
+	case "v2":
+		return diglett.ProxyProtocolV2
+	}
+	return 0
+}
+
+// localProxyHeader starts c, a replay's connection to a backend, with a
+// PROXY protocol header of version v that carries no address (v1
+// UNKNOWN, v2 LOCAL): the replay comes from the agent, not a visitor. It
+// closes c when the header cannot be written; v 0 writes nothing.
+func localProxyHeader(c net.Conn, v int) error {
+	if v == 0 {
+		return nil
+	}
+	hdr, err := proxyproto.HeaderProxyFromAddrs(byte(v), nil, nil).Format()
+	if err == nil {
+		_, err = c.Write(hdr)
+	}
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("proxy protocol header: %w", err)
+	}
+	return nil
 }
 
 // forwardOptions turns the command line's bounds into diglett.Forward's

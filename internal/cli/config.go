@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -133,12 +134,14 @@ func kindOf(f *kong.Flag) configfile.Kind {
 // tunnelGroup is the tunnels one diglett.Listener serves: those that share
 // every per-listener option (h2c, basic auth, allowed addresses, port).
 type tunnelGroup struct {
-	names     []string
-	backends  map[string]string // name -> HOST:PORT
-	port      int
-	h2c       bool
-	basicAuth string
-	allowIPs  []string
+	names      []string
+	backends   map[string]string // name -> HOST:PORT
+	proxyProto map[string]int    // name -> PROXY protocol version; nil when none sends one
+	port       int
+	h2c        bool
+	basicAuth  string
+	allowIPs   []string
+	udp        bool
 }
 
 // tunnelGroups are the agent's tunnels: the one of the command line
@@ -157,9 +160,15 @@ func (c *agentCmd) tunnelGroups(f *configfile.File) ([]tunnelGroup, error) {
 		if err != nil {
 			return nil, err
 		}
-		g := tunnelGroup{names: c.Name, backends: map[string]string{}, port: c.Port, h2c: c.H2C, basicAuth: c.BasicAuth, allowIPs: c.AllowIPs}
+		if c.UDP {
+			if err := udpConflict("--udp", "--basic-auth", "--h2c", "--proxy-protocol", configfile.Tunnel{BasicAuth: c.BasicAuth, H2C: c.H2C, ProxyProtocol: c.ProxyProtocol}); err != nil {
+				return nil, err
+			}
+		}
+		g := tunnelGroup{names: c.Name, backends: map[string]string{}, port: c.Port, h2c: c.H2C, basicAuth: c.BasicAuth, allowIPs: c.AllowIPs, udp: c.UDP}
 		for _, n := range c.Name {
 			g.backends[n] = backend
+			g.setProxyProtocol(n, c.ProxyProtocol)
 		}
 		return []tunnelGroup{g}, nil
 	}
@@ -173,7 +182,15 @@ func (c *agentCmd) tunnelGroups(f *configfile.File) ([]tunnelGroup, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: tunnel %s: %w", f.Path, t.Line, t.Name, err)
 		}
-		key := fmt.Sprintf("%t\x00%s\x00%s", t.H2C, t.BasicAuth, strings.Join(t.AllowIPs, ","))
+		udp := t.UDP || c.UDP
+		if udp {
+			tt := t
+			tt.ProxyProtocol = cmp.Or(t.ProxyProtocol, c.ProxyProtocol)
+			if err := udpConflict("udp", "basic_auth", "h2c", "proxy_protocol (or --proxy-protocol)", tt); err != nil {
+				return nil, fmt.Errorf("%s:%d: tunnel %s: %w", f.Path, t.Line, t.Name, err)
+			}
+		}
+		key := fmt.Sprintf("%t\x00%s\x00%s\x00%t", t.H2C, t.BasicAuth, strings.Join(t.AllowIPs, ","), udp)
 		if t.Port != 0 {
 			key = "port " + t.Name
 		}
@@ -181,12 +198,24 @@ func (c *agentCmd) tunnelGroups(f *configfile.File) ([]tunnelGroup, error) {
 		if !ok {
 			i = len(groups)
 			index[key] = i
-			groups = append(groups, tunnelGroup{backends: map[string]string{}, port: t.Port, h2c: t.H2C, basicAuth: t.BasicAuth, allowIPs: t.AllowIPs})
+			groups = append(groups, tunnelGroup{backends: map[string]string{}, port: t.Port, h2c: t.H2C, basicAuth: t.BasicAuth, allowIPs: t.AllowIPs, udp: udp})
 		}
 		groups[i].names = append(groups[i].names, t.Name)
 		groups[i].backends[t.Name] = backend
+		groups[i].setProxyProtocol(t.Name, cmp.Or(t.ProxyProtocol, c.ProxyProtocol))
 	}
 	return groups, nil
+}
+
+// setProxyProtocol records the PROXY protocol header of name's backend,
+// a --proxy-protocol value.
+func (g *tunnelGroup) setProxyProtocol(name, value string) {
+	if v := proxyProtocolVersion(value); v != 0 {
+		if g.proxyProto == nil {
+			g.proxyProto = map[string]int{}
+		}
+		g.proxyProto[name] = v
+	}
 }
 
 // serveTunnels opens one listener per group with base's other settings,
@@ -200,7 +229,7 @@ func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup
 	for _, g := range groups {
 		cfg := base
 		cfg.Name, cfg.Names = g.names[0], g.names[1:]
-		cfg.Port, cfg.H2C, cfg.BasicAuth, cfg.AllowIPs = g.port, g.h2c, g.basicAuth, g.allowIPs
+		cfg.Port, cfg.H2C, cfg.BasicAuth, cfg.AllowIPs, cfg.UDP = g.port, g.h2c, g.basicAuth, g.allowIPs, g.udp
 		ln, err := listenRetrying(ctx, cfg, retry)
 		if err != nil {
 			for _, l := range lns {
@@ -220,7 +249,7 @@ func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup
 		listening(lns)
 	}
 	if len(lns) == 1 {
-		o.Backends = groups[0].backends
+		o.Backends, o.ProxyProtocols = groups[0].backends, groups[0].proxyProto
 		return diglett.Forward(ctx, lns[0], "", o)
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -228,7 +257,7 @@ func serveTunnels(ctx context.Context, base diglett.Config, groups []tunnelGroup
 	errc := make(chan error, len(lns))
 	for i, ln := range lns {
 		o := o
-		o.Backends = groups[i].backends
+		o.Backends, o.ProxyProtocols = groups[i].backends, groups[i].proxyProto
 		go func() {
 			err := diglett.Forward(ctx, ln, "", o)
 			if err != nil {

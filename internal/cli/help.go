@@ -94,14 +94,14 @@ var (
 var flagGroups = map[string]map[string]*kong.Group{
 	"diglett": groupsOf(map[*kong.Group][]string{
 		groupGateway: {"gateway", "retry", "token", "token-file", "user", "password-file", "identity-key", "fingerprint", "ca", "known-gateways"},
-		groupTunnel:  {"name", "port", "h2c", "basic-auth", "allow-ips"},
+		groupTunnel:  {"name", "port", "h2c", "basic-auth", "allow-ips", "udp"},
 		groupConnect: {"transport", "connections", "ws-addr", "proxy", "keep-alive-period", "max-idle-timeout"},
-		groupBackend: {"dial-timeout", "drain-timeout", "half-close-timeout"},
+		groupBackend: {"dial-timeout", "drain-timeout", "half-close-timeout", "proxy-protocol", "udp-idle-timeout", "udp-max-flows"},
 		groupLogs:    {"debug", "log-level", "log-format", "debug-addr", "inspect", "inspect-size"},
 	}),
 	"diglett-server": groupsOf(map[*kong.Group][]string{
 		groupAgents:  {"listen", "quic", "cert", "key", "data-dir", "tokens", "watch", "keep-alive-period", "max-idle-timeout"},
-		groupTunnels: {"ports", "public-bind", "lease", "visitor-access", "half-close-timeout"},
+		groupTunnels: {"ports", "public-bind", "lease", "visitor-access", "half-close-timeout", "udp-idle-timeout", "udp-max-flows", "udp-max-flows-per-source"},
 		groupHTTP: {"domain", "http-addr", "https-addr", "trusted-proxies", "http-response-timeout", "http-body-timeout",
 			"http-max-requests-per-source", "acme-email", "acme-ca", "acme-staging", "acme-ca-root"},
 		groupLimits: {"max-names-per-identity", "max-ports-per-identity", "max-sessions-per-identity", "max-cert-orders-per-hour",
@@ -129,6 +129,8 @@ var examples = map[string]string{
       log in with a token kept in a file
   diglett -g gateway.com -n web -n api --retry 3000
       two names for one backend; keep trying while the gateway is down
+  diglett -g gateway.com -n vpn --udp localhost:51820
+      publish a UDP service (a WireGuard endpoint, say) on a public UDP port
   diglett --config /etc/diglett/agent.yaml
       the tunnels of a configuration file
   source <(diglett completion bash)

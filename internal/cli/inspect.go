@@ -46,17 +46,26 @@ func startInspector(ctx context.Context, flag string, size int, stdout io.Writer
 		addr = defaultInspectAddr
 	}
 	backends := make(map[string]string)
+	proxyProto := make(map[string]int)
 	ai := &agentInspector{}
 	for _, g := range groups {
 		for name, b := range g.backends {
 			backends[name] = b
+			proxyProto[name] = g.proxyProto[name]
 		}
 	}
 	d := net.Dialer{Timeout: dialTimeout}
 	ins, err := inspect.New(inspect.Config{
 		Size: size,
 		Dial: func(ctx context.Context, tunnel string) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", backends[tunnel])
+			c, err := d.DialContext(ctx, "tcp", backends[tunnel])
+			if err != nil {
+				return nil, err
+			}
+			if err := localProxyHeader(c, proxyProto[tunnel]); err != nil {
+				return nil, err
+			}
+			return c, nil
 		},
 		Ready:  ai.ready,
 		Logger: log.With("component", "inspector"),

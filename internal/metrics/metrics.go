@@ -16,6 +16,7 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -32,6 +33,7 @@ import (
 const (
 	kindTCP  = "tcp"
 	kindHTTP = "http"
+	kindUDP  = "udp" // a UDP flow: the datagrams of one visitor address
 	dirIn    = "in"  // from visitors
 	dirOut   = "out" // to visitors
 )
@@ -56,6 +58,7 @@ type Metrics struct {
 	leasesExpired      prometheus.Counter
 	registererFailures *prometheus.CounterVec
 	certificates       *prometheus.CounterVec
+	datagramsDropped   *prometheus.CounterVec
 
 	mu   sync.Mutex
 	byTn map[string]*tunnelSeries
@@ -95,11 +98,11 @@ func New() *Metrics {
 		}, []string{"tunnel"}),
 		visitorsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "diglett_visitors_open",
-			Help: "Visitor connections (tcp) and HTTP requests (http) in flight, by tunnel.",
+			Help: "Visitor connections (tcp), UDP flows (udp) and HTTP requests (http) in flight, by tunnel.",
 		}, []string{"tunnel", "kind"}),
 		visitors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "diglett_visitors_total",
-			Help: "Visitor connections (tcp) and HTTP requests (http) taken, by tunnel.",
+			Help: "Visitor connections (tcp), UDP flows (udp) and HTTP requests (http) taken, by tunnel.",
 		}, []string{"tunnel", "kind"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "diglett_visitor_bytes_total",
@@ -138,11 +141,16 @@ func New() *Metrics {
 			Name: "diglett_certificates_total",
 			Help: "ACME certificate orders that ended, renewals included, by result: obtained or failed.",
 		}, []string{"result"}),
+		datagramsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "diglett_udp_datagrams_dropped_total",
+			Help: "Datagrams of UDP tunnels dropped, by reason: too_large, flow_limit, queue_full, no_agent, not_allowed.",
+		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(
 		m.sessions, m.tunnels, m.members, m.visitorsOpen, m.visitors, m.bytes,
 		m.requests, m.duration, m.loginRefusals, m.registrations,
 		m.leasesStarted, m.leasesExpired, m.registererFailures, m.certificates,
+		m.datagramsDropped,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -159,6 +167,9 @@ func New() *Metrics {
 	}
 	for _, r := range []string{certObtained, certFailed} {
 		m.certificates.WithLabelValues(r)
+	}
+	for _, r := range datagramDrops {
+		m.datagramsDropped.WithLabelValues(string(r))
 	}
 	return m
 }
@@ -266,6 +277,27 @@ func (m *Metrics) VisitorOpened(tunnel string) { m.opened(tunnel, kindTCP) }
 // VisitorClosed counts a TCP visitor's end and its bytes.
 func (m *Metrics) VisitorClosed(tunnel string, in, out int64) {
 	m.closed(tunnel, kindTCP, in, out, func() {})
+}
+
+// UDPFlowOpened counts a UDP flow.
+func (m *Metrics) UDPFlowOpened(tunnel string) { m.opened(tunnel, kindUDP) }
+
+// UDPFlowClosed counts a UDP flow's end and its bytes.
+func (m *Metrics) UDPFlowClosed(tunnel string, in, out int64) {
+	m.closed(tunnel, kindUDP, in, out, func() {})
+}
+
+// datagramDrops are the reasons of dropped datagrams, a fixed set.
+var datagramDrops = []gateway.DatagramDrop{gateway.DropTooLarge, gateway.DropFlowLimit,
+	gateway.DropQueueFull, gateway.DropNoAgent, gateway.DropNotAllowed}
+
+// DatagramDropped counts a dropped datagram by reason; the tunnel is not
+// a label (a flood would not make it one series more).
+func (m *Metrics) DatagramDropped(_ string, reason gateway.DatagramDrop) {
+	if !slices.Contains(datagramDrops, reason) {
+		reason = "other"
+	}
+	m.datagramsDropped.WithLabelValues(string(reason)).Inc()
 }
 
 // RequestStarted counts an HTTP request.

@@ -112,6 +112,29 @@ func TestEvents(t *testing.T) {
 	}
 }
 
+// UDP flows count as visitors of kind udp; dropped datagrams by reason,
+// an unknown reason as other.
+func TestUDPEvents(t *testing.T) {
+	m := New()
+	m.TunnelChanged("game", gateway.TunnelLive, 1)
+	m.UDPFlowOpened("game")
+	m.UDPFlowOpened("game")
+	m.UDPFlowClosed("game", 100, 300)
+	m.DatagramDropped("game", gateway.DropFlowLimit)
+	m.DatagramDropped("game", gateway.DropFlowLimit)
+	m.DatagramDropped("game", gateway.DropTooLarge)
+	m.DatagramDropped("game", "unheard of")
+
+	expect(t, m, 2, "diglett_visitors_total", "tunnel", "game", "kind", "udp")
+	expect(t, m, 1, "diglett_visitors_open", "tunnel", "game", "kind", "udp")
+	expect(t, m, 100, "diglett_visitor_bytes_total", "tunnel", "game", "direction", "in")
+	expect(t, m, 300, "diglett_visitor_bytes_total", "tunnel", "game", "direction", "out")
+	expect(t, m, 2, "diglett_udp_datagrams_dropped_total", "reason", "flow_limit")
+	expect(t, m, 1, "diglett_udp_datagrams_dropped_total", "reason", "too_large")
+	expect(t, m, 0, "diglett_udp_datagrams_dropped_total", "reason", "queue_full")
+	expect(t, m, 1, "diglett_udp_datagrams_dropped_total", "reason", "other")
+}
+
 // A released tunnel's series go, once its last visitor has left.
 func TestRemovedTunnelForgotten(t *testing.T) {
 	m := New()

@@ -62,6 +62,7 @@ type configReload struct {
 	startValues  map[string]string
 	startHome    string // the nat, firewall and dns sections, as homeDigest words them
 	startCluster string // the cluster section, as clusterDigest words it
+	startProxy   string // the proxy_protocol section, as proxyProtocolDigest words it
 
 	// In force, from the start or the last reload put in force.
 	modules []string             // the auth modules, as authModules words them
@@ -83,7 +84,7 @@ func (c *serverCmd) configSource(args []string, f *config.File, srv registererSe
 		c.gate.mu.Unlock()
 		srv = c.gate
 	}
-	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed, startHome: homeDigest(f), startCluster: clusterDigest(f)}
+	cr := &configReload{args: args, path: c.Config, srv: srv, log: log, regs: regs, held: held, changed: changed, startHome: homeDigest(f), startCluster: clusterDigest(f), startProxy: proxyProtocolDigest(f)}
 	cr.startValues, _ = settingValues(c)
 	raw := readRaw(f)
 	cr.modules = authModules(c, raw)
@@ -143,6 +144,9 @@ func (cr *configReload) build() (authSnapshot, error) {
 	}
 	if clusterDigest(file) != cr.startCluster {
 		snap.Restart = append(snap.Restart, "cluster")
+	}
+	if proxyProtocolDigest(file) != cr.startProxy {
+		snap.Restart = append(snap.Restart, "proxy_protocol")
 	}
 	regKeys, regs, err := cr.registerers(file, raw)
 	if err != nil {

@@ -90,6 +90,17 @@ func (o seriesObserver) VisitorClosed(tunnel string, in, out int64) {
 	o.series.VisitorClosed(tunnel, in, out)
 }
 
+// UDP flows are charted as visitors.
+func (o seriesObserver) UDPFlowOpened(tunnel string) {
+	o.Metrics.UDPFlowOpened(tunnel)
+	o.series.VisitorOpened(tunnel)
+}
+
+func (o seriesObserver) UDPFlowClosed(tunnel string, in, out int64) {
+	o.Metrics.UDPFlowClosed(tunnel, in, out)
+	o.series.VisitorClosed(tunnel, in, out)
+}
+
 func (o seriesObserver) RequestDone(tunnel string, status int, in, out int64, d time.Duration) {
 	o.Metrics.RequestDone(tunnel, status, in, out, d)
 	o.series.RequestDone(tunnel, status, in, out, d)

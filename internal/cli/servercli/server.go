@@ -38,8 +38,8 @@ import (
 type serverCmd struct {
 	Listen      string           `short:"l" default:"0.0.0.0:20000" placeholder:"ADDR" help:"Address agents connect to (default 0.0.0.0:20000)."`
 	DataDir     string           `placeholder:"DIR" help:"Where the gateway keeps its key (default: /var/lib/diglett as root, else ~/.local/share/diglett)."`
-	Ports       string           `default:"30000-40000" placeholder:"MIN-MAX" help:"Range of public TCP ports given to tunnels."`
-	PublicBind  string           `placeholder:"HOST" help:"Address public TCP ports listen on (default: all interfaces)."`
+	Ports       string           `default:"30000-40000" placeholder:"MIN-MAX" help:"Range of public ports given to tunnels (TCP, or UDP for UDP tunnels)."`
+	PublicBind  string           `placeholder:"HOST" help:"Address public ports (TCP and UDP) listen on (default: all interfaces)."`
 	Tokens      string           `type:"existingfile" placeholder:"FILE" help:"YAML file of agent tokens and the names each may publish. Without it anyone can register any name."`
 	Watch       bool             `help:"Reload the --tokens file, or the --config file and the tokens files it names, as soon as they change (SIGHUP always reloads them). Follows editors' renames and Kubernetes ConfigMap updates."`
 	Lease       time.Duration    `default:"60s" help:"How long a disconnected agent's names and ports stay reserved for it."`
@@ -65,6 +65,10 @@ type serverCmd struct {
 	HalfCloseTimeout     time.Duration `name:"half-close-timeout" default:"60s" help:"Reset a TCP visitor's connection that one side has half-closed when the other sends nothing for this long."`
 	MaxVisitors          int           `name:"max-visitors" default:"65536" placeholder:"N" help:"Visitor connections open at once on the whole gateway (TCP ports and HTTP(S)); more are refused at once. Lowered to fit the open-file limit."`
 	MaxVisitorsPerTunnel int           `name:"max-visitors-per-tunnel" default:"16384" placeholder:"N" help:"TCP visitors plus HTTP requests in flight at once per tunnel; more are refused at once (HTTP: 503)."`
+
+	UDPIdleTimeout       time.Duration `name:"udp-idle-timeout" default:"60s" help:"End a UDP tunnel's flow (one visitor address) when no datagram went either way for this long."`
+	UDPMaxFlows          int           `name:"udp-max-flows" default:"1024" placeholder:"N" help:"Flows (visitor addresses) of one UDP tunnel at once; datagrams from more are dropped and counted."`
+	UDPMaxFlowsPerSource int           `name:"udp-max-flows-per-source" default:"64" placeholder:"N" help:"Flows of one UDP tunnel from one visitor IP address at once; datagrams from more of its ports are dropped and counted."`
 
 	Domain              string        `placeholder:"DOMAIN" help:"Serve tunnel NAME over HTTP(S) as NAME.DOMAIN on shared ports (point a wildcard DNS record *.DOMAIN at this host)."`
 	HTTPAddr            string        `name:"http-addr" placeholder:"ADDR" help:"Address of the shared HTTP port (default :80 with --domain; 'off' to disable)."`
@@ -257,10 +261,15 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 		MaxHandshakes:          c.MaxHandshakes,
 		MaxHandshakesPerSource: c.MaxHandshakesPerSource,
+		ProxyProtocolFrom:      proxyProtocolFrom(file),
 
 		HalfCloseTimeout:     c.HalfCloseTimeout,
 		MaxVisitors:          fitOpenFiles(c.MaxVisitors, log),
 		MaxVisitorsPerTunnel: c.MaxVisitorsPerTunnel,
+
+		UDPIdleTimeout:       c.UDPIdleTimeout,
+		UDPMaxFlows:          c.UDPMaxFlows,
+		UDPMaxFlowsPerSource: c.UDPMaxFlowsPerSource,
 	})
 	if err != nil {
 		return err
@@ -372,12 +381,17 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if hl, err = listen("HTTP visitors", ing.httpAddr); err != nil {
 			return err
 		}
+		hl = srv.AcceptProxyProtocol(hl)
+		closers = append(closers, hl)
 	}
 	if ing.httpsAddr != "" {
 		if tl, err = listen("HTTPS visitors", ing.httpsAddr); err != nil {
 			return err
 		}
+		tl = srv.AcceptProxyProtocol(tl)
+		closers = append(closers, tl)
 	}
+	logProxyProtocol(file, log)
 	var challenge func(http.Handler) http.Handler
 	var tc *tls.Config
 	switch {
