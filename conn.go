@@ -99,6 +99,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// nextDatagram is Read for a UDP flow without the caller's buffer: the
+// next datagram, valid until the next call.
+func (c *Conn) nextDatagram() ([]byte, error) {
+	if err := c.sendStatus(protocol.StatusOK); err != nil {
+		return nil, err
+	}
+	return c.udp.next(c.st)
+}
+
 // Write sends bytes to the visitor.
 func (c *Conn) Write(p []byte) (int, error) {
 	if err := c.sendStatus(protocol.StatusOK); err != nil {

@@ -79,6 +79,20 @@ func (f *udpFlow) read(st io.Reader, p []byte) (int, error) {
 	return f.readFrame(st, p)
 }
 
+// next is read without a buffer of the caller's: the next datagram itself,
+// valid until the next call. The forwarder's relay reads with it, so that
+// a flow needs no buffer of the largest datagram's size for that way.
+func (f *udpFlow) next(st io.Reader) ([]byte, error) {
+	var d []byte
+	var err error
+	if f.sess != nil {
+		_, err = f.readQueueFunc(func(q []byte) int { d = q; return len(q) })
+	} else {
+		_, err = f.readFrameFunc(st, func(q []byte) int { d = q; return len(q) })
+	}
+	return d, err
+}
+
 func (f *udpFlow) write(st io.Writer, p []byte) (int, error) {
 	if len(p) > protocol.MaxDatagramSize {
 		return 0, protocol.ErrDatagramTooLarge
@@ -103,6 +117,12 @@ func (f *udpFlow) write(st io.Writer, p []byte) (int, error) {
 // that fails midway (a deadline) keeps what it read, and the next one
 // goes on from there.
 func (f *udpFlow) readFrame(st io.Reader, p []byte) (int, error) {
+	return f.readFrameFunc(st, func(d []byte) int { return copy(p, d) })
+}
+
+// readFrameFunc reads the next frame and gives its datagram to take,
+// whose result it returns.
+func (f *udpFlow) readFrameFunc(st io.Reader, take func([]byte) int) (int, error) {
 	f.rmu.Lock()
 	defer f.rmu.Unlock()
 	if f.rerr != nil {
@@ -144,11 +164,17 @@ func (f *udpFlow) readFrame(st io.Reader, p []byte) (int, error) {
 		}
 	}
 	f.rnh = 0
-	return copy(p, f.rbuf), nil
+	return take(f.rbuf), nil
 }
 
 // readQueue returns the next datagram the session's flowTable queued.
 func (f *udpFlow) readQueue(p []byte) (int, error) {
+	return f.readQueueFunc(func(d []byte) int { return copy(p, d) })
+}
+
+// readQueueFunc takes the next queued datagram and gives it to take,
+// whose result it returns.
+func (f *udpFlow) readQueueFunc(take func([]byte) int) (int, error) {
 	expired := f.rdl.wait()
 	select {
 	case <-expired:
@@ -159,7 +185,7 @@ func (f *udpFlow) readQueue(p []byte) (int, error) {
 	}
 	select {
 	case d := <-f.queue:
-		return copy(p, d), nil
+		return take(d), nil
 	case <-f.done:
 		return 0, net.ErrClosed
 	case <-expired:
@@ -167,7 +193,7 @@ func (f *udpFlow) readQueue(p []byte) (int, error) {
 	case <-f.ended:
 		select {
 		case d := <-f.queue:
-			return copy(p, d), nil
+			return take(d), nil
 		default:
 			return 0, io.EOF
 		}

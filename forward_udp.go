@@ -107,11 +107,11 @@ func relayDatagrams(drain context.Context, vc, bc net.Conn, idle time.Duration) 
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		up, upErr = s.pump(bc, vc)
+		up, upErr = s.pump(bc, vc, datagramReader(vc))
 		vc.Close()
 		bc.Close()
 	}()
-	down, err = s.pump(vc, bc)
+	down, err = s.pump(vc, bc, datagramReader(bc))
 	vc.Close()
 	bc.Close()
 	wg.Wait()
@@ -142,11 +142,25 @@ func (s *datagramRelay) limit() (time.Duration, bool) {
 	return s.idle, false
 }
 
-// pump writes each datagram read from src to dst until an error or the
-// idle timeout without a datagram either way. It returns how many it
-// relayed.
-func (s *datagramRelay) pump(dst, src net.Conn) (int64, error) {
+// datagramReader reads src's datagrams one by one: a flow's own without
+// a copy (its frame buffer fits its datagrams, and QUIC's come in their
+// own), anything else through a buffer of the largest datagram's size,
+// which a backend's UDP socket needs, as a reply may be that large.
+func datagramReader(src net.Conn) func() ([]byte, error) {
+	if c, ok := src.(*Conn); ok && c.udp != nil {
+		return c.nextDatagram
+	}
 	buf := make([]byte, protocol.MaxDatagramSize)
+	return func() ([]byte, error) {
+		n, err := src.Read(buf)
+		return buf[:n], err
+	}
+}
+
+// pump writes each datagram read from src (by read) to dst until an error
+// or the idle timeout without a datagram either way. It returns how many
+// it relayed.
+func (s *datagramRelay) pump(dst, src net.Conn, read func() ([]byte, error)) (int64, error) {
 	var n int64
 	for {
 		limit, draining := s.limit()
@@ -156,7 +170,7 @@ func (s *datagramRelay) pump(dst, src net.Conn) (int64, error) {
 		if !draining && s.draining.Load() {
 			continue // the drain began after limit: its wake-up may be overwritten
 		}
-		m, err := src.Read(buf)
+		d, err := read()
 		if err != nil {
 			if isTimeout(err) {
 				if limit, _ := s.limit(); limit > 0 && time.Since(time.Unix(0, s.last.Load())) >= limit {
@@ -167,7 +181,7 @@ func (s *datagramRelay) pump(dst, src net.Conn) (int64, error) {
 			return n, err
 		}
 		s.last.Store(time.Now().UnixNano())
-		if _, err := dst.Write(buf[:m]); err != nil {
+		if _, err := dst.Write(d); err != nil {
 			return n, err
 		}
 		n++
