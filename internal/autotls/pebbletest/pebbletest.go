@@ -194,7 +194,7 @@ func (p *Pebble) run(t testing.TB, bin, dir, dnsAddr string, httpPort, tlsPort i
 		"PEBBLE_VA_ALWAYS_VALID=0", // really validate, whatever the environment says
 	)
 	cmd.Stdout, cmd.Stderr = out, out
-	killWithParent(cmd)
+	testutil.KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return "", fmt.Errorf("start pebble: %w", err)
 	}

@@ -172,7 +172,7 @@ zone %[8]q {
 	cmd := exec.Command(bin, "-g", "-4", "-n", "1", "-c", confFile)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
-	killWithParent(cmd)
+	testutil.KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start: %w", err)
 	}

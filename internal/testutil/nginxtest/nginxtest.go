@@ -95,7 +95,7 @@ func start(t testing.TB, bin string, conf func(port int, dir string) string) (*S
 		"-g", fmt.Sprintf("daemon off; master_process off; pid %s;", pidFile))
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
-	killWithParent(cmd)
+	testutil.KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start: %w", err)
 	}

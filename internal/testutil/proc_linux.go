@@ -1,14 +1,14 @@
 //go:build linux
 
-package pebbletest
+package testutil
 
 import (
 	"os/exec"
 	"syscall"
 )
 
-// killWithParent has the kernel kill the started program if the test
+// KillWithParent has the kernel kill the program cmd starts if the test
 // process dies before its cleanup runs (a killed or crashed test).
-func killWithParent(cmd *exec.Cmd) {
+func KillWithParent(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
