@@ -130,7 +130,7 @@ var examples = map[string]string{
   diglett -g gateway.com -n web -n api --retry 3000
       two names for one backend; keep trying while the gateway is down
   diglett -g gateway.com -n vpn --udp localhost:51820
-      publish a UDP service (a WireGuard endpoint, say) on a public UDP port
+      publish a UDP service (a VPN endpoint, say) on a public UDP port
   diglett --config /etc/diglett/agent.yaml
       the tunnels of a configuration file
   source <(diglett completion bash)
