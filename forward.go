@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
 )
 
@@ -264,6 +265,28 @@ func (f *forwarder) run(p *relayPair, log *slog.Logger) {
 	}
 	up, down, err := relay.PipeWith(a, b, relay.Options{HalfCloseTimeout: f.o.HalfCloseTimeout})
 	l.Debug("visitor disconnected", "sent", up, "received", down, "err", err)
+}
+
+// SetSink lets the stream write the visitor's bytes straight to the
+// backend's socket c (see internal/relay); reading accepts the connection,
+// so this does too. A UDP flow has none.
+func (c *Conn) SetSink(dst *net.TCPConn) {
+	sk, ok := c.st.(interface{ SetSink(*net.TCPConn) })
+	if !ok || c.udp != nil {
+		return
+	}
+	if dst != nil && c.sendStatus(protocol.StatusOK) != nil {
+		return
+	}
+	sk.SetSink(dst)
+}
+
+// SinkWritten reports the bytes the stream wrote to the sink.
+func (c *Conn) SinkWritten() int64 {
+	if sk, ok := c.st.(interface{ SinkWritten() int64 }); ok {
+		return sk.SinkWritten()
+	}
+	return 0
 }
 
 // observedConn is a connection whose reads are also written to w (see

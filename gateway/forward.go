@@ -27,6 +27,36 @@ type statusConn struct {
 	checked  bool      // the status was read; written under mu by Read
 	deadline time.Time // the read deadline set through SetReadDeadline
 	statusBy time.Time // the status's deadline, once its read started
+	sink     *net.TCPConn
+	sinkOn   bool // the status was OK: the sink goes to the stream
+}
+
+// streamSinker is a stream that can write what it receives straight to
+// the visitor's socket (see relay: the relay registers it).
+type streamSinker interface {
+	SetSink(dst *net.TCPConn)
+	SinkWritten() int64
+}
+
+var _ streamSinker = (*statusConn)(nil)
+
+// SetSink passes the relay's sink to the stream once the status was read:
+// the status byte is never the visitor's.
+func (s *statusConn) SetSink(c *net.TCPConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sink = c
+	if sk, ok := s.Stream.(streamSinker); ok && s.sinkOn {
+		sk.SetSink(c)
+	}
+}
+
+// SinkWritten reports the bytes the stream wrote to the sink.
+func (s *statusConn) SinkWritten() int64 {
+	if sk, ok := s.Stream.(streamSinker); ok {
+		return sk.SinkWritten()
+	}
+	return 0
 }
 
 // errBackend reports a status other than OK.
@@ -40,6 +70,12 @@ func (s *statusConn) Read(p []byte) (int, error) {
 			reset(s.visitor)
 			return 0, err
 		}
+		s.mu.Lock()
+		s.sinkOn = true
+		if sk, ok := s.Stream.(streamSinker); ok && s.sink != nil {
+			sk.SetSink(s.sink)
+		}
+		s.mu.Unlock()
 	}
 	return s.Stream.Read(p)
 }

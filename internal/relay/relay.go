@@ -4,7 +4,10 @@
 // no copy buffer (on a TCP connection) or a small one (on a stream), so that
 // idle connections cost little memory however busy they once were. With
 // PipeWith, a half-closed relay whose open direction stands still is ended
-// after a bound, so that a peer that left is not waited for forever.
+// after a bound, so that a peer that left is not waited for forever. A
+// source that can write what it receives straight to a TCP destination (a
+// multiplexed stream: SetSink) is given the destination, and the counts
+// include what it wrote.
 package relay
 
 import (
@@ -32,6 +35,31 @@ var (
 )
 
 type closeWriter interface{ CloseWrite() error }
+
+// sinker is a connection (a multiplexed stream, or a wrapper of one) whose
+// receive path can write what arrives straight to the TCP socket the relay
+// copies it to, sparing the relay a wake-up and a copy. Bytes written that
+// way are not returned by Read: SinkWritten counts them. SetSink(nil)
+// stops it, and returns once no write to the socket is under way.
+type sinker interface {
+	SetSink(dst *net.TCPConn)
+	SinkWritten() int64
+}
+
+// sinkTo registers dst as src's sink when src can write to one and dst is a
+// TCP socket, and returns src's sinker then.
+func sinkTo(dst, src net.Conn) sinker {
+	tc, ok := dst.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	sk, ok := src.(sinker)
+	if !ok {
+		return nil
+	}
+	sk.SetSink(tc)
+	return sk
+}
 
 // Options tunes PipeWith. The zero value is what Pipe does.
 type Options struct {
@@ -87,7 +115,12 @@ func oneWay(dst, src net.Conn, hc *halfClose) (int64, error) {
 	if hc != nil {
 		w = &boundedWriter{dst: dst, src: src, hc: hc}
 	}
+	sk := sinkTo(dst, src)
 	n, err := copyConn(w, src)
+	if sk != nil {
+		sk.SetSink(nil)
+		n += sk.SinkWritten()
+	}
 	if err == nil {
 		if hc != nil {
 			// The other direction reads dst and writes src.
@@ -124,6 +157,10 @@ type halfClose struct {
 // one that ended calls it.
 func (h *halfClose) start(r, w net.Conn) {
 	h.on.Store(true)
+	if sk, ok := r.(sinker); ok {
+		// Bytes written past the relay would not move its deadlines.
+		sk.SetSink(nil)
+	}
 	d := time.Now().Add(h.timeout)
 	r.SetReadDeadline(d)
 	w.SetWriteDeadline(d)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +44,12 @@ type Stream struct {
 	reset       bool
 	ended       bool // the session ended
 	rdl, wdl    time.Time
+	// Write-through (sink.go): sink is set under sinkMu and mu, and a
+	// write to it is made under sinkMu.
+	sinkMu     sync.Mutex
+	sink       syscall.RawConn
+	through    int64 // bytes written to sinks
+	outPending bool  // a Read returned data and the next Read has not begun
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -78,10 +85,14 @@ func (st *Stream) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	st.mu.Lock()
+	// The caller is done with what the last Read returned: write-through
+	// may go on (sink.go).
+	st.outPending = false
 	for {
 		if st.buffered > 0 {
 			n := st.copyOutLocked(p)
 			credit := st.creditLocked(uint32(n))
+			st.outPending = true
 			st.mu.Unlock()
 			if credit > 0 {
 				// A failure here ends the session; the next call says so.
@@ -202,6 +213,7 @@ func (st *Stream) receive(length uint32) error {
 	st.recvAvail -= length
 	st.mu.Unlock()
 	remaining := int(length)
+	wake := false
 	for remaining > 0 {
 		st.mu.Lock()
 		if st.reset || st.readStopped || st.ended || st.finRecv {
@@ -213,8 +225,21 @@ func (st *Stream) receive(length uint32) error {
 				// once its window is used.
 				st.resetLocal(false)
 			}
+			if wake {
+				signal(st.readCh)
+			}
 			return s.discard(uint32(remaining))
 		}
+		if st.canWriteThroughLocked() {
+			st.mu.Unlock()
+			m, err := st.writeThrough(remaining)
+			if err != nil {
+				return err
+			}
+			remaining -= m
+			continue
+		}
+		wake = true
 		var tail *[]byte
 		if k := len(st.chunks); k > 0 {
 			tail = st.chunks[k-1]
@@ -244,7 +269,9 @@ func (st *Stream) receive(length uint32) error {
 		st.mu.Unlock()
 		remaining -= m
 	}
-	signal(st.readCh)
+	if wake {
+		signal(st.readCh)
+	}
 	return nil
 }
 
