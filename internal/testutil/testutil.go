@@ -158,3 +158,20 @@ func StartRetrying[T any](t testing.TB, what string, start func() (T, error)) T 
 	var zero T
 	return zero
 }
+
+// StartProcess starts cmd, a program a test runs beside it, tied to the
+// test process's life (KillWithParent). exited receives how it ended,
+// once; stop kills it and waits for that end, so it must not be called
+// after exited was received from.
+func StartProcess(cmd *exec.Cmd) (exited <-chan error, stop func(), err error) {
+	KillWithParent(cmd)
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	ch := make(chan error, 1)
+	go func() { ch <- cmd.Wait() }()
+	return ch, func() {
+		cmd.Process.Kill()
+		<-ch
+	}, nil
+}

@@ -172,15 +172,9 @@ zone %[8]q {
 	cmd := exec.Command(bin, "-g", "-4", "-n", "1", "-c", confFile)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
-	testutil.KillWithParent(cmd)
-	if err := cmd.Start(); err != nil {
+	exited, stop, err := testutil.StartProcess(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-exited
 	}
 
 	addr := net.JoinHostPort("127.0.0.1", port)

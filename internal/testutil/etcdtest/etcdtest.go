@@ -87,14 +87,9 @@ func start(t testing.TB, bin string, tf *tlsFiles) (*Server, error) {
 		"--log-level", "warn",
 	)...)
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	exited, stop, err := testutil.StartProcess(cmd)
+	if err != nil {
 		return nil, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-exited
 	}
 
 	cc := clientv3.Config{

@@ -95,15 +95,9 @@ func start(t testing.TB, bin string, conf func(port int, dir string) string) (*S
 		"-g", fmt.Sprintf("daemon off; master_process off; pid %s;", pidFile))
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
-	testutil.KillWithParent(cmd)
-	if err := cmd.Start(); err != nil {
+	exited, stop, err := testutil.StartProcess(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-exited
 	}
 	// nginx writes its pid file once its ports are bound: only then is a
 	// connection surely its own.
