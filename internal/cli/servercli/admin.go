@@ -325,6 +325,10 @@ func printTunnels(w io.Writer, tunnels []gateway.TunnelInfo, now time.Time) erro
 		port := "-"
 		if t.Port != 0 {
 			port = strconv.Itoa(t.Port)
+			if t.Protocol == "udp" {
+				// A UDP tunnel's port says so; TCP's stays a number.
+				port = "udp/" + port
+			}
 		}
 		members := make([]string, len(t.Members))
 		for i, m := range t.Members {

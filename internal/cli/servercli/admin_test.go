@@ -121,6 +121,8 @@ func TestPrintTunnels(t *testing.T) {
 	var b bytes.Buffer
 	err := printTunnels(&b, []gateway.TunnelInfo{
 		{Name: "blog", Port: 31876, State: gateway.StateLeased, LeaseEnds: now.Add(41 * time.Second), Identity: "alice", Hosts: []string{"blog.example.com"}},
+		{Name: "dns", Port: 30053, Protocol: "udp", State: gateway.StateLive, Identity: "dave", Hosts: []string{},
+			Members: []gateway.MemberInfo{{Address: "203.0.113.9:40001", Transport: "quic"}}},
 		{Name: "old", State: gateway.StateLeased, LeaseEnds: now.Add(time.Minute), Identity: "carol", Hosts: []string{}},
 		{Name: "web", Port: 30512, State: gateway.StateLive, Identity: "bob", Visitors: 3, Hosts: []string{"web.example.com", "www.example.org"},
 			Members: []gateway.MemberInfo{{Address: "203.0.113.7:50122", Transport: "quic"}, {Address: "203.0.113.7:50130", Transport: "tcp"}}},
@@ -128,10 +130,11 @@ func TestPrintTunnels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `NAME  PORT   STATE               MEMBERS                                       VISITORS  IDENTITY  HOSTS
-blog  31876  leased (41s left)   -                                             0         alice     blog.example.com
-old   -      leased (1m0s left)  -                                             0         carol     -
-web   30512  live                203.0.113.7:50122/quic,203.0.113.7:50130/tcp  3         bob       web.example.com,www.example.org
+	want := `NAME  PORT       STATE               MEMBERS                                       VISITORS  IDENTITY  HOSTS
+blog  31876      leased (41s left)   -                                             0         alice     blog.example.com
+dns   udp/30053  live                203.0.113.9:40001/quic                        0         dave      -
+old   -          leased (1m0s left)  -                                             0         carol     -
+web   30512      live                203.0.113.7:50122/quic,203.0.113.7:50130/tcp  3         bob       web.example.com,www.example.org
 `
 	if got := b.String(); got != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", got, want)
