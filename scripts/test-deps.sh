@@ -79,9 +79,10 @@ fi
 if ! { command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ]; } || ! command -v dig >/dev/null 2>&1; then
 	# The DNS update and DNS-01 tests run their own authoritative server
 	# (a zone and a key per test, files in a temporary directory, a free
-	# loopback port) and check the records with dig; the system service
-	# the package may start is not used.
-	echo "test-deps: installing bind9 and dig, for the DNS update tests"
+	# loopback port) and check the records with dig; the UDP tunnel tests
+	# ask one through a tunnel with dig. The system service the package
+	# may start is not used.
+	echo "test-deps: installing bind9 and dig, for the DNS update and UDP tunnel tests"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9 bind9-dnsutils
 fi
 if ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }; then
