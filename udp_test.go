@@ -382,6 +382,16 @@ func udpEcho(t *testing.T) string {
 }
 
 // listenUDP runs diglett.Listen for cfg until the test ends.
+// udpAgent starts a fake gateway that serves UDP tunnels over via and a
+// UDP listener logged in to it; it returns the listener and the gateway's
+// side of its session.
+func udpAgent(t *testing.T, via string) (*diglett.Listener, *fakeSession) {
+	t.Helper()
+	g := startFakeGateway(t, via, []string{protocol.FeatureUDP})
+	ln := listenUDP(t, g.config(t, via))
+	return ln, g.session(t)
+}
+
 func listenUDP(t *testing.T, cfg diglett.Config) *diglett.Listener {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), udpWait)
@@ -503,9 +513,7 @@ func TestUDPIdleFlowEnds(t *testing.T) {
 	for _, m := range udpModes {
 		t.Run(m.name, func(t *testing.T) {
 			noLeaks(t)
-			g := startFakeGateway(t, m.via, []string{protocol.FeatureUDP})
-			ln := listenUDP(t, g.config(t, m.via))
-			fs := g.session(t)
+			ln, fs := udpAgent(t, m.via)
 			const idle = 300 * time.Millisecond
 			forwardUDP(t, ln, udpEcho(t), diglett.ForwardOptions{UDPIdleTimeout: idle})
 			f := fs.openOK(t, "game", "198.51.100.1:5000", m.flow(0))
@@ -530,9 +538,7 @@ func TestUDPFlowCap(t *testing.T) {
 	for _, m := range udpModes {
 		t.Run(m.name, func(t *testing.T) {
 			noLeaks(t)
-			g := startFakeGateway(t, m.via, []string{protocol.FeatureUDP})
-			ln := listenUDP(t, g.config(t, m.via))
-			fs := g.session(t)
+			ln, fs := udpAgent(t, m.via)
 			forwardUDP(t, ln, udpEcho(t), diglett.ForwardOptions{MaxUDPFlows: 2})
 			var flows []*fakeFlow
 			for i := range 2 {
@@ -571,9 +577,7 @@ func TestUDPFlowsEndOnDrain(t *testing.T) {
 	for _, m := range udpModes {
 		t.Run(m.name, func(t *testing.T) {
 			noLeaks(t)
-			g := startFakeGateway(t, m.via, []string{protocol.FeatureUDP})
-			ln := listenUDP(t, g.config(t, m.via))
-			fs := g.session(t)
+			ln, fs := udpAgent(t, m.via)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
@@ -627,9 +631,7 @@ func TestUDPConnMessages(t *testing.T) {
 	for _, m := range udpModes {
 		t.Run(m.name, func(t *testing.T) {
 			noLeaks(t)
-			g := startFakeGateway(t, m.via, []string{protocol.FeatureUDP})
-			ln := listenUDP(t, g.config(t, m.via))
-			fs := g.session(t)
+			ln, fs := udpAgent(t, m.via)
 			f := fs.start(t, protocol.StreamHeader{Name: "game", Visitor: "198.51.100.9:6000", UDP: true, Flow: m.flow(0)})
 			c := accept(t, ln)
 			if _, err := c.Write([]byte("hello")); err != nil {

@@ -176,19 +176,17 @@ func (t *tunnel) serveVisitor(c net.Conn) {
 		return
 	}
 	srv := t.reg.srv
-	start := t.next.Add(1)
 	var st transport.Stream
 	var agent *session
-	for i := range members {
-		m := members[(int(start)+i)%len(members)]
+	inTurn(t, members, func(m *session) bool {
 		s, err := m.openStream(srv.ctx, t.name, c.RemoteAddr().String())
 		if err != nil {
 			t.log.Debug("open stream failed, trying next agent", "err", err)
-			continue
+			return false
 		}
 		st, agent = s, m
-		break
-	}
+		return true
+	})
 	if st == nil {
 		t.log.Debug("visitor refused: no agent reachable", "visitor", c.RemoteAddr())
 		reset(c)
@@ -229,8 +227,13 @@ func reset(c net.Conn) {
 		s.Reset()
 		return
 	}
+	resetConn(c)
+}
+
+// resetConn closes c, a connection as accepted, with a TCP reset.
+func resetConn(c net.Conn) error {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
-	c.Close()
+	return c.Close()
 }

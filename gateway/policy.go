@@ -47,16 +47,7 @@ func newVisitorPolicy(req *protocol.Register) (*visitorPolicy, error) {
 
 // allows reports whether a visitor from ip may reach the tunnel.
 func (p *visitorPolicy) allows(ip netip.Addr) bool {
-	if len(p.allow) == 0 {
-		return true
-	}
-	ip = ip.Unmap()
-	for _, pr := range p.allow {
-		if pr.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return len(p.allow) == 0 || protocol.PrefixesContain(p.allow, ip)
 }
 
 // checkPassword reports whether user and password match, in time that does

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diglett/diglett/internal/protocol"
 	"github.com/pires/go-proxyproto"
 )
 
@@ -156,7 +157,7 @@ func (l *proxyListener) run() {
 			l.shutdown(err)
 			return
 		}
-		src := sourceAddr(c.RemoteAddr())
+		src := addrIP(c.RemoteAddr())
 		if !l.listed(src) {
 			if !l.deliver(accepted{c: &unlistedConn{Conn: c, log: l.log}}) {
 				c.Close()
@@ -185,15 +186,7 @@ func (l *proxyListener) deliver(r accepted) bool {
 
 // listed says whether src may, and must, send a PROXY header.
 func (l *proxyListener) listed(src netip.Addr) bool {
-	if !src.IsValid() {
-		return false
-	}
-	for _, p := range l.from {
-		if p.Contains(src) {
-			return true
-		}
-	}
-	return false
+	return protocol.PrefixesContain(l.from, src)
 }
 
 // track records c as having its header read; false when the listener
@@ -241,14 +234,6 @@ func (l *proxyListener) readHeader(c net.Conn) {
 	if !l.deliver(accepted{c: &proxiedConn{Conn: pc, raw: c}}) {
 		c.Close()
 	}
-}
-
-// sourceAddr is the IP address of a, or the zero Addr.
-func sourceAddr(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 // proxiedConn is a listed source's connection after its header: its
@@ -345,13 +330,6 @@ func closeWrite(c net.Conn) error {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
-}
-
-func resetConn(c net.Conn) error {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	return c.Close()
 }
 
 var (

@@ -114,6 +114,19 @@ func (t *tunnel) live() []*session {
 	return nil
 }
 
+// inTurn offers members to take one by one, from the tunnel's round-robin
+// cursor on, until take takes one; false when none did. Each visitor
+// starts one further along, so that visitors spread over a group.
+func inTurn[M any](t *tunnel, members []M, take func(M) bool) bool {
+	start := int(t.next.Add(1))
+	for i := range members {
+		if take(members[(start+i)%len(members)]) {
+			return true
+		}
+	}
+	return false
+}
+
 func refuse(code protocol.Code, format string, args ...any) *protocol.Error {
 	return &protocol.Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }

@@ -187,27 +187,25 @@ func (t *tunnel) setRemoteLocked(f Forwarder, nodes []string) {
 // serves to a node that serves it, trying each once.
 func (t *tunnel) serveRemote(c net.Conn, members []Member) {
 	srv := t.reg.srv
-	start := t.next.Add(1)
 	var st transport.Stream
 	var via Member
-	for i := range members {
-		m := members[(int(start)+i)%len(members)]
+	inTurn(t, members, func(m Member) bool {
 		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.HandshakeTimeout)
 		conn, err := m.OpenStream(ctx, t.name, c.RemoteAddr().String())
 		cancel()
 		if err != nil {
 			t.log.Debug("forward to another node failed, trying the next", "node", m.(*remoteMember).node, "err", err)
-			continue
+			return false
 		}
 		s, ok := conn.(transport.Stream)
 		if !ok {
 			conn.Close()
 			t.log.Warn("forwarder's stream has no Reset and CloseWrite; not used")
-			continue
+			return false
 		}
 		st, via = s, m
-		break
-	}
+		return true
+	})
 	if st == nil {
 		t.log.Debug("visitor refused: no node reachable", "visitor", c.RemoteAddr())
 		reset(c)
@@ -234,23 +232,23 @@ func (s *Server) ServeForwarded(ctx context.Context, name, visitor string, c net
 		c.Write([]byte{byte(protocol.StatusUnknownTunnel)})
 		return
 	}
-	start := t.next.Add(1)
-	for i := range members {
-		m := members[(int(start)+i)%len(members)]
+	served := inTurn(t, members, func(m *session) bool {
 		octx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 		// A UDP tunnel's flow crosses the link in frames (flow 0),
 		// relayed as they are.
 		st, err := m.openWith(octx, protocol.StreamHeader{Name: name, Visitor: visitor, UDP: t.udp})
 		cancel()
 		if err != nil {
-			continue
+			return false
 		}
 		if _, _, err := relay.PipeWith(c, st, relay.Options{HalfCloseTimeout: s.cfg.HalfCloseTimeout}); err != nil {
 			t.log.Debug("forwarded visitor ended", "visitor", visitor, "err", err)
 		}
-		return
+		return true
+	})
+	if !served {
+		c.Write([]byte{byte(protocol.StatusRefused)})
 	}
-	c.Write([]byte{byte(protocol.StatusRefused)})
 }
 
 // rules is the JSON form of a visitor policy that nodes of a cluster

@@ -18,7 +18,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -430,9 +429,8 @@ func (f *udpFlow) run(members []*session, remote []Member) {
 // it carries them; nil when none does, or when the flow ended meanwhile.
 func (f *udpFlow) open(members []*session) net.Conn {
 	t, srv := f.t, f.t.reg.srv
-	start := t.next.Add(1)
-	for i := range members {
-		ss := members[(int(start)+i)%len(members)]
+	var st net.Conn
+	if inTurn(t, members, func(ss *session) bool {
 		var ds transport.DatagramSession
 		var flow uint32
 		if d, ok := ss.sess.(transport.DatagramSession); ok && d.DatagramsEnabled() {
@@ -440,15 +438,18 @@ func (f *udpFlow) open(members []*session) net.Conn {
 				ds = d
 			}
 		}
-		st, err := ss.openWith(srv.ctx, protocol.StreamHeader{Name: t.name, Visitor: f.visitor.String(), UDP: true, Flow: flow})
+		s, err := ss.openWith(srv.ctx, protocol.StreamHeader{Name: t.name, Visitor: f.visitor.String(), UDP: true, Flow: flow})
 		if err != nil {
 			if flow != 0 {
 				ss.flows.remove(flow, f)
 			}
 			t.log.Debug("open stream failed, trying next agent", "err", err)
-			continue
+			return false
 		}
+		st = s
 		f.ss, f.session, f.ds, f.flow = ss, ss.id, ds, flow
+		return true
+	}) {
 		return f.opened(st)
 	}
 	t.log.Debug("udp visitor dropped: no agent reachable", "visitor", f.visitor.String())
@@ -461,20 +462,22 @@ func (f *udpFlow) open(members []*session) net.Conn {
 // in frames, relayed as they are by the far node (ServeForwarded).
 func (f *udpFlow) openRemote(remote []Member) net.Conn {
 	t, srv := f.t, f.t.reg.srv
-	start := t.next.Add(1)
-	for i := range remote {
-		m := remote[(int(start)+i)%len(remote)]
+	var c net.Conn
+	if inTurn(t, remote, func(m Member) bool {
 		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.HandshakeTimeout)
-		c, err := m.OpenStream(ctx, t.name, f.visitor.String())
+		s, err := m.OpenStream(ctx, t.name, f.visitor.String())
 		cancel()
 		if err != nil {
 			t.log.Debug("forward to another node failed, trying the next", "err", err)
-			continue
+			return false
 		}
+		c = s
 		f.session = m.ID()
 		if rm, ok := m.(*remoteMember); ok {
 			f.node = rm.node
 		}
+		return true
+	}) {
 		return f.opened(c)
 	}
 	t.log.Debug("udp visitor dropped: no node reachable", "visitor", f.visitor.String())
@@ -578,14 +581,12 @@ func (f *udpFlow) readAgent(st net.Conn) {
 		return
 	}
 	small := make([]byte, udpSmallFrame)
-	var h [protocol.DatagramFrameHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(st, h[:]); err != nil {
-			return
+		n, err := protocol.ReadDatagramFrameLen(st)
+		if errors.Is(err, protocol.ErrMalformed) {
+			f.t.log.Debug("udp flow ended: malformed frame from the agent", "visitor", f.visitor.String(), "err", err)
 		}
-		n := int(binary.BigEndian.Uint16(h[:]))
-		if n > protocol.MaxDatagramSize {
-			f.t.log.Debug("udp flow ended: malformed frame from the agent", "visitor", f.visitor.String(), "len", n)
+		if err != nil {
 			return
 		}
 		buf, big := small, (*[]byte)(nil)
@@ -593,7 +594,7 @@ func (f *udpFlow) readAgent(st net.Conn) {
 			big = udpBigBufs.Get().(*[]byte)
 			buf = *big
 		}
-		_, err := io.ReadFull(st, buf[:n])
+		_, err = io.ReadFull(st, buf[:n])
 		if err == nil {
 			f.toVisitor(buf[:n])
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/diglett/diglett/gateway"
+	"github.com/diglett/diglett/internal/protocol"
 )
 
 // retryAfter is what an HTTP visitor refused for the tunnel's cap is told
@@ -165,10 +166,5 @@ func (in *Server) clientIP(r *http.Request, peer netip.Addr) netip.Addr {
 }
 
 func (in *Server) trusted(ip netip.Addr) bool {
-	for _, p := range in.cfg.TrustedProxies {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return protocol.PrefixesContain(in.cfg.TrustedProxies, ip)
 }

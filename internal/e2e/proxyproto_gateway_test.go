@@ -88,18 +88,9 @@ func TestProxyProtocolGateway(t *testing.T) {
 		if _, err := header.WriteTo(c); err != nil {
 			t.Fatal(err)
 		}
-		io.WriteString(c, request)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
 		// The X-Forwarded-For the balancer's visitor sent is dropped: the
 		// visitor is the header's.
-		if resp.StatusCode != http.StatusOK || string(body) != "xff=203.0.113.9" {
-			t.Fatalf("got %d %q, want 200 \"xff=203.0.113.9\"", resp.StatusCode, body)
-		}
+		wantXFF(t, c, request, "203.0.113.9")
 	})
 	t.Run("balancer https", func(t *testing.T) {
 		c := ppDial(t, "127.0.0.2", httpsAddr)
@@ -107,16 +98,7 @@ func TestProxyProtocolGateway(t *testing.T) {
 			t.Fatal(err)
 		}
 		tc := tls.Client(c, &tls.Config{ServerName: "pp-web." + testDomain, RootCAs: pool, NextProtos: []string{"http/1.1"}})
-		io.WriteString(tc, request)
-		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(body) != "xff=203.0.113.9" {
-			t.Fatalf("got %d %q, want 200 \"xff=203.0.113.9\"", resp.StatusCode, body)
-		}
+		wantXFF(t, tc, request, "203.0.113.9")
 	})
 	t.Run("forged tcp", func(t *testing.T) {
 		c := ppDial(t, "127.0.0.1", tcpAddr)
@@ -221,4 +203,20 @@ func startPPBackend(t *testing.T) string {
 		<-done
 	})
 	return ln.Addr().String()
+}
+
+// wantXFF sends request on c and wants the backend's answer: 200 and the
+// X-Forwarded-For it was given, xff.
+func wantXFF(t *testing.T, c net.Conn, request, xff string) {
+	t.Helper()
+	io.WriteString(c, request)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := "xff=" + xff; resp.StatusCode != http.StatusOK || string(body) != want {
+		t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, body, want)
+	}
 }

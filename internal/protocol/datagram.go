@@ -35,6 +35,24 @@ func AppendDatagramFrame(b, p []byte) ([]byte, error) {
 // cut short is io.ErrUnexpectedEOF, and a length above MaxDatagramSize is
 // malformed.
 func ReadDatagramFrame(r io.Reader, buf []byte) (int, error) {
+	n, err := ReadDatagramFrameLen(r)
+	if err != nil {
+		return 0, err
+	}
+	if len(buf) < n {
+		return 0, fmt.Errorf("datagram frame of %d bytes does not fit a buffer of %d", n, len(buf))
+	}
+	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+		return 0, unexpected(err)
+	}
+	return n, nil
+}
+
+// ReadDatagramFrameLen reads the length prefix of the next frame: the
+// datagram's length, which the caller reads next. io.EOF means the stream
+// ended cleanly between frames; a length above MaxDatagramSize is
+// malformed.
+func ReadDatagramFrameLen(r io.Reader) (int, error) {
 	var h [DatagramFrameHeaderLen]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, err
@@ -42,12 +60,6 @@ func ReadDatagramFrame(r io.Reader, buf []byte) (int, error) {
 	n := int(binary.BigEndian.Uint16(h[:]))
 	if n > MaxDatagramSize {
 		return 0, fmt.Errorf("%w: datagram frame of %d bytes", ErrMalformed, n)
-	}
-	if len(buf) < n {
-		return 0, fmt.Errorf("datagram frame of %d bytes does not fit a buffer of %d", n, len(buf))
-	}
-	if _, err := io.ReadFull(r, buf[:n]); err != nil {
-		return 0, unexpected(err)
 	}
 	return n, nil
 }

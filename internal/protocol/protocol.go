@@ -279,6 +279,18 @@ func ParseAllowIPs(list []string) ([]netip.Prefix, error) {
 	return ParsePrefixes(list)
 }
 
+// PrefixesContain reports whether ip, IPv4-mapped IPv6 taken as IPv4, is
+// in one of list.
+func PrefixesContain(list []netip.Prefix, ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range list {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // ParsePrefixes parses addresses and CIDR prefixes; an address is a prefix
 // of its full length. IPv4-mapped IPv6 addresses are taken as IPv4.
 func ParsePrefixes(list []string) ([]netip.Prefix, error) {

@@ -223,28 +223,12 @@ func TestPipeIntegrity(t *testing.T) {
 			peerA.SetDeadline(deadline)
 			peerB.SetDeadline(deadline)
 
-			type out struct {
-				sum [sha256.Size]byte
-				err error
+			sa, sb, ga, gb := swap(t, peerA, peerB, size, size)
+			if gb != sa {
+				t.Errorf("a→b: received data differs from sent (sha256 %x, sent %x)", gb, sa)
 			}
-			sentA, sentB := make(chan out, 1), make(chan out, 1)
-			gotA, gotB := make(chan out, 1), make(chan out, 1)
-			go func() { s, err := sendRandom(peerA, size, 1); sentA <- out{s, err} }()
-			go func() { s, err := sendRandom(peerB, size, 2); sentB <- out{s, err} }()
-			go func() { s, err := recvHash(peerA, size); gotA <- out{s, err} }()
-			go func() { s, err := recvHash(peerB, size); gotB <- out{s, err} }()
-			// Every one of these ends by the peers' deadline.
-			sa, sb, ga, gb := <-sentA, <-sentB, <-gotA, <-gotB
-			for _, o := range []out{sa, sb, ga, gb} {
-				if o.err != nil {
-					t.Fatal(o.err)
-				}
-			}
-			if gb.sum != sa.sum {
-				t.Errorf("a→b: received data differs from sent (sha256 %x, sent %x)", gb.sum, sa.sum)
-			}
-			if ga.sum != sb.sum {
-				t.Errorf("b→a: received data differs from sent (sha256 %x, sent %x)", ga.sum, sb.sum)
+			if ga != sb {
+				t.Errorf("b→a: received data differs from sent (sha256 %x, sent %x)", ga, sb)
 			}
 
 			// Both peers have all their data: closing them ends the relay.
@@ -804,4 +788,29 @@ func TestIdleRelayMemory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// swap sends toB random bytes from peerA and toA from peerB, both at
+// once, while each reads what it is sent; it fails the test on an error
+// (each ends by the peers' deadlines) and returns the SHA-256 of what A
+// and B sent and of what A and B received.
+func swap(t *testing.T, peerA, peerB net.Conn, toA, toB int64) (sentA, sentB, gotA, gotB [sha256.Size]byte) {
+	t.Helper()
+	type out struct {
+		sum [sha256.Size]byte
+		err error
+	}
+	chSA, chSB := make(chan out, 1), make(chan out, 1)
+	chGA, chGB := make(chan out, 1), make(chan out, 1)
+	go func() { s, err := sendRandom(peerA, toB, 1); chSA <- out{s, err} }()
+	go func() { s, err := sendRandom(peerB, toA, 2); chSB <- out{s, err} }()
+	go func() { s, err := recvHash(peerA, toA); chGA <- out{s, err} }()
+	go func() { s, err := recvHash(peerB, toB); chGB <- out{s, err} }()
+	sa, sb, ga, gb := <-chSA, <-chSB, <-chGA, <-chGB
+	for _, o := range []out{sa, sb, ga, gb} {
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+	}
+	return sa.sum, sb.sum, ga.sum, gb.sum
 }

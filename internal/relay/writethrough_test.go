@@ -3,7 +3,6 @@
 package relay
 
 import (
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
@@ -30,23 +29,8 @@ func TestPipeWriteThroughCounts(t *testing.T) {
 	peerA.SetDeadline(deadline)
 	peerB.SetDeadline(deadline)
 
-	type out struct {
-		sum [sha256.Size]byte
-		err error
-	}
-	sentA, sentB := make(chan out, 1), make(chan out, 1)
-	gotA, gotB := make(chan out, 1), make(chan out, 1)
-	go func() { s, err := sendRandom(peerA, toB, 1); sentA <- out{s, err} }()
-	go func() { s, err := sendRandom(peerB, toA, 2); sentB <- out{s, err} }()
-	go func() { s, err := recvHash(peerA, toA); gotA <- out{s, err} }()
-	go func() { s, err := recvHash(peerB, toB); gotB <- out{s, err} }()
-	sa, sb, ga, gb := <-sentA, <-sentB, <-gotA, <-gotB
-	for _, o := range []out{sa, sb, ga, gb} {
-		if o.err != nil {
-			t.Fatal(o.err)
-		}
-	}
-	if gb.sum != sa.sum || ga.sum != sb.sum {
+	sa, sb, ga, gb := swap(t, peerA, peerB, toA, toB)
+	if gb != sa || ga != sb {
 		t.Fatal("received data differs from sent")
 	}
 	through := sk.SinkWritten()
