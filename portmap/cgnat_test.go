@@ -17,11 +17,11 @@ import (
 // IsPrivate calls private, so the caller can warn.
 func TestCGNATRouter(t *testing.T) {
 	t.Parallel()
-	wan := netip.MustParseAddr("100.72.5.1")
+	r := routertest.Start(t, routertest.Options{CGNAT: true})
+	wan := r.WAN
 	if !portmap.IsPrivate(wan) {
 		t.Fatalf("IsPrivate(%v) = false", wan)
 	}
-	r := routertest.Start(t, routertest.Options{WAN: wan})
 	for _, proto := range []string{portmap.ProtocolUPnP, portmap.ProtocolNATPMP} {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		res, err := portmap.Discover(ctx, portmap.Options{Protocol: proto, Gateway: r.LAN})

@@ -15,6 +15,12 @@ const minRefresh = time.Second
 // refreshTimeout bounds one round of refreshes.
 const refreshTimeout = 30 * time.Second
 
+// opTimeout bounds one request to the router. A request once sent is
+// never cut short by Close or by its caller's cancellation: a router may
+// still act on a request whose client hung up, after a delete sent later,
+// and leave a mapping no one keeps.
+const opTimeout = 10 * time.Second
+
 // key names a mapping in a Keeper: NAT-PMP names mappings by internal
 // port, so the Keeper does too.
 type key struct {
@@ -37,8 +43,11 @@ type Keeper struct {
 	mu       sync.Mutex
 	mappings map[key]Mapping // as asked for
 	granted  map[key]Mapping // as granted by the router
-	wake     chan struct{}
-	closed   bool
+	// asked holds the mappings asked of the router whose answer was
+	// lost (an error): the router may hold them, so Close deletes them.
+	asked  map[key]Mapping
+	wake   chan struct{}
+	closed bool
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -70,6 +79,7 @@ func NewKeeper(m Mapper, o KeeperOptions) *Keeper {
 		every:    o.Refresh,
 		mappings: make(map[key]Mapping),
 		granted:  make(map[key]Mapping),
+		asked:    make(map[key]Mapping),
 		wake:     make(chan struct{}, 1),
 		stop:     cancel,
 		done:     make(chan struct{}),
@@ -91,7 +101,7 @@ func (k *Keeper) Add(ctx context.Context, m Mapping) (Mapping, error) {
 	if closed {
 		return Mapping{}, errors.New("portmap: keeper closed")
 	}
-	got, err := k.mapper.Map(ctx, m)
+	got, err := k.mapOne(ctx, m)
 	if err != nil {
 		return Mapping{}, err
 	}
@@ -112,10 +122,15 @@ func (k *Keeper) Remove(ctx context.Context, m Mapping) error {
 	defer k.op.Unlock()
 	k.mu.Lock()
 	got, ok := k.granted[id]
+	lost, asked := k.asked[id]
 	delete(k.mappings, id)
 	delete(k.granted, id)
+	delete(k.asked, id)
 	k.mu.Unlock()
 	if !ok {
+		if asked {
+			k.mapper.Unmap(ctx, lost) // most likely never made
+		}
 		return nil
 	}
 	return k.mapper.Unmap(ctx, got)
@@ -163,7 +178,7 @@ func (k *Keeper) Set(ctx context.Context, want []Mapping) error {
 		}
 	}
 	for _, m := range todo {
-		got, err := k.mapper.Map(ctx, m)
+		got, err := k.mapOne(ctx, m)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s %d: %w", m.Proto, m.InternalPort, err))
 			continue
@@ -190,7 +205,8 @@ func (k *Keeper) Mappings() []Mapping {
 }
 
 // Close stops refreshing and deletes every mapping kept from the router,
-// within ctx.
+// within ctx, and those asked for whose answer was lost. Unlike a map, a
+// delete cut short is harmless: the mapping lapses with its lifetime.
 func (k *Keeper) Close(ctx context.Context) error {
 	k.mu.Lock()
 	if k.closed {
@@ -204,13 +220,18 @@ func (k *Keeper) Close(ctx context.Context) error {
 	k.op.Lock()
 	defer k.op.Unlock()
 	k.mu.Lock()
-	all := k.granted
-	k.mappings, k.granted = map[key]Mapping{}, map[key]Mapping{}
+	all, lost := k.granted, k.asked
+	k.mappings, k.granted, k.asked = map[key]Mapping{}, map[key]Mapping{}, map[key]Mapping{}
 	k.mu.Unlock()
 	var errs []error
 	for _, m := range all {
 		if err := k.mapper.Unmap(ctx, m); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for id, m := range lost {
+		if _, ok := all[id]; !ok {
+			k.mapper.Unmap(ctx, m) // most likely never made: no error to report
 		}
 	}
 	return errors.Join(errs...)
@@ -285,7 +306,10 @@ func (k *Keeper) refresh(ctx context.Context) {
 	}
 	k.mu.Unlock()
 	for id, m := range want {
-		got, err := k.mapper.Map(ctx, m)
+		if ctx.Err() != nil {
+			return
+		}
+		got, err := k.mapOne(ctx, m)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -303,4 +327,25 @@ func (k *Keeper) refresh(ctx context.Context) {
 			"proto", got.Proto, "port", got.InternalPort, "external_port", got.ExternalPort,
 			"lifetime", got.Lifetime)
 	}
+}
+
+// mapOne asks the router for m. The request runs to its answer (or
+// opTimeout) even when ctx ends first; a lost answer leaves m in asked,
+// and a granted one takes it out. The caller holds op.
+func (k *Keeper) mapOne(ctx context.Context, m Mapping) (Mapping, error) {
+	if err := ctx.Err(); err != nil {
+		return Mapping{}, err
+	}
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	got, err := k.mapper.Map(octx, m)
+	id := key{m.Proto, m.InternalPort}
+	k.mu.Lock()
+	if err != nil {
+		k.asked[id] = m
+	} else {
+		delete(k.asked, id)
+	}
+	k.mu.Unlock()
+	return got, err
 }

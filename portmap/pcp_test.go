@@ -170,8 +170,8 @@ func TestPCP(t *testing.T) {
 // reported as none usable, so the caller warns.
 func TestPCPCGNATRouter(t *testing.T) {
 	t.Parallel()
-	wan := netip.MustParseAddr("100.72.5.1")
-	r := routertest.Start(t, routertest.Options{WAN: wan})
+	r := routertest.Start(t, routertest.Options{CGNAT: true})
+	wan := r.WAN
 	res, p := discoverPCP(t, r.Log, Options{Protocol: ProtocolPCP, Gateway: r.LAN})
 	if !IsPrivate(res.ExternalIP) {
 		t.Fatalf("external address %v, want a private one", res.ExternalIP)

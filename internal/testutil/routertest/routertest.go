@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,9 +34,14 @@ const startTimeout = 10 * time.Second
 type Options struct {
 	// WAN is the router's external address; the zero value picks one in
 	// 11.0.0.0/8 (public, so the daemon accepts it, and reachable only
-	// inside the test's namespaces). An address in 100.64.0.0/10 plays a
-	// router behind carrier-grade NAT.
+	// inside the test's namespaces), or in 100.64.0.0/10 with CGNAT.
+	// Tests that run in parallel must not share a WAN /24: the root
+	// namespace routes it to the router. Leave it zero unless the test
+	// needs one address.
 	WAN netip.Addr
+	// CGNAT picks the WAN address in the carrier-grade NAT range
+	// 100.64.0.0/10: a router behind its provider's NAT.
+	CGNAT bool
 	// DisableUPnP turns the daemon's UPnP-IGD service off, leaving
 	// NAT-PMP and PCP; Upnpc and Description are then unusable.
 	DisableUPnP bool
@@ -82,7 +88,7 @@ func Start(t testing.TB, o Options) *Router {
 		natpmpc: testutil.Program(t, "natpmpc"),
 		Log:     &testutil.Buffer{},
 	}
-	x, y := rnd(200)+20, rnd(250)+1
+	x, y := pick(t, ipBin)
 	id := fmt.Sprintf("%x", rnd(1<<24))
 	rns, wns := "dgrR"+id, "dgrW"+id
 	lan, lanPeer, wan, wanPeer := "dgl"+id, "dgl"+id+"r", "dgw"+id, "dgw"+id+"i"
@@ -90,7 +96,12 @@ func Start(t testing.TB, o Options) *Router {
 	r.LAN = netip.AddrFrom4([4]byte{10, byte(x), byte(y), 1})
 	r.Client = netip.AddrFrom4([4]byte{10, byte(x), byte(y), 2})
 	r.WAN = o.WAN
-	if !r.WAN.IsValid() {
+	switch {
+	case r.WAN.IsValid():
+	case o.CGNAT:
+		// 100.64.0.0/10: the second byte in 64..127.
+		r.WAN = netip.AddrFrom4([4]byte{100, byte(x + 44), byte(y), 1})
+	default:
 		r.WAN = netip.AddrFrom4([4]byte{11, byte(x), byte(y), 1})
 	}
 	wb := r.WAN.As4()
@@ -334,6 +345,47 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// taken holds the (x, y) of this process's live routers: their LAN is
+// 10.x.y.0/24 and their WAN x.y /24 in 11.0.0.0/8 or 100.64.0.0/10, all
+// routed in the root namespace, so no two may share them.
+var (
+	takenMu sync.Mutex
+	taken   = map[[2]int]bool{}
+)
+
+// pick returns an (x, y) no live router of this process has, nor (as far
+// as the root namespace's routes show) one of another test binary's.
+func pick(t testing.TB, ipBin string) (int, int) {
+	takenMu.Lock()
+	defer takenMu.Unlock()
+	routes, _ := exec.Command(ipBin, "-4", "route", "show").Output()
+	for range 1000 {
+		x, y := rnd(64)+20, rnd(250)+1 // x+44 is in 100.64.0.0/10's 64..127
+		xy := [2]int{x, y}
+		if taken[xy] {
+			continue
+		}
+		inUse := false
+		for _, p := range []string{fmt.Sprintf("10.%d.%d.0/24", x, y), fmt.Sprintf("11.%d.%d.0/24", x, y), fmt.Sprintf("100.%d.%d.0/24", x+44, y)} {
+			if strings.Contains(string(routes), p+" ") {
+				inUse = true
+			}
+		}
+		if inUse {
+			continue
+		}
+		taken[xy] = true
+		t.Cleanup(func() {
+			takenMu.Lock()
+			delete(taken, xy)
+			takenMu.Unlock()
+		})
+		return x, y
+	}
+	t.Fatal("routertest: no free address block")
+	return 0, 0
 }
 
 // rnd returns a random number in [0, n).
