@@ -99,6 +99,8 @@ type Config struct {
 	MaxFrame int
 	// MaxPending is how much data may wait to be written before writers
 	// wait for the connection (control frames never wait). Default 256 KiB.
+	// A writer woken by the connection's progress adds one frame even
+	// over it, so no stream's writes starve behind others.
 	MaxPending int
 	// Hold and Flush, when set, are called before and after each write of
 	// a batch to the connection: a buffering layer under it (under TLS,

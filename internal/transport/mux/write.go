@@ -122,15 +122,22 @@ func (s *Session) unlockNil() error {
 // waiting while the pending output is over its cap, until the stream's
 // write deadline or the session's end. It returns how many bytes of b
 // were queued.
+//
+// A writer woken because the writer took the pending output queues its
+// next frame even if others filled the room first: without that, writers
+// that keep running (bulk relays) could take the room every time ahead of
+// one that has to be woken (a new stream's header), for as long as the
+// bulk lasts. So the output may pass its cap by a frame per waiter.
 func (s *Session) writeData(st *Stream, b []byte, flags uint16) (int, error) {
 	s.wmu.Lock()
 	n := 0
+	woken := false
 	for n < len(b) {
 		if s.wclosed {
 			s.wmu.Unlock()
 			return n, ErrSessionClosed
 		}
-		if len(s.out) >= s.cfg.MaxPending {
+		if len(s.out) >= s.cfg.MaxPending && !woken {
 			if !s.writing {
 				s.flushLocked()
 				s.wmu.Lock()
@@ -146,6 +153,7 @@ func (s *Session) writeData(st *Stream, b []byte, flags uint16) (int, error) {
 				return n, err
 			}
 			s.wmu.Lock()
+			woken = true
 			continue
 		}
 		m := min(len(b)-n, s.cfg.MaxFrame)
@@ -154,6 +162,7 @@ func (s *Session) writeData(st *Stream, b []byte, flags uint16) (int, error) {
 		s.out = append(s.out, b[n:n+m]...)
 		flags = 0
 		n += m
+		woken = false
 	}
 	s.flushLocked()
 	return n, nil
