@@ -306,7 +306,7 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 		vw.Reset(nil)
 		writers.Put(vw)
 	}()
-	resp, err := fc.readResponse(st, r, vw)
+	resp, b, err := fc.readResponse(st, r, vw)
 	if err != nil {
 		stopBody()
 		st.close(true)
@@ -320,34 +320,15 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 	st.SetReadDeadline(time.Time{})
 	mu.Unlock()
 
-	bodyless := r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
-	chunked := !bodyless && len(resp.TransferEncoding) > 0
-	length := resp.ContentLength
-	if bodyless {
-		length = 0
-	}
+	chunked, length := resp.chunked, resp.length
 	closeAfter := r.Close || (!chunked && length < 0)
-	removeHopHeaders(resp.Header)
-	b := appendStatusLine((*headBufsGet())[:0], resp.StatusCode)
-	b = appendHeader(b, resp.Header)
-	if _, ok := resp.Header["Date"]; !ok {
-		b = append(b, "Date: "...)
-		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-		b = append(b, "\r\n"...)
-	}
-	if chunked {
-		b = append(b, "Transfer-Encoding: chunked\r\n"...)
-		if len(resp.Trailer) > 0 {
-			b = appendTrailerKeys(b, resp.Trailer)
-		}
-	}
 	if closeAfter {
 		b = append(b, "Connection: close\r\n"...)
 	}
 	b = append(b, "\r\n"...)
 	vw.Write(b)
 	headBufsPut(b)
-	x.rec.status = resp.StatusCode
+	x.rec.status = resp.code
 
 	buf := copyBufs.Get().(*[]byte)
 	var n int64
@@ -372,7 +353,7 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 		st.close(true)
 		return false, false, nil
 	}
-	reuse := !closeAfter && !resp.Close && resp.ProtoAtLeast(1, 1) && st.br.Buffered() == 0
+	reuse := !closeAfter && !resp.close && st.br.Buffered() == 0
 	if bodyDone != nil {
 		select {
 		case berr := <-bodyDone:
@@ -418,8 +399,49 @@ func isTimeout(err error) bool {
 var errInterimSent = errors.New("response failed after an interim response")
 
 // readResponse reads the final response head from st, relaying interim
-// (1xx) responses to the visitor through vw.
-func (fc *fastConn) readResponse(st *fastStream, r *http.Request, vw *bufio.Writer) (*http.Response, error) {
+// (1xx) responses to the visitor through vw. It returns the head for the
+// visitor but its Connection field and its empty line, in a buffer of
+// headBufs. The common head is read by scanResponseHead; any other goes
+// through the standard reader.
+func (fc *fastConn) readResponse(st *fastStream, r *http.Request, vw *bufio.Writer) (respHead, []byte, error) {
+	h, b, ok, err := scanResponseHead(st.br, r.Method, (*headBufsGet())[:0])
+	if ok || err != nil {
+		if !ok {
+			headBufsPut(b)
+		}
+		return h, b, err
+	}
+	resp, err := fc.readResponseStd(st, r, vw)
+	if err != nil {
+		headBufsPut(b)
+		return h, nil, err
+	}
+	h = respHead{code: resp.StatusCode, length: resp.ContentLength,
+		close: resp.Close || !resp.ProtoAtLeast(1, 1)}
+	bodyless := bodylessResponse(r.Method, resp.StatusCode)
+	h.chunked = !bodyless && len(resp.TransferEncoding) > 0
+	if bodyless {
+		h.length = 0
+	}
+	removeHopHeaders(resp.Header)
+	b = appendStatusLine(b, resp.StatusCode)
+	b = appendHeader(b, resp.Header)
+	if _, ok := resp.Header["Date"]; !ok {
+		b = append(b, "Date: "...)
+		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+		b = append(b, "\r\n"...)
+	}
+	if h.chunked {
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		if len(resp.Trailer) > 0 {
+			b = appendTrailerKeys(b, resp.Trailer)
+		}
+	}
+	return h, b, nil
+}
+
+// readResponseStd is readResponse through the standard reader.
+func (fc *fastConn) readResponseStd(st *fastStream, r *http.Request, vw *bufio.Writer) (*http.Response, error) {
 	for i := 0; ; i++ {
 		resp, err := http.ReadResponse(st.br, r)
 		if err != nil {
