@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# CPU and system calls per 1,000 requests of a gateway and agent pair under
+# load: a figure that holds on a shared machine where throughput does not.
+#
+#   scripts/cost.sh BINDIR host64|tcp64 [SECS]
+#
+# Starts BINDIR/diglett-server and BINDIR/diglett (tcp transport) in front
+# of the benchmark's 100-byte backend, loads them with wrk -t2 -c64 by Host
+# (host64) or through the tunnel's public port (tcp64), and counts both
+# processes with perf stat for SECS seconds (default 3). Needs wrk and perf.
+# Uses 127.0.0.1 ports 20900-20960: run one at a time. To compare two
+# builds, alternate them a few times and compare medians.
+set -euo pipefail
+BIN=$1
+MODE=$2
+SECS=${3:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+GO=${GO:-go}
+case $MODE in host64 | tcp64) ;; *) echo "mode: host64 or tcp64" >&2; exit 2 ;; esac
+for tool in wrk perf; do
+	command -v $tool >/dev/null || { echo "cost.sh: $tool is not installed" >&2; exit 1; }
+done
+TOOL=$ROOT/bin/benchtool
+[ -x "$TOOL" ] || (cd "$ROOT/bench" && $GO build -o "$TOOL" .)
+D=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
+"$TOOL" backend 127.0.0.1:20900 >"$D/backend.log" 2>&1 &
+"$BIN/diglett-server" -l 127.0.0.1:20901 --data-dir "$D/gw" --public-bind 127.0.0.1 --ports 20950-20960 \
+	--domain gw.test --http-addr 127.0.0.1:20902 >"$D/gateway.log" 2>&1 &
+GW=$!
+waitfor() { # waitfor FILE PATTERN
+	for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.1; done
+	echo "cost.sh: no '$2' in $1:" >&2; cat "$1" >&2; exit 1
+}
+waitfor "$D/gateway.log" fingerprint
+"$BIN/diglett" -g 127.0.0.1:20901 --transport tcp --known-gateways "$D/kg" -n web 127.0.0.1:20900 >"$D/agent.log" 2>&1 &
+AG=$!
+waitfor "$D/agent.log" "web: http://"
+if [ "$MODE" = host64 ]; then
+	URL=http://127.0.0.1:20902/
+	H=(-H "Host: web.gw.test")
+else
+	URL=http://$(grep -o "web: tcp://[^ ]*" "$D/agent.log" | sed 's|.*tcp://||')/
+	H=()
+fi
+wrk -t2 -c64 -d1s "${H[@]}" "$URL" >/dev/null # warm up
+wrk -t2 -c64 -d$((SECS + 2))s "${H[@]}" "$URL" >"$D/wrk.log" &
+W=$!
+sleep 1 # into the measured run
+perf stat -x, -e task-clock,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_futex \
+	-p "$GW,$AG" -- sleep "$SECS" 2>"$D/perf.log"
+wait $W
+RPS=$(awk '/Requests\/sec/ {print $2}' "$D/wrk.log")
+awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" 'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
+END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests; per request: write %.2f read %.2f futex %.2f\n",
+	mode, rps, v["task-clock"] / k, v["syscalls:sys_enter_write"] / k / 1000, v["syscalls:sys_enter_read"] / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"
