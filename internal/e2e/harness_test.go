@@ -663,7 +663,12 @@ func dialVisitor(t *testing.T, addr string) *net.TCPConn {
 
 // roundTrip sends msg through a new visitor connection to an echo backend
 // behind addr, half-closes, and checks the echo.
-func roundTrip(addr, msg string) error {
+func roundTrip(addr, msg string) error { return echoExchange(addr, msg, true) }
+
+// echoExchange writes msg to an echo tunnel at addr and reads it back:
+// with halfClose, after closing its side for writing and until EOF;
+// without, just the echo's length, then it closes.
+func echoExchange(addr, msg string, halfClose bool) error {
 	c, err := net.DialTimeout("tcp", addr, promptly)
 	if err != nil {
 		return err
@@ -673,10 +678,16 @@ func roundTrip(addr, msg string) error {
 	if _, err := io.WriteString(c, msg); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		return fmt.Errorf("close write: %w", err)
+	var got []byte
+	if halfClose {
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			return fmt.Errorf("close write: %w", err)
+		}
+		got, err = io.ReadAll(c)
+	} else {
+		got = make([]byte, len(msg))
+		_, err = io.ReadFull(c, got)
 	}
-	got, err := io.ReadAll(c)
 	if err != nil {
 		return fmt.Errorf("read: %w", err)
 	}

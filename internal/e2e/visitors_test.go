@@ -141,7 +141,7 @@ func TestHalfClosedVisitorsReaped(t *testing.T) {
 	// half-closed first would itself be bound by the short half-close
 	// timeout, which a loaded machine can outlast.
 	load := startLoad(t, workers, func(w, i int) error {
-		return echoCall(otherAddr, fmt.Sprintf("visitor %d call %d", w, i))
+		return echoExchange(otherAddr, fmt.Sprintf("visitor %d call %d", w, i), false)
 	})
 	load.mark()
 	t.Cleanup(func() { // when the test fails before load.finish
@@ -315,24 +315,3 @@ func TestVisitorCaps(t *testing.T) {
 	}
 }
 
-// echoCall writes msg to an echo tunnel at addr and reads it back, then
-// closes: no half-close.
-func echoCall(addr, msg string) error {
-	c, err := net.DialTimeout("tcp", addr, promptly)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(eventually))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read: %w", err)
-	}
-	if string(got) != msg {
-		return fmt.Errorf("echo: got %q, want %q", got, msg)
-	}
-	return nil
-}
