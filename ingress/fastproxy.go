@@ -405,11 +405,12 @@ var errInterimSent = errors.New("response failed after an interim response")
 // through the standard reader.
 func (fc *fastConn) readResponse(st *fastStream, r *http.Request, vw *bufio.Writer) (respHead, []byte, error) {
 	h, b, ok, err := scanResponseHead(st.br, r.Method, (*headBufsGet())[:0])
-	if ok || err != nil {
-		if !ok {
-			headBufsPut(b)
-		}
-		return h, b, err
+	if err != nil {
+		headBufsPut(b)
+		return h, nil, err
+	}
+	if ok {
+		return h, b, nil
 	}
 	resp, err := fc.readResponseStd(st, r, vw)
 	if err != nil {
@@ -427,9 +428,7 @@ func (fc *fastConn) readResponse(st *fastStream, r *http.Request, vw *bufio.Writ
 	b = appendStatusLine(b, resp.StatusCode)
 	b = appendHeader(b, resp.Header)
 	if _, ok := resp.Header["Date"]; !ok {
-		b = append(b, "Date: "...)
-		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-		b = append(b, "\r\n"...)
+		b = appendDate(b)
 	}
 	if h.chunked {
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)

@@ -172,9 +172,7 @@ func parseResponseHead(p []byte, method string, out []byte) (h respHead, b []byt
 		return h, out, false // the standard reader drops the length: let it
 	}
 	if !haveDate {
-		b = append(b, "Date: "...)
-		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-		b = append(b, "\r\n"...)
+		b = appendDate(b)
 	}
 	switch {
 	case bodylessResponse(method, h.code):
@@ -189,6 +187,14 @@ func parseResponseHead(p []byte, method string, out []byte) (h respHead, b []byt
 }
 
 var crlf = []byte("\r\n")
+
+// appendDate appends a Date field of now, for a response that has none
+// (as the standard server adds it).
+func appendDate(b []byte) []byte {
+	b = append(b, "Date: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	return append(b, "\r\n"...)
+}
 
 // trimOWS trims spaces and tabs at both ends.
 func trimOWS(b []byte) []byte {
