@@ -152,8 +152,9 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 		ts.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
 		return
 	}
-	opened := false // told to the observer
-	defer func() {
+	opened := false    // told to the observer
+	handedOff := false // the control loop, and the session's end, went to a goroutine of their own
+	end := func() {
 		ts.Close()
 		s.removeSession(ss)
 		ss.leave()
@@ -164,6 +165,11 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 			s.quotas.removeSession(ss.identity.Name)
 			ss.log.Info("agent disconnected", "why", context.Cause(ts.Context()))
 		}
+	}
+	defer func() {
+		if !handedOff {
+			end()
+		}
 	}()
 
 	ctrl, err := ts.AcceptStream(hsCtx)
@@ -171,8 +177,15 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 		log.Debug("agent opened no control stream", "err", err)
 		return
 	}
-	defer s.flush(ts)
-	defer ctrl.Close()
+	closeCtrl := func() {
+		ctrl.Close()
+		s.flush(ts)
+	}
+	defer func() {
+		if !handedOff {
+			closeCtrl()
+		}
+	}()
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := ss.handshake(hsCtx, ctrl); err != nil {
 		log.Debug("agent handshake refused", "err", err)
@@ -188,8 +201,25 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	s.obs.SessionOpened(via)
 	opened = true
 
-	// The agent opens only the control stream: the session takes no other
-	// (Config.Transport.MaxIncomingStreams is 1), so nothing accepts here.
+	// The control loop goes on in a goroutine of its own and this one
+	// ends: its stack grew deep in the TLS handshake and the login, and
+	// a goroutine keeps its stack until the collector shrinks it, so an
+	// idle session would hold it for a long while.
+	handedOff = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer end()
+		defer closeCtrl()
+		ss.serveControl(ctrl)
+	}()
+}
+
+// serveControl reads the agent's control messages until the stream ends
+// or the agent breaks the protocol. The agent opens only the control
+// stream: the session takes no other (Config.Transport.MaxIncomingStreams
+// is 1), so nothing accepts streams here.
+func (ss *session) serveControl(ctrl transport.Stream) {
 	for {
 		m, err := protocol.ReadMessage(ctrl)
 		if err != nil {
