@@ -53,27 +53,32 @@ test:
 
 # Run each fuzz target for FUZZTIME (the normal suite runs only the seeds).
 FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./auth/basic:FuzzParseHash \
+	./auth/external:FuzzAnswer \
+	./auth/jwt:FuzzAuthenticate \
+	./auth/jwt:FuzzParseFile \
+	./auth/jwt/httpregistry:FuzzParseKeys \
+	./catalog:FuzzParseTag \
+	./catalog:FuzzParseValue \
+	./cluster/link:FuzzHeader \
+	./config:FuzzParse \
+	./gateway:FuzzUnlistedConn \
+	./ingress:FuzzChunkScanner \
+	./ingress:FuzzResponseHead \
+	./internal/httpguard:FuzzScanner \
+	./internal/inspect:FuzzObserve \
+	./internal/printable:FuzzString \
+	./internal/protocol:FuzzFlowDatagram \
+	./internal/protocol:FuzzReadMessage \
+	./internal/protocol:FuzzReadStreamHeader \
+	./internal/transport/mux:FuzzSession \
+	./portmap:FuzzPCPResponse
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseHash$$' -fuzztime $(FUZZTIME) ./auth/basic
-	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./auth/external
-	$(GO) test -run '^$$' -fuzz '^FuzzAuthenticate$$' -fuzztime $(FUZZTIME) ./auth/jwt
-	$(GO) test -run '^$$' -fuzz '^FuzzParseFile$$' -fuzztime $(FUZZTIME) ./auth/jwt
-	$(GO) test -run '^$$' -fuzz '^FuzzParseKeys$$' -fuzztime $(FUZZTIME) ./auth/jwt/httpregistry
-	$(GO) test -run '^$$' -fuzz '^FuzzParseTag$$' -fuzztime $(FUZZTIME) ./catalog
-	$(GO) test -run '^$$' -fuzz '^FuzzParseValue$$' -fuzztime $(FUZZTIME) ./catalog
-	$(GO) test -run '^$$' -fuzz '^FuzzHeader$$' -fuzztime $(FUZZTIME) ./cluster/link
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
-	$(GO) test -run '^$$' -fuzz '^FuzzUnlistedConn$$' -fuzztime $(FUZZTIME) ./gateway
-	$(GO) test -run '^$$' -fuzz '^FuzzChunkScanner$$' -fuzztime $(FUZZTIME) ./ingress
-	$(GO) test -run '^$$' -fuzz '^FuzzResponseHead$$' -fuzztime $(FUZZTIME) ./ingress
-	$(GO) test -run '^$$' -fuzz '^FuzzScanner$$' -fuzztime $(FUZZTIME) ./internal/httpguard
-	$(GO) test -run '^$$' -fuzz '^FuzzObserve$$' -fuzztime $(FUZZTIME) ./internal/inspect
-	$(GO) test -run '^$$' -fuzz '^FuzzString$$' -fuzztime $(FUZZTIME) ./internal/printable
-	$(GO) test -run '^$$' -fuzz '^FuzzFlowDatagram$$' -fuzztime $(FUZZTIME) ./internal/protocol
-	$(GO) test -run '^$$' -fuzz '^FuzzReadMessage$$' -fuzztime $(FUZZTIME) ./internal/protocol
-	$(GO) test -run '^$$' -fuzz '^FuzzReadStreamHeader$$' -fuzztime $(FUZZTIME) ./internal/protocol
-	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./internal/transport/mux
-	$(GO) test -run '^$$' -fuzz '^FuzzPCPResponse$$' -fuzztime $(FUZZTIME) ./portmap
+	set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $${t#*:} in $${t%%:*}"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
+	done
 
 # Measure diglett against the direct path; writes bench/results.md and
 # bench/results.png (BENCH_RUNS=1 for a quick run, see scripts/bench.sh).
