@@ -105,6 +105,10 @@ func TestJWTEtcdRegistry(t *testing.T) {
 		t.Fatalf("bob asking for alice's name: %v, want refused", err)
 	}
 
+	// The refused agent has exited; its session ends at the gateway once
+	// the hang-up arrives, which may be after the next change is seen.
+	waitFor(t, "server log", &srv.stderr, `msg="agent disconnected"`)
+
 	// A change that takes nothing from anyone: both sessions go on.
 	put("/names/docs", "alice")
 	waitFor(t, "server log", &srv.stderr, "sessions_kept=2 sessions_closed=0")
