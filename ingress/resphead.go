@@ -103,7 +103,7 @@ func parseResponseHead(p []byte, method string, out []byte) (h respHead, b []byt
 		}
 		h.code = h.code*10 + int(c-'0')
 	}
-	if h.code < 200 || h.code > 599 || !validReason(line[min(len(line), 13):]) {
+	if h.code < 200 || h.code > 599 || !validFieldValue(line[min(len(line), 13):]) {
 		return h, out, false
 	}
 	b = appendStatusLine(out, h.code)
@@ -218,7 +218,7 @@ func validFieldName(b []byte) bool {
 }
 
 // validFieldValue reports whether b has no control character but HTAB
-// (no CR, LF or NUL) and no DEL.
+// (no CR, LF or NUL) and no DEL: a field value, or a reason phrase.
 func validFieldValue(b []byte) bool {
 	for _, c := range b {
 		if (c < ' ' && c != '\t') || c == 0x7f {
@@ -227,9 +227,6 @@ func validFieldValue(b []byte) bool {
 	}
 	return true
 }
-
-// validReason: a reason phrase is HTAB, SP, visible ASCII or obs-text.
-func validReason(b []byte) bool { return validFieldValue(b) }
 
 var tokenByte = func() (t [128]bool) {
 	for c := '0'; c <= '9'; c++ {

@@ -133,17 +133,8 @@ func TestProxyProtocolGateway(t *testing.T) {
 		waitFor(t, "the refusal", &srv.stderr, "visitor refused: address not allowed")
 	})
 	t.Run("direct visitor", func(t *testing.T) {
-		c := ppDial(t, "127.0.0.1", httpAddr)
-		io.WriteString(c, request)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "xff=127.0.0.1" {
-			t.Fatalf("got %q, want the direct visitor's own address", body)
-		}
+		// The direct visitor's own address.
+		wantXFF(t, ppDial(t, "127.0.0.1", httpAddr), request, "127.0.0.1")
 	})
 	if err := tcpAgent.stop(); err != nil {
 		t.Errorf("tcp agent: %v", err)

@@ -314,4 +314,3 @@ func TestVisitorCaps(t *testing.T) {
 		c.Close()
 	}
 }
-

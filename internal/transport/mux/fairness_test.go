@@ -3,8 +3,11 @@ package mux
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // A writer woken because the pending output was taken adds its frame even
@@ -23,19 +26,17 @@ func TestWokenWriterIsNotStarved(t *testing.T) {
 	}
 	// Once the stream's SYN is written, the test becomes the writer,
 	// busy on the connection with a full output.
-	for end := time.Now().Add(10 * time.Second); ; {
+	if err := testutil.Poll(10*time.Second, func() error {
 		s.wmu.Lock()
-		if !s.writing && len(s.out) == 0 && !s.lazyArmed {
-			s.writing = true
-			full()
-			s.wmu.Unlock()
-			break
+		defer s.wmu.Unlock()
+		if s.writing || len(s.out) > 0 || s.lazyArmed {
+			return errors.New("the session's writer never went idle")
 		}
-		s.wmu.Unlock()
-		if time.Now().After(end) {
-			t.Fatal("the session's writer never went idle")
-		}
-		time.Sleep(time.Millisecond) // polling internal state
+		s.writing = true
+		full()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	wrote := make(chan error, 1)
@@ -44,26 +45,20 @@ func TestWokenWriterIsNotStarved(t *testing.T) {
 		wrote <- err
 	}()
 	// The write waits for room.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.wmu.Lock()
-		waiting := s.room != nil
-		s.wmu.Unlock()
-		if waiting {
-			break
-		}
+	if err := testutil.Poll(10*time.Second, func() error {
 		select {
 		case err := <-wrote:
-			s.wmu.Lock()
-			out, writing := len(s.out), s.writing
-			s.wmu.Unlock()
-			t.Fatalf("the write returned (%v) instead of waiting for room: out %d, cap %d, writing %t", err, out, s.cfg.MaxPending, writing)
+			return fmt.Errorf("the write returned (%v) instead of waiting for room", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the write never waited for room")
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		if s.room == nil {
+			return errors.New("the write never waited for room")
 		}
-		time.Sleep(time.Millisecond) // polling internal state the write sets
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	// The writer takes the output, and before the woken write runs, bulk
 	// writers fill the room again.
