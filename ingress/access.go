@@ -57,7 +57,8 @@ func (in *Server) routed(x *exchange, tunnel string) {
 
 // finish tells the observer and the access log of the request's end.
 func (in *Server) finish(x *exchange, r *http.Request) {
-	d := time.Since(x.start)
+	now := time.Now()
+	d := now.Sub(x.start)
 	status := x.rec.statusCode()
 	var bodyIn int64
 	if x.body != nil {
@@ -68,13 +69,18 @@ func (in *Server) finish(x *exchange, r *http.Request) {
 	if x.tunnel != "" {
 		defer in.cfg.Observer.RequestDone(x.tunnel, status, bodyIn, x.rec.written, d)
 	}
-	al := in.cfg.AccessLog
-	if al == nil {
+	if in.cfg.AccessLog == nil {
 		return
 	}
+	// Straight to the handler: the logger would look up the caller for
+	// every line, and an access line's caller is always this function.
+	h, ctx := in.cfg.AccessLog.Handler(), context.Background()
+	if !h.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	rec := slog.NewRecord(now, slog.LevelInfo, "http request", 0)
 	// The path without its query, which may carry secrets.
-	al.LogAttrs(context.Background(), slog.LevelInfo, "http request",
-		slog.String("tunnel", x.tunnel),
+	rec.AddAttrs(slog.String("tunnel", x.tunnel),
 		slog.String("method", printable.String(r.Method, 32)),
 		slog.String("host", printable.String(r.Host, maxLoggedRunes)),
 		slog.String("path", printable.String(r.URL.Path, maxLoggedRunes)),
@@ -84,6 +90,7 @@ func (in *Server) finish(x *exchange, r *http.Request) {
 		slog.String("visitor", r.RemoteAddr),
 		slog.Uint64("session", x.session.Load()),
 	)
+	_ = h.Handle(ctx, rec)
 }
 
 // recorder is a ResponseWriter that notes the status and the body's size.

@@ -7,7 +7,8 @@
 # Starts BINDIR/diglett-server and BINDIR/diglett (tcp transport) in front
 # of the benchmark's 100-byte backend, loads them with wrk -t2 -c64 by Host
 # (host64) or through the tunnel's public port (tcp64), and counts both
-# processes with perf stat for SECS seconds (default 3). Needs wrk and perf.
+# processes with perf stat for SECS seconds (default 3): the CPU of both and
+# of each, and the system calls of both. Needs wrk and perf.
 # Uses 127.0.0.1 ports 20900-20960: run one at a time. To compare two
 # builds, alternate them a few times and compare medians.
 set -euo pipefail
@@ -47,10 +48,17 @@ wrk -t2 -c64 -d1s "${H[@]}" "$URL" >/dev/null # warm up
 wrk -t2 -c64 -d$((SECS + 2))s "${H[@]}" "$URL" >"$D/wrk.log" &
 W=$!
 sleep 1 # into the measured run
+# The CPU of each process, and the system calls of both.
+perf stat -x, -e task-clock -p "$GW" -- sleep "$SECS" 2>"$D/gateway.perf" &
+PG=$!
+perf stat -x, -e task-clock -p "$AG" -- sleep "$SECS" 2>"$D/agent.perf" &
+PA=$!
 perf stat -x, -e task-clock,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_futex \
 	-p "$GW,$AG" -- sleep "$SECS" 2>"$D/perf.log"
-wait $W
+wait $W $PG $PA
 RPS=$(awk '/Requests\/sec/ {print $2}' "$D/wrk.log")
-awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" 'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
-END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests; per request: write %.2f read %.2f futex %.2f\n",
-	mode, rps, v["task-clock"] / k, v["syscalls:sys_enter_write"] / k / 1000, v["syscalls:sys_enter_read"] / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"
+cpu() { awk -F, '$3 == "task-clock" { print $1 }' "$1"; }
+awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" \
+	'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
+END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f futex %.2f\n",
+	mode, rps, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, v["syscalls:sys_enter_read"] / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 
 	"github.com/alecthomas/kong"
 )
@@ -63,15 +62,6 @@ func Parse(app any, name, desc string, args []string, stdout, stderr io.Writer, 
 		return fmt.Errorf("%w (see %s --help)", err, name)
 	}
 	return nil
-}
-
-// newLogger logs text to w; each -d lowers the level (-d: debug).
-func newLogger(w io.Writer, debug int) *slog.Logger {
-	level := slog.LevelInfo
-	if debug > 0 {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 // IsHelp reports whether err only means that help was printed.

@@ -41,5 +41,5 @@ func (f *LogFlags) Handler(w io.Writer, level slog.Leveler) slog.Handler {
 	if f.LogFormat == "json" {
 		return slog.NewJSONHandler(w, opts)
 	}
-	return slog.NewTextHandler(w, opts)
+	return newTextHandler(w, level)
 }

@@ -70,6 +70,50 @@ type Metrics struct {
 type tunnelSeries struct {
 	state gateway.TunnelState // "" when only visitors are known of it
 	open  int                 // visitors and requests in flight
+
+	// The tunnel's series of each visitor and request, looked up once:
+	// a lookup by label values hashes every value, and a request takes
+	// seven. They go with the tunnelSeries when forgetLocked deletes them.
+	kinds    map[string]kindSeries // by visitor kind
+	bytesIn  prometheus.Counter
+	bytesOut prometheus.Counter
+	codes    map[int]prometheus.Counter // requests by status
+	duration prometheus.Observer
+}
+
+// kindSeries are a tunnel's series of one kind of visitor.
+type kindSeries struct {
+	open  prometheus.Gauge
+	total prometheus.Counter
+}
+
+// kind gives the series of tunnel's visitors of kind. Called under m.mu.
+func (ts *tunnelSeries) kind(m *Metrics, tunnel, kind string) kindSeries {
+	ks, ok := ts.kinds[kind]
+	if !ok {
+		if ts.kinds == nil {
+			ts.kinds = make(map[string]kindSeries, 2)
+		}
+		ks = kindSeries{open: m.visitorsOpen.WithLabelValues(tunnel, kind), total: m.visitors.WithLabelValues(tunnel, kind)}
+		ts.kinds[kind] = ks
+	}
+	return ks
+}
+
+// requestDone counts a request of tunnel answered with status after d.
+// Called under m.mu.
+func (ts *tunnelSeries) requestDone(m *Metrics, tunnel string, status int, d time.Duration) {
+	c, ok := ts.codes[status]
+	if !ok {
+		if ts.codes == nil {
+			ts.codes = make(map[int]prometheus.Counter, 4)
+			ts.duration = m.duration.WithLabelValues(tunnel)
+		}
+		c = m.requests.WithLabelValues(tunnel, codeLabel(status))
+		ts.codes[status] = c
+	}
+	c.Inc()
+	ts.duration.Observe(d.Seconds())
 }
 
 // Interface guards.
@@ -276,7 +320,7 @@ func (m *Metrics) VisitorOpened(tunnel string) { m.opened(tunnel, kindTCP) }
 
 // VisitorClosed counts a TCP visitor's end and its bytes.
 func (m *Metrics) VisitorClosed(tunnel string, in, out int64) {
-	m.closed(tunnel, kindTCP, in, out, func() {})
+	m.closed(tunnel, kindTCP, in, out, nil)
 }
 
 // UDPFlowOpened counts a UDP flow.
@@ -284,7 +328,7 @@ func (m *Metrics) UDPFlowOpened(tunnel string) { m.opened(tunnel, kindUDP) }
 
 // UDPFlowClosed counts a UDP flow's end and its bytes.
 func (m *Metrics) UDPFlowClosed(tunnel string, in, out int64) {
-	m.closed(tunnel, kindUDP, in, out, func() {})
+	m.closed(tunnel, kindUDP, in, out, nil)
 }
 
 // datagramDrops are the reasons of dropped datagrams, a fixed set.
@@ -305,9 +349,8 @@ func (m *Metrics) RequestStarted(tunnel string) { m.opened(tunnel, kindHTTP) }
 
 // RequestDone counts an HTTP request's answer, its bytes and duration.
 func (m *Metrics) RequestDone(tunnel string, status int, in, out int64, d time.Duration) {
-	m.closed(tunnel, kindHTTP, in, out, func() {
-		m.requests.WithLabelValues(tunnel, codeLabel(status)).Inc()
-		m.duration.WithLabelValues(tunnel).Observe(d.Seconds())
+	m.closed(tunnel, kindHTTP, in, out, func(ts *tunnelSeries) {
+		ts.requestDone(m, tunnel, status, d)
 	})
 }
 
@@ -320,13 +363,14 @@ func (m *Metrics) opened(tunnel, kind string) {
 		m.byTn[tunnel] = ts
 	}
 	ts.open++
-	m.visitorsOpen.WithLabelValues(tunnel, kind).Inc()
-	m.visitors.WithLabelValues(tunnel, kind).Inc()
+	ks := ts.kind(m, tunnel, kind)
+	ks.open.Inc()
+	ks.total.Inc()
 }
 
 // closed counts a visitor's end, and calls more, under the lock that keeps
 // the tunnel's series from being deleted meanwhile.
-func (m *Metrics) closed(tunnel, kind string, in, out int64, more func()) {
+func (m *Metrics) closed(tunnel, kind string, in, out int64, more func(*tunnelSeries)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ts := m.byTn[tunnel]
@@ -334,10 +378,15 @@ func (m *Metrics) closed(tunnel, kind string, in, out int64, more func()) {
 		return // never opened
 	}
 	ts.open--
-	m.visitorsOpen.WithLabelValues(tunnel, kind).Dec()
-	m.bytes.WithLabelValues(tunnel, dirIn).Add(float64(in))
-	m.bytes.WithLabelValues(tunnel, dirOut).Add(float64(out))
-	more()
+	ts.kind(m, tunnel, kind).open.Dec()
+	if ts.bytesIn == nil {
+		ts.bytesIn, ts.bytesOut = m.bytes.WithLabelValues(tunnel, dirIn), m.bytes.WithLabelValues(tunnel, dirOut)
+	}
+	ts.bytesIn.Add(float64(in))
+	ts.bytesOut.Add(float64(out))
+	if more != nil {
+		more(ts)
+	}
 	if ts.state == "" && ts.open == 0 {
 		ts.state = gateway.TunnelRemoved
 	}

@@ -153,6 +153,16 @@ func TestRemovedTunnelForgotten(t *testing.T) {
 		}
 	}
 	expect(t, m, 1, "diglett_leases_expired_total")
+	// The name registered again counts from new series, not into the
+	// deleted ones the tunnel looked up before.
+	m.TunnelChanged("web", gateway.TunnelLive, 1)
+	m.RequestStarted("web")
+	m.RequestDone("web", 200, 1, 7, time.Millisecond)
+	expect(t, m, 1, "diglett_http_requests_total", "tunnel", "web", "code", "200")
+	expect(t, m, 1, "diglett_visitors_total", "tunnel", "web", "kind", "http")
+	expect(t, m, 0, "diglett_visitors_open", "tunnel", "web", "kind", "http")
+	expect(t, m, 7, "diglett_visitor_bytes_total", "tunnel", "web", "direction", "out")
+	expect(t, m, 1, "diglett_http_request_duration_seconds", "tunnel", "web")
 	// An event for a tunnel never seen makes no series.
 	m.VisitorClosed("ghost", 1, 1)
 	if _, ok := value(t, m, "diglett_visitor_bytes_total", "tunnel", "ghost"); ok {
