@@ -66,6 +66,7 @@ FUZZ_TARGETS := \
 	./gateway:FuzzUnlistedConn \
 	./ingress:FuzzChunkScanner \
 	./ingress:FuzzResponseHead \
+	./internal/cli:FuzzTextHandler \
 	./internal/httpguard:FuzzScanner \
 	./internal/inspect:FuzzObserve \
 	./internal/printable:FuzzString \
