@@ -644,6 +644,47 @@ func TestReadDeadlineWakes(t *testing.T) {
 	_ = ss
 }
 
+// A deadline set while no Read waits leaves no wake-up behind: the next
+// Read would take it and wait again for nothing. One set while a Read
+// waits wakes it.
+func TestReadDeadlineWakesOnlyWaiters(t *testing.T) {
+	cs, _ := pair(t, Config{})
+	st, err := cs.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(time.Minute))
+	st.SetReadDeadline(time.Time{})
+	if n := len(st.readCh); n != 0 {
+		t.Fatalf("%d wake-ups left for no reader", n)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Read(make([]byte, 1))
+		done <- err
+	}()
+	if err := testutil.Poll(10*time.Second, func() error {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.readWaiters != 1 {
+			return fmt.Errorf("%d reads waiting", st.readWaiters)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadDeadline(time.Now().Add(-time.Second))
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read: %v, want a timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("waiting read not woken by a deadline in the past")
+	}
+}
+
 func TestOpenStreamHonoursContext(t *testing.T) {
 	// The peer never accepts: after AcceptBacklog unacknowledged opens,
 	// OpenStream waits until its context ends.
@@ -729,5 +770,43 @@ func TestHoldFlush(t *testing.T) {
 	defer mu.Unlock()
 	if holds == 0 || holds != flushes || int64(holds) < cs.batches.Load() {
 		t.Fatalf("%d holds, %d flushes, %d batches", holds, flushes, cs.batches.Load())
+	}
+}
+
+// BenchmarkExchange is a request and its response on one stream, with the
+// read deadline set and cleared around the wait as the ingress does.
+func BenchmarkExchange(b *testing.B) {
+	cs, ss := pair(b, Config{})
+	go func() {
+		st, err := ss.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 100)
+		for {
+			if _, err := io.ReadFull(st, buf); err != nil {
+				return
+			}
+			if _, err := st.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	st, err := cs.OpenStream(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	req, resp := make([]byte, 100), make([]byte, 100)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := st.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		st.SetReadDeadline(time.Now().Add(time.Minute))
+		if _, err := io.ReadFull(st, resp); err != nil {
+			b.Fatal(err)
+		}
+		st.SetReadDeadline(time.Time{})
 	}
 }

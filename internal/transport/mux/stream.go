@@ -44,6 +44,7 @@ type Stream struct {
 	reset       bool
 	ended       bool // the session ended
 	rdl, wdl    time.Time
+	readWaiters int // Reads waiting on readCh
 	// Write-through (sink.go): sink is set under sinkMu and mu, and a
 	// write to it is made under sinkMu.
 	sinkMu     sync.Mutex
@@ -121,6 +122,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 		}
 		syn := st.synQueued
 		st.synQueued = false
+		st.readWaiters++
 		st.mu.Unlock()
 		if syn {
 			// The peer cannot answer a stream it does not know of.
@@ -128,6 +130,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 		}
 		waitFor(st.readCh, nil, dl, st.s.done)
 		st.mu.Lock()
+		st.readWaiters--
 	}
 }
 
@@ -511,11 +514,18 @@ func (st *Stream) SetDeadline(t time.Time) error {
 
 // SetReadDeadline makes a blocked or future Read fail with
 // os.ErrDeadlineExceeded once t has passed; zero means none.
+//
+// Only a Read waiting now is woken: one that has not begun reads the new
+// deadline, and a signal left for it would cost it a wait for nothing.
+// A request through the ingress sets the deadline twice.
 func (st *Stream) SetReadDeadline(t time.Time) error {
 	st.mu.Lock()
 	st.rdl = t
+	waiting := st.readWaiters > 0
 	st.mu.Unlock()
-	signal(st.readCh)
+	if waiting {
+		signal(st.readCh)
+	}
 	return nil
 }
 
@@ -540,12 +550,25 @@ func waitFor(ch, alt chan struct{}, dl time.Time, done <-chan struct{}) {
 		}
 		return
 	}
-	t := time.NewTimer(time.Until(dl))
-	defer t.Stop()
+	var t *time.Timer
+	if p, ok := waitTimers.Get().(*time.Timer); ok {
+		t = p
+		t.Reset(time.Until(dl))
+	} else {
+		t = time.NewTimer(time.Until(dl))
+	}
 	select {
 	case <-ch:
 	case <-alt:
 	case <-t.C:
 	case <-done:
 	}
+	// Once stopped, the timer's channel holds no stale tick: Reset
+	// readies it for the next wait.
+	t.Stop()
+	waitTimers.Put(t)
 }
+
+// waitTimers are the timers of waits with a deadline, reused: a request
+// through a stream waits with one at least once.
+var waitTimers sync.Pool
