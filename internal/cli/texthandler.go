@@ -21,11 +21,20 @@ import (
 // (no ReplaceAttr, no source). Its lines and the standard handler's are
 // each written with one Write under one mutex, so they never interleave.
 type textHandler struct {
-	slow  slog.Handler // the standard handler, with the same attributes and groups
 	level slog.Leveler
 	out   *lockedWriter
 	pre   []byte // the attributes added by WithAttrs, formatted
 	fast  bool   // false once a group or an attribute of another kind was added
+
+	// The standard handler with the same attributes and groups, for the
+	// records this one does not write. A handler made by WithAttrs while
+	// fast builds it only when first needed, from its parent's and the
+	// attributes it added: a logger per session then costs no more than
+	// with the standard handler alone.
+	parent *textHandler
+	added  []slog.Attr
+	once   sync.Once
+	slow   slog.Handler
 }
 
 var _ slog.Handler = (*textHandler)(nil)
@@ -49,23 +58,31 @@ func newTextHandler(w io.Writer, level slog.Leveler) *textHandler {
 	}
 	out := &lockedWriter{w: w}
 	return &textHandler{
-		slow:  slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}),
 		level: level,
 		out:   out,
 		fast:  true,
+		slow:  slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}),
 	}
+}
+
+// standard is the standard handler with h's attributes and groups.
+func (h *textHandler) standard() slog.Handler {
+	h.once.Do(func() {
+		if h.slow == nil {
+			h.slow = h.parent.standard().WithAttrs(h.added)
+		}
+	})
+	return h.slow
 }
 
 func (h *textHandler) Enabled(_ context.Context, l slog.Level) bool {
 	return l >= h.level.Level()
 }
 
+// WithAttrs keeps as, which a handler owns.
 func (h *textHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	h2 := *h
-	h2.slow = h.slow.WithAttrs(as)
 	if !h.fast || !allPlain(as) {
-		h2.fast, h2.pre = false, nil
-		return &h2
+		return &textHandler{level: h.level, out: h.out, slow: h.standard().WithAttrs(as)}
 	}
 	pre := append([]byte(nil), h.pre...)
 	for _, a := range as {
@@ -74,17 +91,13 @@ func (h *textHandler) WithAttrs(as []slog.Attr) slog.Handler {
 		}
 		pre = appendPlainAttr(pre, a)
 	}
-	h2.pre = pre
-	return &h2
+	return &textHandler{level: h.level, out: h.out, pre: pre, fast: true, parent: h, added: as}
 }
 
 // WithGroup leaves every line to the standard handler, which prefixes
 // keys with the group's name (even an empty one).
 func (h *textHandler) WithGroup(name string) slog.Handler {
-	h2 := *h
-	h2.slow = h.slow.WithGroup(name)
-	h2.fast, h2.pre = false, nil
-	return &h2
+	return &textHandler{level: h.level, out: h.out, slow: h.standard().WithGroup(name)}
 }
 
 // lineBufs holds the buffers lines are formatted in.
@@ -95,7 +108,7 @@ const maxPooledLine = 16 << 10
 
 func (h *textHandler) Handle(ctx context.Context, r slog.Record) error {
 	if !h.fast {
-		return h.slow.Handle(ctx, r)
+		return h.standard().Handle(ctx, r)
 	}
 	bp := lineBufs.Get().(*[]byte)
 	b := (*bp)[:0]
@@ -125,7 +138,7 @@ func (h *textHandler) Handle(ctx context.Context, r slog.Record) error {
 		b = append(b, '\n')
 		_, err = h.out.Write(b)
 	} else {
-		err = h.slow.Handle(ctx, r)
+		err = h.standard().Handle(ctx, r)
 	}
 	if cap(b) <= maxPooledLine {
 		*bp = b

@@ -132,6 +132,11 @@ func FuzzTextHandler(f *testing.F) {
 		r := slog.NewRecord(at, slog.Level(lv%20), msg, 0)
 		r.AddAttrs(slog.String(key, s), slog.Int64("i", i), slog.Uint64(s, u), slog.Float64("f", fl),
 			slog.Bool(key, b), slog.Duration("d", time.Duration(d)), slog.Time("t", at))
+		if shape&4 != 0 {
+			// A value of another kind: the standard handler writes the
+			// line, with the attributes of ours.
+			r.AddAttrs(slog.Any("err", errors.New(s)))
+		}
 		shapes := []func(slog.Handler) slog.Handler{
 			same,
 			func(h slog.Handler) slog.Handler {
@@ -166,6 +171,25 @@ func BenchmarkAccessLine(b *testing.B) {
 		b.Run(h.name, func(b *testing.B) {
 			for b.Loop() {
 				_ = h.h.Handle(context.Background(), r)
+			}
+		})
+	}
+}
+
+// BenchmarkLoggerWith: the loggers a session derives, each with its own
+// attributes; ours should cost no more than the standard handler.
+func BenchmarkLoggerWith(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		h    slog.Handler
+	}{{"standard", slog.NewTextHandler(io.Discard, nil)}, {"ours", newTextHandler(io.Discard, nil)}} {
+		b.Run(c.name, func(b *testing.B) {
+			base := slog.New(c.h)
+			b.ReportAllocs()
+			for b.Loop() {
+				l := base.With("agent", "127.0.0.1:54321", "transport", "tcp")
+				l = l.With("identity", "alice").With("session", 12345)
+				_ = l.With("tunnel", "web")
 			}
 		})
 	}
