@@ -131,6 +131,7 @@ type fastConn struct {
 	idle atomic.Bool   // waiting for a request
 
 	lastPOST bool
+	remote   string // the visitor's address, formatted once for all its requests
 }
 
 func (fc *fastConn) serve() {
@@ -257,7 +258,10 @@ func (fc *fastConn) readHead() (*http.Request, int, int) {
 	if err != nil || !fc.takes(r) {
 		return nil, 0, headHandover
 	}
-	r.RemoteAddr = fc.c.RemoteAddr().String()
+	if fc.remote == "" {
+		fc.remote = fc.c.RemoteAddr().String()
+	}
+	r.RemoteAddr = fc.remote
 	return r, n, headTake
 }
 
