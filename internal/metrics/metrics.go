@@ -107,12 +107,14 @@ func (ts *tunnelSeries) requestDone(m *Metrics, tunnel string, status int, d tim
 	if !ok {
 		if ts.codes == nil {
 			ts.codes = make(map[int]prometheus.Counter, 4)
-			ts.duration = m.duration.WithLabelValues(tunnel)
 		}
 		c = m.requests.WithLabelValues(tunnel, codeLabel(status))
 		ts.codes[status] = c
 	}
 	c.Inc()
+	if ts.duration == nil {
+		ts.duration = m.duration.WithLabelValues(tunnel)
+	}
 	ts.duration.Observe(d.Seconds())
 }
 
