@@ -127,6 +127,15 @@ type Exposer struct {
 
 	// Shared with run: the router, once found.
 	keeper *portmap.Keeper
+	// discover finds the router: portmap.Discover, or a test's router.
+	discover func(context.Context, portmap.Options) (portmap.Result, error)
+}
+
+// closing says whether Close has begun.
+func (e *Exposer) closing() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closed
 }
 
 // route is what one tunnel adds to the state.
@@ -140,6 +149,11 @@ type route struct {
 // router is looked for in the background, again at every refresh until
 // one answers.
 func New(ctx context.Context, o Options) (*Exposer, error) {
+	return build(ctx, o, portmap.Discover)
+}
+
+// build is New with the way to find the router given.
+func build(ctx context.Context, o Options, discover func(context.Context, portmap.Options) (portmap.Result, error)) (*Exposer, error) {
 	if o.NAT == nil && o.Firewall == nil && o.DNS == nil {
 		return nil, errors.New("homenet: nothing to do: no nat, firewall or dns settings")
 	}
@@ -171,12 +185,13 @@ func New(ctx context.Context, o Options) (*Exposer, error) {
 		o.NAT = &nc
 	}
 	e := &Exposer{
-		o:       o,
-		passive: o.Passive,
-		log:     log,
-		routes:  make(map[*route]struct{}),
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
+		o:        o,
+		passive:  o.Passive,
+		log:      log,
+		routes:   make(map[*route]struct{}),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		discover: discover,
 	}
 	if d := o.DNS; d != nil {
 		if len(d.Addresses) == 0 && o.NAT == nil {
@@ -464,7 +479,7 @@ func (e *Exposer) round(ctx context.Context, r *rounds) {
 func (e *Exposer) roundNAT(ctx context.Context, r *rounds, s State) {
 	n := e.o.NAT
 	if r.mapper == nil {
-		res, err := portmap.Discover(ctx, portmap.Options{Protocol: n.Protocol, Gateway: n.Router, PrivateIP: n.PrivateIP, Logger: e.log})
+		res, err := e.discover(ctx, portmap.Options{Protocol: n.Protocol, Gateway: n.Router, PrivateIP: n.PrivateIP, Logger: e.log})
 		if err != nil {
 			if r.fail("discover") {
 				e.log.Warn("no router answered for port mapping; looking again at every refresh", "protocol", n.Protocol, "refresh", n.Refresh, "err", err)
@@ -487,6 +502,10 @@ func (e *Exposer) roundNAT(ctx context.Context, r *rounds, s State) {
 		case err == nil || errors.Is(err, portmap.ErrNoExternalAddress):
 			r.ok("external")
 			e.setExternal(ip)
+		case e.closing():
+			// Cut short by Close, not lost: Close deletes the
+			// mappings through the keeper, which must stay.
+			return
 		default:
 			// Gone, or moved (a router that restarted on other ports):
 			// look for it again.
