@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -45,8 +46,10 @@ type fastServer struct {
 	ln      net.Listener // the visitors' listener, if the path accepts from it
 	handoff *handoffListener
 
-	// served counts the requests forwarded by this path; tests read it.
-	served atomic.Int64
+	// served counts the requests forwarded by this path, tapped the
+	// responses written by the receive loop (resptap.go), and tapLeft
+	// those of them the socket did not take at once; tests read them.
+	served, tapped, tapLeft atomic.Int64
 
 	closing atomic.Bool
 	mu      sync.Mutex
@@ -132,6 +135,11 @@ type fastConn struct {
 
 	lastPOST bool
 	remote   string // the visitor's address, formatted once for all its requests
+
+	// Write-through of responses (resptap.go).
+	raw      syscall.RawConn // a plain TCP visitor's socket
+	rawKnown bool
+	tap      respTap
 }
 
 func (fc *fastConn) serve() {

@@ -21,55 +21,111 @@ import (
 	"github.com/diglett/diglett/gateway"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/testutil"
+	"github.com/diglett/diglett/internal/transport/mux"
 )
 
 // relayMember is an agent session whose streams reach a real backend over
 // loopback TCP, relayed as the agent relays them (its status byte, then
-// the bytes both ways, the stream closed when the backend closes).
+// the bytes both ways, the stream closed when the backend closes). Its
+// streams are those of a multiplexer session over loopback TCP, as an
+// agent's are, or with pipe set, in-memory pipes (which have no tap).
 type relayMember struct {
 	id      uint64
 	backend string
+	pipe    bool
 	ctx     context.Context
 	leave   context.CancelFunc
 	opened  atomic.Int64
 	wg      sync.WaitGroup
+	cs, ss  *mux.Session // the gateway's end, the agent's
 }
 
-func newRelayMember(t *testing.T, id uint64, backend string) *relayMember {
+func newRelayMember(t *testing.T, id uint64, backend string, pipe bool) *relayMember {
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &relayMember{id: id, backend: backend, ctx: ctx, leave: cancel}
+	m := &relayMember{id: id, backend: backend, pipe: pipe, ctx: ctx, leave: cancel}
+	if !pipe {
+		a, b := loopbackPair(t)
+		m.cs, m.ss = mux.Client(a, mux.Config{}), mux.Server(b, mux.Config{})
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			for {
+				st, err := m.ss.AcceptStream(context.Background())
+				if err != nil {
+					return
+				}
+				m.wg.Add(1)
+				go func() {
+					defer m.wg.Done()
+					m.relay(st)
+				}()
+			}
+		}()
+	}
 	t.Cleanup(func() {
 		cancel()
+		if m.cs != nil {
+			m.cs.Close()
+			m.ss.Close()
+		}
 		m.wg.Wait()
 	})
 	return m
+}
+
+// loopbackPair returns the two ends of a loopback TCP connection.
+func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
 
 func (m *relayMember) ID() uint64               { return m.id }
 func (m *relayMember) Serves(string) bool       { return m.ctx.Err() == nil }
 func (m *relayMember) Context() context.Context { return m.ctx }
 func (m *relayMember) OpenStream(ctx context.Context, name, visitor string) (net.Conn, error) {
-	bc, err := net.Dial("tcp", m.backend)
-	if err != nil {
-		return nil, err
+	m.opened.Add(1)
+	if !m.pipe {
+		return m.cs.OpenStream(ctx)
 	}
 	ours, agent := net.Pipe()
-	m.opened.Add(1)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		defer agent.Close()
-		defer bc.Close()
-		if _, err := agent.Write([]byte{byte(protocol.StatusOK)}); err != nil {
-			return
-		}
-		go func() {
-			io.Copy(bc, agent)
-			bc.Close()
-		}()
-		io.Copy(agent, bc)
+		m.relay(agent)
 	}()
 	return ours, nil
+}
+
+// relay serves the agent's end of a stream: its status, then the backend.
+func (m *relayMember) relay(agent net.Conn) {
+	defer agent.Close()
+	bc, err := net.Dial("tcp", m.backend)
+	if err != nil {
+		agent.Write([]byte{byte(protocol.StatusRefused)})
+		return
+	}
+	defer bc.Close()
+	if _, err := agent.Write([]byte{byte(protocol.StatusOK)}); err != nil {
+		return
+	}
+	go func() {
+		io.Copy(bc, agent)
+		bc.Close()
+	}()
+	io.Copy(agent, bc)
 }
 
 var _ gateway.Member = (*relayMember)(nil)
@@ -108,7 +164,14 @@ type fastSetup struct {
 
 func startFast(t *testing.T, backend string, rules gateway.VisitorRules) *fastSetup {
 	t.Helper()
-	m := newRelayMember(t, 1, backend)
+	return startFastWith(t, backend, rules, false)
+}
+
+// startFastWith is startFast with the member's streams in-memory pipes
+// when pipe is set.
+func startFastWith(t *testing.T, backend string, rules gateway.VisitorRules, pipe bool) *fastSetup {
+	t.Helper()
+	m := newRelayMember(t, 1, backend, pipe)
 	var gw Gateway
 	ft := &fakeTunnel{name: "app", members: []gateway.Member{m}}
 	if rules != nil {
@@ -141,6 +204,18 @@ func fastServed(in *Server) int64 {
 		n += fs.served.Load()
 	}
 	return n
+}
+
+// fastTapped is how many responses the receive loop wrote to visitors
+// (resptap.go), and of those how many the socket did not take at once.
+func fastTapped(in *Server) (n, left int64) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for fs := range in.fast {
+		n += fs.tapped.Load()
+		left += fs.tapLeft.Load()
+	}
+	return n, left
 }
 
 func httpBackend(t *testing.T, h http.Handler) string {
@@ -573,7 +648,7 @@ func TestFastHTTPS(t *testing.T) {
 	echoProto := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.Header.Get("X-Forwarded-Proto"))
 	})
-	m := newRelayMember(t, 1, httpBackend(t, echoProto))
+	m := newRelayMember(t, 1, httpBackend(t, echoProto), false)
 	gw := &fakeGateway{tunnels: map[string]*fakeTunnel{"app": {name: "app", members: []gateway.Member{m}}}}
 	in := New(gw, Config{Logger: slog.New(slog.DiscardHandler), StatusTimeout: 5 * time.Second})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

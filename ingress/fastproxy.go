@@ -245,20 +245,31 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 	// response head came first: mu orders the two.
 	var mu sync.Mutex
 	headRead := false
+	// The response may go straight to the visitor (resptap.go) when the
+	// request is all sent before it is read.
+	var tp tapper
 	switch {
 	case body == nil:
+		tp = fc.armTap(st, r)
 		if err := sw.Flush(); err != nil {
+			if tp != nil && tp.ClearTap() {
+				return fc.tapped(st, r, x, body)
+			}
 			st.close(true)
 			return false, reused && replayable(r), err
 		}
 		st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
 	case r.ContentLength > 0 && int64(fc.br.Buffered()) >= r.ContentLength:
 		// All of the body is here: no need to wait for the visitor.
+		tp = fc.armTap(st, r)
 		err := fc.sendBody(sw, r, rt, x, body)
 		if err == nil {
 			err = sw.Flush()
 		}
 		if err != nil {
+			if tp != nil && tp.ClearTap() {
+				return fc.tapped(st, r, x, body)
+			}
 			st.close(true)
 			return false, false, err
 		}
@@ -307,6 +318,14 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 		writers.Put(vw)
 	}()
 	resp, b, err := fc.readResponse(st, r, vw)
+	if tp != nil && tp.ClearTap() {
+		// The tap wrote the response: the read met ErrTapped, or a
+		// deadline as it did.
+		if err == nil {
+			headBufsPut(b)
+		}
+		return fc.tapped(st, r, x, body)
+	}
 	if err != nil {
 		stopBody()
 		st.close(true)

@@ -64,20 +64,11 @@ func crlfHeadEnd(br *bufio.Reader) (int, error) {
 			}
 		}
 		p, _ := br.Peek(br.Buffered())
-		for {
-			i := bytes.IndexByte(p[from:], '\n')
-			if i < 0 {
-				break
-			}
-			nl := from + i
-			if nl == 0 || p[nl-1] != '\r' {
-				return -1, nil
-			}
-			if nl == from+1 { // "\r\n": the empty line
-				return nl + 1, nil
-			}
-			from = nl + 1
+		end, next := scanCRLFLines(p, from)
+		if end != 0 {
+			return end, nil
 		}
+		from = next
 		if br.Buffered() >= br.Size() {
 			return -1, nil
 		}
@@ -85,6 +76,27 @@ func crlfHeadEnd(br *bufio.Reader) (int, error) {
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			return -1, err
 		}
+	}
+}
+
+// scanCRLFLines follows the lines of a head in p from from, the start of
+// a line: it returns the head's length once its empty line is in p, -1 at
+// a line that ends in a bare LF, or 0 and where the unfinished line starts
+// when p ends first.
+func scanCRLFLines(p []byte, from int) (end, next int) {
+	for {
+		i := bytes.IndexByte(p[from:], '\n')
+		if i < 0 {
+			return 0, from
+		}
+		nl := from + i
+		if nl == 0 || p[nl-1] != '\r' {
+			return -1, from
+		}
+		if nl == from+1 { // "\r\n": the empty line
+			return nl + 1, from
+		}
+		from = nl + 1
 	}
 }
 

@@ -153,6 +153,9 @@ var (
 	// ErrStreamClosed is returned by writes after CloseWrite or Close and
 	// by reads after Close.
 	ErrStreamClosed = errors.New("stream closed")
+	// ErrTapped is returned by Reads on a stream whose tap took a
+	// payload, until ClearTap (tap.go).
+	ErrTapped = errors.New("stream data taken by its tap")
 	// ErrKeepAliveTimeout ends a session whose peer did not answer a
 	// keepalive ping in time.
 	ErrKeepAliveTimeout = errors.New("keepalive timeout")

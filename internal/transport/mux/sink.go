@@ -4,6 +4,8 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"github.com/diglett/diglett/internal/rawsock"
 )
 
 // Write-through: a relay that copies a stream to a TCP socket registers
@@ -64,7 +66,7 @@ func (st *Stream) writeThrough(remaining int) (int, error) {
 	st.sinkMu.Lock()
 	if rc := st.sink; rc != nil {
 		var err error
-		if n, err = rawWrite(rc, *b); err != nil {
+		if n, err = rawsock.WriteOnce(rc, *b); err != nil {
 			// The relay writes the data itself and meets the error:
 			// the stream ends as it does without write-through.
 			st.mu.Lock()

@@ -51,6 +51,10 @@ type Stream struct {
 	sink       syscall.RawConn
 	through    int64 // bytes written to sinks
 	outPending bool  // a Read returned data and the next Read has not begun
+	// Tap (tap.go): set under mu; called, and tapped set, under tapMu.
+	tapMu  sync.Mutex
+	tap    func([]byte) bool
+	tapped bool // the tap took a payload: Reads say so until ClearTap
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -90,6 +94,10 @@ func (st *Stream) Read(p []byte) (int, error) {
 	// may go on (sink.go).
 	st.outPending = false
 	for {
+		if st.tapped {
+			st.mu.Unlock()
+			return 0, ErrTapped
+		}
 		if st.buffered > 0 {
 			n := st.copyOutLocked(p)
 			credit := st.creditLocked(uint32(n))
@@ -232,6 +240,13 @@ func (st *Stream) receive(length uint32) error {
 				signal(st.readCh)
 			}
 			return s.discard(uint32(remaining))
+		}
+		if st.tap != nil {
+			if remaining == int(length) && remaining <= MaxTapSize && st.buffered == 0 && len(st.chunks) == 0 {
+				st.mu.Unlock()
+				return st.receiveTapped(remaining)
+			}
+			st.tap = nil // it is for the next frame only
 		}
 		if st.canWriteThroughLocked() {
 			st.mu.Unlock()
