@@ -22,7 +22,7 @@ type fastStream struct {
 	br    *bufio.Reader // the responses
 	m     *member
 	name  string      // the tunnel
-	timer *time.Timer // closes the stream when idle too long; nil in use
+	timer *time.Timer // closes the stream when idle too long; stopped in use
 }
 
 var streamReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
@@ -61,7 +61,6 @@ func (m *member) takeIdle(name string) *fastStream {
 		list[len(list)-1] = nil
 		m.idle[name] = list[:len(list)-1]
 		if s.timer.Stop() {
-			s.timer = nil
 			return s
 		}
 		// Its idle timer fired: the timer closes it.
@@ -81,7 +80,11 @@ func (m *member) putIdle(s *fastStream) {
 		m.idle = make(map[string][]*fastStream)
 	}
 	m.idle[s.name] = append(m.idle[s.name], s)
-	s.timer = time.AfterFunc(fastIdleTimeout, func() { m.expire(s) })
+	if s.timer == nil {
+		s.timer = time.AfterFunc(fastIdleTimeout, func() { m.expire(s) })
+	} else {
+		s.timer.Reset(fastIdleTimeout) // stopped by takeIdle: one timer for its life
+	}
 	m.mu.Unlock()
 }
 

@@ -102,6 +102,7 @@ func (fc *fastConn) takeResponse(p []byte) bool {
 	b = append(b, "\r\n"...)
 	b = append(b, body...)
 	t.h, t.buf = h, b
+	fc.fs.tapped.Add(1)
 	n, err := rawsock.WriteOnce(fc.raw, b)
 	t.left, t.err = b[n:], err
 	return true
@@ -127,7 +128,6 @@ func (fc *fastConn) tapped(st *fastStream, r *http.Request, x *exchange, body *b
 	x.rec.status = t.h.code
 	x.rec.written = t.n
 	werr := t.err
-	fc.fs.tapped.Add(1)
 	if werr == nil && len(t.left) > 0 {
 		fc.fs.tapLeft.Add(1)
 		_, werr = fc.c.Write(t.left)

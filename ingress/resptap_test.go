@@ -84,7 +84,20 @@ func exchangeRaw(t *testing.T, addr, req, method string) (string, string) {
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	_, body := readResp(t, br, method)
+	// Through the final response: readResp stops at an interim one
+	// but 100.
+	var resp *http.Response
+	var err error
+	for resp == nil || resp.StatusCode < 200 {
+		if resp, err = http.ReadResponse(br, &http.Request{Method: method}); err != nil {
+			t.Fatalf("read response: %v", err)
+		}
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	body := string(b)
 	return dateLine.ReplaceAllString(rec.got.String(), "Date: -\r\n"), body
 }
 
