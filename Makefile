@@ -66,6 +66,7 @@ FUZZ_TARGETS := \
 	./gateway:FuzzUnlistedConn \
 	./ingress:FuzzChunkScanner \
 	./ingress:FuzzResponseHead \
+	./ingress:FuzzTapResponse \
 	./internal/cli:FuzzTextHandler \
 	./internal/httpguard:FuzzScanner \
 	./internal/inspect:FuzzObserve \

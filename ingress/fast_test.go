@@ -74,7 +74,7 @@ func newRelayMember(t *testing.T, id uint64, backend string, pipe bool) *relayMe
 }
 
 // loopbackPair returns the two ends of a loopback TCP connection.
-func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
+func loopbackPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -216,3 +216,66 @@ func TestTapSocketFull(t *testing.T) {
 	tapped, left := fastTapped(s.in)
 	t.Logf("%d requests: %d responses tapped, %d of them finished by the goroutine", n, tapped, left)
 }
+
+// readOne reads p as one response to method with the standard reader,
+// and returns its status, its body, and how many bytes of p were left.
+func readOne(p []byte, method string) (code int, body []byte, left int, err error) {
+	r := bytes.NewReader(p)
+	br := bufio.NewReader(r)
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	body, err = io.ReadAll(resp.Body)
+	return resp.StatusCode, body, br.Buffered() + r.Len(), err
+}
+
+// FuzzTapResponse: whatever the tap takes, the standard reader reads as
+// one whole response, with nothing after it, and what the visitor is
+// sent reads the same: the same status and the same body.
+func FuzzTapResponse(f *testing.F) {
+	for _, s := range scripted {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	for _, s := range respHeadSeeds {
+		f.Add([]byte(s), false)
+	}
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), true)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"), false)
+	// The visitor's socket: its peer reads and drops what the tap writes.
+	a, b := loopbackPair(f)
+	f.Cleanup(func() { a.Close(); b.Close() })
+	go io.Copy(io.Discard, b)
+	rc, err := a.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, p []byte, head bool) {
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		fc := &fastConn{fs: &fastServer{}, raw: rc, rawKnown: true}
+		fc.tap.method = method
+		if !fc.takeResponse(p) {
+			return
+		}
+		tp := &fc.tap
+		defer headBufsPut(tp.buf)
+		if tp.err != nil {
+			t.Fatalf("write to the visitor's socket: %v", tp.err)
+		}
+		code, body, left, err := readOne(p, method)
+		if err != nil || left != 0 {
+			t.Fatalf("taken %q, which the standard reader reads with %v, %d bytes left", p, err, left)
+		}
+		vcode, vbody, vleft, err := readOne(tp.buf, method)
+		if err != nil || vleft != 0 || vcode != code || !bytes.Equal(vbody, body) || code != tp.h.code {
+			t.Fatalf("backend's %q (%d %q) sent to the visitor as %q (%d %q, %v, %d left)", p, code, body, tp.buf, vcode, vbody, err, vleft)
+		}
+		if tp.n != int64(len(body)) {
+			t.Fatalf("%q: %d bytes of body counted, %d read", p, tp.n, len(body))
+		}
+	})
+}
