@@ -55,7 +55,54 @@ func NewErrorLog(size int) *ErrorLog {
 // of next.
 func (e *ErrorLog) Handler(next slog.Handler) slog.Handler {
 	keep := slog.NewJSONHandler(recordWriter{e}, &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: shorten})
-	return &teeHandler{next: next, keep: keep}
+	return &teeHandler{next: next, keep: &lazyHandler{root: keep, built: keep}}
+}
+
+// lazyHandler is root with attributes and groups added, applied only when
+// a record reaches it: the gateway makes a logger for each session and
+// tunnel, and most of them never log a warning, while the JSON handler
+// formats what each one adds as soon as it is added. root's Enabled must
+// not depend on what was added (a level).
+type lazyHandler struct {
+	root   slog.Handler
+	parent *lazyHandler
+	attrs  []slog.Attr // added to parent's, unless isGroup:
+	group  string      // the group opened on parent's
+	isGrp  bool
+	once   sync.Once
+	built  slog.Handler
+}
+
+func (h *lazyHandler) handler() slog.Handler {
+	h.once.Do(func() {
+		if h.built != nil {
+			return
+		}
+		if p := h.parent.handler(); h.isGrp {
+			h.built = p.WithGroup(h.group)
+		} else {
+			h.built = p.WithAttrs(h.attrs)
+		}
+	})
+	return h.built
+}
+
+func (h *lazyHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.root.Enabled(ctx, l)
+}
+
+func (h *lazyHandler) Handle(ctx context.Context, r slog.Record) error {
+	return h.handler().Handle(ctx, r)
+}
+
+// WithAttrs and WithGroup keep what they add for root's own to apply,
+// which decides what an empty list or name means.
+func (h *lazyHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &lazyHandler{root: h.root, parent: h, attrs: attrs}
+}
+
+func (h *lazyHandler) WithGroup(name string) slog.Handler {
+	return &lazyHandler{root: h.root, parent: h, group: name, isGrp: true}
 }
 
 // shorten cuts long string values.

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 type record struct {
@@ -120,4 +122,60 @@ func TestErrorLogConcurrent(t *testing.T) {
 	if got := len(e.Recent()); got != 10 {
 		t.Fatalf("%d kept, want 10", got)
 	}
+}
+
+// The kept records are those the JSON handler writes itself, through any
+// chain of attributes and groups, though the chain is applied only when a
+// record comes; a logger made with With costs one small value until then.
+func TestLazyHandlerSameRecords(t *testing.T) {
+	var direct, lazy bytes.Buffer
+	opts := &slog.HandlerOptions{Level: slog.LevelWarn}
+	d := slog.Handler(slog.NewJSONHandler(&direct, opts))
+	root := slog.NewJSONHandler(&lazy, opts)
+	l := slog.Handler(&lazyHandler{root: root, built: root})
+	steps := []func(slog.Handler) slog.Handler{
+		func(h slog.Handler) slog.Handler {
+			return h.WithAttrs([]slog.Attr{slog.String("agent", "192.0.2.1:4000")})
+		},
+		func(h slog.Handler) slog.Handler { return h.WithAttrs(nil) },
+		func(h slog.Handler) slog.Handler { return h.WithGroup("conn") },
+		func(h slog.Handler) slog.Handler { return h.WithGroup("") },
+		func(h slog.Handler) slog.Handler {
+			return h.WithAttrs([]slog.Attr{slog.Int("n", 3), slog.Any("e", errors.New("x"))})
+		},
+	}
+	at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	for i, step := range steps {
+		d, l = step(d), step(l)
+		for _, level := range []slog.Level{slog.LevelInfo, slog.LevelWarn, slog.LevelError} {
+			ctx := context.Background()
+			if d.Enabled(ctx, level) != l.Enabled(ctx, level) {
+				t.Fatalf("step %d, %v: Enabled differs", i, level)
+			}
+			if !d.Enabled(ctx, level) {
+				continue
+			}
+			r := slog.NewRecord(at, level, "m", 0)
+			r.AddAttrs(slog.String("k", "v"))
+			d.Handle(ctx, r)
+			l.Handle(ctx, r)
+		}
+	}
+	if direct.String() != lazy.String() || direct.Len() == 0 {
+		t.Fatalf("the JSON handler wrote\n%s\nthrough the lazy chain\n%s", direct.String(), lazy.String())
+	}
+	// A session's loggers: three With calls, no record. Each call makes
+	// its attribute slice and a handler; the JSON handler also formats.
+	with3 := func(h slog.Handler) float64 {
+		return testing.AllocsPerRun(100, func() {
+			x := h.WithAttrs([]slog.Attr{slog.String("agent", "a")})
+			x = x.WithAttrs([]slog.Attr{slog.String("identity", "b")})
+			x.WithAttrs([]slog.Attr{slog.Uint64("session", 7)})
+		})
+	}
+	lazyAllocs, jsonAllocs := with3(&lazyHandler{root: root, built: root}), with3(root)
+	if lazyAllocs > 6 || lazyAllocs >= jsonAllocs {
+		t.Errorf("three With calls: %v allocations through the lazy handler, %v through the JSON handler", lazyAllocs, jsonAllocs)
+	}
+	t.Logf("three With calls: %v allocations through the lazy handler, %v through the JSON handler", lazyAllocs, jsonAllocs)
 }
