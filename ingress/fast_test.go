@@ -168,8 +168,8 @@ func startFast(t *testing.T, backend string, rules gateway.VisitorRules) *fastSe
 }
 
 // startFastWith is startFast with the member's streams in-memory pipes
-// when pipe is set.
-func startFastWith(t *testing.T, backend string, rules gateway.VisitorRules, pipe bool) *fastSetup {
+// when pipe is set, and the visitors' listener wrapped by wrap if given.
+func startFastWith(t *testing.T, backend string, rules gateway.VisitorRules, pipe bool, wrap ...func(net.Listener) net.Listener) *fastSetup {
 	t.Helper()
 	m := newRelayMember(t, 1, backend, pipe)
 	var gw Gateway
@@ -180,9 +180,13 @@ func startFastWith(t *testing.T, backend string, rules gateway.VisitorRules, pip
 		gw = &fakeGateway{tunnels: map[string]*fakeTunnel{"app": ft}}
 	}
 	in := New(gw, Config{Logger: slog.New(slog.DiscardHandler), StatusTimeout: 5 * time.Second})
+	var ln net.Listener
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, w := range wrap {
+		ln = w(ln)
 	}
 	served := make(chan error, 1)
 	go func() { served <- in.Serve(ln, nil) }()

@@ -162,9 +162,10 @@ func TestTapSocketFull(t *testing.T) {
 			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Path: %s\r\n\r\n%s", len(body), r.URL.Path, body)
 		}
 	})
-	s := startFast(t, backend, nil)
-	// A small receive buffer, set before the connection is made, so the
-	// gateway's socket fills after a few responses.
+	// Small socket buffers both ways (the visitor's set before it
+	// connects), so the gateway's socket fills after a few responses
+	// whatever the machine's defaults.
+	s := startFastWith(t, backend, nil, false, func(ln net.Listener) net.Listener { return smallSendBuffers{ln} })
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
@@ -278,4 +279,15 @@ func FuzzTapResponse(f *testing.F) {
 			t.Fatalf("%q: %d bytes of body counted, %d read", p, tp.n, len(body))
 		}
 	})
+}
+
+// smallSendBuffers gives the connections it accepts a small send buffer.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		c.(*net.TCPConn).SetWriteBuffer(4096)
+	}
+	return c, err
 }
