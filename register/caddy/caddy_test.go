@@ -228,7 +228,14 @@ func TestRestored(t *testing.T) {
 
 	c.Restart()
 	served(t, c, "example.localhost")
-	if !strings.Contains(log.String(), `level=WARN msg="route restored"`) || !strings.Contains(log.String(), "id=diglett-example") {
+	// The line is written once the route is back, so it may follow the
+	// first request served.
+	if err := testutil.Poll(10*time.Second, func() error {
+		if !strings.Contains(log.String(), `level=WARN msg="route restored"`) || !strings.Contains(log.String(), "id=diglett-example") {
+			return errors.New("no restoration logged")
+		}
+		return nil
+	}); err != nil {
 		t.Fatalf("log lacks the restoration: %s", log.String())
 	}
 	if err := r.Close(); err != nil {
