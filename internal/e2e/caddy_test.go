@@ -201,6 +201,17 @@ func startGatewayProcess(t *testing.T, bin, cfg string) *gatewayProcess {
 // banner.
 func startGatewayCmd(t *testing.T, cmd *exec.Cmd) *gatewayProcess {
 	t.Helper()
+	g, err := tryGatewayCmd(t, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// tryGatewayCmd is startGatewayCmd returning, rather than failing t, a
+// gateway that exits or stays silent.
+func tryGatewayCmd(t *testing.T, cmd *exec.Cmd) (*gatewayProcess, error) {
+	t.Helper()
 	g := &gatewayProcess{stderr: &testutil.Buffer{}, exited: make(chan error, 1)}
 	g.cmd = cmd
 	g.cmd.Stderr = g.stderr
@@ -231,11 +242,11 @@ func startGatewayCmd(t *testing.T, cmd *exec.Cmd) *gatewayProcess {
 		g.Addr, g.Fingerprint = m[1], m[2]
 	case err := <-g.exited:
 		g.exited <- err
-		t.Fatalf("diglett-server exited (%v):\n%s", err, g.stderr)
+		return nil, fmt.Errorf("diglett-server exited (%v):\n%s", err, g.stderr)
 	case <-time.After(eventually):
-		t.Fatalf("diglett-server printed no banner:\n%s", g.stderr)
+		return nil, fmt.Errorf("diglett-server printed no banner:\n%s", g.stderr)
 	}
-	return g
+	return g, nil
 }
 
 // kill SIGKILLs the gateway, once, and waits for it to exit.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -39,11 +40,11 @@ const homeLifetime = 4 * time.Second
 // on the LAN address.
 func homeGateway(t *testing.T, r *routertest.Router, protocol string) (cfg string, agentPort, httpPort int, lo int) {
 	t.Helper()
-	ports, err := testutil.FreePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// All three from the test's own window, outside the ephemeral range
+	// where other tests' connections take their local ports: the gateway
+	// binds them again when it restarts.
 	lo, hi := randomPortWindow()
+	agentPort, httpPort, hi = hi-1, hi, hi-2
 	dir := t.TempDir()
 	cfg = writeFile(t, dir, "gateway.yaml", fmt.Sprintf(`version: 1
 listen: 0.0.0.0:%d
@@ -53,8 +54,8 @@ http_addr: 0.0.0.0:%d
 ports: %d-%d
 lease: 1s
 nat: {protocol: %s, router: %s, refresh: 1s, lifetime: %s}
-`, ports[0], dir, ports[1], lo, hi, protocol, r.LAN, homeLifetime))
-	return cfg, ports[0], ports[1], lo
+`, agentPort, dir, httpPort, lo, hi, protocol, r.LAN, homeLifetime))
+	return cfg, agentPort, httpPort, lo
 }
 
 // homeAgent runs an agent publishing web on g's tunnel port range and
@@ -109,10 +110,14 @@ func TestGatewayAtHome(t *testing.T) {
 	parallel(t)
 	r := routertest.Start(t, routertest.Options{})
 	server := filepath.Join(buildCommands(t, "./cmd/diglett-server"), "diglett-server")
-	cfg, agentPort, httpPort, _ := homeGateway(t, r, "upnp")
 	backend := startHTTPBackend(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "hello from home") }))
-
-	g := startGatewayProcess(t, server, cfg)
+	// Another test may hold a port of the window picked: pick again.
+	var cfg string
+	var agentPort, httpPort int
+	g := testutil.StartRetrying(t, "diglett-server", func() (*gatewayProcess, error) {
+		cfg, agentPort, httpPort, _ = homeGateway(t, r, "upnp")
+		return tryGatewayCmd(t, exec.Command(server, "--config", cfg))
+	})
 	waitFor(t, "router found", g.stderr, "router found for port mapping")
 	if !strings.Contains(g.stderr.String(), "external_ip="+r.WAN.String()) {
 		t.Fatalf("the gateway did not log the router's external address %s:\n%s", r.WAN, g.stderr)
