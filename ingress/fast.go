@@ -47,9 +47,10 @@ type fastServer struct {
 	handoff *handoffListener
 
 	// served counts the requests forwarded by this path, tapped the
-	// responses written by the receive loop (resptap.go), and tapLeft
-	// those of them the socket did not take at once; tests read them.
-	served, tapped, tapLeft atomic.Int64
+	// responses written by the receive loop (resptap.go), tapLeft those
+	// of them the socket did not take at once, and ended the requests the
+	// receive loop ended (detach.go); tests read them.
+	served, tapped, tapLeft, ended atomic.Int64
 
 	closing atomic.Bool
 	mu      sync.Mutex
@@ -65,6 +66,7 @@ func (in *Server) newFastServer(https bool, addr net.Addr, ln net.Listener) *fas
 // handed over. It returns at once.
 func (fs *fastServer) serve(c *httpguard.Conn) {
 	fc := &fastConn{fs: fs, c: c}
+	fc.pcond.L = &fc.pmu
 	fs.mu.Lock()
 	if fs.closing.Load() {
 		fs.mu.Unlock()
@@ -140,6 +142,13 @@ type fastConn struct {
 	raw      syscall.RawConn // a plain TCP visitor's socket
 	rawKnown bool
 	tap      respTap
+
+	// The request in flight, and whether it is left to the tap (detach.go).
+	cur     fwd
+	pmu     sync.Mutex
+	pcond   sync.Cond // on pmu: the tap ended the request
+	pstate  atomic.Int32
+	endedAt time.Time // when the tap ended the last request; set before pDone
 }
 
 func (fc *fastConn) serve() {
@@ -191,35 +200,72 @@ func (fc *fastConn) serve() {
 
 // waitRequest waits for the first byte of the next request, for the idle
 // timeout (the header timeout for the first request), and arms the header
-// timeout. It reports false when the connection is to close.
+// timeout. It reports false when the connection is to close. A request
+// left to the tap is ended first (detach.go): the tap ends it meanwhile,
+// or hands it back and interrupts the wait, or waitRequest takes it back
+// when the visitor sends more first, at the response timeout, and at
+// shutdown.
 func (fc *fastConn) waitRequest(first bool) bool {
 	cfg := &fc.fs.in.cfg
-	fc.idle.Store(true)
-	if fc.fs.closing.Load() {
-		return false
+	for {
+		pending := fc.pending()
+		since := time.Now()
+		if !pending {
+			fc.idle.Store(true)
+			// The idle time counts from the response's end.
+			if !fc.endedAt.IsZero() {
+				since, fc.endedAt = fc.endedAt, time.Time{}
+			}
+		}
+		if fc.fs.closing.Load() {
+			if pending {
+				fc.resolve()
+			}
+			return false
+		}
+		wait := cfg.IdleTimeout
+		if first {
+			wait = cfg.ReadHeaderTimeout
+		}
+		deadline := fc.waitDeadline(since, wait, pending)
+		fc.c.SetReadDeadline(deadline)
+		if pending && fc.handedBack() {
+			if !fc.resolve() {
+				return false
+			}
+			continue
+		}
+		if fc.lastPOST {
+			// Tolerance for old clients, as the standard server has: CR or
+			// LF bytes after a POST body are dropped.
+			peek, _ := fc.br.Peek(4)
+			fc.br.Discard(leadingCRorLF(peek))
+		}
+		_, err := fc.br.Peek(1)
+		if pending {
+			// The response first, whatever woke the wait.
+			if !fc.resolve() {
+				return false
+			}
+			if err != nil && isTimeout(err) {
+				continue
+			}
+		}
+		if err != nil {
+			if isTimeout(err) && time.Now().Before(deadline) {
+				continue // not this wait's deadline
+			}
+			return false
+		}
+		fc.idle.Store(false)
+		if fc.fs.closing.Load() {
+			return false
+		}
+		if !first {
+			fc.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+		}
+		return true
 	}
-	if first {
-		fc.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
-	} else {
-		fc.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
-	}
-	if fc.lastPOST {
-		// Tolerance for old clients, as the standard server has: CR or
-		// LF bytes after a POST body are dropped.
-		peek, _ := fc.br.Peek(4)
-		fc.br.Discard(leadingCRorLF(peek))
-	}
-	if _, err := fc.br.Peek(1); err != nil {
-		return false
-	}
-	fc.idle.Store(false)
-	if fc.fs.closing.Load() {
-		return false
-	}
-	if !first {
-		fc.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
-	}
-	return true
 }
 
 func leadingCRorLF(p []byte) int {

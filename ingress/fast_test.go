@@ -171,6 +171,17 @@ func startFast(t *testing.T, backend string, rules gateway.VisitorRules) *fastSe
 // when pipe is set, and the visitors' listener wrapped by wrap if given.
 func startFastWith(t *testing.T, backend string, rules gateway.VisitorRules, pipe bool, wrap ...func(net.Listener) net.Listener) *fastSetup {
 	t.Helper()
+	return startFastFull(t, backend, rules, pipe, nil, wrap...)
+}
+
+// startFastConfig is startFast with the ingress's Config changed by cfg.
+func startFastConfig(t *testing.T, backend string, cfg func(*Config)) *fastSetup {
+	t.Helper()
+	return startFastFull(t, backend, nil, false, cfg)
+}
+
+func startFastFull(t *testing.T, backend string, rules gateway.VisitorRules, pipe bool, cfg func(*Config), wrap ...func(net.Listener) net.Listener) *fastSetup {
+	t.Helper()
 	m := newRelayMember(t, 1, backend, pipe)
 	var gw Gateway
 	ft := &fakeTunnel{name: "app", members: []gateway.Member{m}}
@@ -179,7 +190,11 @@ func startFastWith(t *testing.T, backend string, rules gateway.VisitorRules, pip
 	} else {
 		gw = &fakeGateway{tunnels: map[string]*fakeTunnel{"app": ft}}
 	}
-	in := New(gw, Config{Logger: slog.New(slog.DiscardHandler), StatusTimeout: 5 * time.Second})
+	c := Config{Logger: slog.New(slog.DiscardHandler), StatusTimeout: 5 * time.Second}
+	if cfg != nil {
+		cfg(&c)
+	}
+	in := New(gw, c)
 	var ln net.Listener
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

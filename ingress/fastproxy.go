@@ -57,25 +57,47 @@ type bodyState struct {
 	aborted atomic.Bool // its copy was stopped: its errors are not the visitor's
 }
 
+// fwd is one request on its way to the tunnel: what forwarding it needs
+// until it is done, through retries, and, when its response is left to
+// the tap (detach.go), after the connection's goroutine went on.
+type fwd struct {
+	r       *http.Request
+	x       *exchange
+	fw      *fastWriter
+	rt      *route
+	release func()
+	hasBody bool
+	body    *bodyState
+	hb      *[]byte // the head for the backend
+	tried   []uint64
+	fresh   bool
+	lastErr error
+	// The attempt under way.
+	m      *member
+	st     *fastStream
+	reused bool
+	tp     tapper // armed for the response, or nil
+}
+
 // forward serves r, whose head has been read, and reports whether the
 // connection stays open for the next request.
 func (fc *fastConn) forward(r *http.Request) bool {
 	in := fc.fs.in
-	fw := &fastWriter{}
-	x := &exchange{start: time.Now(), rec: &recorder{ResponseWriter: fw}}
-	hasBody := r.ContentLength != 0
-	if hasBody {
-		x.body = &countingBody{}
+	f := &fc.cur
+	*f = fwd{r: r, tried: f.tried[:0], fw: &fastWriter{}, hasBody: r.ContentLength != 0}
+	f.x = &exchange{start: time.Now(), rec: &recorder{ResponseWriter: f.fw}}
+	if f.hasBody {
+		f.x.body = &countingBody{}
 	}
-	defer in.finish(x, r)
-	rt, release := in.routeRequest(x.rec, r, fc.fs.https, x)
+	rt, release := in.routeRequest(f.x.rec, r, fc.fs.https, f.x)
 	if rt == nil {
-		return fc.answer(fw, r, hasBody, nil)
+		keep := fc.answer(f.fw, r, f.hasBody, nil)
+		in.finish(f.x, r)
+		return keep
 	}
-	defer release()
-	var body *bodyState
-	if hasBody {
-		body = &bodyState{}
+	f.rt, f.release = rt, release
+	if f.hasBody {
+		f.body = &bodyState{}
 		rt.body = &visitorBody{}
 	}
 	fv := in.forwardedFrom(r.Header, rt)
@@ -88,48 +110,80 @@ func (fc *fastConn) forward(r *http.Request) bool {
 		r.Header["Te"] = []string{"trailers"}
 	}
 	setForwarded(r.Header, rt, fv)
-	hb := headBufs.Get().(*[]byte)
-	defer headBufs.Put(hb)
-	*hb = appendRequestHead((*hb)[:0], r, rt.host)
+	f.hb = headBufs.Get().(*[]byte)
+	*f.hb = appendRequestHead((*f.hb)[:0], r, rt.host)
+	return fc.attempts(f)
+}
 
-	var tried []uint64
-	var lastErr error
-	fresh := false
+// attempts sends f's request to the tunnel's members until one answers,
+// or answers the visitor with the last error, and reports whether the
+// connection stays open. A request whose response is left to the tap
+// returns true at once: the tap, or resolve, ends it.
+func (fc *fastConn) attempts(f *fwd) bool {
+	in := fc.fs.in
 	for {
-		m := in.pick(rt.t, tried)
+		m := in.pick(f.rt.t, f.tried)
 		if m == nil {
 			break
 		}
 		m.outstanding.Add(1)
-		x.session.Store(m.ID())
-		st, reused, err := fc.stream(m, rt, fresh)
+		f.x.session.Store(m.ID())
+		st, reused, err := fc.stream(m, f.rt, f.fresh)
 		if err != nil {
 			m.outstanding.Add(-1)
-			lastErr = err
+			f.lastErr = err
 			var de *dialError
 			if !errors.As(err, &de) || !de.retry {
 				break
 			}
-			tried = append(tried, m.ID())
+			f.tried = append(f.tried, m.ID())
 			continue
 		}
-		keep, stale, err := fc.exchange(r, rt, st, reused, *hb, x, body)
-		m.outstanding.Add(-1)
-		if err == nil {
+		f.m, f.st, f.reused = m, st, reused
+		keep, stale, err := fc.exchange(f)
+		if err == errDetached {
+			return true
+		}
+		if keep, retry := fc.settle(f, keep, stale, err); !retry {
 			return keep
 		}
-		lastErr = err
-		if stale {
-			fresh = true
-			continue
-		}
-		break
 	}
-	if lastErr == nil {
-		lastErr = errNoAgent
+	return fc.failed(f)
+}
+
+// settle ends an attempt with exchange's results: the request is done,
+// or failed, or (retry) is to be sent again on a fresh stream.
+func (fc *fastConn) settle(f *fwd, keep, stale bool, err error) (bool, bool) {
+	f.m.outstanding.Add(-1)
+	if err == nil {
+		fc.done(f)
+		return keep, false
 	}
-	in.proxyError(x.rec, r.WithContext(context.WithValue(in.ctx, routeKey{}, rt)), lastErr)
-	return fc.answer(fw, r, hasBody, body)
+	f.lastErr = err
+	if stale {
+		f.fresh = true
+		return false, true
+	}
+	return fc.failed(f), false
+}
+
+// failed answers the visitor with f's last error.
+func (fc *fastConn) failed(f *fwd) bool {
+	in := fc.fs.in
+	if f.lastErr == nil {
+		f.lastErr = errNoAgent
+	}
+	in.proxyError(f.x.rec, f.r.WithContext(context.WithValue(in.ctx, routeKey{}, f.rt)), f.lastErr)
+	keep := fc.answer(f.fw, f.r, f.hasBody, f.body)
+	fc.done(f)
+	return keep
+}
+
+// done ends f's request: its route released, its access line and metrics.
+func (fc *fastConn) done(f *fwd) {
+	headBufs.Put(f.hb)
+	f.release()
+	fc.fs.in.finish(f.x, f.r)
 }
 
 func httpgutsTrailers(te []string) bool {
@@ -231,26 +285,43 @@ func appendHeader(b []byte, h http.Header) []byte {
 // otherwise nothing was written to the visitor, and stale says that st, a
 // reused stream, failed before any answer to a request that may be sent
 // again.
-func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused bool, head []byte, x *exchange, body *bodyState) (keep, stale bool, err error) {
+func (fc *fastConn) exchange(f *fwd) (keep, stale bool, err error) {
 	in := fc.fs.in
+	r, rt, st, reused, x, body := f.r, f.rt, f.st, f.reused, f.x, f.body
 	sw := writers.Get().(*bufio.Writer)
 	sw.Reset(st)
 	defer func() {
 		sw.Reset(nil)
 		writers.Put(sw)
 	}()
-	sw.Write(head)
-	var bodyDone chan error
-	// The response timeout starts once the body is sent, unless the
-	// response head came first: mu orders the two.
-	var mu sync.Mutex
-	headRead := false
+	sw.Write(*f.hb)
+	var bc *bodyCopy
 	// The response may go straight to the visitor (resptap.go) when the
 	// request is all sent before it is read.
 	var tp tapper
 	switch {
+	case body == nil && fc.detachable(r):
+		// The goroutine need not wait for the response: the tap may end
+		// the request (detach.go).
+		st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
+		tp = fc.armTap(st, r, true)
+		f.tp = tp
+		err := sw.Flush()
+		if tp != nil {
+			switch fc.detach(err == nil) {
+			case detached:
+				return false, false, errDetached
+			case tapTook:
+				return fc.tapped(st, r, x, body)
+			}
+			tp = nil // disarmed, and took nothing
+		}
+		if err != nil {
+			st.close(true)
+			return false, reused && replayable(r), err
+		}
 	case body == nil:
-		tp = fc.armTap(st, r)
+		tp = fc.armTap(st, r, false)
 		if err := sw.Flush(); err != nil {
 			if tp != nil && tp.ClearTap() {
 				return fc.tapped(st, r, x, body)
@@ -261,7 +332,7 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 		st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
 	case r.ContentLength > 0 && int64(fc.br.Buffered()) >= r.ContentLength:
 		// All of the body is here: no need to wait for the visitor.
-		tp = fc.armTap(st, r)
+		tp = fc.armTap(st, r, false)
 		err := fc.sendBody(sw, r, rt, x, body)
 		if err == nil {
 			err = sw.Flush()
@@ -277,7 +348,7 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 	default:
 		// The backend may answer before the body ends, as the standard
 		// client lets it: the body goes in its own goroutine.
-		bodyDone = make(chan error, 1)
+		bc = &bodyCopy{done: make(chan error, 1)}
 		go func() {
 			err := fc.sendBody(sw, r, rt, x, body)
 			if err == nil {
@@ -286,31 +357,49 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 			if err != nil {
 				resetStream(st.Conn) // ends the wait for the response
 			} else {
-				mu.Lock()
-				if !headRead {
+				bc.mu.Lock()
+				if !bc.headRead {
 					st.SetReadDeadline(time.Now().Add(in.cfg.ResponseTimeout))
 				}
-				mu.Unlock()
+				bc.mu.Unlock()
 			}
-			bodyDone <- err
+			bc.done <- err
 		}()
 	}
-	// stopBody ends the body's copy if it is still going, and waits for it.
-	stopBody := func() {
-		if bodyDone == nil {
-			return
-		}
-		select {
-		case <-bodyDone:
-		default:
-			body.aborted.Store(true)
-			fc.c.SetReadDeadline(longAgo)
-			resetStream(st.Conn)
-			<-bodyDone
-		}
-		bodyDone = nil
-	}
+	return fc.respond(f, tp, bc)
+}
 
+// bodyCopy is a request body copied by a goroutine of its own while the
+// response is awaited.
+type bodyCopy struct {
+	// The response timeout starts once the body is sent, unless the
+	// response head came first: mu orders the two.
+	mu       sync.Mutex
+	headRead bool
+	done     chan error
+}
+
+// stop ends the body's copy if it is still going, and waits for it.
+func (bc *bodyCopy) stop(fc *fastConn, st *fastStream, body *bodyState) {
+	if bc == nil || bc.done == nil {
+		return
+	}
+	select {
+	case <-bc.done:
+	default:
+		body.aborted.Store(true)
+		fc.c.SetReadDeadline(longAgo)
+		resetStream(st.Conn)
+		<-bc.done
+	}
+	bc.done = nil
+}
+
+// respond reads the response to f's request from its stream (unless the
+// tap tp took it) and relays it to the visitor; the rest of exchange.
+func (fc *fastConn) respond(f *fwd, tp tapper, bc *bodyCopy) (keep, stale bool, err error) {
+	in := fc.fs.in
+	r, st, reused, x, body := f.r, f.st, f.reused, f.x, f.body
 	vw := writers.Get().(*bufio.Writer)
 	vw.Reset(fc.c)
 	defer func() {
@@ -327,17 +416,21 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 		return fc.tapped(st, r, x, body)
 	}
 	if err != nil {
-		stopBody()
+		bc.stop(fc, st, body)
 		st.close(true)
 		if errors.Is(err, errInterimSent) {
 			return false, false, nil
 		}
 		return false, reused && body == nil && replayable(r) && !isTimeout(err), err
 	}
-	mu.Lock()
-	headRead = true
+	if bc != nil {
+		bc.mu.Lock()
+		bc.headRead = true
+	}
 	st.SetReadDeadline(time.Time{})
-	mu.Unlock()
+	if bc != nil {
+		bc.mu.Unlock()
+	}
 
 	chunked, length := resp.chunked, resp.length
 	closeAfter := r.Close || (!chunked && length < 0)
@@ -368,20 +461,20 @@ func (fc *fastConn) exchange(r *http.Request, rt *route, st *fastStream, reused 
 	x.rec.written = n
 	if rerr != nil || werr != nil {
 		in.log.Debug("response cut", "visitor", r.RemoteAddr, "host", r.Host, "err", errors.Join(rerr, werr))
-		stopBody()
+		bc.stop(fc, st, body)
 		st.close(true)
 		return false, false, nil
 	}
 	reuse := !closeAfter && !resp.close && st.br.Buffered() == 0
-	if bodyDone != nil {
+	if bc != nil && bc.done != nil {
 		select {
-		case berr := <-bodyDone:
+		case berr := <-bc.done:
 			reuse = reuse && berr == nil
 		default:
 			// The backend answered before the body ended: the stream
 			// cannot carry another request.
 			reuse = false
-			stopBody()
+			bc.stop(fc, st, body)
 		}
 	}
 	if body != nil && !body.read.Load() {

@@ -22,13 +22,14 @@ import (
 
 // tapper is what a stream offers for write-through of a response.
 type tapper interface {
-	SetTap(f func(p []byte) bool) bool
+	SetTap(f func(p []byte) bool, then func()) bool
 	ClearTap() bool
 }
 
 // respTap is a visitor connection's write-through of one response.
 type respTap struct {
 	fn         func([]byte) bool // fc.takeResponse, bound once
+	then       func()            // fc.tapThen, bound once
 	method     string
 	closeAfter bool // the visitor asked to close after this response
 	// Set by takeResponse, read after ClearTap.
@@ -52,18 +53,25 @@ func (fc *fastConn) visitorSocket() syscall.RawConn {
 	return fc.raw
 }
 
-// armTap arms st's tap for the response to r, when it can be.
-func (fc *fastConn) armTap(st *fastStream, r *http.Request) tapper {
+// armTap arms st's tap for the response to r, when it can be; with
+// detach, the tap may end the request (detach.go).
+func (fc *fastConn) armTap(st *fastStream, r *http.Request, detach bool) tapper {
 	t, ok := st.Conn.(tapper)
 	if !ok || st.br.Buffered() > 0 || fc.visitorSocket() == nil {
 		return nil
 	}
 	if fc.tap.fn == nil {
-		fc.tap.fn = fc.takeResponse
+		fc.tap.fn, fc.tap.then = fc.takeResponse, fc.tapThen
 	}
 	fc.tap.method, fc.tap.closeAfter = r.Method, r.Close
 	fc.tap.n, fc.tap.buf, fc.tap.left, fc.tap.err = 0, nil, nil, nil
-	if !t.SetTap(fc.tap.fn) {
+	var then func()
+	if detach {
+		fc.setState(pSending)
+		then = fc.tap.then
+	}
+	if !t.SetTap(fc.tap.fn, then) {
+		fc.setState(pOff)
 		return nil
 	}
 	return t
@@ -72,6 +80,15 @@ func (fc *fastConn) armTap(st *fastStream, r *http.Request) tapper {
 // takeResponse is the tap: it takes p if p is one whole common response,
 // and writes it to the visitor. It runs in the session's receive loop.
 func (fc *fastConn) takeResponse(p []byte) bool {
+	if fc.pstate.Load() == pOff {
+		return p != nil && fc.writeResponse(p)
+	}
+	return fc.takeDetached(p)
+}
+
+// writeResponse takes p if p is one whole common response, and writes it
+// to the visitor's socket with one write that does not wait.
+func (fc *fastConn) writeResponse(p []byte) bool {
 	t := &fc.tap
 	end := crlfEnd(p)
 	if end < 0 {

@@ -148,7 +148,9 @@ func TestTapSameBytes(t *testing.T) {
 
 // A visitor that does not read: the responses the tap writes fill its
 // socket, and what the socket does not take is written by the
-// connection's goroutine; all of them arrive, whole and in order.
+// connection's goroutine; all of them arrive, whole and in order. The
+// visitor sends each request once the last was tapped, so the goroutine
+// is back waiting for the visitor when the tap meets the full socket.
 func TestTapSocketFull(t *testing.T) {
 	noLeaks(t)
 	body := strings.Repeat("x", 3000)
@@ -192,6 +194,15 @@ func TestTapSocketFull(t *testing.T) {
 				return
 			}
 			reqs <- i
+			err := testutil.Poll(10*time.Second, func() error {
+				if tapped, left := fastTapped(s.in); tapped <= int64(i) && left == 0 {
+					return fmt.Errorf("response %d not tapped", i)
+				}
+				return nil
+			})
+			if err != nil {
+				return
+			}
 		}
 	}()
 	if err := testutil.Poll(20*time.Second, func() error {

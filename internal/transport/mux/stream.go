@@ -52,9 +52,10 @@ type Stream struct {
 	through    int64 // bytes written to sinks
 	outPending bool  // a Read returned data and the next Read has not begun
 	// Tap (tap.go): set under mu; called, and tapped set, under tapMu.
-	tapMu  sync.Mutex
-	tap    func([]byte) bool
-	tapped bool // the tap took a payload: Reads say so until ClearTap
+	tapMu   sync.Mutex
+	tap     func([]byte) bool
+	tapThen func() // called after the tap took a payload
+	tapped  bool   // the tap took a payload: Reads say so until ClearTap
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -242,11 +243,13 @@ func (st *Stream) receive(length uint32) error {
 			return s.discard(uint32(remaining))
 		}
 		if st.tap != nil {
+			st.mu.Unlock()
 			if remaining == int(length) && remaining <= MaxTapSize && st.buffered == 0 && len(st.chunks) == 0 {
-				st.mu.Unlock()
 				return st.receiveTapped(remaining)
 			}
-			st.tap = nil // it is for the next frame only
+			// Not a payload for the tap: it hears so, and is disarmed.
+			st.tapGone()
+			continue
 		}
 		if st.canWriteThroughLocked() {
 			st.mu.Unlock()
@@ -391,6 +394,7 @@ func (st *Stream) Close() error {
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
+	st.tapGone()
 	var err error
 	if sendFIN {
 		err = st.s.sendControl(typeWindowUpdate, flagFIN, st.id, 0, true)
@@ -431,6 +435,7 @@ func (st *Stream) endResetLocked(send func()) {
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
+	st.tapGone()
 	if send != nil {
 		send()
 	}
@@ -465,6 +470,7 @@ func (st *Stream) peerFIN() {
 	}
 	st.mu.Unlock()
 	signal(st.readCh)
+	st.tapGone()
 	if forget {
 		st.s.forget(st)
 	}
@@ -516,6 +522,7 @@ func (st *Stream) sessionEnded() {
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
+	st.tapGone()
 	if syn {
 		st.s.releaseSyn()
 	}

@@ -54,7 +54,7 @@ func TestTapTakes(t *testing.T) {
 	o.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	// More than a window's worth of payloads, one tap each.
 	for i := range 2 * InitialWindow / MaxTapSize {
-		if !a.SetTap(l.tap) {
+		if !a.SetTap(l.tap, nil) {
 			t.Fatalf("payload %d: SetTap refused on an empty stream", i)
 		}
 		if _, err := o.Write(msg); err != nil {
@@ -86,14 +86,14 @@ func TestTapTakes(t *testing.T) {
 }
 
 // A tap that leaves a payload leaves it to Read, whole and in order, and
-// is not called again; a payload over MaxTapSize is not given to it, and
-// disarms it.
+// is not called again; a payload over MaxTapSize is not given to it (the
+// tap hears of it with nil), and disarms it.
 func TestTapLeaves(t *testing.T) {
 	t.Parallel()
 	cs, ss := pair(t, Config{})
 	o, a := openPair(t, cs, ss)
 	l := &tapLog{}
-	if !a.SetTap(l.tap) {
+	if !a.SetTap(l.tap, nil) {
 		t.Fatal("SetTap refused")
 	}
 	o.Write([]byte("one"))
@@ -118,7 +118,7 @@ func TestTapLeaves(t *testing.T) {
 
 	big := bytes.Repeat([]byte("y"), MaxTapSize+1)
 	l2 := &tapLog{take: true}
-	a.SetTap(l2.tap)
+	a.SetTap(l2.tap, nil)
 	if _, err := o.Write(big); err != nil {
 		t.Fatal(err)
 	}
@@ -133,8 +133,8 @@ func TestTapLeaves(t *testing.T) {
 	if b, err := readErr(t, a); err != nil || string(b) != "small" {
 		t.Fatalf("Read = %q, %v; want \"small\"", b, err)
 	}
-	if n := len(l2.calls()); n != 0 || a.ClearTap() {
-		t.Fatalf("the tap was given %d payloads after a frame over MaxTapSize", n)
+	if c := l2.calls(); len(c) != 1 || c[0] != nil || a.ClearTap() {
+		t.Fatalf("the tap was given %q about a frame over MaxTapSize and the next; want one call with nil", c)
 	}
 }
 
@@ -149,13 +149,13 @@ func TestTapRefusedAndReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &tapLog{take: true}
-	if a.SetTap(l.tap) {
+	if a.SetTap(l.tap, nil) {
 		t.Fatal("SetTap took a stream with data buffered")
 	}
 	if b, err := readErr(t, a); err != nil || string(b) != "buffered" {
 		t.Fatalf("Read = %q, %v", b, err)
 	}
-	if !a.SetTap(l.tap) {
+	if !a.SetTap(l.tap, nil) {
 		t.Fatal("SetTap refused an empty stream")
 	}
 	done := make(chan error, 1)
@@ -172,10 +172,13 @@ func TestTapRefusedAndReset(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a reset did not end the Read")
 	}
-	if a.ClearTap() || len(l.calls()) != 0 {
-		t.Fatal("the tap was called on a stream reset before any data")
+	if a.ClearTap() {
+		t.Fatal("ClearTap says the tap took a payload on a stream reset before any data")
 	}
-	if a.SetTap(l.tap) {
+	if c := l.calls(); len(c) != 1 || c[0] != nil {
+		t.Fatalf("the tap was given %q on a reset; want one call with nil", c)
+	}
+	if a.SetTap(l.tap, nil) {
 		t.Fatal("SetTap took a reset stream")
 	}
 }
@@ -203,7 +206,7 @@ func TestClearTapWaitsForTheCall(t *testing.T) {
 		close(entered)
 		<-release
 		return true
-	})
+	}, nil)
 	o.Write([]byte("z"))
 	select {
 	case <-entered:
@@ -225,5 +228,104 @@ func TestClearTapWaitsForTheCall(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("ClearTap did not return after the tap did")
+	}
+}
+
+// An armed tap whose stream's next event is not a payload for it hears
+// so once, with nil, and is disarmed: a frame larger than MaxTapSize
+// (then read as usual), the peer's FIN, the peer's reset, a local Close
+// or Reset, and the session's end.
+func TestTapHearsOtherEvents(t *testing.T) {
+	t.Parallel()
+	big := bytes.Repeat([]byte("b"), MaxTapSize+1)
+	for _, c := range []struct {
+		name  string
+		event func(o, a *Stream, cs *Session)
+		read  []byte // what a's Read returns after the event
+		err   error  // or the error it returns
+	}{
+		{"larger frame", func(o, _ *Stream, _ *Session) { o.Write(big) }, big, nil},
+		{"peer FIN", func(o, _ *Stream, _ *Session) { o.CloseWrite() }, nil, io.EOF},
+		{"peer reset", func(o, _ *Stream, _ *Session) { o.Reset() }, nil, ErrStreamReset},
+		{"local close", func(_, a *Stream, _ *Session) { a.Close() }, nil, ErrStreamClosed},
+		{"local reset", func(_, a *Stream, _ *Session) { a.Reset() }, nil, ErrStreamReset},
+		{"session end", func(_, _ *Stream, cs *Session) { cs.Close() }, nil, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			cs, ss := pair(t, Config{})
+			o, a := openPair(t, cs, ss)
+			heard := make(chan []byte, 4)
+			thenCalled := false
+			if !a.SetTap(func(p []byte) bool { heard <- p; return true }, func() { thenCalled = true }) {
+				t.Fatal("SetTap refused")
+			}
+			c.event(o, a, cs)
+			select {
+			case p := <-heard:
+				if p != nil {
+					t.Fatalf("the tap was given %d bytes; want nil", len(p))
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the tap did not hear of the event")
+			}
+			if c.read != nil || c.err != nil {
+				got, err := readErr(t, a)
+				if !bytes.Equal(got, c.read) || !errors.Is(err, c.err) && !(c.read != nil && err == nil) {
+					t.Fatalf("Read = %d bytes, %v; want %d bytes, %v", len(got), err, len(c.read), c.err)
+				}
+			}
+			// Disarmed: a later frame is not given to it.
+			o.Write([]byte("later"))
+			if a.ClearTap() || thenCalled {
+				t.Fatal("a tap called with nil counts as a take")
+			}
+			select {
+			case p := <-heard:
+				t.Fatalf("the tap was called again with %q", p)
+			default:
+			}
+		})
+	}
+}
+
+// then runs right after a take, and ClearTap waits for it; the take is
+// not recorded for Read, which goes on with the next payload.
+func TestTapThen(t *testing.T) {
+	t.Parallel()
+	cs, ss := pair(t, Config{})
+	o, a := openPair(t, cs, ss)
+	entered, release := make(chan struct{}), make(chan struct{})
+	if !a.SetTap(func(p []byte) bool { return string(p) == "one" }, func() {
+		close(entered)
+		<-release
+	}) {
+		t.Fatal("SetTap refused")
+	}
+	o.Write([]byte("one"))
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("then was not called")
+	}
+	cleared := make(chan bool, 1)
+	go func() { cleared <- a.ClearTap() }()
+	select {
+	case <-cleared:
+		t.Fatal("ClearTap returned while then was running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case took := <-cleared:
+		if took {
+			t.Fatal("ClearTap reports a take that then ended")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ClearTap did not return after then did")
+	}
+	o.Write([]byte("two"))
+	if got, err := readErr(t, a); err != nil || string(got) != "two" {
+		t.Fatalf("Read after then = %q, %v; want \"two\"", got, err)
 	}
 }
