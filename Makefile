@@ -65,6 +65,7 @@ FUZZ_TARGETS := \
 	./config:FuzzParse \
 	./gateway:FuzzUnlistedConn \
 	./ingress:FuzzChunkScanner \
+	./ingress:FuzzParseRequest \
 	./ingress:FuzzResponseHead \
 	./ingress:FuzzTapResponse \
 	./internal/cli:FuzzTextHandler \

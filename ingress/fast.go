@@ -307,9 +307,15 @@ func (fc *fastConn) readHead() (*http.Request, int, int) {
 		}
 	}
 	head, _ := fc.br.Peek(n)
-	fc.hbr.Reset(bytes.NewReader(head))
-	r, err := http.ReadRequest(fc.hbr)
-	if err != nil || !fc.takes(r) {
+	r, plain := parseRequest(head)
+	if !plain {
+		fc.hbr.Reset(bytes.NewReader(head))
+		var err error
+		if r, err = http.ReadRequest(fc.hbr); err != nil {
+			return nil, 0, headHandover
+		}
+	}
+	if !fc.takes(r, !plain) {
 		return nil, 0, headHandover
 	}
 	if fc.remote == "" {
@@ -339,9 +345,10 @@ func headEnd(p []byte) int {
 
 // takes reports whether this path forwards r: HTTP/1.1 in origin form,
 // with neither upgrade nor Expect, a body framed by Content-Length or one
-// chunked coding, one valid Host, headers the standard server would take,
-// and a tunnel that does not ask for HTTP/2 to its backend.
-func (fc *fastConn) takes(r *http.Request) bool {
+// chunked coding, one valid Host, headers the standard server would take
+// (checked when fields, parseRequest having checked them otherwise), and
+// a tunnel that does not ask for HTTP/2 to its backend.
+func (fc *fastConn) takes(r *http.Request, fields bool) bool {
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Method == http.MethodConnect || r.Method == "PRI" {
 		return false
 	}
@@ -366,6 +373,21 @@ func (fc *fastConn) takes(r *http.Request) bool {
 	default:
 		return false
 	}
+	if fields && !validFields(h) {
+		return false
+	}
+	in := fc.fs.in
+	if name, _, err := in.gw.Route(r.Host); err == nil && name != "" {
+		if t, ok := in.gw.Tunnel(name); ok && t.Visitors().H2C() {
+			return false
+		}
+	}
+	return true
+}
+
+// validFields reports whether every name and value of h is one the
+// standard server takes.
+func validFields(h http.Header) bool {
 	for k, vs := range h {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return false
@@ -374,12 +396,6 @@ func (fc *fastConn) takes(r *http.Request) bool {
 			if !httpguts.ValidHeaderFieldValue(v) {
 				return false
 			}
-		}
-	}
-	in := fc.fs.in
-	if name, _, err := in.gw.Route(r.Host); err == nil && name != "" {
-		if t, ok := in.gw.Tunnel(name); ok && t.Visitors().H2C() {
-			return false
 		}
 	}
 	return true
