@@ -27,6 +27,32 @@ func fastEnded(in *Server) int64 {
 	return n
 }
 
+// waitAccessLines waits for log to hold n access lines.
+func waitAccessLines(t *testing.T, log *testutil.Buffer, n int) {
+	t.Helper()
+	if err := testutil.Poll(5*time.Second, func() error {
+		if got := strings.Count(log.String(), "msg=\"http request\""); got != n {
+			return fmt.Errorf("%d access lines, want %d", got, n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v:\n%s", err, log.String())
+	}
+}
+
+// waitAccessLine waits for log to hold an access line with want.
+func waitAccessLine(t *testing.T, log *testutil.Buffer, want string) {
+	t.Helper()
+	if err := testutil.Poll(5*time.Second, func() error {
+		if !strings.Contains(log.String(), want) {
+			return fmt.Errorf("no access line with %q", want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v:\n%s", err, log.String())
+	}
+}
+
 // startDetach is startFast with cfg's timeouts and an access log in buf.
 func startDetach(t *testing.T, backend string, responseTimeout time.Duration, buf *testutil.Buffer) *fastSetup {
 	t.Helper()
@@ -54,14 +80,7 @@ func TestDetachedEnds(t *testing.T) {
 		}
 	}
 	// The access line is written after the response, by the receive loop.
-	if err := testutil.Poll(5*time.Second, func() error {
-		if got := strings.Count(log.String(), "msg=\"http request\""); got != n {
-			return fmt.Errorf("%d access lines, want %d", got, n)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("%v:\n%s", err, log.String())
-	}
+	waitAccessLines(t, &log, n)
 	for i := range n {
 		if !strings.Contains(log.String(), fmt.Sprintf("path=/p%d status=200 bytes=%d", i, len(fmt.Sprintf("HTTP/1.1 /p%d ", i)))) {
 			t.Errorf("no access line for /p%d with its status and size:\n%s", i, log.String())
@@ -159,14 +178,7 @@ func TestDetachedResponseTimeout(t *testing.T) {
 	if resp, _ := readResp(t, br, "GET"); resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d; want 504", resp.StatusCode)
 	}
-	if err := testutil.Poll(5*time.Second, func() error {
-		if !strings.Contains(log.String(), "path=/mute status=504") {
-			return fmt.Errorf("no access line")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("%v:\n%s", err, log.String())
-	}
+	waitAccessLine(t, &log, "path=/mute status=504")
 }
 
 // A visitor that sends its next requests before the response: the
@@ -187,14 +199,7 @@ func TestDetachedPipelinedOrder(t *testing.T) {
 			t.Fatalf("response %d: %q", i, body)
 		}
 	}
-	if err := testutil.Poll(5*time.Second, func() error {
-		if got := strings.Count(log.String(), "msg=\"http request\""); got != n {
-			return fmt.Errorf("%d access lines, want %d", got, n)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitAccessLines(t, &log, n)
 }
 
 // A visitor that leaves before its response: the request still ends,
@@ -220,14 +225,7 @@ func TestDetachedVisitorLeaves(t *testing.T) {
 	}
 	c.Close()
 	close(release)
-	if err := testutil.Poll(5*time.Second, func() error {
-		if !strings.Contains(log.String(), "path=/gone") {
-			return fmt.Errorf("no access line")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("%v:\n%s", err, log.String())
-	}
+	waitAccessLine(t, &log, "path=/gone")
 }
 
 // A connection left idle after a request the receive loop ended closes
