@@ -254,3 +254,86 @@ func TestDetachedIdleTimeout(t *testing.T) {
 		t.Fatalf("closed after %v; want about %v", d, idle)
 	}
 }
+
+// Many visitors at once, over one session's pooled streams, mix
+// responses the receive loop ends with ones it hands back, one request at
+// a time and pipelined: every response reaches its own visitor, whole and
+// in order, and every request has its access line.
+func TestDetachedConcurrentMix(t *testing.T) {
+	noLeaks(t)
+	big := strings.Repeat("b", mux.MaxTapSize+1)
+	backend := rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body := r.URL.Path
+			if strings.HasPrefix(body, "/big") {
+				body += big
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+	})
+	var log testutil.Buffer
+	s := startDetach(t, backend, time.Minute, &log)
+	const visitors, rounds = 16, 40
+	errs := make(chan error, visitors)
+	for v := range visitors {
+		go func() {
+			errs <- func() error {
+				c, err := net.Dial("tcp", s.addr)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				br := bufio.NewReader(c)
+				for i := range rounds {
+					// Every third round pipelines three requests.
+					n := 1
+					if i%3 == 2 {
+						n = 3
+					}
+					var paths []string
+					var req bytes.Buffer
+					for j := range n {
+						p := fmt.Sprintf("/v%d-r%d-%d", v, i, j)
+						if (v+i+j)%4 == 0 {
+							p = "/big" + p
+						}
+						paths = append(paths, p)
+						fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: app.gw.test\r\n\r\n", p)
+					}
+					if _, err := c.Write(req.Bytes()); err != nil {
+						return err
+					}
+					for _, p := range paths {
+						resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+						if err != nil {
+							return fmt.Errorf("%s: %v", p, err)
+						}
+						b, err := io.ReadAll(resp.Body)
+						if err != nil {
+							return fmt.Errorf("%s: %v", p, err)
+						}
+						if want := p; !strings.HasPrefix(string(b), want) || strings.HasPrefix(p, "/big") != (len(b) > len(big)) {
+							return fmt.Errorf("%s: got %d bytes starting %.40q", p, len(b), b)
+						}
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range visitors {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Rounds 2, 5, 8... carry three requests, the others one.
+	total := visitors * (rounds + 2*(rounds/3))
+	waitAccessLines(t, &log, total)
+	t.Logf("%d requests; the receive loop ended %d of them", total, fastEnded(s.in))
+}
