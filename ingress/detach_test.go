@@ -18,13 +18,7 @@ import (
 
 // fastEnded is how many requests the receive loop ended (detach.go).
 func fastEnded(in *Server) int64 {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	var n int64
-	for fs := range in.fast {
-		n += fs.ended.Load()
-	}
-	return n
+	return fastSum(in, func(fs *fastServer) int64 { return fs.ended.Load() })
 }
 
 // waitAccessLines waits for log to hold n access lines.
@@ -106,32 +100,26 @@ func TestDetachedEnds(t *testing.T) {
 func TestDetachedHandedBack(t *testing.T) {
 	noLeaks(t)
 	big := strings.Repeat("b", mux.MaxTapSize+100)
-	backend := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			switch r.URL.Path {
-			case "/big":
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
-			case "/split":
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-				// A pause, so that the head's frame usually leaves
-				// alone and the tap, given a head without its body,
-				// hands the request back.
-				time.Sleep(20 * time.Millisecond)
-				io.WriteString(c, "split")
-			case "/interim":
-				io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ninterim")
-			case "/close":
-				io.WriteString(c, "HTTP/1.1 200 OK\r\n\r\nuntil the end")
-				return
-			default:
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
-			}
+	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
+		switch r.URL.Path {
+		case "/big":
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
+		case "/split":
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+			// A pause, so that the head's frame usually leaves alone
+			// and the tap, given a head without its body, hands the
+			// request back.
+			time.Sleep(20 * time.Millisecond)
+			io.WriteString(c, "split")
+		case "/interim":
+			io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ninterim")
+		case "/close":
+			io.WriteString(c, "HTTP/1.1 200 OK\r\n\r\nuntil the end")
+			return false
+		default:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
 		}
+		return true
 	})
 	var log testutil.Buffer
 	s := startDetach(t, backend, time.Minute, &log)
@@ -262,19 +250,13 @@ func TestDetachedIdleTimeout(t *testing.T) {
 func TestDetachedConcurrentMix(t *testing.T) {
 	noLeaks(t)
 	big := strings.Repeat("b", mux.MaxTapSize+1)
-	backend := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			body := r.URL.Path
-			if strings.HasPrefix(body, "/big") {
-				body += big
-			}
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
+		body := r.URL.Path
+		if strings.HasPrefix(body, "/big") {
+			body += big
 		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		return true
 	})
 	var log testutil.Buffer
 	s := startDetach(t, backend, time.Minute, &log)

@@ -214,15 +214,36 @@ func startFastFull(t *testing.T, backend string, rules gateway.VisitorRules, pip
 	return &fastSetup{in: in, addr: ln.Addr().String(), m: m}
 }
 
-// fastServed is how many requests the ingress's forwarding paths took.
-func fastServed(in *Server) int64 {
+// fastSum sums a counter of the ingress's forwarding paths.
+func fastSum(in *Server, count func(*fastServer) int64) int64 {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	var n int64
 	for fs := range in.fast {
-		n += fs.served.Load()
+		n += count(fs)
 	}
 	return n
+}
+
+// fastServed is how many requests the ingress's forwarding paths took.
+func fastServed(in *Server) int64 {
+	return fastSum(in, func(fs *fastServer) int64 { return fs.served.Load() })
+}
+
+// answeringBackend serves the requests of each connection, one after the
+// other, with what answer writes, until answer reports false or the
+// connection ends.
+func answeringBackend(t *testing.T, answer func(c net.Conn, r *http.Request) bool) string {
+	t.Helper()
+	return rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil || !answer(c, r) {
+				return
+			}
+		}
+	})
 }
 
 // fastTapped is how many responses the receive loop wrote to visitors

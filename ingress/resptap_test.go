@@ -154,15 +154,9 @@ func TestTapSameBytes(t *testing.T) {
 func TestTapSocketFull(t *testing.T) {
 	noLeaks(t)
 	body := strings.Repeat("x", 3000)
-	backend := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Path: %s\r\n\r\n%s", len(body), r.URL.Path, body)
-		}
+	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Path: %s\r\n\r\n%s", len(body), r.URL.Path, body)
+		return true
 	})
 	// Small socket buffers both ways (the visitor's set before it
 	// connects), so the gateway's socket fills after a few responses
