@@ -379,6 +379,19 @@ type bodyCopy struct {
 	done     chan error
 }
 
+// headCame lifts the response timeout once the response head came, and
+// keeps the body's end from setting it again.
+func (bc *bodyCopy) headCame(st *fastStream) {
+	if bc == nil {
+		st.SetReadDeadline(time.Time{})
+		return
+	}
+	bc.mu.Lock()
+	bc.headRead = true
+	st.SetReadDeadline(time.Time{})
+	bc.mu.Unlock()
+}
+
 // stop ends the body's copy if it is still going, and waits for it.
 func (bc *bodyCopy) stop(fc *fastConn, st *fastStream, body *bodyState) {
 	if bc == nil || bc.done == nil {
@@ -423,14 +436,7 @@ func (fc *fastConn) respond(f *fwd, tp tapper, bc *bodyCopy) (keep, stale bool, 
 		}
 		return false, reused && body == nil && replayable(r) && !isTimeout(err), err
 	}
-	if bc != nil {
-		bc.mu.Lock()
-		bc.headRead = true
-	}
-	st.SetReadDeadline(time.Time{})
-	if bc != nil {
-		bc.mu.Unlock()
-	}
+	bc.headCame(st)
 
 	chunked, length := resp.chunked, resp.length
 	closeAfter := r.Close || (!chunked && length < 0)

@@ -391,10 +391,13 @@ func (st *Stream) Close() error {
 	sendFIN := !st.finSent && !st.reset && !st.ended
 	st.finSent = true
 	forget := st.finRecv || st.reset || st.ended
+	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
-	st.tapGone()
+	if armed {
+		st.tapGone()
+	}
 	var err error
 	if sendFIN {
 		err = st.s.sendControl(typeWindowUpdate, flagFIN, st.id, 0, true)
@@ -432,10 +435,13 @@ func (st *Stream) endResetLocked(send func()) {
 	st.releaseLocked()
 	syn := st.synPending
 	st.synPending = false
+	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
-	st.tapGone()
+	if armed {
+		st.tapGone()
+	}
 	if send != nil {
 		send()
 	}
@@ -468,9 +474,12 @@ func (st *Stream) peerFIN() {
 	if st.readStopped {
 		st.releaseLocked()
 	}
+	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	signal(st.readCh)
-	st.tapGone()
+	if armed {
+		st.tapGone()
+	}
 	if forget {
 		st.s.forget(st)
 	}
@@ -519,10 +528,13 @@ func (st *Stream) sessionEnded() {
 	st.ended = true
 	syn := st.synPending
 	st.synPending = false
+	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	signal(st.readCh)
 	signal(st.writeCh)
-	st.tapGone()
+	if armed {
+		st.tapGone()
+	}
 	if syn {
 		st.s.releaseSyn()
 	}

@@ -52,15 +52,10 @@ func (st *Stream) ClearTap() (took bool) {
 	return took
 }
 
-// tapGone calls an armed tap with nil, and disarms it: the stream's next
-// event is not a payload for it. Called without st.mu.
+// tapGone calls the tap, if it is still armed, with nil, and disarms it:
+// the stream's next event is not a payload for it. Called without st.mu,
+// by a caller that saw the tap armed.
 func (st *Stream) tapGone() {
-	st.mu.Lock()
-	armed := st.tap != nil
-	st.mu.Unlock()
-	if !armed {
-		return
-	}
 	st.tapMu.Lock()
 	st.mu.Lock()
 	f := st.tap
