@@ -319,3 +319,30 @@ func TestDetachedConcurrentMix(t *testing.T) {
 	waitAccessLines(t, &log, total)
 	t.Logf("%d requests; the receive loop ended %d of them", total, fastEnded(s.in))
 }
+
+// The end of a request the receive loop ended does not count towards the
+// idle time of a later one the goroutine served: after a slow answer to
+// a POST that followed it, the connection serves the next request.
+func TestDetachedIdleAfterSlowRequest(t *testing.T) {
+	noLeaks(t)
+	const idle = time.Second
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			time.Sleep(idle + idle/2) // longer than the idle timeout
+		}
+		io.WriteString(w, r.URL.Path)
+	})
+	s := startFastConfig(t, httpBackend(t, slow), func(c *Config) {
+		c.ResponseTimeout = time.Minute
+		c.IdleTimeout = idle
+	})
+	c, br := dialVisitor(t, s.addr)
+	io.WriteString(c, "GET /first HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
+	readResp(t, br, "GET")
+	io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: app.gw.test\r\nContent-Length: 2\r\n\r\nok")
+	readResp(t, br, "POST")
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
+	if _, body := readResp(t, br, "GET"); body != "/next" {
+		t.Fatalf("after the slow request: %q", body)
+	}
+}

@@ -257,6 +257,9 @@ func (fc *fastConn) waitRequest(first bool) bool {
 			}
 			return false
 		}
+		// A request came: the last one's end no longer starts an idle
+		// time (the tap may have ended it while this wait began).
+		fc.endedAt = time.Time{}
 		fc.idle.Store(false)
 		if fc.fs.closing.Load() {
 			return false
