@@ -119,6 +119,20 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return c.st.Write(p)
 }
 
+// TryWrite sends bytes to the visitor if the stream can take them without
+// waiting, and reports whether it did (see internal/relay); a UDP flow
+// never can.
+func (c *Conn) TryWrite(p []byte) (bool, error) {
+	tw, ok := c.st.(interface{ TryWrite([]byte) (bool, error) })
+	if !ok || c.udp != nil {
+		return false, nil
+	}
+	if err := c.sendStatus(protocol.StatusOK); err != nil {
+		return false, err
+	}
+	return tw.TryWrite(p)
+}
+
 // CloseWrite sends EOF to the visitor; reading goes on.
 func (c *Conn) CloseWrite() error {
 	if c.udp != nil {

@@ -59,6 +59,15 @@ func (s *statusConn) SinkWritten() int64 {
 	return 0
 }
 
+// TryWrite passes the visitor's bytes to the stream without waiting, when
+// the stream can (see relay).
+func (s *statusConn) TryWrite(p []byte) (bool, error) {
+	if tw, ok := s.Stream.(interface{ TryWrite([]byte) (bool, error) }); ok {
+		return tw.TryWrite(p)
+	}
+	return false, nil
+}
+
 // errBackend reports a status other than OK.
 type errBackend struct{ status protocol.Status }
 

@@ -53,12 +53,12 @@ perf stat -x, -e task-clock -p "$GW" -- sleep "$SECS" 2>"$D/gateway.perf" &
 PG=$!
 perf stat -x, -e task-clock -p "$AG" -- sleep "$SECS" 2>"$D/agent.perf" &
 PA=$!
-perf stat -x, -e task-clock,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_futex \
+perf stat -x, -e task-clock,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_recvmsg,syscalls:sys_enter_futex \
 	-p "$GW,$AG" -- sleep "$SECS" 2>"$D/perf.log"
 wait $W $PG $PA
 RPS=$(awk '/Requests\/sec/ {print $2}' "$D/wrk.log")
 cpu() { awk -F, '$3 == "task-clock" { print $1 }' "$1"; }
 awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" \
 	'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
-END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f futex %.2f\n",
-	mode, rps, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, v["syscalls:sys_enter_read"] / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"
+END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f (read and recvmsg) futex %.2f\n",
+	mode, rps, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"

@@ -3,11 +3,15 @@
 package relay
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
 	"syscall"
 )
+
+// testHookRead, when a test sets it, hears of every read copyRaw makes.
+var testHookRead func(n int, err error)
 
 // rawConn is c's raw socket when c is a TCP connection, else nil.
 func rawConn(c net.Conn) syscall.RawConn {
@@ -23,10 +27,11 @@ func rawConn(c net.Conn) syscall.RawConn {
 }
 
 // copyConn copies src to dst until EOF (a nil error) or an error: a TCP
-// source through copyRaw, any other through copySmallFirst.
-func copyConn(dst io.Writer, src net.Conn) (int64, error) {
+// source through copyRaw, any other through copySmallFirst. hc is the
+// relay's half-close bound, or nil.
+func copyConn(dst io.Writer, src net.Conn, hc *halfClose) (int64, error) {
 	if rc := rawConn(src); rc != nil {
-		return copyRaw(dst, rc)
+		return copyRaw(dst, rc, &readCheck{src: src, hc: hc})
 	}
 	return copySmallFirst(dst, src)
 }
@@ -35,33 +40,81 @@ func copyConn(dst io.Writer, src net.Conn) (int64, error) {
 // It reads in the runtime's readiness callback and takes a pooled buffer
 // only for the read itself, so that a connection waiting for data holds
 // none. The connection's deadlines and Close apply as to its Read.
-func copyRaw(dst io.Writer, rc syscall.RawConn) (int64, error) {
+//
+// When dst can take a write without waiting (a multiplexed stream with
+// window and room: tryWriter) and the kernel says, with each read, what is
+// left in the socket (TCP_INQ), what was read is passed on inside the
+// callback, and once a read has left nothing behind (no data, no pending
+// FIN or reset) the callback asks to wait for readiness at once. Leaving
+// the callback and reading again would first meet the empty socket: one
+// system call per wake-up that finds nothing, as costly as the read of the
+// data itself. A short read alone does not say the socket is empty: the
+// peer's FIN may wait behind the data, and no readiness would announce it.
+// Nor does TCP_INQ report a reset that came with the data: check makes
+// such a wait read again within a bound. Without check (nil), every read
+// is passed on outside the callback.
+func copyRaw(dst io.Writer, rc syscall.RawConn, check *readCheck) (int64, error) {
+	tw, _ := dst.(tryWriter)
+	if tw != nil && (check == nil || !enableInq(rc)) {
+		tw = nil
+	}
 	var written int64
 	for {
 		var (
 			buf  *[]byte
 			n    int
+			left int
 			rerr error
+			werr error
 		)
 		err := rc.Read(func(fd uintptr) bool {
 			b := bufPool.Get().(*[]byte)
 			for {
-				n, rerr = syscall.Read(int(fd), *b)
-				if rerr != syscall.EINTR {
+				for {
+					if tw != nil {
+						n, left, rerr = readInq(int(fd), *b)
+					} else {
+						n, rerr = syscall.Read(int(fd), *b)
+					}
+					if rerr != syscall.EINTR {
+						break
+					}
+				}
+				if testHookRead != nil {
+					testHookRead(n, rerr)
+				}
+				if rerr == syscall.EAGAIN {
+					bufPool.Put(b)
+					return false // wait until the socket is readable
+				}
+				if tw == nil || rerr != nil || n <= 0 {
 					break
 				}
-			}
-			if rerr == syscall.EAGAIN {
-				bufPool.Put(b)
-				return false // wait until the socket is readable
+				var ok bool
+				if ok, werr = tw.TryWrite((*b)[:n]); !ok {
+					break // dst must wait, or failed: written below
+				}
+				written += int64(n)
+				if left == 0 {
+					// Nothing is left: what comes next is announced
+					// by the poller.
+					bufPool.Put(b)
+					check.arm()
+					return false
+				}
 			}
 			buf = b
 			return true
 		})
 		if err != nil {
+			if check != nil && errors.Is(err, os.ErrDeadlineExceeded) && check.passed() {
+				continue // the check's deadline: read once more
+			}
 			return written, err // closed or past the deadline: no buffer kept
 		}
 		switch {
+		case werr != nil:
+			err = werr
 		case rerr != nil:
 			err = os.NewSyscallError("read", rerr)
 		case n > 0:

@@ -46,6 +46,14 @@ type sinker interface {
 	SinkWritten() int64
 }
 
+// tryWriter is a destination (a multiplexed stream, or a wrapper of one)
+// that can take a write without waiting: TryWrite writes all of p and
+// reports true, or writes nothing and reports false (then Write is
+// called), or fails as Write would.
+type tryWriter interface {
+	TryWrite(p []byte) (bool, error)
+}
+
 // sinkTo registers dst as src's sink when src can write to one and dst is a
 // TCP socket, and returns src's sinker then.
 func sinkTo(dst, src net.Conn) sinker {
@@ -116,7 +124,7 @@ func oneWay(dst, src net.Conn, hc *halfClose) (int64, error) {
 		w = &boundedWriter{dst: dst, src: src, hc: hc}
 	}
 	sk := sinkTo(dst, src)
-	n, err := copyConn(w, src)
+	n, err := copyConn(w, src, hc)
 	if sk != nil {
 		sk.SetSink(nil)
 		n += sk.SinkWritten()
@@ -150,20 +158,84 @@ func oneWay(dst, src net.Conn, hc *halfClose) (int64, error) {
 // directions.
 type halfClose struct {
 	timeout time.Duration
-	on      atomic.Bool // a direction has ended with EOF
+	on      atomic.Bool // a direction has ended with EOF; set under mu
+	// mu orders start against the read check of the direction left open
+	// (readCheck), which sets the same read deadline until the bound is on.
+	mu sync.Mutex
+	at time.Time // when start ran; under mu
 }
 
 // start bounds the direction still open, which reads r and writes w: the
 // one that ended calls it.
 func (h *halfClose) start(r, w net.Conn) {
-	h.on.Store(true)
 	if sk, ok := r.(sinker); ok {
 		// Bytes written past the relay would not move its deadlines.
 		sk.SetSink(nil)
 	}
-	d := time.Now().Add(h.timeout)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.on.Store(true)
+	h.at = time.Now()
+	d := h.at.Add(h.timeout)
 	r.SetReadDeadline(d)
 	w.SetWriteDeadline(d)
+}
+
+// checkEvery bounds how long a direction waits for readiness right after
+// a read without reading again (see readCheck); tests shorten it.
+var checkEvery = 10 * time.Second
+
+// readCheck is what lets a direction wait for readiness right after a
+// read that left nothing in its TCP source (see copyRaw): the one thing
+// such a wait can miss is a reset that arrived with the data, which the
+// read does not report and no readiness announces again. The check sets
+// the source's read deadline (the relay owns it) checkEvery after the
+// first such wait; when it passes, the direction reads once more, which
+// finds the reset if there is one. A relay that goes on exchanging data
+// reads once more every checkEvery, an idle one has no deadline set. Once
+// the half-close bound is on, the bound's deadline is the source's.
+type readCheck struct {
+	src   net.Conn
+	hc    *halfClose // nil: no bound
+	armed bool       // the check's deadline was set and has not passed
+}
+
+// arm sets the check's deadline unless it is set or the bound is on.
+func (c *readCheck) arm() {
+	if c.armed {
+		return
+	}
+	if c.hc != nil {
+		c.hc.mu.Lock()
+		defer c.hc.mu.Unlock()
+		if c.hc.on.Load() {
+			return
+		}
+	}
+	c.src.SetReadDeadline(time.Now().Add(checkEvery))
+	c.armed = true
+}
+
+// passed reports whether the deadline error of a read of the source was
+// the check's, and clears the deadline then (unless the bound set its
+// own): the copy reads on.
+func (c *readCheck) passed() bool {
+	if !c.armed {
+		return false
+	}
+	c.armed = false
+	if c.hc != nil {
+		c.hc.mu.Lock()
+		defer c.hc.mu.Unlock()
+		if c.hc.on.Load() {
+			// The bound's deadline replaced the check's when it
+			// started, unless the check's had passed by then; the
+			// bound's cannot have passed before its timeout.
+			return time.Now().Before(c.hc.at.Add(c.hc.timeout))
+		}
+	}
+	c.src.SetReadDeadline(time.Time{})
+	return true
 }
 
 // boundedWriter is the writer of a direction under a half-close bound:
@@ -186,6 +258,16 @@ func (w *boundedWriter) Write(p []byte) (int, error) {
 		w.src.SetReadDeadline(time.Now().Add(w.hc.timeout))
 	}
 	return n, err
+}
+
+// TryWrite passes p to dst without waiting while the bound is off; once
+// it is on, every write goes through Write, which moves the deadlines.
+func (w *boundedWriter) TryWrite(p []byte) (bool, error) {
+	tw, ok := w.dst.(tryWriter)
+	if !ok || w.hc.on.Load() {
+		return false, nil
+	}
+	return tw.TryWrite(p)
 }
 
 func isTimeout(err error) bool {

@@ -39,7 +39,7 @@ type copyResult struct {
 func startCopyRaw(dst io.Writer, rc syscall.RawConn) <-chan copyResult {
 	ch := make(chan copyResult, 1)
 	go func() {
-		n, err := copyRaw(dst, rc)
+		n, err := copyRaw(dst, rc, nil)
 		ch <- copyResult{n, err}
 	}()
 	return ch

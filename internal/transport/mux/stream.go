@@ -336,6 +336,39 @@ func (st *Stream) Write(p []byte) (int, error) {
 	return total, nil
 }
 
+// TryWrite writes all of p if it can without waiting, for the peer's
+// window or for room in the session's pending output, and reports whether
+// it did; with false and no error nothing was written, and Write may be
+// called with p as usual. Like Write, it may write the session's pending
+// output to the connection itself when no writer is active, which the
+// session's write timeout bounds. A relay reading a socket in the
+// runtime's readiness callback uses it to pass on what it read without
+// leaving the callback, so that its next wait needs no read that finds
+// the socket empty.
+func (st *Stream) TryWrite(p []byte) (bool, error) {
+	if len(p) == 0 {
+		return true, nil
+	}
+	st.mu.Lock()
+	if err := st.writeErrLocked(); err != nil {
+		st.mu.Unlock()
+		return false, err
+	}
+	if int64(st.sendWindow) < int64(len(p)) {
+		st.mu.Unlock()
+		return false, nil
+	}
+	st.sendWindow -= uint32(len(p))
+	st.mu.Unlock()
+	ok, err := st.s.tryWriteData(st, p)
+	if !ok {
+		st.mu.Lock()
+		st.sendWindow += uint32(len(p))
+		st.mu.Unlock()
+	}
+	return ok, err
+}
+
 func (st *Stream) writeErrLocked() error {
 	switch {
 	case st.reset:

@@ -168,6 +168,30 @@ func (s *Session) writeData(st *Stream, b []byte, flags uint16) (int, error) {
 	return n, nil
 }
 
+// tryWriteData queues all of b as data frames of st and flushes, if the
+// pending output is under its cap (it may pass it by b, as writeData's
+// woken writers may); else it queues nothing and reports false.
+func (s *Session) tryWriteData(st *Stream, b []byte) (bool, error) {
+	s.wmu.Lock()
+	if s.wclosed {
+		s.wmu.Unlock()
+		return false, ErrSessionClosed
+	}
+	if len(s.out) >= s.cfg.MaxPending {
+		s.wmu.Unlock()
+		return false, nil
+	}
+	for n := 0; n < len(b); {
+		m := min(len(b)-n, s.cfg.MaxFrame)
+		s.appendHeaderLocked(typeData, 0, st.id, uint32(m))
+		s.frames.Add(1)
+		s.out = append(s.out, b[n:n+m]...)
+		n += m
+	}
+	s.flushLocked()
+	return true, nil
+}
+
 // waitRoom waits until ch is closed (the pending output was taken by the
 // writer), the stream's write deadline passes or the session ends.
 func (s *Session) waitRoom(ch chan struct{}, st *Stream) error {
