@@ -221,6 +221,70 @@ func TestHalfClosedVisitorsReaped(t *testing.T) {
 	}
 }
 
+// TestResetVisitorsReaped: visitors that send a line and reset their
+// connection at once, on a tunnel whose backend reads and then neither
+// answers nor closes, are not held by the gateway. The reset often arrives
+// with the data, before the relay's first read, where no readiness
+// announces it again once the data is read; the relay's read check finds
+// it within its 10 s, its relays end and the agent drops the backend's
+// connections. Another tunnel serves throughout.
+func TestResetVisitorsReaped(t *testing.T) {
+	checkLeaks(t)
+	const (
+		visitors   = 100
+		checkEvery = 10 * time.Second // internal/relay's read check
+	)
+	g := startGateway(t, gatewayOptions{})
+	other := mustListen(t, agentConfig(t, g, "other"))
+	forward(t, other, startEcho(t))
+	otherAddr := other.Addr().String()
+
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reached, ended atomic.Int64
+	release := make(chan struct{})
+	serveBackend(t, bl, func(c *net.TCPConn) {
+		reached.Add(1)
+		io.Copy(io.Discard, c) // until the agent drops the connection
+		ended.Add(1)
+		<-release
+	})
+	t.Cleanup(func() { close(release) })
+	reset := mustListen(t, agentConfig(t, g, "reset"))
+	forward(t, reset, bl.Addr().String())
+	addr, port := tunnelPort(t, reset)
+
+	start := time.Now()
+	for i := range visitors {
+		c := dialVisitor(t, addr)
+		if _, err := fmt.Fprintf(c, "visitor %d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		c.SetLinger(0)
+		c.Close()
+	}
+	err = testutil.Poll(checkEvery+eventually, func() error {
+		if n := goroutinesIn("gateway.(*tunnel).serveVisitor"); n > 0 {
+			return fmt.Errorf("%d visitor goroutines still running", n)
+		}
+		if n, ok := socketsOnPort(t, port); ok && n != 0 {
+			return fmt.Errorf("%d sockets still open on the public port", n)
+		}
+		if r, e := reached.Load(), ended.Load(); e != r {
+			return fmt.Errorf("the backend still holds %d of the %d connections it got", r-e, r)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v after %v", err, time.Since(start).Round(time.Millisecond))
+	}
+	t.Logf("%d visitors reset; the gateway released them and the backend's %d connections ended %v after the first came",
+		visitors, reached.Load(), time.Since(start).Round(time.Millisecond))
+	mustRoundTrip(t, otherAddr, "after")
+}
+
 // TestVisitorCaps: beyond MaxVisitorsPerTunnel a tunnel's TCP visitors are
 // refused at once and its HTTP requests get 503 with Retry-After; beyond
 // MaxVisitors every new visitor connection, TCP or HTTP, is refused at
