@@ -141,7 +141,19 @@ func TestWriteThroughKeepsOrder(t *testing.T) {
 		t.Fatal("the sink received the bytes out of order")
 	}
 
-	// The reader has caught up: new data goes straight to the sink.
+	// The reader has caught up: new data goes straight to the sink, once
+	// the relay is back in Read (the far end can have every byte while
+	// the relay still returns from its last write to the sink).
+	if err := testutil.Poll(10*time.Second, func() error {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if !a.canWriteThroughLocked() {
+			return errors.New("the relay is not back in Read")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	before := a.SinkWritten()
 	second := randBytes(2, 64<<10)
 	if _, err := o.Write(second); err != nil {
