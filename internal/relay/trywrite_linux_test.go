@@ -233,3 +233,57 @@ func TestReadCheckGivesWayToBound(t *testing.T) {
 		t.Errorf("the relay ended %v after the half-close; the bound is %v", took, bound)
 	}
 }
+
+// BenchmarkCopyBulk copies 64 MiB per iteration from a TCP socket to a
+// stream, as the gateway does a visitor's upload: with the stream's
+// TryWrite, and with it hidden (every read passed on outside the
+// callback).
+func BenchmarkCopyBulk(b *testing.B) {
+	for _, mode := range []string{"trywrite", "write"} {
+		b.Run(mode, func(b *testing.B) {
+			const size = 64 << 20
+			peerA, a := connPair(b, kindTCP)
+			peerB, s := connPair(b, kindStream)
+			var dst io.Writer = s
+			if mode == "write" {
+				dst = onlyWrite{s}
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := copyConn(dst, a, nil)
+				done <- err
+			}()
+			chunk := make([]byte, 256<<10)
+			sink := make([]byte, 256<<10)
+			b.SetBytes(size)
+			b.ResetTimer()
+			for range b.N {
+				werr := make(chan error, 1)
+				go func() {
+					for sent := 0; sent < size; sent += len(chunk) {
+						if _, err := peerA.Write(chunk); err != nil {
+							werr <- err
+							return
+						}
+					}
+					werr <- nil
+				}()
+				for got := 0; got < size; {
+					n, err := peerB.Read(sink)
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += n
+				}
+				if err := <-werr; err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			peerA.(*net.TCPConn).CloseWrite()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
