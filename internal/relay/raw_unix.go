@@ -70,16 +70,7 @@ func copyRaw(dst io.Writer, rc syscall.RawConn, check *readCheck) (int64, error)
 		err := rc.Read(func(fd uintptr) bool {
 			b := bufPool.Get().(*[]byte)
 			for {
-				for {
-					if tw != nil {
-						n, left, rerr = readInq(int(fd), *b)
-					} else {
-						n, rerr = syscall.Read(int(fd), *b)
-					}
-					if rerr != syscall.EINTR {
-						break
-					}
-				}
+				n, left, rerr = readSocket(int(fd), *b, tw != nil)
 				if testHookRead != nil {
 					testHookRead(n, rerr)
 				}
@@ -123,6 +114,22 @@ func copyRaw(dst io.Writer, rc syscall.RawConn, check *readCheck) (int64, error)
 		bufPool.Put(buf)
 		if err != nil || n <= 0 {
 			return written, err // n == 0 with no error is EOF
+		}
+	}
+}
+
+// readSocket reads fd into p, again when interrupted; with inq, through
+// readInq, which says what is left (else left is -1).
+func readSocket(fd int, p []byte, inq bool) (n, left int, err error) {
+	for {
+		if inq {
+			n, left, err = readInq(fd, p)
+		} else {
+			n, err = syscall.Read(fd, p)
+			left = -1
+		}
+		if err != syscall.EINTR {
+			return n, left, err
 		}
 	}
 }

@@ -157,9 +157,7 @@ func (s *Session) writeData(st *Stream, b []byte, flags uint16) (int, error) {
 			continue
 		}
 		m := min(len(b)-n, s.cfg.MaxFrame)
-		s.appendHeaderLocked(typeData, flags, st.id, uint32(m))
-		s.frames.Add(1)
-		s.out = append(s.out, b[n:n+m]...)
+		s.appendDataLocked(st.id, flags, b[n:n+m])
 		flags = 0
 		n += m
 		woken = false
@@ -183,13 +181,18 @@ func (s *Session) tryWriteData(st *Stream, b []byte) (bool, error) {
 	}
 	for n := 0; n < len(b); {
 		m := min(len(b)-n, s.cfg.MaxFrame)
-		s.appendHeaderLocked(typeData, 0, st.id, uint32(m))
-		s.frames.Add(1)
-		s.out = append(s.out, b[n:n+m]...)
+		s.appendDataLocked(st.id, 0, b[n:n+m])
 		n += m
 	}
 	s.flushLocked()
 	return true, nil
+}
+
+// appendDataLocked queues b as one data frame of stream id.
+func (s *Session) appendDataLocked(id uint32, flags uint16, b []byte) {
+	s.appendHeaderLocked(typeData, flags, id, uint32(len(b)))
+	s.frames.Add(1)
+	s.out = append(s.out, b...)
 }
 
 // waitRoom waits until ch is closed (the pending output was taken by the
