@@ -136,7 +136,8 @@ type fastConn struct {
 	idle atomic.Bool   // waiting for a request
 
 	lastPOST bool
-	remote   string // the visitor's address, formatted once for all its requests
+	remote   string       // the visitor's address, formatted once for all its requests
+	own      forwardedOwn // the gateway's part of its forwarded headers
 
 	// Write-through of responses (resptap.go).
 	raw      syscall.RawConn // a plain TCP visitor's socket

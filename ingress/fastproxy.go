@@ -100,19 +100,32 @@ func (fc *fastConn) forward(r *http.Request) bool {
 		f.body = &bodyState{}
 		rt.body = &visitorBody{}
 	}
-	fv := in.forwardedFrom(r.Header, rt)
+	f.hb = headBufs.Get().(*[]byte)
+	*f.hb = in.requestHead((*f.hb)[:0], r, rt, &fc.own)
+	return fc.attempts(f)
+}
+
+// teTrailers is the Te field a request keeps when it names trailers;
+// never changed.
+var teTrailers = []string{"trailers"}
+
+// requestHead appends the head of r for the backend, rewritten as the
+// reverse proxy rewrites a request (rewrite): without hop-by-hop fields,
+// with the forwarded fields the gateway vouches for. It changes r.Header,
+// but writes the forwarded fields into the head only. own keeps the
+// gateway's part of them for the connection's next request.
+func (in *Server) requestHead(b []byte, r *http.Request, rt *route, own *forwardedOwn) []byte {
+	fv := in.forwardedCached(r.Header, rt, own)
 	te := httpgutsTrailers(r.Header["Te"])
 	removeHopHeaders(r.Header)
-	for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Length"} {
+	for _, k := range [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Length"} {
 		delete(r.Header, k)
 	}
 	if te {
-		r.Header["Te"] = []string{"trailers"}
+		r.Header["Te"] = teTrailers
 	}
-	setForwarded(r.Header, rt, fv)
-	f.hb = headBufs.Get().(*[]byte)
-	*f.hb = appendRequestHead((*f.hb)[:0], r, rt.host)
-	return fc.attempts(f)
+	clearForwarded(r.Header, rt, fv)
+	return appendRequestHead(b, r, rt, &fv)
 }
 
 // attempts sends f's request to the tunnel's members until one answers,
@@ -224,15 +237,19 @@ func (fc *fastConn) stream(m *member, rt *route, fresh bool) (*fastStream, bool,
 }
 
 // appendRequestHead appends the head of r to the backend: its request
-// line, the validated host, its headers and its body's framing.
-func appendRequestHead(b []byte, r *http.Request, host string) []byte {
+// line, the validated host, its headers, the forwarded ones of fv (if not
+// nil) and its body's framing.
+func appendRequestHead(b []byte, r *http.Request, rt *route, fv *forwardedValues) []byte {
 	b = append(b, r.Method...)
 	b = append(b, ' ')
 	b = append(b, r.URL.RequestURI()...)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
-	b = append(b, host...)
+	b = append(b, rt.host...)
 	b = append(b, "\r\n"...)
 	b = appendHeader(b, r.Header)
+	if fv != nil {
+		b = appendForwarded(b, rt, *fv)
+	}
 	switch {
 	case r.ContentLength < 0:
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)
@@ -265,19 +282,25 @@ func appendTrailerKeys(b []byte, t http.Header) []byte {
 func appendHeader(b []byte, h http.Header) []byte {
 	for k, vs := range h {
 		for _, v := range vs {
-			b = append(b, k...)
-			b = append(b, ": "...)
-			start := len(b)
-			b = append(b, textproto.TrimString(v)...)
-			for i := start; i < len(b); i++ {
-				if b[i] == '\r' || b[i] == '\n' {
-					b[i] = ' '
-				}
-			}
-			b = append(b, "\r\n"...)
+			b = appendField(b, k, v)
 		}
 	}
 	return b
+}
+
+// appendField appends one field, with any CR or LF in its value written as
+// a space.
+func appendField(b []byte, k, v string) []byte {
+	b = append(b, k...)
+	b = append(b, ": "...)
+	start := len(b)
+	b = append(b, textproto.TrimString(v)...)
+	for i := start; i < len(b); i++ {
+		if b[i] == '\r' || b[i] == '\n' {
+			b[i] = ' '
+		}
+	}
+	return append(b, "\r\n"...)
 }
 
 // exchange sends r on st and relays the response. With err nil, the

@@ -151,13 +151,41 @@ type forwardedValues struct {
 // as the visitor sent it, is orig: a trusted proxy's own are extended,
 // anyone else's replaced.
 func (in *Server) forwardedFrom(orig http.Header, rt *route) forwardedValues {
+	return in.forwardedCached(orig, rt, nil)
+}
+
+// forwardedOwn is the gateway's own part of the forwarded headers of the
+// requests of one visitor connection, kept for its next request to the
+// same host (fast.go's path).
+type forwardedOwn struct {
+	peer                    netip.Addr
+	host                    string
+	https                   bool
+	forwardedFor, forwarded string
+}
+
+// forwardedCached is forwardedFrom with the gateway's own part taken
+// from own, or computed into it, when own is not nil.
+func (in *Server) forwardedCached(orig http.Header, rt *route, own *forwardedOwn) forwardedValues {
 	proto := "http"
 	if rt.https {
 		proto = "https"
 	}
+	if own == nil || own.forwardedFor == "" || own.peer != rt.peer || own.host != rt.host || own.https != rt.https {
+		fresh := forwardedOwn{
+			peer: rt.peer, host: rt.host, https: rt.https,
+			forwardedFor: rt.peer.String(),
+			forwarded:    `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto,
+		}
+		if own == nil {
+			own = &fresh
+		} else {
+			*own = fresh
+		}
+	}
 	fv := forwardedValues{
-		forwardedFor: rt.peer.String(),
-		forwarded:    `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto,
+		forwardedFor: own.forwardedFor,
+		forwarded:    own.forwarded,
 		proto:        proto,
 		trusted:      in.trusted(rt.peer),
 	}
@@ -182,20 +210,36 @@ func (in *Server) forwardedFrom(orig http.Header, rt *route) forwardedValues {
 // the ones set here cannot be removed or spoofed by a visitor. Both
 // forwarding paths (the reverse proxy's and fast.go's) rewrite with it.
 func setForwarded(h http.Header, rt *route, fv forwardedValues) {
+	clearForwarded(h, rt, fv)
+	h.Set("X-Forwarded-For", fv.forwardedFor)
+	h.Set("X-Forwarded-Host", rt.host)
+	h.Set("X-Forwarded-Proto", fv.proto)
+	h.Set("Forwarded", fv.forwarded)
+}
+
+// clearForwarded is setForwarded without the four headers it sets: fast.go's
+// path writes them into the head itself (appendForwarded), with no
+// change to the map.
+func clearForwarded(h http.Header, rt *route, fv forwardedValues) {
 	// Also for h2c tunnels: their backends get HTTP/2 with prior
 	// knowledge, where an Upgrade header fails the request.
 	stripH2CUpgrade(h)
 	if !fv.trusted {
 		dropClientClaims(h)
 	}
-	h.Set("X-Forwarded-For", fv.forwardedFor)
-	h.Set("X-Forwarded-Host", rt.host)
-	h.Set("X-Forwarded-Proto", fv.proto)
-	h.Set("Forwarded", fv.forwarded)
 	if rt.pol.BasicAuth() {
 		// The credentials were the gateway's to check, not the backend's.
 		h.Del("Authorization")
 	}
+}
+
+// appendForwarded appends the four headers setForwarded sets, as
+// appendHeader writes a field.
+func appendForwarded(b []byte, rt *route, fv forwardedValues) []byte {
+	b = appendField(b, "X-Forwarded-For", fv.forwardedFor)
+	b = appendField(b, "X-Forwarded-Host", rt.host)
+	b = appendField(b, "X-Forwarded-Proto", fv.proto)
+	return appendField(b, "Forwarded", fv.forwarded)
 }
 
 // forwardedNode writes an address as a Forwarded "for" value.

@@ -1,9 +1,15 @@
 package ingress
 
 import (
+	"bufio"
+	"context"
 	"net/http"
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/diglett/diglett/gateway"
 )
 
 // TestClientClaimHeaders is the list of headers dropped from visitors that
@@ -102,4 +108,100 @@ func TestStripH2CUpgrade(t *testing.T) {
 			t.Errorf("%s: Upgrade, Connection, HTTP2-Settings = %q", tc.name, got)
 		}
 	}
+}
+
+// basicRules is a tunnel's rules with a password.
+type basicRules struct{ gateway.VisitorRules }
+
+func (basicRules) BasicAuth() bool { return true }
+
+// headFields is the multiset of a head's fields, one "Name: value" per
+// line after the request line.
+func headFields(t *testing.T, head []byte) []string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(string(head), "\r\n\r\n"), "\r\n")
+	fields := lines[1:]
+	slices.Sort(fields)
+	return fields
+}
+
+// fast.go's head, with the forwarded fields written straight into it, has
+// the fields of the reverse proxy's rewrite of the map (setForwarded), for
+// trusted and untrusted peers, claims, hop-by-hop fields and a password,
+// and on a connection whose later requests reuse the gateway's part.
+func TestRequestHeadAsSetForwarded(t *testing.T) {
+	in := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	heads := []string{
+		"GET / HTTP/1.1\r\nHost: web.gw.test\r\nUser-Agent: x\r\n\r\n",
+		"GET /a?b=c HTTP/1.1\r\nHost: web.gw.test\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Proto: https\r\nX-Real-Ip: 5.6.7.8\r\nX-Forwarded-Port: 1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: web.gw.test\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nTe: trailers\r\nKeep-Alive: 5\r\nAuthorization: Basic dTpw\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: web.gw.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHttp2-Settings: AAA\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: web.gw.test\r\nContent-Length: 3\r\nX-Forwarded-Host: evil\r\n\r\n",
+	}
+	var own forwardedOwn
+	for _, peer := range []string{"192.0.2.1", "10.1.2.3", "2001:db8::1", "192.0.2.1"} {
+		for _, host := range []string{"web.gw.test", "other.gw.test"} {
+			for _, https := range []bool{false, true} {
+				for _, pol := range []gateway.VisitorRules{h2cRules{}, basicRules{}} {
+					for _, head := range heads {
+						read := func() *http.Request {
+							r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
+							if err != nil {
+								t.Fatal(err)
+							}
+							return r
+						}
+						rt := &route{pol: pol, https: https, peer: netip.MustParseAddr(peer), host: host}
+						r := read()
+						want := r.Clone(context.Background())
+						fv := in.forwardedFrom(want.Header, rt)
+						te := httpgutsTrailers(want.Header["Te"])
+						removeHopHeaders(want.Header)
+						for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Length"} {
+							delete(want.Header, k)
+						}
+						if te {
+							want.Header["Te"] = []string{"trailers"}
+						}
+						setForwarded(want.Header, rt, fv)
+						wantFields := headFields(t, appendRequestHead(nil, want, rt, nil))
+						got := headFields(t, in.requestHead(nil, r, rt, &own))
+						if !slices.Equal(got, wantFields) {
+							t.Fatalf("peer %s host %s https %v pol %T head %q:\n got %q\nwant %q", peer, host, https, pol, head, got, wantFields)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// The head for the backend, rewritten with the forwarded fields written
+// into it, against the same fields set in the map first.
+func BenchmarkRequestHead(b *testing.B) {
+	in := &Server{}
+	head := "GET /index.html HTTP/1.1\r\nHost: web.gw.test\r\nUser-Agent: load/1\r\nAccept: */*\r\n\r\n"
+	rt := &route{pol: h2cRules{}, peer: netip.MustParseAddr("127.0.0.1"), host: "web.gw.test"}
+	buf := make([]byte, 0, 1<<10)
+	b.Run("in-head", func(b *testing.B) {
+		b.ReportAllocs()
+		var own forwardedOwn
+		for b.Loop() {
+			r, _ := parseRequest([]byte(head))
+			buf = in.requestHead(buf[:0], r, rt, &own)
+		}
+	})
+	b.Run("in-map", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r, _ := parseRequest([]byte(head))
+			fv := in.forwardedFrom(r.Header, rt)
+			removeHopHeaders(r.Header)
+			for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Length"} {
+				delete(r.Header, k)
+			}
+			setForwarded(r.Header, rt, fv)
+			buf = appendRequestHead(buf[:0], r, rt, nil)
+		}
+	})
 }
