@@ -49,8 +49,11 @@ type fastServer struct {
 	// served counts the requests forwarded by this path, tapped the
 	// responses written by the receive loop (resptap.go), tapLeft those
 	// of them the socket did not take at once, and ended the requests the
-	// receive loop ended (detach.go); tests read them.
+	// receive loop ended (detach.go), rawServed the requests served
+	// inside the socket's readiness callback and rawReads the reads it
+	// made (rawwait.go); tests read them.
 	served, tapped, tapLeft, ended atomic.Int64
+	rawServed, rawReads            atomic.Int64
 
 	closing atomic.Bool
 	mu      sync.Mutex
@@ -144,6 +147,14 @@ type fastConn struct {
 	rawKnown bool
 	tap      respTap
 
+	// Requests served inside the socket's readiness callback (rawwait.go).
+	rawChecked, rawOK bool
+	rawIn             bool // in the callback: fc.br reads the socket rawFD
+	rawFD             int
+	rawEmpty          bool // the callback's last read left the socket empty
+	rawArmed          bool // the wait for the next request is armed
+	rawPending        bool // with a request left to the tap
+
 	// The request in flight, and whether it is left to the tap (detach.go).
 	cur     fwd
 	pmu     sync.Mutex
@@ -154,9 +165,8 @@ type fastConn struct {
 
 func (fc *fastConn) serve() {
 	defer fc.fs.forget(fc)
-	in := fc.fs.in
 	fc.br = visitorReaders.Get().(*bufio.Reader)
-	fc.br.Reset(fc.c)
+	fc.br.Reset(visitorSource{fc})
 	fc.hbr = headReaders.Get().(*bufio.Reader)
 	handed := false
 	defer func() {
@@ -170,33 +180,58 @@ func (fc *fastConn) serve() {
 	}()
 	first := true
 	for {
-		if !fc.waitRequest(first) {
-			return
+		var r *http.Request
+		if !first && fc.rawMode() {
+			how, rr := fc.serveRaw()
+			switch how {
+			case rawClose:
+				return
+			case rawHandover:
+				handed = fc.handover()
+				return
+			}
+			r = rr
 		}
-		first = false
-		r, n, v := fc.readHead()
-		switch v {
-		case headClose:
-			return
-		case headHandover:
-			handed = fc.handover()
-			return
+		if r == nil {
+			if !fc.waitRequest(first) {
+				return
+			}
+			first = false
+			var n, v int
+			r, n, v = fc.readHead()
+			switch v {
+			case headClose:
+				return
+			case headHandover:
+				handed = fc.handover()
+				return
+			}
+			if !fc.admit(r, n) {
+				return
+			}
 		}
-		if err := fc.c.Next(); err != nil {
-			in.log.Debug("visitor request refused", "visitor", fc.c.RemoteAddr().String(), "err", err)
-			fw := newFastWriter()
-			fw.Header().Set("Connection", "close")
-			httpError(fw, http.StatusBadRequest, "malformed request")
-			fc.writeAnswer(fw, r, false)
-			return
-		}
-		fc.br.Discard(n)
-		fc.lastPOST = r.Method == http.MethodPost
-		fc.fs.served.Add(1)
 		if !fc.forward(r) {
 			return
 		}
 	}
+}
+
+// admit numbers r, whose head of n bytes is in the read buffer, with the
+// request guard, and takes the head from the buffer; it answers a request
+// the guard refuses and reports false.
+func (fc *fastConn) admit(r *http.Request, n int) bool {
+	if err := fc.c.Next(); err != nil {
+		fc.fs.in.log.Debug("visitor request refused", "visitor", fc.c.RemoteAddr().String(), "err", err)
+		fw := newFastWriter()
+		fw.Header().Set("Connection", "close")
+		httpError(fw, http.StatusBadRequest, "malformed request")
+		fc.writeAnswer(fw, r, false)
+		return false
+	}
+	fc.br.Discard(n)
+	fc.lastPOST = r.Method == http.MethodPost
+	fc.fs.served.Add(1)
+	return true
 }
 
 // waitRequest waits for the first byte of the next request, for the idle
@@ -310,23 +345,30 @@ func (fc *fastConn) readHead() (*http.Request, int, int) {
 			return nil, 0, headClose
 		}
 	}
+	r, v := fc.parseHead(n)
+	return r, n, v
+}
+
+// parseHead parses the request head of n bytes at the start of the read
+// buffer, and returns it if this path takes it.
+func (fc *fastConn) parseHead(n int) (*http.Request, int) {
 	head, _ := fc.br.Peek(n)
 	r, plain := parseRequest(head)
 	if !plain {
 		fc.hbr.Reset(bytes.NewReader(head))
 		var err error
 		if r, err = http.ReadRequest(fc.hbr); err != nil {
-			return nil, 0, headHandover
+			return nil, headHandover
 		}
 	}
 	if !fc.takes(r, !plain) {
-		return nil, 0, headHandover
+		return nil, headHandover
 	}
 	if fc.remote == "" {
 		fc.remote = fc.c.RemoteAddr().String()
 	}
 	r.RemoteAddr = fc.remote
-	return r, n, headTake
+	return r, headTake
 }
 
 // headEnd is the length of the request head at the start of p (through

@@ -174,6 +174,10 @@ type Server struct {
 	next    atomic.Uint64 // round-robin cursor of member choice
 	members sync.Map      // member id -> *member; see member.go
 
+	// testHookRawWait, when a test sets it, runs before the callback arms
+	// a wait for the next request (rawwait.go).
+	testHookRawWait func(*fastConn)
+
 	mu      sync.Mutex
 	servers map[*http.Server]struct{}
 	fast    map[*fastServer]struct{} // the forwarding paths in front of servers; see fast.go

@@ -85,15 +85,22 @@ func Wrap(c net.Conn) *Conn {
 // Read reads from the wrapped connection and scans what it read.
 func (c *Conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 && !c.stopped.Load() {
+	c.Scan(p[:max(n, 0)])
+	return n, err
+}
+
+// Scan scans p, read from the wrapped connection's socket by other means
+// than Read (a caller reading the socket itself), in order with what Read
+// read before and after it.
+func (c *Conn) Scan(p []byte) {
+	if len(p) > 0 && !c.stopped.Load() {
 		c.mu.Lock()
-		c.s.scan(p[:n])
+		c.s.scan(p)
 		if !c.s.active() {
 			c.stopped.Store(true)
 		}
 		c.mu.Unlock()
 	}
-	return n, err
 }
 
 // CloseWrite half-closes the wrapped connection if it can, as the HTTP

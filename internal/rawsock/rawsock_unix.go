@@ -3,6 +3,9 @@
 // Package rawsock writes to a socket once, without waiting: for the
 // receive loops that write a payload straight to a visitor's socket when
 // it takes it at once, and leave the rest to a goroutine that may wait.
+// It also reads a socket with what the kernel says is left after the read
+// (ReadInq): for the readiness callbacks that wait again only when
+// nothing is.
 package rawsock
 
 import "syscall"

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/diglett/diglett/internal/rawsock"
 )
 
 // testHookRead, when a test sets it, hears of every read copyRaw makes.
@@ -55,7 +57,7 @@ func copyConn(dst io.Writer, src net.Conn, hc *halfClose) (int64, error) {
 // is passed on outside the callback.
 func copyRaw(dst io.Writer, rc syscall.RawConn, check *readCheck) (int64, error) {
 	tw, _ := dst.(tryWriter)
-	if tw != nil && (check == nil || !enableInq(rc)) {
+	if tw != nil && (check == nil || !rawsock.EnableInq(rc)) {
 		tw = nil
 	}
 	var written int64
@@ -119,11 +121,11 @@ func copyRaw(dst io.Writer, rc syscall.RawConn, check *readCheck) (int64, error)
 }
 
 // readSocket reads fd into p, again when interrupted; with inq, through
-// readInq, which says what is left (else left is -1).
+// rawsock.ReadInq, which says what is left (else left is -1).
 func readSocket(fd int, p []byte, inq bool) (n, left int, err error) {
 	for {
 		if inq {
-			n, left, err = readInq(fd, p)
+			n, left, err = rawsock.ReadInq(fd, p)
 		} else {
 			n, err = syscall.Read(fd, p)
 			left = -1

@@ -1,4 +1,4 @@
-package relay
+package rawsock
 
 import (
 	"encoding/binary"
@@ -11,10 +11,10 @@ import (
 // inqSpace is room for the one control message TCP_INQ adds to a read.
 const inqSpace = 32
 
-// enableInq asks the kernel to report, with every read of the socket, how
+// EnableInq asks the kernel to report, with every read of the socket, how
 // many bytes are left in its receive queue (and a non-zero count once the
 // peer's FIN or a reset is pending), and reports whether it will.
-func enableInq(rc syscall.RawConn) bool {
+func EnableInq(rc syscall.RawConn) bool {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_INQ, 1)
@@ -24,11 +24,11 @@ func enableInq(rc syscall.RawConn) bool {
 	return serr == nil
 }
 
-// readInq reads the socket fd into p as read(2) does, and returns what is
+// ReadInq reads the socket fd into p as read(2) does, and returns what is
 // left to read after it: 0 only when the receive queue is empty and
 // neither the peer's FIN nor a reset waits behind the data (the next read
 // would find nothing), -1 when the kernel did not say.
-func readInq(fd int, p []byte) (n, left int, err error) {
+func ReadInq(fd int, p []byte) (n, left int, err error) {
 	var oob [inqSpace]byte
 	iov := unix.Iovec{Base: unsafe.SliceData(p)}
 	iov.SetLen(len(p))
