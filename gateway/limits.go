@@ -197,7 +197,9 @@ func (c *limitedConn) Close() error {
 
 // SyscallConn gives the raw socket of a TCP connection, for writes that
 // must not wait (the ingress writes small responses from its receive
-// loop); other connections have none.
+// loop) and for reads inside the socket's readiness callback (the ingress
+// reads a plain visitor's requests there); other connections have none.
+// A connection that read ahead of its user must not offer its socket.
 func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()
