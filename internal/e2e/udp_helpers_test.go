@@ -522,7 +522,9 @@ func digA(dig, addr, name string) ([]string, string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), eventually)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, dig, "@"+host, "-p", port, name, "A", "+tries=1", "+time=2").CombinedOutput()
+	// Three tries, as a resolver makes: a datagram may be lost under
+	// load, as TestUDPEcho allows.
+	out, err := exec.CommandContext(ctx, dig, "@"+host, "-p", port, name, "A", "+tries=3", "+time=2").CombinedOutput()
 	if err != nil {
 		return nil, string(out), fmt.Errorf("dig: %w", err)
 	}
