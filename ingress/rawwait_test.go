@@ -187,3 +187,27 @@ func TestRawHandedBackBeforeWait(t *testing.T) {
 		t.Fatalf("took %v: the request was taken back at the response timeout", d)
 	}
 }
+
+// TestRawHalfClose: a visitor that sends a request and half-closes, the
+// FIN read inside the callback, gets the response, then the connection
+// closes.
+func TestRawHalfClose(t *testing.T) {
+	noLeaks(t)
+	s := startFast(t, httpBackend(t, echoPath), nil)
+	c, br := dialVisitor(t, s.addr)
+	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
+	readResp(t, br, "GET")
+	io.WriteString(c, "GET /2 HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "HTTP/1.1 /2 " {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Fatalf("after the response: %q, %v; want the connection closed", rest, err)
+	}
+	if served, _ := rawCounts(s.in); served != 1 {
+		t.Errorf("%d requests served in the callback, want 1", served)
+	}
+}
