@@ -244,15 +244,7 @@ func (fc *fastConn) admit(r *http.Request, n int) bool {
 func (fc *fastConn) waitRequest(first bool) bool {
 	cfg := &fc.fs.in.cfg
 	for {
-		pending := fc.pending()
-		since := time.Now()
-		if !pending {
-			fc.idle.Store(true)
-			// The idle time counts from the response's end.
-			if !fc.endedAt.IsZero() {
-				since, fc.endedAt = fc.endedAt, time.Time{}
-			}
-		}
+		pending, since := fc.waitStart()
 		if fc.fs.closing.Load() {
 			if pending {
 				fc.resolve()
@@ -305,6 +297,21 @@ func (fc *fastConn) waitRequest(first bool) bool {
 		}
 		return true
 	}
+}
+
+// waitStart begins a wait for the next request: it reports whether a
+// request is left to the tap, and when the wait counts from.
+func (fc *fastConn) waitStart() (bool, time.Time) {
+	pending := fc.pending()
+	since := time.Now()
+	if !pending {
+		fc.idle.Store(true)
+		// The idle time counts from the response's end.
+		if !fc.endedAt.IsZero() {
+			since, fc.endedAt = fc.endedAt, time.Time{}
+		}
+	}
+	return pending, since
 }
 
 func leadingCRorLF(p []byte) int {

@@ -136,14 +136,7 @@ func (fc *fastConn) rawStep() (int, int, *http.Request) {
 		if fc.lastPOST || fc.fs.closing.Load() {
 			return stepOut, rawGeneral, nil
 		}
-		pending := fc.pending()
-		since := time.Now()
-		if !pending {
-			fc.idle.Store(true)
-			if !fc.endedAt.IsZero() {
-				since, fc.endedAt = fc.endedAt, time.Time{}
-			}
-		}
+		pending, since := fc.waitStart()
 		if h := fc.fs.in.testHookRawWait; h != nil {
 			h(fc)
 		}

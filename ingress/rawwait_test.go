@@ -3,6 +3,7 @@
 package ingress
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -16,6 +17,20 @@ import (
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/transport/mux"
 )
+
+// keptAlive dials addr and sends a GET for each of paths on the one
+// connection, each after the last response.
+func keptAlive(t *testing.T, addr string, paths ...string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, br := dialVisitor(t, addr)
+	for _, p := range paths {
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: app.gw.test\r\n\r\n", p)
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %q", p, resp.StatusCode, body)
+		}
+	}
+	return c, br
+}
 
 func rawCounts(in *Server) (served, reads int64) {
 	return fastSum(in, func(fs *fastServer) int64 { return fs.rawServed.Load() }),
@@ -54,16 +69,12 @@ func TestRawOneReadPerRequest(t *testing.T) {
 func TestRawLeavesToLoop(t *testing.T) {
 	noLeaks(t)
 	s := startFast(t, httpBackend(t, echoPath), nil)
-	c, br := dialVisitor(t, s.addr)
+	c, br := keptAlive(t, s.addr, "/0", "/1")
 	expect := func(what, method, want string) {
 		t.Helper()
 		if resp, body := readResp(t, br, method); resp.StatusCode != 200 || body != want {
 			t.Fatalf("%s: %d %q, want %q", what, resp.StatusCode, body, want)
 		}
-	}
-	for i := range 2 {
-		fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: app.gw.test\r\n\r\n", i)
-		expect("keep-alive", "GET", fmt.Sprintf("HTTP/1.1 /%d ", i))
 	}
 	served, reads := rawCounts(s.in)
 	if served != 1 {
@@ -117,11 +128,7 @@ func TestRawLeavesToLoop(t *testing.T) {
 func TestRawGuardRefuses(t *testing.T) {
 	noLeaks(t)
 	s := startFast(t, httpBackend(t, echoPath), nil)
-	c, br := dialVisitor(t, s.addr)
-	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
-	readResp(t, br, "GET")
-	io.WriteString(c, "GET /2 HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
-	readResp(t, br, "GET")
+	c, br := keptAlive(t, s.addr, "/1", "/2")
 	smuggled := "GET /smuggled HTTP/1.1\r\nHost: app.gw.test\r\n\r\n"
 	fmt.Fprintf(c, "POST /b HTTP/1.1\r\nHost: app.gw.test\r\nTransfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n0\r\n\r\n%s", len(smuggled)+5, smuggled)
 	resp, _ := readResp(t, br, "POST")
@@ -194,9 +201,7 @@ func TestRawHandedBackBeforeWait(t *testing.T) {
 func TestRawHalfClose(t *testing.T) {
 	noLeaks(t)
 	s := startFast(t, httpBackend(t, echoPath), nil)
-	c, br := dialVisitor(t, s.addr)
-	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
-	readResp(t, br, "GET")
+	c, br := keptAlive(t, s.addr, "/1")
 	io.WriteString(c, "GET /2 HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
 	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
