@@ -199,14 +199,8 @@ func TestRefuse(t *testing.T) {
 
 func TestUnreachable(t *testing.T) {
 	checkLeaks(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	w, logs := newWebhook(t, Config{URL: "http://" + addr + "/check"})
-	_, err = w.Authenticate(context.Background(), creds("tok"))
+	w, logs := newWebhook(t, Config{URL: "http://" + testutil.RefusedAddr(t) + "/check"})
+	_, err := w.Authenticate(context.Background(), creds("tok"))
 	if err == nil || errors.Is(err, gateway.ErrUnauthorized) || !strings.Contains(err.Error(), "unreachable") {
 		t.Fatalf("err = %v, want an unreachable failure", err)
 	}

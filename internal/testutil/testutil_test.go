@@ -3,7 +3,9 @@ package testutil
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -49,5 +51,20 @@ func TestCert(t *testing.T) {
 	}
 	if Cert(t).Leaf != c.Leaf {
 		t.Fatal("a second certificate made")
+	}
+}
+
+// A refused address refuses, and stays taken while the test runs.
+func TestRefusedAddr(t *testing.T) {
+	addr := RefusedAddr(t)
+	if c, err := net.Dial("tcp", addr); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial %s: %v, want connection refused", addr, err)
+	}
+	if ln, err := net.Listen("tcp", addr); err == nil {
+		ln.Close()
+		t.Fatalf("listen on %s succeeded while it is held", addr)
 	}
 }

@@ -301,13 +301,7 @@ func TestAdminErrors(t *testing.T) {
 	}
 
 	// Nothing listening: the error says so.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	r2, err := New(Config{Admin: "http://" + addr, Check: -1})
+	r2, err := New(Config{Admin: "http://" + testutil.RefusedAddr(t), Check: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,11 @@ func TestTryWriteRoom(t *testing.T) {
 			<-release
 		}
 	}}
-	cs, ss := pair(t, cfg)
+	// Only the client's writer is held: the server's may still be
+	// writing its acknowledgement of a stream when the hold is armed.
+	c, sc := tlsConns(t)
+	cs, ss := Client(c, cfg), Server(sc, Config{MaxPending: cfg.MaxPending})
+	t.Cleanup(func() { cs.Close(); ss.Close() })
 	o1, a1 := openPair(t, cs, ss)
 	o2, a2 := openPair(t, cs, ss)
 	a1.SetReadDeadline(time.Now().Add(20 * time.Second))

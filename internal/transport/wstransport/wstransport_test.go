@@ -305,12 +305,7 @@ func TestNotServed(t *testing.T) {
 
 func TestDialErrors(t *testing.T) {
 	checkLeaks(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := testutil.RefusedAddr(t)
 	g := startGateway(t, transport.Config{})
 	accept := wstransport.Handler(wstransport.HandlerConfig{Accept: func(s *tlsmux.Session) { s.Close() }})
 
