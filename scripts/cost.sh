@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# CPU and system calls per 1,000 requests of a gateway and agent pair under
-# load: a figure that holds on a shared machine where throughput does not.
+# CPU and system calls of a gateway and agent pair under load, per 1,000
+# requests or per GB: a figure that holds on a shared machine where
+# throughput does not.
 #
-#   scripts/cost.sh BINDIR host64|tcp64 [SECS]
+#   scripts/cost.sh BINDIR host64|tcp64|up|down [SECS]
 #
-# Starts BINDIR/diglett-server and BINDIR/diglett (tcp transport) in front
-# of the benchmark's 100-byte backend, loads them with wrk -t2 -c64 by Host
-# (host64) or through the tunnel's public port (tcp64), and counts both
-# processes with perf stat for SECS seconds (default 3): the CPU of both and
-# of each, and the system calls of both. Needs wrk and perf.
-# Uses 127.0.0.1 ports 20900-20960: run one at a time. To compare two
-# builds, alternate them a few times and compare medians.
+# Starts BINDIR/diglett-server and BINDIR/diglett (tcp transport) and
+# loads them: host64 and tcp64 put them in front of the benchmark's
+# 100-byte backend under wrk -t2 -c64, by Host or through the tunnel's
+# public port; up and down put them in front of iperf3 -s and run one
+# iperf3 stream through the port, from the visitor to the backend (up) or
+# back (down). perf stat counts both processes for SECS seconds (default
+# 3): the CPU of both and of each, and the system calls of both. Needs wrk
+# or iperf3, and perf. Uses 127.0.0.1 ports 20900-20960: run one at a
+# time. To compare two builds, alternate them a few times and compare
+# medians.
 set -euo pipefail
 BIN=$1
 MODE=$2
 SECS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GO=${GO:-go}
-case $MODE in host64 | tcp64) ;; *) echo "mode: host64 or tcp64" >&2; exit 2 ;; esac
-for tool in wrk perf; do
+case $MODE in
+host64 | tcp64) LOAD=wrk ;;
+up | down) LOAD=iperf3 ;;
+*) echo "mode: host64, tcp64, up or down" >&2; exit 2 ;;
+esac
+for tool in $LOAD perf; do
 	command -v $tool >/dev/null || { echo "cost.sh: $tool is not installed" >&2; exit 1; }
 done
 TOOL=$ROOT/bin/benchtool
 [ -x "$TOOL" ] || (cd "$ROOT/bench" && $GO build -o "$TOOL" .)
 D=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
-"$TOOL" backend 127.0.0.1:20900 >"$D/backend.log" 2>&1 &
+if [ "$LOAD" = wrk ]; then
+	"$TOOL" backend 127.0.0.1:20900 >"$D/backend.log" 2>&1 &
+else
+	iperf3 -s -B 127.0.0.1 -p 20900 >"$D/backend.log" 2>&1 &
+fi
 "$BIN/diglett-server" -l 127.0.0.1:20901 --data-dir "$D/gw" --public-bind 127.0.0.1 --ports 20950-20960 \
 	--domain gw.test --http-addr 127.0.0.1:20902 >"$D/gateway.log" 2>&1 &
 GW=$!
@@ -37,15 +49,25 @@ waitfor "$D/gateway.log" fingerprint
 "$BIN/diglett" -g 127.0.0.1:20901 --transport tcp --known-gateways "$D/kg" -n web 127.0.0.1:20900 >"$D/agent.log" 2>&1 &
 AG=$!
 waitfor "$D/agent.log" "web: http://"
-if [ "$MODE" = host64 ]; then
+PORTURL=$(grep -o "web: tcp://[^ ]*" "$D/agent.log" | sed 's|.*tcp://||')
+case $MODE in
+host64)
 	URL=http://127.0.0.1:20902/
 	H=(-H "Host: web.gw.test")
-else
-	URL=http://$(grep -o "web: tcp://[^ ]*" "$D/agent.log" | sed 's|.*tcp://||')/
+	;;
+tcp64)
+	URL=http://$PORTURL/
 	H=()
+	;;
+esac
+if [ "$LOAD" = wrk ]; then
+	wrk -t2 -c64 -d1s "${H[@]}" "$URL" >/dev/null # warm up
+	wrk -t2 -c64 -d$((SECS + 2))s "${H[@]}" "$URL" >"$D/load.log" &
+else
+	R=()
+	[ "$MODE" = down ] && R=(-R)
+	iperf3 -c 127.0.0.1 -p "${PORTURL##*:}" -t $((SECS + 2)) "${R[@]}" >"$D/load.log" 2>&1 &
 fi
-wrk -t2 -c64 -d1s "${H[@]}" "$URL" >/dev/null # warm up
-wrk -t2 -c64 -d$((SECS + 2))s "${H[@]}" "$URL" >"$D/wrk.log" &
 W=$!
 sleep 1 # into the measured run
 # The CPU of each process, and the system calls of both.
@@ -56,9 +78,19 @@ PA=$!
 perf stat -x, -e task-clock,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_recvmsg,syscalls:sys_enter_futex \
 	-p "$GW,$AG" -- sleep "$SECS" 2>"$D/perf.log"
 wait $W $PG $PA
-RPS=$(awk '/Requests\/sec/ {print $2}' "$D/wrk.log")
 cpu() { awk -F, '$3 == "task-clock" { print $1 }' "$1"; }
-awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" \
-	'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
-END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f (read and recvmsg) futex %.2f\n",
-	mode, rps, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"
+if [ "$LOAD" = wrk ]; then
+	RPS=$(awk '/Requests\/sec/ {print $2}' "$D/load.log")
+	awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" \
+		'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
+	END { printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f (read and recvmsg) futex %.2f\n",
+		mode, rps, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"
+else
+	# The stream's rate over the whole run, as the receiver counted it.
+	GBITS=$(awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Gbits/sec") print $i }' "$D/load.log")
+	[ -n "$GBITS" ] || { echo "cost.sh: no rate from iperf3:" >&2; cat "$D/load.log" >&2; exit 1; }
+	awk -F, -v gbits="$GBITS" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" \
+		'BEGIN { k = gbits / 8 * secs } { v[$3] = $1 }
+	END { printf "%s: %.2f Gbit/s, CPU %.0f ms per GB (gateway %.0f, agent %.0f); per MB: write %.1f read %.1f (read and recvmsg) futex %.2f\n",
+		mode, gbits, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000 }' "$D/perf.log"
+fi
