@@ -30,8 +30,9 @@ package ingress
 //	pReclaim  the goroutine takes the request back
 //
 // The interrupting deadline is set under pmu, before the state says so:
-// a goroutine that saw pArmed after arming its own deadline is always
-// interrupted, and none is interrupted once it took the request back.
+// a goroutine that saw pArmed under pmu after arming its own deadline is
+// always interrupted, and none is interrupted once it took the request
+// back.
 
 import (
 	"errors"
@@ -123,6 +124,9 @@ func (fc *fastConn) takeDetached(p []byte) bool {
 func (fc *fastConn) leave(was, now int32) {
 	if was == pArmed {
 		fc.c.SetReadDeadline(longAgo)
+		if h := fc.fs.in.testHookLeave; h != nil {
+			h(fc)
+		}
 	}
 	fc.pstate.Store(now)
 }
@@ -162,9 +166,16 @@ func (fc *fastConn) pending() bool {
 	return true
 }
 
-// handedBack reports whether the tap handed the request back.
+// handedBack reports whether the tap handed the request back. The
+// goroutine asks after arming its own deadline, and under pmu: a tap that
+// set its interrupting deadline before that (which the goroutine's then
+// replaced) has also said so by the time the lock is free. Read without
+// the lock, the state could still say pArmed in between, and the wait
+// would miss the interruption.
 func (fc *fastConn) handedBack() bool {
+	fc.pmu.Lock()
 	s := fc.pstate.Load()
+	fc.pmu.Unlock()
 	return s == pLeft || s == pHeld
 }
 

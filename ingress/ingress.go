@@ -177,6 +177,10 @@ type Server struct {
 	// testHookRawWait, when a test sets it, runs before the callback arms
 	// a wait for the next request (rawwait.go).
 	testHookRawWait func(*fastConn)
+	// testHookLeave, when a test sets it, runs when the tap has set the
+	// deadline that interrupts the goroutine, before the state says so
+	// (detach.go).
+	testHookLeave func(*fastConn)
 
 	mu      sync.Mutex
 	servers map[*http.Server]struct{}

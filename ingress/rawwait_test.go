@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -214,5 +215,67 @@ func TestRawHalfClose(t *testing.T) {
 	}
 	if served, _ := rawCounts(s.in); served != 1 {
 		t.Errorf("%d requests served in the callback, want 1", served)
+	}
+}
+
+// TestRawHandBackRacesWait: the tap hands a request back between the
+// callback's arming of its wait and its look at the state. The tap has
+// set its interrupting deadline, which the callback's then replaced, but
+// not yet said so. The callback asks under the tap's lock, so it sees
+// the hand-back once the tap is done and takes the request back at once.
+// Read without the lock, the state still said the request was the tap's,
+// and the wait missed the interruption until the response timeout
+// (checked).
+func TestRawHandBackRacesWait(t *testing.T) {
+	noLeaks(t)
+	big := strings.Repeat("b", mux.MaxTapSize+100)
+	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
+		if r.URL.Path == "/big" {
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
+		} else {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
+		}
+		return true
+	})
+	var log testutil.Buffer
+	s := startDetach(t, backend, time.Minute, &log)
+	interrupting := make(chan struct{})
+	var once sync.Once
+	var waited atomic.Bool
+	// The callback arms its wait only once the tap has set its deadline.
+	s.in.testHookRawWait = func(fc *fastConn) {
+		if fc.pstate.Load() == pOff || fc.cur.r.URL.Path != "/big" {
+			return
+		}
+		select {
+		case <-interrupting:
+			waited.Store(true)
+		case <-time.After(10 * time.Second):
+		}
+	}
+	// The tap says so only after the callback had the time to look at the
+	// state and wait: a read of the callback shows it went to wait; with
+	// the lock, it cannot look, and the tap goes on after half a second.
+	s.in.testHookLeave = func(fc *fastConn) {
+		if fc.cur.r.URL.Path != "/big" {
+			return
+		}
+		_, reads := rawCounts(s.in)
+		once.Do(func() { close(interrupting) })
+		testutil.Poll(500*time.Millisecond, func() error {
+			if _, r := rawCounts(s.in); r == reads {
+				return fmt.Errorf("the callback did not read")
+			}
+			return nil
+		})
+	}
+	c, br := keptAlive(t, s.addr, "/first")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: app.gw.test\r\n\r\n")
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != big {
+		t.Fatalf("/big: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if !waited.Load() {
+		t.Fatal("the callback armed its wait before the tap set its deadline")
 	}
 }
