@@ -712,6 +712,19 @@ func TestSessionCloseWakesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A round trip first: the peer's acknowledgement of the stream is
+	// then read here. Unread input at the close makes the kernel reset
+	// the connection, and the peer may then see the reset before the
+	// GoAway.
+	if _, err := io.ReadFull(peer, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
 	errs := make(chan error, 3)
 	go func() { _, err := st.Read(make([]byte, 1)); errs <- err }()
 	go func() { _, err := peer.Read(make([]byte, 2)); errs <- err }()
