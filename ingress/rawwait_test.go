@@ -33,6 +33,24 @@ func keptAlive(t *testing.T, addr string, paths ...string) (net.Conn, *bufio.Rea
 	return c, br
 }
 
+// startBigBackend starts the path with requests left to the tap, before a
+// backend that answers /big with a response larger than the tap takes,
+// which the tap hands back, and anything else with "small".
+func startBigBackend(t *testing.T) (*fastSetup, string) {
+	t.Helper()
+	big := strings.Repeat("b", mux.MaxTapSize+100)
+	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
+		if r.URL.Path == "/big" {
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
+		} else {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
+		}
+		return true
+	})
+	var log testutil.Buffer
+	return startDetach(t, backend, time.Minute, &log), big
+}
+
 func rawCounts(in *Server) (served, reads int64) {
 	return fastSum(in, func(fs *fastServer) int64 { return fs.rawServed.Load() }),
 		fastSum(in, func(fs *fastServer) int64 { return fs.rawReads.Load() })
@@ -150,17 +168,7 @@ func TestRawGuardRefuses(t *testing.T) {
 // timeout.
 func TestRawHandedBackBeforeWait(t *testing.T) {
 	noLeaks(t)
-	big := strings.Repeat("b", mux.MaxTapSize+100)
-	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
-		if r.URL.Path == "/big" {
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
-		} else {
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
-		}
-		return true
-	})
-	var log testutil.Buffer
-	s := startDetach(t, backend, time.Minute, &log)
+	s, big := startBigBackend(t)
 	var held atomic.Int64
 	s.in.testHookRawWait = func(fc *fastConn) {
 		if fc.pstate.Load() == pOff || fc.cur.r.URL.Path != "/big" {
@@ -228,17 +236,7 @@ func TestRawHalfClose(t *testing.T) {
 // (checked).
 func TestRawHandBackRacesWait(t *testing.T) {
 	noLeaks(t)
-	big := strings.Repeat("b", mux.MaxTapSize+100)
-	backend := answeringBackend(t, func(c net.Conn, r *http.Request) bool {
-		if r.URL.Path == "/big" {
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
-		} else {
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
-		}
-		return true
-	})
-	var log testutil.Buffer
-	s := startDetach(t, backend, time.Minute, &log)
+	s, big := startBigBackend(t)
 	interrupting := make(chan struct{})
 	var once sync.Once
 	var waited atomic.Bool
