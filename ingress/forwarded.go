@@ -151,7 +151,8 @@ type forwardedValues struct {
 // as the visitor sent it, is orig: a trusted proxy's own are extended,
 // anyone else's replaced.
 func (in *Server) forwardedFrom(orig http.Header, rt *route) forwardedValues {
-	return in.forwardedCached(orig, rt, nil)
+	var own forwardedOwn
+	return in.forwardedCached(orig, rt, &own)
 }
 
 // forwardedOwn is the gateway's own part of the forwarded headers of the
@@ -165,22 +166,17 @@ type forwardedOwn struct {
 }
 
 // forwardedCached is forwardedFrom with the gateway's own part taken
-// from own, or computed into it, when own is not nil.
+// from own, or computed into it.
 func (in *Server) forwardedCached(orig http.Header, rt *route, own *forwardedOwn) forwardedValues {
 	proto := "http"
 	if rt.https {
 		proto = "https"
 	}
-	if own == nil || own.forwardedFor == "" || own.peer != rt.peer || own.host != rt.host || own.https != rt.https {
-		fresh := forwardedOwn{
+	if own.forwardedFor == "" || own.peer != rt.peer || own.host != rt.host || own.https != rt.https {
+		*own = forwardedOwn{
 			peer: rt.peer, host: rt.host, https: rt.https,
 			forwardedFor: rt.peer.String(),
 			forwarded:    `for=` + forwardedNode(rt.peer) + `;host="` + rt.host + `";proto=` + proto,
-		}
-		if own == nil {
-			own = &fresh
-		} else {
-			*own = fresh
 		}
 	}
 	fv := forwardedValues{

@@ -49,17 +49,8 @@ func (s visitorSource) Read(p []byte) (int, error) {
 	if fc.rawEmpty {
 		return 0, errWouldWait
 	}
-	var (
-		n, left int
-		err     error
-	)
 	fc.fs.rawReads.Add(1)
-	for {
-		n, left, err = rawsock.ReadInq(fc.rawFD, p)
-		if err != syscall.EINTR {
-			break
-		}
-	}
+	n, left, err := rawsock.ReadInq(fc.rawFD, p)
 	switch {
 	case err == syscall.EAGAIN:
 		fc.rawEmpty = true

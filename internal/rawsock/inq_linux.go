@@ -27,7 +27,8 @@ func EnableInq(rc syscall.RawConn) bool {
 // ReadInq reads the socket fd into p as read(2) does, and returns what is
 // left to read after it: 0 only when the receive queue is empty and
 // neither the peer's FIN nor a reset waits behind the data (the next read
-// would find nothing), -1 when the kernel did not say.
+// would find nothing), -1 when the kernel did not say. An interrupted
+// read is made again.
 func ReadInq(fd int, p []byte) (n, left int, err error) {
 	var oob [inqSpace]byte
 	iov := unix.Iovec{Base: unsafe.SliceData(p)}
@@ -35,9 +36,16 @@ func ReadInq(fd int, p []byte) (n, left int, err error) {
 	msg := unix.Msghdr{Iov: &iov, Control: &oob[0]}
 	msg.SetIovlen(1)
 	msg.SetControllen(len(oob))
-	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), 0)
-	if e != 0 {
-		return 0, -1, e
+	var r uintptr
+	for {
+		var e syscall.Errno
+		r, _, e = unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), 0)
+		if e == 0 {
+			break
+		}
+		if e != syscall.EINTR {
+			return 0, -1, e
+		}
 	}
 	n, left = int(r), -1
 	b := oob[:msg.Controllen]

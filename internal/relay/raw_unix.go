@@ -123,15 +123,13 @@ func copyRaw(dst io.Writer, rc syscall.RawConn, check *readCheck) (int64, error)
 // readSocket reads fd into p, again when interrupted; with inq, through
 // rawsock.ReadInq, which says what is left (else left is -1).
 func readSocket(fd int, p []byte, inq bool) (n, left int, err error) {
+	if inq {
+		return rawsock.ReadInq(fd, p)
+	}
 	for {
-		if inq {
-			n, left, err = rawsock.ReadInq(fd, p)
-		} else {
-			n, err = syscall.Read(fd, p)
-			left = -1
-		}
+		n, err = syscall.Read(fd, p)
 		if err != syscall.EINTR {
-			return n, left, err
+			return n, -1, err
 		}
 	}
 }
