@@ -210,13 +210,13 @@ func TestAgentRelaysEndWithSession(t *testing.T) {
 	a := startAgentCommand(t, "-g", px.Addr(), "-n", "cut", "--known-gateways", filepath.Join(t.TempDir(), "kg"), bl.Addr().String())
 	eofs := silentBackend(t, bl)
 	halfClosedVisitors(t, a.tunnel(t, "cut"), 20, eofs)
-	if n := goroutinesIn("internal/relay.oneWay"); n == 0 {
+	if n := testutil.GoroutinesIn("internal/relay.oneWay"); n == 0 {
 		t.Fatal("no relay running")
 	}
 	px.Kill()
 	cut := time.Now()
 	if err := testutil.Poll(promptly, func() error {
-		if n := goroutinesIn("internal/relay.oneWay"); n != 0 {
+		if n := testutil.GoroutinesIn("internal/relay.oneWay"); n != 0 {
 			return fmt.Errorf("%d relay directions still running", n)
 		}
 		return nil

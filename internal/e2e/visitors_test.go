@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,26 +15,6 @@ import (
 
 	"github.com/diglett/diglett/internal/testutil"
 )
-
-// goroutinesIn counts the goroutines whose stack contains fn.
-func goroutinesIn(fn string) int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	count := 0
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		if bytes.Contains(g, []byte(fn)) {
-			count++
-		}
-	}
-	return count
-}
 
 // openFDs counts this process's open file descriptors; ok is false where
 // /proc/self/fd is not available.
@@ -183,7 +161,7 @@ func TestHalfClosedVisitorsReaped(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	held := goroutinesIn("gateway.(*tunnel).serveVisitor")
+	held := testutil.GoroutinesIn("gateway.(*tunnel).serveVisitor")
 	sockets, _ := socketsOnPort(t, port)
 	t.Logf("half-closed: gateway holds %d visitor goroutines and %d sockets on port %d", held, sockets, port)
 	// The visitors exit.
@@ -195,7 +173,7 @@ func TestHalfClosedVisitorsReaped(t *testing.T) {
 	err = testutil.Poll(halfClose+promptly, func() error {
 		// The other tunnel's visitors in flight, at most one per worker,
 		// are counted too.
-		if n := goroutinesIn("gateway.(*tunnel).serveVisitor"); n > workers {
+		if n := testutil.GoroutinesIn("gateway.(*tunnel).serveVisitor"); n > workers {
 			return fmt.Errorf("%d visitor goroutines still running", n)
 		}
 		if n, ok := socketsOnPort(t, port); ok && n != 0 {
@@ -266,7 +244,7 @@ func TestResetVisitorsReaped(t *testing.T) {
 		c.Close()
 	}
 	err = testutil.Poll(checkEvery+eventually, func() error {
-		if n := goroutinesIn("gateway.(*tunnel).serveVisitor"); n > 0 {
+		if n := testutil.GoroutinesIn("gateway.(*tunnel).serveVisitor"); n > 0 {
 			return fmt.Errorf("%d visitor goroutines still running", n)
 		}
 		if n, ok := socketsOnPort(t, port); ok && n != 0 {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -174,4 +175,35 @@ func StartProcess(cmd *exec.Cmd) (exited <-chan error, stop func(), err error) {
 		cmd.Process.Kill()
 		<-ch
 	}, nil
+}
+
+// GoroutinesIn counts this process's goroutines whose stack contains fn,
+// a function's qualified name or any part of it, and none of unless.
+// Counting by what a goroutine runs, not by runtime.NumGoroutine, keeps a
+// test's count free of goroutines that other code starts or ends at the
+// same moment.
+func GoroutinesIn(fn string, unless ...string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if !bytes.Contains(g, []byte(fn)) {
+			continue
+		}
+		excluded := false
+		for _, u := range unless {
+			excluded = excluded || bytes.Contains(g, []byte(u))
+		}
+		if !excluded {
+			count++
+		}
+	}
+	return count
 }
