@@ -64,6 +64,13 @@ const (
 // pending and the GoAway frame.
 const goAwayWait = 250 * time.Millisecond
 
+// closeLinger bounds how long a session that sent a GoAway goes on
+// reading, until the peer closes, before it closes the connection.
+// Closing a socket with unread input makes the kernel send a reset, which
+// the peer can meet before it reads the GoAway, and then it reports the
+// reset instead of the code.
+const closeLinger = time.Second
+
 // Flusher is implemented by a connection that buffers writes: after each
 // batch of frames the writer calls FlushBatch.
 type Flusher interface {

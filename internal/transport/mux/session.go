@@ -164,12 +164,18 @@ func (s *Session) shutdown(cause error, code uint32, goAway bool) {
 			s.lazyTimer.Stop()
 		}
 		s.wmu.Unlock()
+		linger := false
 		if goAway {
-			s.sendGoAway(code)
+			linger = s.sendGoAway(code)
 		} else {
 			s.closeWrites()
 		}
-		s.conn.Close()
+		// After a GoAway, the receive loop reads (and drops) what the
+		// peer still sends until the peer closes or closeLinger passes,
+		// and closes the connection as it ends.
+		if !linger || s.conn.SetReadDeadline(time.Now().Add(closeLinger)) != nil {
+			s.conn.Close()
+		}
 		s.smu.Lock()
 		streams := s.streams
 		s.streams = nil
@@ -293,6 +299,8 @@ func signal(ch chan struct{}) {
 // recvLoop reads frames until the connection fails or the session ends.
 func (s *Session) recvLoop() {
 	defer close(s.recvDone)
+	// The connection is closed here too when shutdown left it to linger.
+	defer s.conn.Close()
 	for {
 		if _, err := io.ReadFull(s.conn, s.hdr[:]); err != nil {
 			s.shutdown(readError(err), CodeNormal, false)

@@ -370,12 +370,13 @@ func (s *Session) writeWatch() {
 }
 
 // sendGoAway queues a GoAway frame behind everything pending, closes the
-// write path and waits (bounded by goAwayWait) until it was written.
-func (s *Session) sendGoAway(code uint32) {
+// write path and waits (bounded by goAwayWait) until it was written. It
+// reports whether this call wrote the GoAway without an error.
+func (s *Session) sendGoAway(code uint32) bool {
 	s.wmu.Lock()
 	if s.wclosed {
 		s.wmu.Unlock()
-		return
+		return false
 	}
 	s.appendHeaderLocked(typeGoAway, 0, 0, code)
 	s.wclosed = true
@@ -396,12 +397,17 @@ func (s *Session) sendGoAway(code uint32) {
 		if s.writing {
 			// Still stuck in a write: give up on the GoAway.
 			s.wmu.Unlock()
-			return
+			return false
 		}
 	}
-	if len(s.out) == 0 || s.werr != nil {
+	if s.werr != nil {
 		s.wmu.Unlock()
-		return
+		return false
+	}
+	if len(s.out) == 0 {
+		// The writer that was active took the GoAway with the rest.
+		s.wmu.Unlock()
+		return true
 	}
 	s.writing = true
 	buf := s.out
@@ -411,7 +417,7 @@ func (s *Session) sendGoAway(code uint32) {
 	if s.cfg.Hold != nil {
 		s.cfg.Hold()
 	}
-	s.conn.Write(buf)
+	_, err := s.conn.Write(buf)
 	if s.flush != nil {
 		s.flush()
 	}
@@ -419,6 +425,7 @@ func (s *Session) sendGoAway(code uint32) {
 	putOut(buf)
 	s.writerIdleLocked()
 	s.wmu.Unlock()
+	return err == nil
 }
 
 // closeWrites stops the write path without a GoAway.
