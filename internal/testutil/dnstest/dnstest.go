@@ -135,7 +135,10 @@ ns1	IN A 127.0.0.1
 	}
 	// No control channel (it would take the one shared port 953), no
 	// recursion, no notifies, IPv4 loopback only; the key may change any
-	// record of the zone.
+	// record of the zone. No interface scans: other tests add and remove
+	// interfaces on this host while it runs, and its one address never
+	// changes. A scan can close and reopen its listening sockets, and a
+	// query in CI once found the port closed mid-test.
 	conf := fmt.Sprintf(`options {
 	directory %[1]q;
 	pid-file %[2]q;
@@ -143,6 +146,8 @@ ns1	IN A 127.0.0.1
 	managed-keys-directory %[1]q;
 	listen-on port %[4]s { 127.0.0.1; };
 	listen-on-v6 { none; };
+	automatic-interface-scan no;
+	interface-interval 0;
 	recursion no;
 	dnssec-validation no;
 	notify no;
