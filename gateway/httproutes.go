@@ -152,12 +152,23 @@ func SplitHost(domain, host string) (name, forwarded string, err error) {
 			return "", "", ErrMalformedHost
 		}
 	}
-	hostname = strings.ToLower(strings.TrimSuffix(hostname, "."))
-	name, found := strings.CutSuffix(hostname, "."+domain)
-	if !found || protocol.ValidateName(name) != nil {
+	canonical := strings.ToLower(strings.TrimSuffix(hostname, "."))
+	// canonical ends in "." + domain (compared in place: this runs for
+	// every request by Host).
+	cut := len(canonical) - len(domain) - 1
+	if cut < 0 || canonical[cut] != '.' || canonical[cut+1:] != domain {
 		return "", "", nil
 	}
-	forwarded = name + "." + domain
+	name = canonical[:cut]
+	if protocol.ValidateName(name) != nil {
+		return "", "", nil
+	}
+	// A host already as the backend is told it (lower case, no trailing
+	// dot, the port with no leading zero) is passed on as it is.
+	if canonical == hostname && (!hasPort || port == "0" || port[0] != '0') {
+		return name, host, nil
+	}
+	forwarded = canonical
 	if hasPort {
 		forwarded += ":" + strconv.FormatUint(p, 10)
 	}

@@ -20,6 +20,13 @@ func TestParseHost(t *testing.T) {
 		{host: "app.gw.example.:080", name: "app", forwarded: "app.gw.example:80"},
 		{host: "app.gw.example:0", name: "app", forwarded: "app.gw.example:0"},
 		{host: "app.gw.example:65535", name: "app", forwarded: "app.gw.example:65535"},
+		{host: "app.gw.example:00", name: "app", forwarded: "app.gw.example:0"},
+		{host: "App.gw.example:443", name: "app", forwarded: "app.gw.example:443"},
+		{host: "app.gw.example.", name: "app", forwarded: "app.gw.example"},
+		{host: "a.b", name: "", forwarded: ""},
+		{host: ".gw.example"},
+		{host: "appgw.example"},
+		{host: "app.gw.examplf"},
 		{host: "app.gw.example:1,evil.com", malformed: true},
 		{host: "app.gw.example:abc", malformed: true},
 		{host: "app.gw.example:", malformed: true},
@@ -51,6 +58,28 @@ func TestParseHost(t *testing.T) {
 		if err != nil || name != tc.name || fwd != tc.forwarded {
 			t.Errorf("SplitHost(%q) = %q, %q, %v; want %q, %q", tc.host, name, fwd, err, tc.name, tc.forwarded)
 		}
+	}
+}
+
+// TestSplitHostAllocs: a host as browsers and load tools send it (lower
+// case, no trailing dot) is routed with no allocation, port or not; one
+// that must be rewritten may allocate its rewrite.
+func TestSplitHostAllocs(t *testing.T) {
+	for _, host := range []string{"app.gw.example", "app.gw.example:8443"} {
+		if n := testing.AllocsPerRun(100, func() {
+			if name, fwd, _ := SplitHost("gw.example", host); name != "app" || fwd != host {
+				t.Fatalf("SplitHost(%q) = %q, %q", host, name, fwd)
+			}
+		}); n != 0 {
+			t.Errorf("SplitHost(%q): %.0f allocations, want none", host, n)
+		}
+	}
+}
+
+func BenchmarkSplitHost(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		SplitHost("gw.example", "app.gw.example")
 	}
 }
 
