@@ -327,12 +327,16 @@ func (f *udpFlow) drop(reason DatagramDrop) {
 // toVisitor sends the agent's datagram p to the visitor.
 func (f *udpFlow) toVisitor(p []byte) {
 	f.touch()
-	if _, err := f.port.pc.WriteToUDPAddrPort(p, f.visitor); err != nil {
-		f.t.log.Debug("udp write to visitor failed", "visitor", f.visitor.String(), "err", err)
-		return
-	}
+	// Counted before the write, and taken back if it fails: counted after,
+	// a visitor could have its answer, and the flow be ended and logged,
+	// before the datagram was counted.
 	f.out.Add(int64(len(p)))
 	f.dgOut.Add(1)
+	if _, err := f.port.pc.WriteToUDPAddrPort(p, f.visitor); err != nil {
+		f.out.Add(-int64(len(p)))
+		f.dgOut.Add(-1)
+		f.t.log.Debug("udp write to visitor failed", "visitor", f.visitor.String(), "err", err)
+	}
 }
 
 // close ends the flow: its stream closes, and run finishes it.
@@ -527,7 +531,13 @@ func (f *udpFlow) writeAgent(st net.Conn) {
 		f.dequeued(p)
 		if f.ds != nil {
 			buf = protocol.AppendFlowDatagram(buf[:0], f.flow, p)
+			// Counted before it goes, as toVisitor counts, and taken
+			// back if it does not.
+			f.in.Add(int64(len(p)))
+			f.dgIn.Add(1)
 			if err := f.ds.SendDatagram(buf); err != nil {
+				f.in.Add(-int64(len(p)))
+				f.dgIn.Add(-1)
 				if errors.Is(err, transport.ErrDatagramTooLarge) {
 					f.drop(DropTooLarge)
 					continue
@@ -535,8 +545,6 @@ func (f *udpFlow) writeAgent(st net.Conn) {
 				f.t.log.Debug("udp flow ended: send to agent failed", "visitor", f.visitor.String(), "err", err)
 				return
 			}
-			f.in.Add(int64(len(p)))
-			f.dgIn.Add(1)
 			continue
 		}
 		// Frames: what is queued goes in one write, up to a batch.
@@ -555,14 +563,16 @@ func (f *udpFlow) writeAgent(st net.Conn) {
 		}
 		// A write to an agent that reads nothing ends within the bound.
 		st.SetWriteDeadline(time.Now().Add(timeout))
+		f.in.Add(bytes)
+		f.dgIn.Add(n)
 		if _, err := st.Write(buf); err != nil {
+			f.in.Add(-bytes)
+			f.dgIn.Add(-n)
 			if !f.closed() {
 				f.t.log.Debug("udp flow ended: write to agent failed", "visitor", f.visitor.String(), "err", err)
 			}
 			return
 		}
-		f.in.Add(bytes)
-		f.dgIn.Add(n)
 		if cap(buf) > 2*udpWriteBatch {
 			buf = nil
 		}
