@@ -220,7 +220,8 @@ func (t *tunnel) Admit(visitor net.Addr) (release func(), ok bool) {
 	if !l.acquireTunnel(t, visitor) {
 		return nil, false
 	}
-	return func() { l.releaseTunnel(t) }, true
+	t.releaseOnce.Do(func() { t.releaseSlot = func() { l.releaseTunnel(t) } })
+	return t.releaseSlot, true
 }
 
 // Allows reports whether a visitor from ip may reach the tunnel.

@@ -84,6 +84,11 @@ type tunnel struct {
 	log      *slog.Logger
 	quota    Quota // the owner's, for its certificate orders
 
+	// What Admit returns to give a slot of the visitor cap back, made
+	// once rather than for every request.
+	releaseOnce sync.Once
+	releaseSlot func()
+
 	members  atomic.Pointer[[]*session] // copy-on-write; written under reg.mu
 	next     atomic.Uint64              // round-robin cursor
 	lease    *time.Timer                // running while no agent is online; under reg.mu

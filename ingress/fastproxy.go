@@ -24,9 +24,12 @@ import (
 const maxInterim = 5
 
 var (
-	writers    = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
-	copyBufs   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-	headBufs   = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+	writers  = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	headBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+	// Empty boxes for headBufsPut, which puts back a buffer that grew as
+	// a slice: boxing it anew would cost an allocation per response.
+	headBoxes  = sync.Pool{New: func() any { return new([]byte) }}
 	errAborted = errors.New("request body aborted")
 )
 
@@ -57,6 +60,17 @@ type bodyState struct {
 	aborted atomic.Bool // its copy was stopped: its errors are not the visitor's
 }
 
+// fwdBlock is what a request of the fast path records and answers with,
+// and its route, in one allocation rather than four: fwd points into it,
+// and whatever outlives the request (a detached response, say) keeps the
+// whole block.
+type fwdBlock struct {
+	x   exchange
+	rec recorder
+	fw  fastWriter
+	rt  route
+}
+
 // fwd is one request on its way to the tunnel: what forwarding it needs
 // until it is done, through retries, and, when its response is left to
 // the tap (detach.go), after the connection's goroutine went on.
@@ -65,7 +79,6 @@ type fwd struct {
 	x       *exchange
 	fw      *fastWriter
 	rt      *route
-	release func()
 	hasBody bool
 	body    *bodyState
 	hb      *[]byte // the head for the backend
@@ -84,18 +97,21 @@ type fwd struct {
 func (fc *fastConn) forward(r *http.Request) bool {
 	in := fc.fs.in
 	f := &fc.cur
-	*f = fwd{r: r, tried: f.tried[:0], fw: &fastWriter{}, hasBody: r.ContentLength != 0}
-	f.x = &exchange{start: time.Now(), rec: &recorder{ResponseWriter: f.fw}}
+	blk := &fwdBlock{}
+	*f = fwd{r: r, tried: f.tried[:0], fw: &blk.fw, hasBody: r.ContentLength != 0}
+	blk.x = exchange{start: time.Now(), rec: &blk.rec}
+	blk.rec.ResponseWriter = f.fw
+	f.x = &blk.x
 	if f.hasBody {
 		f.x.body = &countingBody{}
 	}
-	rt, release := in.routeRequest(f.x.rec, r, fc.fs.https, f.x)
+	rt := in.routeRequest(f.x.rec, r, fc.fs.https, f.x, fc.visitorAddr(), &blk.rt)
 	if rt == nil {
 		keep := fc.answer(f.fw, r, f.hasBody, nil)
 		in.finish(f.x, r)
 		return keep
 	}
-	f.rt, f.release = rt, release
+	f.rt = rt
 	if f.hasBody {
 		f.body = &bodyState{}
 		rt.body = &visitorBody{}
@@ -195,7 +211,7 @@ func (fc *fastConn) failed(f *fwd) bool {
 // done ends f's request: its route released, its access line and metrics.
 func (fc *fastConn) done(f *fwd) {
 	headBufs.Put(f.hb)
-	f.release()
+	fc.fs.in.releaseRoute(f.rt)
 	fc.fs.in.finish(f.x, f.r)
 }
 
@@ -517,8 +533,24 @@ func (fc *fastConn) respond(f *fwd, tp tapper, bc *bodyCopy) (keep, stale bool, 
 	return !closeAfter, false, nil
 }
 
-func headBufsGet() *[]byte { return headBufs.Get().(*[]byte) }
-func headBufsPut(b []byte) { headBufs.Put(&b) }
+// headBufsGet takes a buffer of headBufs, empty.
+func headBufsGet() []byte {
+	box := headBufs.Get().(*[]byte)
+	b := (*box)[:0]
+	*box = nil
+	headBoxes.Put(box)
+	return b
+}
+
+// headBufsPut puts b, from headBufsGet, back.
+func headBufsPut(b []byte) {
+	if b == nil {
+		return
+	}
+	box := headBoxes.Get().(*[]byte)
+	*box = b
+	headBufs.Put(box)
+}
 
 // replayable reports whether a request without a body may be sent again
 // after a reused stream failed (as the standard client decides).
@@ -545,7 +577,7 @@ var errInterimSent = errors.New("response failed after an interim response")
 // headBufs. The common head is read by scanResponseHead; any other goes
 // through the standard reader.
 func (fc *fastConn) readResponse(st *fastStream, r *http.Request, vw *bufio.Writer) (respHead, []byte, error) {
-	h, b, ok, err := scanResponseHead(st.br, r.Method, (*headBufsGet())[:0])
+	h, b, ok, err := scanResponseHead(st.br, r.Method, headBufsGet())
 	if err != nil {
 		headBufsPut(b)
 		return h, nil, err
@@ -604,7 +636,7 @@ func (fc *fastConn) readResponseStd(st *fastStream, r *http.Request, vw *bufio.W
 			return nil, errors.New("unexpected interim response")
 		}
 		removeHopHeaders(resp.Header)
-		b := appendStatusLine((*headBufsGet())[:0], code)
+		b := appendStatusLine(headBufsGet(), code)
 		b = appendHeader(b, resp.Header)
 		b = append(b, "\r\n"...)
 		vw.Write(b)

@@ -225,6 +225,10 @@ type route struct {
 	remote string       // visitor address
 	host   string       // the validated Host, as the backend is told it
 	x      *exchange    // what the access log and metrics record
+
+	// The slots routeRequest took, given back by releaseRoute.
+	admitted func()       // the tunnel's visitor cap
+	src      netip.Prefix // the request's source
 }
 
 type routeKey struct{}

@@ -23,10 +23,16 @@ import (
 // more goes to the standard reader.
 const maxFastHeaders = 64
 
-// parsedRequest holds a request and its URL in one allocation.
+// inlineValues is how many header values a parsedRequest holds in
+// itself; a head with more has its values in an array of their own.
+const inlineValues = 8
+
+// parsedRequest holds a request, its URL and its header's values in one
+// allocation.
 type parsedRequest struct {
-	req http.Request
-	url url.URL
+	req  http.Request
+	url  url.URL
+	vals [inlineValues]string
 }
 
 // parseRequest parses head, a whole request head through its empty line,
@@ -56,7 +62,11 @@ func parseRequest(head []byte) (*http.Request, bool) {
 	if n > maxFastHeaders {
 		return nil, false
 	}
-	vals := make([]string, n)
+	p := &parsedRequest{}
+	vals := p.vals[:]
+	if n > inlineValues {
+		vals = make([]string, n)
+	}
 	h := make(http.Header, n)
 	host, hosts, k := "", 0, 0
 	for len(fields) > 0 {
@@ -92,7 +102,6 @@ func parseRequest(head []byte) (*http.Request, bool) {
 	if _, ok := h["Trailer"]; ok {
 		return nil, false
 	}
-	p := &parsedRequest{}
 	r := &p.req
 	cl, hasCL := h["Content-Length"]
 	switch te, hasTE := h["Transfer-Encoding"]; {

@@ -94,7 +94,7 @@ func (fc *fastConn) writeResponse(p []byte) bool {
 	if end < 0 {
 		return false
 	}
-	out := (*headBufsGet())[:0]
+	out := headBufsGet()
 	h, b, ok := parseResponseHead(p[:end], t.method, out)
 	body := p[end:]
 	switch {

@@ -6,6 +6,7 @@ package ingress
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -33,11 +34,11 @@ func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer tb.finish(r.ProtoMajor == 1)
 		r.Body = tb
 	}
-	rt, release := in.routeRequest(w, r, info.https, x)
+	rt := in.routeRequest(w, r, info.https, x, httpAddr(r.RemoteAddr), nil)
 	if rt == nil {
 		return
 	}
-	defer release()
+	defer in.releaseRoute(rt)
 	if r.Body != nil && r.Body != http.NoBody {
 		rt.body = &visitorBody{ReadCloser: r.Body}
 		r.Body = rt.body
@@ -46,11 +47,12 @@ func (in *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // routeRequest takes a slot of the request's source, routes r to its
-// tunnel and applies the tunnel's visitor rules and cap. It returns the
-// route and the release of the slots it took, or nil after answering w.
-// Both forwarding paths (the reverse proxy's and the connection-level
-// one of fast.go) route through it.
-func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https bool, x *exchange) (*route, func()) {
+// tunnel and applies the tunnel's visitor rules and cap (visitor is
+// r.RemoteAddr, for the cap's log line). It returns the route, in rt when
+// the caller has room for it, whose slots releaseRoute gives back, or nil
+// after answering w. Both forwarding paths (the reverse proxy's and the
+// connection-level one of fast.go) route through it.
+func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https bool, x *exchange, visitor net.Addr, rt *route) *route {
 	var peer netip.Addr
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		peer = ap.Addr().Unmap()
@@ -64,7 +66,7 @@ func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https boo
 			w.Header().Set("Connection", "close")
 		}
 		httpError(w, http.StatusTooManyRequests, "too many requests in flight from your address")
-		return nil, nil
+		return nil
 	}
 	name, host, err := in.gw.Route(r.Host)
 	if err != nil {
@@ -73,25 +75,28 @@ func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https boo
 		}
 		httpError(w, http.StatusBadRequest, "malformed host")
 		in.sources.release(src)
-		return nil, nil
+		return nil
 	}
 	if name == "" {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		in.sources.release(src)
-		return nil, nil
+		return nil
 	}
 	t, ok := in.gw.Tunnel(name)
 	if !ok {
 		httpError(w, http.StatusNotFound, "no tunnel at this address")
 		in.sources.release(src)
-		return nil, nil
+		return nil
 	}
 	in.routed(x, name)
-	rt := &route{t: t, pol: t.Visitors(), https: https, remote: r.RemoteAddr, peer: peer, host: host, x: x}
+	if rt == nil {
+		rt = new(route)
+	}
+	*rt = route{t: t, pol: t.Visitors(), https: https, remote: r.RemoteAddr, peer: peer, host: host, x: x}
 	if !rt.pol.Allows(client) {
 		httpError(w, http.StatusForbidden, "your address may not reach this tunnel")
 		in.sources.release(src)
-		return nil, nil
+		return nil
 	}
 	if rt.pol.BasicAuth() {
 		u, p, ok := r.BasicAuth()
@@ -99,30 +104,34 @@ func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https boo
 			w.Header().Set("WWW-Authenticate", `Basic realm="`+name+`", charset="UTF-8"`)
 			httpError(w, http.StatusUnauthorized, "this tunnel asks for a user and password")
 			in.sources.release(src)
-			return nil, nil
+			return nil
 		}
 	}
 	if len(t.Members()) == 0 {
 		httpError(w, http.StatusServiceUnavailable, "no agent is online for this tunnel")
 		in.sources.release(src)
-		return nil, nil
+		return nil
 	}
-	release := in.admit(w, r, t) // the gateway's MaxVisitorsPerTunnel
-	if release == nil {
+	rt.admitted = in.admit(w, r, t, visitor) // the gateway's MaxVisitorsPerTunnel
+	if rt.admitted == nil {
 		in.sources.release(src)
-		return nil, nil
+		return nil
 	}
-	return rt, func() {
-		release()
-		in.sources.release(src)
-	}
+	rt.src = src
+	return rt
+}
+
+// releaseRoute gives back the slots routeRequest took for rt.
+func (in *Server) releaseRoute(rt *route) {
+	rt.admitted()
+	in.sources.release(rt.src)
 }
 
 // admit takes a slot of t's visitor cap for an HTTP request. It returns
 // the slot's release, or nil after answering 503 with Retry-After when the
 // tunnel has as many visitors as the gateway lets it have.
-func (in *Server) admit(w http.ResponseWriter, r *http.Request, t gateway.HTTPTunnel) (release func()) {
-	release, ok := t.Admit(httpAddr(r.RemoteAddr))
+func (in *Server) admit(w http.ResponseWriter, r *http.Request, t gateway.HTTPTunnel, visitor net.Addr) (release func()) {
+	release, ok := t.Admit(visitor)
 	if !ok {
 		w.Header().Set("Retry-After", retryAfter)
 		if r.ProtoMajor == 1 && r.ContentLength != 0 {

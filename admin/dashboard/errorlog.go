@@ -178,14 +178,22 @@ func (h *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (h *teeHandler) Handle(ctx context.Context, r slog.Record) error {
-	var errs []error
+	// Two variables, not a slice: a slice handed to errors.Join would be
+	// allocated for every line (every access line among them).
+	var next, keep error
 	if h.next.Enabled(ctx, r.Level) {
-		errs = append(errs, h.next.Handle(ctx, r))
+		next = h.next.Handle(ctx, r)
 	}
 	if h.keep.Enabled(ctx, r.Level) {
-		errs = append(errs, h.keep.Handle(ctx, r))
+		keep = h.keep.Handle(ctx, r)
 	}
-	return errors.Join(errs...)
+	switch {
+	case next == nil:
+		return keep
+	case keep == nil:
+		return next
+	}
+	return errors.Join(next, keep)
 }
 
 func (h *teeHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
