@@ -44,7 +44,7 @@ func newRelayMember(t *testing.T, id uint64, backend string, pipe bool) *relayMe
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &relayMember{id: id, backend: backend, pipe: pipe, ctx: ctx, leave: cancel}
 	if !pipe {
-		a, b := loopbackPair(t)
+		a, b := testutil.LoopbackPair(t)
 		m.cs, m.ss = mux.Client(a, mux.Config{}), mux.Server(b, mux.Config{})
 		m.wg.Add(1)
 		go func() {
@@ -71,25 +71,6 @@ func newRelayMember(t *testing.T, id uint64, backend string, pipe bool) *relayMe
 		m.wg.Wait()
 	})
 	return m
-}
-
-// loopbackPair returns the two ends of a loopback TCP connection.
-func loopbackPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, b
 }
 
 func (m *relayMember) ID() uint64               { return m.id }

@@ -250,10 +250,9 @@ func FuzzTapResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), true)
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"), false)
 	// The visitor's socket: its peer reads and drops what the tap writes.
-	a, b := loopbackPair(f)
-	f.Cleanup(func() { a.Close(); b.Close() })
+	a, b := testutil.LoopbackPair(f)
 	go io.Copy(io.Discard, b)
-	rc, err := a.(*net.TCPConn).SyscallConn()
+	rc, err := a.SyscallConn()
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -14,26 +14,6 @@ import (
 	"github.com/diglett/diglett/internal/testutil"
 )
 
-// tcpPair is a connected pair of loopback TCP sockets.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
-
 func rawConn(t *testing.T, c *net.TCPConn) syscall.RawConn {
 	t.Helper()
 	rc, err := c.SyscallConn()
@@ -46,7 +26,7 @@ func rawConn(t *testing.T, c *net.TCPConn) syscall.RawConn {
 // TestWriteOnce: what the socket takes is written, a full socket takes
 // nothing without an error or a wait, and a reset socket gives the error.
 func TestWriteOnce(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testutil.LoopbackPair(t)
 	rc := rawConn(t, c)
 	msg := []byte("hello")
 	if n, err := WriteOnce(rc, msg); n != len(msg) || err != nil {
@@ -99,7 +79,7 @@ func TestWriteOnce(t *testing.T) {
 
 // TestWriteOnceAllocs: a write to a visitor allocates nothing.
 func TestWriteOnceAllocs(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testutil.LoopbackPair(t)
 	rc := rawConn(t, c)
 	msg := []byte("x")
 	buf := make([]byte, 1)

@@ -207,3 +207,34 @@ func GoroutinesIn(fn string, unless ...string) int {
 	}
 	return count
 }
+
+// LoopbackPair returns the two ends of a loopback TCP connection, the
+// dialled one first, closed at the end of the test.
+func LoopbackPair(t testing.TB) (dialled, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	d, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn
+	select {
+	case c = <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("accept did not return")
+	}
+	if c == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { d.Close(); c.Close() })
+	return d.(*net.TCPConn), c.(*net.TCPConn)
+}

@@ -14,37 +14,6 @@ import (
 	"github.com/diglett/diglett/internal/testutil"
 )
 
-// tcpPair returns the two ends of a loopback TCP connection, closed at the
-// end of the test.
-func tcpPair(t *testing.T) (a, b *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	d, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c net.Conn
-	select {
-	case c = <-ch:
-	case <-time.After(10 * time.Second):
-		t.Fatal("accept did not return")
-	}
-	if c == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { d.Close(); c.Close() })
-	return d.(*net.TCPConn), c.(*net.TCPConn)
-}
-
 // openPair opens a stream on cs and accepts it on ss.
 func openPair(t *testing.T, cs, ss *Session) (opened, accepted *Stream) {
 	t.Helper()
@@ -102,7 +71,7 @@ func relayToSink(st *Stream, sink *net.TCPConn) <-chan int64 {
 func TestWriteThroughKeepsOrder(t *testing.T) {
 	cs, ss := pair(t, Config{})
 	o, a := openPair(t, cs, ss)
-	sink, far := tcpPair(t)
+	sink, far := testutil.LoopbackPair(t)
 	sink.SetWriteBuffer(32 << 10)
 	far.SetReadBuffer(32 << 10)
 	relayed := relayToSink(a, sink)
@@ -190,7 +159,7 @@ func TestWriteThroughKeepsOrder(t *testing.T) {
 func TestWriteThroughSinkError(t *testing.T) {
 	cs, ss := pair(t, Config{})
 	o, a := openPair(t, cs, ss)
-	sink, _ := tcpPair(t)
+	sink, _ := testutil.LoopbackPair(t)
 	sink.CloseWrite() // writes fail with EPIPE
 	relayed := relayToSink(a, sink)
 	if _, err := o.Write([]byte("hello")); err != nil {
