@@ -139,6 +139,10 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer accessFile.Close()
 	// Served by the management listener at /metrics.
 	mtr := metrics.New()
+	// What a burst of agent logins leaves behind goes back to the system
+	// once they are over (memtrim.go).
+	trim := newMemTrim(log)
+	defer trim.close()
 	lo, hi, err := parsePorts(c.Ports)
 	if err != nil {
 		return err
@@ -251,7 +255,7 @@ func Server(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Transport:     transport.Config{KeepAlivePeriod: c.KeepAlive, MaxIdleTimeout: c.MaxIdle},
 		Logger:        log,
 		AccessLog:     accessLog,
-		Observer:      dash.observer(mtr),
+		Observer:      trimObserver{dash.observer(mtr), trim},
 		Domain:        c.Domain,
 		Hosts:         file.Hosts(),
 		VisitorAccess: gateway.VisitorAccess(c.VisitorAccess),
