@@ -57,8 +57,9 @@ func TestGatewayReturnsMemoryAfterBurst(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("%v:\n%s", err, &s.stderr)
 	}
-	if n, _ := strconv.Atoi(m[1]); n != 64 {
-		t.Errorf("trim after %d session events, want 64: %s", n, m[0])
+	// 64, or more if an agent's session was replaced on the way.
+	if n, _ := strconv.Atoi(m[1]); n < 64 {
+		t.Errorf("trim after %d session events, want 64 at least: %s", n, m[0])
 	}
 	t.Logf("trimmed %v after the last agent left: %s", time.Since(start).Round(time.Millisecond), m[0])
 }
