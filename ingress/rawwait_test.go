@@ -162,6 +162,12 @@ func TestRawGuardRefuses(t *testing.T) {
 	}
 }
 
+// waitsForBig reports whether fc's callback is about to wait for the
+// response to /big, a request left to the tap.
+func waitsForBig(fc *fastConn) bool {
+	return fc.pstate.Load() != pOff && fc.cur.r.URL.Path == "/big"
+}
+
 // TestRawHandedBackBeforeWait: a request the tap hands back before the
 // callback arms its wait (the wait's deadline then replaces the tap's
 // interruption) is still taken back at once, not at the response
@@ -171,7 +177,7 @@ func TestRawHandedBackBeforeWait(t *testing.T) {
 	s, big := startBigBackend(t)
 	var held atomic.Int64
 	s.in.testHookRawWait = func(fc *fastConn) {
-		if fc.pstate.Load() == pOff || fc.cur.r.URL.Path != "/big" {
+		if !waitsForBig(fc) {
 			return
 		}
 		// Hold the wait until the tap handed the request back.
@@ -242,7 +248,7 @@ func TestRawHandBackRacesWait(t *testing.T) {
 	var waited atomic.Bool
 	// The callback arms its wait only once the tap has set its deadline.
 	s.in.testHookRawWait = func(fc *fastConn) {
-		if fc.pstate.Load() == pOff || fc.cur.r.URL.Path != "/big" {
+		if !waitsForBig(fc) {
 			return
 		}
 		select {

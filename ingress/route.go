@@ -92,7 +92,7 @@ func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https boo
 	if rt == nil {
 		rt = new(route)
 	}
-	*rt = route{t: t, pol: t.Visitors(), https: https, remote: r.RemoteAddr, peer: peer, host: host, x: x}
+	*rt = route{t: t, pol: t.Visitors(), https: https, remote: r.RemoteAddr, peer: peer, host: host, x: x, src: src}
 	if !rt.pol.Allows(client) {
 		httpError(w, http.StatusForbidden, "your address may not reach this tunnel")
 		in.sources.release(src)
@@ -117,7 +117,6 @@ func (in *Server) routeRequest(w http.ResponseWriter, r *http.Request, https boo
 		in.sources.release(src)
 		return nil
 	}
-	rt.src = src
 	return rt
 }
 

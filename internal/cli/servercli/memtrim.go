@@ -31,7 +31,7 @@ const (
 // and then stopped. Its methods are safe for concurrent use.
 type memTrim struct {
 	quiet    time.Duration
-	events   int
+	need     int // session events that make a trim
 	interval time.Duration
 	trim     func()
 	log      *slog.Logger
@@ -44,7 +44,7 @@ type memTrim struct {
 }
 
 func newMemTrim(log *slog.Logger) *memTrim {
-	return &memTrim{quiet: trimQuiet, events: trimEvents, interval: trimInterval, trim: debug.FreeOSMemory, log: log}
+	return &memTrim{quiet: trimQuiet, need: trimEvents, interval: trimInterval, trim: debug.FreeOSMemory, log: log}
 }
 
 // event notes an agent's login or departure.
@@ -55,7 +55,7 @@ func (m *memTrim) event() {
 		return
 	}
 	m.count++
-	if m.count < m.events {
+	if m.count < m.need {
 		return
 	}
 	wait := m.quiet
@@ -71,7 +71,7 @@ func (m *memTrim) event() {
 
 func (m *memTrim) fire() {
 	m.mu.Lock()
-	if m.closed || m.count < m.events {
+	if m.closed || m.count < m.need {
 		m.mu.Unlock()
 		return
 	}

@@ -8,9 +8,9 @@ import (
 )
 
 // testTrim is a memTrim whose trims are sent on the returned channel.
-func testTrim(quiet time.Duration, events int, interval time.Duration) (*memTrim, <-chan time.Time) {
+func testTrim(quiet time.Duration, need int, interval time.Duration) (*memTrim, <-chan time.Time) {
 	trims := make(chan time.Time, 10)
-	m := &memTrim{quiet: quiet, events: events, interval: interval,
+	m := &memTrim{quiet: quiet, need: need, interval: interval,
 		trim: func() { trims <- time.Now() }, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	return m, trims
 }
