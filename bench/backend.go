@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -209,6 +210,29 @@ func fixedRate(ctx context.Context, addr, host string, rate, conns, secs int) (l
 		return r, fmt.Errorf("fixed-rate run did not finish in time: %w", ctx.Err())
 	}
 	return r, nil
+}
+
+// runRate is "bench rate ADDR HOST RATE SECS": the latency measurement's
+// fixed-rate load on its own, over 64 connections, printing what it
+// measured.
+func runRate(addr, host, rate, secs string) error {
+	r, err := strconv.Atoi(rate)
+	if err != nil || r <= 0 {
+		return fmt.Errorf("rate %q: want requests per second", rate)
+	}
+	s, err := strconv.Atoi(secs)
+	if err != nil || s <= 0 {
+		return fmt.Errorf("secs %q: want seconds", secs)
+	}
+	res, err := fixedRate(context.Background(), addr, host, r, 64, s)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("requests %d errors %d p50 %.3f ms p99 %.3f ms sender lag p99 %.3f ms\n", res.requests, res.errors, res.p50, res.p99, res.late)
+	if res.errors > 0 {
+		return fmt.Errorf("%d requests failed", res.errors)
+	}
+	return nil
 }
 
 // median of xs (NaN-free); 0 for none.

@@ -50,8 +50,9 @@
 //	go run . -bin ../bin -out . -runs 3
 //
 // The same binary serves as the direct backend, "bench backend ADDR", as
-// the floor's relays, "bench relay TARGET...", and as the library's app,
-// "bench libbackend GATEWAY FINGERPRINT NAME KNOWN_GATEWAYS_FILE".
+// the floor's relays, "bench relay TARGET...", as the library's app,
+// "bench libbackend GATEWAY FINGERPRINT NAME KNOWN_GATEWAYS_FILE", and as
+// the fixed-rate load of scripts/cost.sh, "bench rate ADDR HOST RATE SECS".
 package main
 
 import (
@@ -150,6 +151,8 @@ func subcommand(cmd string, args []string) bool {
 		err = runProxy(args[0])
 	case cmd == "libbackend" && len(args) == 4:
 		err = runLibBackend(args[0], args[1], args[2], args[3])
+	case cmd == "rate" && len(args) == 4:
+		err = runRate(args[0], args[1], args[2], args[3])
 	default:
 		return false
 	}

@@ -32,6 +32,9 @@ type Session struct {
 	out        []byte        // pending output
 	spare      []byte        // the other buffer, while a write is under way
 	writing    bool          // a writer is active
+	lastTurn   time.Time     // when the last writer's turn began
+	turnFrom   int64         // frames at the start of the writer's turn
+	joined     int64         // data frames others queued during the last turn
 	wclosed    bool          // no more frames are queued
 	werr       error         // the write path failed
 	room       chan struct{} // closed when the pending output was taken
@@ -42,7 +45,8 @@ type Session struct {
 	wtArmed    atomic.Bool  // wtimer is running
 	writeSince atomic.Int64 // unix nanoseconds the current write started; 0: none
 	batches    atomic.Int64 // connection writes, for tests
-	frames     atomic.Int64 // data frames queued, for tests
+	frames     atomic.Int64 // data frames queued
+	yields     atomic.Int64 // writer turns that yielded first, for tests
 
 	// Streams.
 	smu         sync.Mutex

@@ -12,11 +12,21 @@ import (
 // The write path: group commit. Frames are appended to s.out under s.wmu;
 // the goroutine that finds no writer active becomes the writer, takes the
 // whole pending output, writes it with one conn.Write outside the lock and
-// repeats while more was appended meanwhile; before its first round it
-// yields once to the goroutines ready to run. After maxWriterRounds rounds a
-// writer hands the job to a short-lived goroutine, so that a caller is not
-// held writing other streams' frames for long under sustained load.
+// repeats while more was appended meanwhile; before its first round, when
+// the session is busy, it yields once to the goroutines ready to run. After
+// maxWriterRounds rounds a writer hands the job to a short-lived goroutine,
+// so that a caller is not held writing other streams' frames for long under
+// sustained load.
 const maxWriterRounds = 4
+
+// A writer yields first only when the session is busy: other streams'
+// writers joined the last writer's turn, or that turn began less than
+// busyWithin ago. Under load a yield gathers the writers the network poller
+// readied together into one batch; on a quiet session there are none, and
+// the yield would only cost the request at hand a trip through the
+// scheduler, which also wakes an idle processor to look for work and can
+// move the writer to another thread.
+const busyWithin = 250 * time.Microsecond
 
 // hardPendingCap ends the session when control frames pile up that far
 // beyond MaxPending: a peer that sends without reading what it provokes.
@@ -239,6 +249,9 @@ func (s *Session) writeRounds(limit int) {
 func (s *Session) writeRoundsLocked(limit int) {
 	for round := 0; ; round++ {
 		if len(s.out) == 0 || s.werr != nil {
+			if round > 0 {
+				s.joined = s.frames.Load() - s.turnFrom
+			}
 			s.writerIdleLocked()
 			s.wmu.Unlock()
 			return
@@ -248,12 +261,12 @@ func (s *Session) writeRoundsLocked(limit int) {
 			go s.writeRounds(0)
 			return
 		}
-		if round == 0 {
+		if round == 0 && s.busyLocked() {
 			// Let the goroutines that are ready to run go first: the
 			// network poller wakes the relays of many visitors at
 			// once, and those that write now join this batch instead
-			// of making a system call each. With nothing else ready
-			// this returns at once, so an idle session adds no delay.
+			// of making a system call each.
+			s.yields.Add(1)
 			s.wmu.Unlock()
 			runtime.Gosched()
 			s.wmu.Lock()
@@ -280,6 +293,16 @@ func (s *Session) writeRoundsLocked(limit int) {
 			return
 		}
 	}
+}
+
+// busyLocked starts a writer's turn and reports whether the session is
+// busy.
+func (s *Session) busyLocked() bool {
+	now := time.Now()
+	busy := s.joined > 0 || now.Sub(s.lastTurn) < busyWithin
+	s.lastTurn = now
+	s.turnFrom = s.frames.Load()
+	return busy
 }
 
 // writerIdleLocked ends the writer's turn: buffers go back to the pool and
