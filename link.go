@@ -301,15 +301,43 @@ func (k *link) handleStream(ls *linkSession, st transport.Stream) {
 			return
 		}
 	}
-	select {
-	case l.conns <- c:
-	default:
-		k.log.Warn("visitor refused: accept backlog full", "tunnel", h.Name, "visitor", h.Visitor, "backlog", l.cfg.Backlog)
+	if !l.enqueue(c, k.log, h) {
+		if l.ctx.Err() == nil {
+			k.log.Warn("visitor refused: accept backlog full", "tunnel", h.Name, "visitor", h.Visitor, "backlog", l.cfg.Backlog)
+		}
 		c.refuse(protocol.StatusBusy)
 	}
 	if c.udp.queued() {
 		c.udp.watch(st)
 	}
+}
+
+// backlogGrace is how long a visitor waits for room in a full accept
+// backlog before it is refused. A burst of visitors starts a goroutine per
+// stream, and those can keep the application's accept loop from running
+// for a while even when it takes every connection at once; the grace
+// rides that out, while an application that stopped accepting still has
+// its excess visitors refused, only later.
+const backlogGrace = 500 * time.Millisecond
+
+// enqueue hands c to Accept, waiting up to backlogGrace for room; it
+// reports false when there was none, or the listener closed meanwhile.
+func (l *Listener) enqueue(c *Conn, log *slog.Logger, h protocol.StreamHeader) bool {
+	select {
+	case l.conns <- c:
+		return true
+	default:
+	}
+	log.Debug("accept backlog full: the visitor waits for room", "tunnel", h.Name, "visitor", h.Visitor, "backlog", l.cfg.Backlog, "wait", backlogGrace)
+	t := time.NewTimer(backlogGrace)
+	defer t.Stop()
+	select {
+	case l.conns <- c:
+		return true
+	case <-t.C:
+	case <-l.ctx.Done():
+	}
+	return false
 }
 
 // transportOrder is the order transports are tried in for Config.Transport.
