@@ -127,8 +127,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// MaxBackoff caps the wait between reconnection attempts. Default 30s.
 	MaxBackoff time.Duration
-	// Backlog is how many visitor connections may wait for Accept; one more
-	// waits up to half a second for room, and is then refused. Default 256.
+	// Backlog is how many visitor connections may wait for Accept; each
+	// one beyond it waits up to half a second for room, and is then
+	// refused. Default 256.
 	Backlog int
 	// Logger receives the agent's logs. Default slog.Default().
 	Logger *slog.Logger
