@@ -116,21 +116,22 @@ GM=$(($(mallocs 20903) - GM0))
 AM=$(($(mallocs 20904) - AM0))
 wait $W $PG $PA
 cpu() { awk -F, '$3 == "task-clock" { print $1 }' "$1"; }
-if [ "$LOAD" = rate ]; then
-	LAT=$(awk '/^requests/ { printf "p50 %s ms, p99 %s ms", $6, $9 }' "$D/load.log")
-	[ -n "$LAT" ] || { echo "cost.sh: no figures from the fixed-rate load:" >&2; cat "$D/load.log" >&2; exit 1; }
-	awk -F, -v secs="$SECS" -v mode="$MODE" -v lat="$LAT" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" -v gm="$GM" -v am="$AM" -v allocs="$ALLOCS" \
-		'BEGIN { k = secs } { v[$3] = $1 }
-	END { a = allocs == "" ? "" : sprintf(", allocations gateway %.1f agent %.1f", gm / k / 1000, am / k / 1000)
-		printf "%s: 1000 req/s, %s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f (read and recvmsg) futex %.2f context switches %.2f%s\n",
-		mode, lat, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000, v["context-switches"] / k / 1000, a }' "$D/perf.log"
-elif [ "$LOAD" = wrk ]; then
-	RPS=$(awk '/Requests\/sec/ {print $2}' "$D/load.log")
-	awk -F, -v rps="$RPS" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" -v gm="$GM" -v am="$AM" -v allocs="$ALLOCS" \
+if [ "$LOAD" != iperf3 ]; then
+	if [ "$LOAD" = rate ]; then
+		RPS=1000
+		LAT=$(awk '/^requests/ { printf ", p50 %s ms, p99 %s ms", $6, $9 }' "$D/load.log")
+		[ -n "$LAT" ] || { echo "cost.sh: no figures from the fixed-rate load:" >&2; cat "$D/load.log" >&2; exit 1; }
+	else
+		RPS=$(awk '/Requests\/sec/ {print $2}' "$D/load.log")
+		LAT=
+	fi
+	# The fixed-rate modes add the load's percentiles and the context switches.
+	awk -F, -v rps="$RPS" -v lat="$LAT" -v secs="$SECS" -v mode="$MODE" -v gw="$(cpu "$D/gateway.perf")" -v ag="$(cpu "$D/agent.perf")" -v gm="$GM" -v am="$AM" -v allocs="$ALLOCS" \
 		'BEGIN { k = rps * secs / 1000 } { v[$3] = $1 }
 	END { a = allocs == "" ? "" : sprintf(", allocations gateway %.1f agent %.1f", gm / k / 1000, am / k / 1000)
-		printf "%s: %.0f req/s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f (read and recvmsg) futex %.2f%s\n",
-		mode, rps, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000, a }' "$D/perf.log"
+		cs = lat == "" ? "" : sprintf(" context switches %.2f", v["context-switches"] / k / 1000)
+		printf "%s: %.0f req/s%s, CPU %.1f ms per 1,000 requests (gateway %.1f, agent %.1f); per request: write %.2f read %.2f (read and recvmsg) futex %.2f%s%s\n",
+		mode, rps, lat, v["task-clock"] / k, gw / k, ag / k, v["syscalls:sys_enter_write"] / k / 1000, (v["syscalls:sys_enter_read"] + v["syscalls:sys_enter_recvmsg"]) / k / 1000, v["syscalls:sys_enter_futex"] / k / 1000, cs, a }' "$D/perf.log"
 else
 	# The stream's rate over the whole run, as the receiver counted it.
 	GBITS=$(awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Gbits/sec") print $i }' "$D/load.log")
