@@ -443,12 +443,39 @@ func (s *Server) Serve(ln net.Listener) error {
 			refuseBusy(conn)
 			continue
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(conn, slot)
-		}()
+		if !s.goTracked(func() { s.serveConn(conn, slot) }) {
+			slot.release()
+			conn.Close()
+			return ErrServerClosed
+		}
 	}
+}
+
+// enter counts a goroutine that Close waits for, unless the server is
+// closed. The count is taken under s.mu, where Close marks the server
+// closed before it waits: a count taken from zero while Close waits
+// would be a misuse of the group, and the goroutine would outlive Close.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// goTracked runs f in a goroutine that Close waits for; after Close it
+// runs nothing and returns false.
+func (s *Server) goTracked(f func()) bool {
+	if !s.enter() {
+		return false
+	}
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // track records an agent listener, to be closed with the server; when the

@@ -20,15 +20,10 @@ var ErrGatewayBusy = errors.New("gateway: busy: too many agent connections in th
 // (a connection over them is refused as busy and ErrGatewayBusy returned),
 // returns when the session ends, and always closes conn.
 func (s *Server) ServeConn(conn net.Conn) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.enter() {
 		conn.Close()
 		return ErrServerClosed
 	}
-	// Under s.mu, so that Close cannot be waiting for the group already.
-	s.wg.Add(1)
-	s.mu.Unlock()
 	defer s.wg.Done()
 	slot := s.hs.acquire(source.OfAddr(conn.RemoteAddr()))
 	if slot == nil {

@@ -54,11 +54,11 @@ func (s *Server) ServeQUIC(pconn net.PacketConn) error {
 			sess.CloseWithError(transport.CodeBusy, busyReason)
 			continue
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveSession(sess, "quic", slot)
-		}()
+		if !s.goTracked(func() { s.serveSession(sess, "quic", slot) }) {
+			slot.release()
+			sess.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
+			return ErrServerClosed
+		}
 	}
 }
 
@@ -164,11 +164,10 @@ func (w *wsServer) accept(sess *tlsmux.Session) {
 		w.refuse(sess)
 		return
 	}
-	w.srv.wg.Add(1)
-	go func() {
-		defer w.srv.wg.Done()
-		w.srv.serveSession(sess, "ws", slot)
-	}()
+	if !w.srv.goTracked(func() { w.srv.serveSession(sess, "ws", slot) }) {
+		slot.release()
+		sess.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
+	}
 }
 
 // refuse closes a session refused for want of a handshake slot with
