@@ -186,7 +186,13 @@ func (k *link) serve(ls *linkSession) *linkSession {
 	stop := context.AfterFunc(l.ctx, func() { ls.sess.Close() })
 	defer stop()
 	accepted := make(chan struct{})
+	// Counted in l.wg, from here in run, whose end the listener awaits
+	// before it waits for l.wg: the goroutine counts the streams it
+	// starts in l.wg too, and a count taken from zero during that wait
+	// would be a misuse (a retired session's streams outlive serve).
+	l.wg.Add(1)
 	go func() {
+		defer l.wg.Done()
 		defer close(accepted)
 		k.acceptStreams(ls)
 	}()
