@@ -2,9 +2,12 @@ package mux
 
 import (
 	"context"
+	"errors"
 	"io"
 	"testing"
 	"time"
+
+	"github.com/diglett/diglett/internal/testutil"
 )
 
 // TestWriterYieldsOnlyWhenBusy: a writer yields to the goroutines ready to
@@ -55,6 +58,25 @@ func TestWriterYieldsOnlyWhenBusy(t *testing.T) {
 	}
 	echo(a)
 	echo(b)
+	// Each side pings when it starts, and each answers the other's ping
+	// from a writer goroutine of its own, which on a loaded machine may
+	// still be in its turn when the next write comes, and take that write
+	// in. The turns below must be the test's alone: wait until both
+	// pings are answered and no writer is active, then start afresh.
+	if err := testutil.Poll(10*time.Second, func() error {
+		if cs.RTT() == 0 || ss.RTT() == 0 {
+			return errors.New("the start-up pings are not answered yet")
+		}
+		cs.wmu.Lock()
+		defer cs.wmu.Unlock()
+		if cs.writing {
+			return errors.New("a writer is still in its turn")
+		}
+		cs.joined = 0
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	y0 := cs.yields.Load()
 	for range 20 {
