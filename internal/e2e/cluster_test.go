@@ -139,7 +139,7 @@ func TestClusterNamespace(t *testing.T) {
 	t.Logf("%d rounds of two identities racing for one name through two nodes: exactly one won each time (%v; %d rounds met a port held by another process)", rounds-skipped, wins, skipped)
 
 	// One identity through both nodes: one port, served on each.
-	la := mustListen(t, agent(ga, "shared", "carol"))
+	la := listenClusterPort(t, agent(ga, "shared", "carol"))
 	lb := mustListen(t, agent(gb, "shared", "carol"))
 	_, pa, _ := net.SplitHostPort(la.Addr().String())
 	_, pb, _ := net.SplitHostPort(lb.Addr().String())
@@ -155,7 +155,7 @@ func TestClusterNamespace(t *testing.T) {
 
 	// A name stays its owner's through its lease, whichever node is
 	// asked; once the lease ends on the node that held it, it is free.
-	lx := mustListen(t, agent(ga, "leased", "erin"))
+	lx := listenClusterPort(t, agent(ga, "leased", "erin"))
 	lx.Close()
 	waitFor(t, "lease", ga.Logs, `"agent offline, name and port leased" tunnel=leased`)
 	if _, err := listen(t, agent(gb, "leased", "frank")); !errors.Is(err, diglett.ErrNameTaken) {
@@ -280,7 +280,7 @@ func TestClusterForwarding(t *testing.T) {
 
 	cfg := agentConfig(t, a.testGateway, "echo")
 	cfg.Token = "as-alice"
-	echo := mustListen(t, cfg)
+	echo := listenClusterPort(t, cfg)
 	forward(t, echo, startEcho(t))
 	_, port, _ := net.SplitHostPort(echo.Addr().String())
 	for _, n := range []*testNode{a, b, c} {
@@ -669,7 +669,7 @@ func TestClusterEtcdMemberKilled(t *testing.T) {
 	publish := func(name string) string {
 		cfg := agentConfig(t, a.testGateway, name)
 		cfg.Token = "as-alice"
-		ln := mustListen(t, cfg)
+		ln := listenClusterPort(t, cfg)
 		forward(t, ln, startEcho(t))
 		_, port, _ := net.SplitHostPort(ln.Addr().String())
 		return port
@@ -759,6 +759,26 @@ func TestClusterSharedCertificates(t *testing.T) {
 // registerEventually registers cfg's name, again and again as an agent
 // would while the gateway refuses it for now, until it is given (the
 // listener is closed at once) or eventually passes.
+// listenClusterPort is mustListen for a new name, whose port the cluster
+// chooses from the nodes' window. The windows of concurrent tests are
+// random and may overlap, so the port chosen may be held on this machine
+// by another test's process, which the node refuses as unavailable (and
+// the cluster releases): not the behaviour under test, so that refusal is
+// tried again, up to 5 times, after which it fails as any other error.
+func listenClusterPort(t *testing.T, cfg diglett.Config) *diglett.Listener {
+	t.Helper()
+	for try := 1; ; try++ {
+		ln, err := listen(t, cfg)
+		if err == nil {
+			return ln
+		}
+		if !errors.Is(err, diglett.ErrPortUnavailable) || try == 5 {
+			t.Fatalf("listen: %v", err)
+		}
+		t.Logf("listen, try %d: %v: a port held elsewhere on this machine; trying again", try, err)
+	}
+}
+
 func registerEventually(t *testing.T, cfg diglett.Config) error {
 	return testutil.Poll(eventually, func() error {
 		ln, err := listen(t, cfg)
