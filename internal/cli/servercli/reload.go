@@ -115,17 +115,18 @@ func stampOf(file string) fileStamp {
 	return fileStamp{size: fi.Size(), mod: fi.ModTime(), present: true}
 }
 
-// changedSinceBuild reports whether one of files that the last build
-// read changed since.
-func (r *reloader) changedSinceBuild(files []string) bool {
+// changedSinceBuild returns those of files that the last build read and
+// that changed since.
+func (r *reloader) changedSinceBuild(files []string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var changed []string
 	for _, f := range files {
 		if st, ok := r.read[f]; ok && stampOf(f) != st {
-			return true
+			changed = append(changed, f)
 		}
 	}
-	return false
+	return changed
 }
 
 // newReloader builds the source once, for the identities in force: the
@@ -286,10 +287,11 @@ func serveReloads(ctx context.Context, srv authSetter, src authSource, watchFile
 			w.Close()
 			w, watching, changes = nw, files, nw.Changes()
 			log.Info("watching for changes", "files", files)
-			if !r.changedSinceBuild(files) {
+			changed := r.changedSinceBuild(files)
+			if len(changed) == 0 {
 				return
 			}
-			r.reload(ctx, "trigger", "file changed", "files", files)
+			r.reload(ctx, "trigger", "file changed", "files", changed)
 		}
 	}
 	hup := make(chan os.Signal, 1)
