@@ -219,37 +219,68 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 // or the agent breaks the protocol. The agent opens only the control
 // stream: the session takes no other (Config.Transport.MaxIncomingStreams
 // is 1), so nothing accepts streams here.
+//
+// This goroutine waits for the agent's next message for the session's
+// whole life, and a parked goroutine keeps the stack it grew until the
+// collector shrinks it, by half per cycle at most. Decoding a message and
+// registering a tunnel grow a stack to several kilobytes, so each message
+// is handled on a goroutine of its own, and this one only ever reads.
 func (ss *session) serveControl(ctrl transport.Stream) {
 	for {
-		m, err := protocol.ReadMessage(ctrl)
+		t, payload, err := protocol.ReadFrame(ctrl)
 		if err != nil {
 			if errors.Is(err, protocol.ErrMalformed) {
-				ss.log.Warn("dropping agent: bad control message", "err", err)
-				ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
+				ss.badMessage(ctrl, err)
 			} else if !errors.Is(err, io.EOF) {
 				ss.log.Debug("control stream ended", "err", err)
 			}
 			return
 		}
-		if _, ok := m.(*protocol.Drain); ok {
-			// The agent is stopping: no new visitors, and its idle HTTP
-			// streams go, so that it need not wait for them; visitors in
-			// flight go on until the agent closes the session.
-			ss.log.Info("agent draining: sending it no more visitors")
-			ss.leave()
-			continue
-		}
-		reg, ok := m.(*protocol.Register)
-		if !ok {
-			ss.log.Warn("dropping agent: unexpected message", "type", m.Type())
-			ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "unexpected " + m.Type().String() + " message"})
-			return
-		}
-		resp := ss.register(reg)
-		if err := ss.reply(ctrl, resp); err != nil {
+		if !onOwnStack(func() bool { return ss.controlMessage(ctrl, t, payload) }) {
 			return
 		}
 	}
+}
+
+// controlMessage handles one control message of the agent, and reports
+// whether the session goes on.
+func (ss *session) controlMessage(ctrl transport.Stream, t protocol.Type, payload []byte) bool {
+	m, err := protocol.DecodeMessage(t, payload)
+	if err != nil {
+		ss.badMessage(ctrl, err)
+		return false
+	}
+	if _, ok := m.(*protocol.Drain); ok {
+		// The agent is stopping: no new visitors, and its idle HTTP
+		// streams go, so that it need not wait for them; visitors in
+		// flight go on until the agent closes the session.
+		ss.log.Info("agent draining: sending it no more visitors")
+		ss.leave()
+		return true
+	}
+	reg, ok := m.(*protocol.Register)
+	if !ok {
+		ss.log.Warn("dropping agent: unexpected message", "type", m.Type())
+		ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: "unexpected " + m.Type().String() + " message"})
+		return false
+	}
+	resp := ss.register(reg)
+	return ss.reply(ctrl, resp) == nil
+}
+
+// badMessage answers a control message that does not decode before the
+// session is dropped.
+func (ss *session) badMessage(ctrl transport.Stream, err error) {
+	ss.log.Warn("dropping agent: bad control message", "err", err)
+	ss.reply(ctrl, &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
+}
+
+// onOwnStack runs f on a goroutine of its own, waits for it and returns
+// its result: whatever stack f grows goes when it returns.
+func onOwnStack(f func() bool) bool {
+	done := make(chan bool, 1)
+	go func() { done <- f() }()
+	return <-done
 }
 
 // flush lets the agent read the last reply (a refusal, say) before the

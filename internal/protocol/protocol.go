@@ -429,22 +429,33 @@ var ErrMalformed = errors.New("malformed message")
 // ReadMessage reads one frame written by WriteMessage. It never reads more
 // than 3+MaxMessageSize bytes.
 func ReadMessage(r io.Reader) (Message, error) {
+	t, payload, err := ReadFrame(r)
+	if err != nil {
+		return nil, err
+	}
+	return DecodeMessage(t, payload)
+}
+
+// ReadFrame reads one frame written by WriteMessage and returns its type
+// and payload, undecoded (DecodeMessage decodes them). It never reads more
+// than 3+MaxMessageSize bytes; a longer payload is ErrMalformed.
+func ReadFrame(r io.Reader) (Type, []byte, error) {
 	var hdr [3]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	n := int(binary.BigEndian.Uint16(hdr[1:3]))
 	if n > MaxMessageSize {
-		return nil, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrMalformed, n, MaxMessageSize)
+		return 0, nil, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrMalformed, n, MaxMessageSize)
 	}
 	payload := make([]byte, n)
 	if _, err := io.ReadFull(r, payload); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, err
+		return 0, nil, err
 	}
-	return DecodeMessage(Type(hdr[0]), payload)
+	return Type(hdr[0]), payload, nil
 }
 
 // DecodeMessage decodes and validates the payload of a message of type t.
