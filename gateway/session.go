@@ -201,24 +201,38 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	s.obs.SessionOpened(via)
 	opened = true
 
-	// The control loop goes on in a goroutine of its own and this one
-	// ends: its stack grew deep in the TLS handshake and the login, and
-	// a goroutine keeps its stack until the collector shrinks it, so an
-	// idle session would hold it for a long while.
+	// The control loop goes on without this goroutine, which ends: its
+	// stack grew deep in the TLS handshake and the login, and a goroutine
+	// keeps its stack until the collector shrinks it, so an idle session
+	// would hold it for a long while. Over a multiplexer the stream's
+	// notifications drive the loop; over QUIC a goroutine of its own
+	// reads.
 	handedOff = true
 	s.wg.Add(1)
+	finish := func() {
+		closeCtrl()
+		end()
+		s.wg.Done()
+	}
+	if ns, ok := ctrl.(notifyStream); ok {
+		// No goroutine waits on the control stream of an idle session:
+		// the stream says when it has something (control.go).
+		cr := &controlReader{ss: ss, ctrl: ctrl, ns: ns, finish: finish}
+		ns.OnReadable(cr.notify)
+		return
+	}
 	go func() {
-		defer s.wg.Done()
-		defer end()
-		defer closeCtrl()
+		defer finish()
 		ss.serveControl(ctrl)
 	}()
 }
 
 // serveControl reads the agent's control messages until the stream ends
-// or the agent breaks the protocol. The agent opens only the control
-// stream: the session takes no other (Config.Transport.MaxIncomingStreams
-// is 1), so nothing accepts streams here.
+// or the agent breaks the protocol, for a stream that cannot say when it
+// has something (QUIC's; control.go reads the others). The agent opens
+// only the control stream: the session takes no other
+// (Config.Transport.MaxIncomingStreams is 1), so nothing accepts streams
+// here.
 //
 // This goroutine waits for the agent's next message for the session's
 // whole life, and a parked goroutine keeps the stack it grew until the

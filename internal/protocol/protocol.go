@@ -436,6 +436,24 @@ func ReadMessage(r io.Reader) (Message, error) {
 	return DecodeMessage(t, payload)
 }
 
+// SplitFrame finds the first frame written by WriteMessage in b, for a
+// reader that gathers bytes as they come: ok is false while b holds only
+// part of it. payload and rest share b's memory. A frame announcing a
+// payload over MaxMessageSize is ErrMalformed, as soon as its header is in.
+func SplitFrame(b []byte) (t Type, payload, rest []byte, ok bool, err error) {
+	if len(b) < 3 {
+		return 0, nil, b, false, nil
+	}
+	n := int(binary.BigEndian.Uint16(b[1:3]))
+	if n > MaxMessageSize {
+		return 0, nil, b, false, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrMalformed, n, MaxMessageSize)
+	}
+	if len(b) < 3+n {
+		return 0, nil, b, false, nil
+	}
+	return Type(b[0]), b[3 : 3+n], b[3+n:], true, nil
+}
+
 // ReadFrame reads one frame written by WriteMessage and returns its type
 // and payload, undecoded (DecodeMessage decodes them). It never reads more
 // than 3+MaxMessageSize bytes; a longer payload is ErrMalformed.

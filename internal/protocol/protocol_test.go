@@ -190,3 +190,38 @@ func TestReadStatus(t *testing.T) {
 		t.Fatalf("unknown status: err = %v", err)
 	}
 }
+
+// TestSplitFrame finds whole frames in gathered bytes, waits for the rest
+// of a partial one, and refuses an oversized one from its header alone.
+func TestSplitFrame(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteMessage(&b, &Register{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteMessage(&b, &Drain{}); err != nil {
+		t.Fatal(err)
+	}
+	all := b.Bytes()
+	for cut := 0; cut < len(all); cut++ {
+		_, _, _, ok, err := SplitFrame(all[:cut])
+		first := int(all[1])<<8 | int(all[2])
+		if err != nil || ok != (cut >= 3+first) {
+			t.Fatalf("%d bytes: ok %v, err %v", cut, ok, err)
+		}
+	}
+	typ, payload, rest, ok, err := SplitFrame(all)
+	if err != nil || !ok || typ != TypeRegister {
+		t.Fatalf("first frame: %v %v %v", typ, ok, err)
+	}
+	if m, err := DecodeMessage(typ, payload); err != nil || m.(*Register).Name != "a" {
+		t.Fatalf("first frame decodes to %v, %v", m, err)
+	}
+	typ, _, rest, ok, err = SplitFrame(rest)
+	if err != nil || !ok || typ != TypeDrain || len(rest) != 0 {
+		t.Fatalf("second frame: %v %v %v, %d bytes left", typ, ok, err, len(rest))
+	}
+	big := []byte{byte(TypeRegister), byte((MaxMessageSize + 1) >> 8), byte((MaxMessageSize + 1) & 0xff)}
+	if _, _, _, _, err := SplitFrame(big); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("oversized header: %v, want ErrMalformed", err)
+	}
+}

@@ -163,6 +163,8 @@ var (
 	// ErrTapped is returned by Reads on a stream whose tap took a
 	// payload, until ClearTap (tap.go).
 	ErrTapped = errors.New("stream data taken by its tap")
+	// ErrWouldBlock is ReadNow's answer where Read would wait.
+	ErrWouldBlock = errors.New("nothing to read yet")
 	// ErrKeepAliveTimeout ends a session whose peer did not answer a
 	// keepalive ping in time.
 	ErrKeepAliveTimeout = errors.New("keepalive timeout")

@@ -98,7 +98,7 @@ func (st *Stream) writeThrough(remaining int) (int, error) {
 		st.s.sendControl(typeWindowUpdate, 0, st.id, credit, false)
 	}
 	if wake {
-		signal(st.readCh)
+		st.readable()
 	}
 	return m, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -45,6 +46,9 @@ type Stream struct {
 	ended       bool // the session ended
 	rdl, wdl    time.Time
 	readWaiters int // Reads waiting on readCh
+	// onReadable, if set, is called wherever readCh is signalled
+	// (OnReadable).
+	onReadable atomic.Pointer[func()]
 	// Write-through (sink.go): sink is set under sinkMu and mu, and a
 	// write to it is made under sinkMu.
 	sinkMu     sync.Mutex
@@ -86,7 +90,37 @@ func (st *Stream) RemoteAddr() net.Addr { return st.s.RemoteAddr() }
 
 // Read reads data the peer sent; io.EOF after the peer's CloseWrite and
 // everything before it.
-func (st *Stream) Read(p []byte) (int, error) {
+func (st *Stream) Read(p []byte) (int, error) { return st.read(p, true) }
+
+// ReadNow is Read without the wait: where Read would wait for the peer, it
+// returns ErrWouldBlock.
+func (st *Stream) ReadNow(p []byte) (int, error) { return st.read(p, false) }
+
+// OnReadable makes the stream call f whenever a Read that waits would be
+// woken: data came, the stream or its session ended, a deadline changed.
+// It may be called when a Read still finds nothing (a reader that does
+// not wait reads with ReadNow). It is called at once if data or the end
+// is already there. f is called by the receive loop and by calls on the
+// stream or its session, often under the stream's lock: it must return
+// at once and must not call the stream.
+func (st *Stream) OnReadable(f func()) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.onReadable.Store(&f)
+	if st.buffered > 0 || st.finRecv || st.reset || st.ended || st.readStopped || st.tapped {
+		f()
+	}
+}
+
+// readable wakes the stream's reader.
+func (st *Stream) readable() {
+	signal(st.readCh)
+	if f := st.onReadable.Load(); f != nil {
+		(*f)()
+	}
+}
+
+func (st *Stream) read(p []byte, wait bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -128,6 +162,10 @@ func (st *Stream) Read(p []byte) (int, error) {
 		if !dl.IsZero() && !time.Now().Before(dl) {
 			st.mu.Unlock()
 			return 0, os.ErrDeadlineExceeded
+		}
+		if !wait {
+			st.mu.Unlock()
+			return 0, ErrWouldBlock
 		}
 		syn := st.synQueued
 		st.synQueued = false
@@ -238,7 +276,7 @@ func (st *Stream) receive(length uint32) error {
 				st.resetLocal(false)
 			}
 			if wake {
-				signal(st.readCh)
+				st.readable()
 			}
 			return s.discard(uint32(remaining))
 		}
@@ -291,7 +329,7 @@ func (st *Stream) receive(length uint32) error {
 		remaining -= m
 	}
 	if wake {
-		signal(st.readCh)
+		st.readable()
 	}
 	return nil
 }
@@ -426,7 +464,7 @@ func (st *Stream) Close() error {
 	forget := st.finRecv || st.reset || st.ended
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
-	signal(st.readCh)
+	st.readable()
 	signal(st.writeCh)
 	if armed {
 		st.tapGone()
@@ -470,7 +508,7 @@ func (st *Stream) endResetLocked(send func()) {
 	st.synPending = false
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
-	signal(st.readCh)
+	st.readable()
 	signal(st.writeCh)
 	if armed {
 		st.tapGone()
@@ -509,7 +547,7 @@ func (st *Stream) peerFIN() {
 	}
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
-	signal(st.readCh)
+	st.readable()
 	if armed {
 		st.tapGone()
 	}
@@ -563,7 +601,7 @@ func (st *Stream) sessionEnded() {
 	st.synPending = false
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
-	signal(st.readCh)
+	st.readable()
 	signal(st.writeCh)
 	if armed {
 		st.tapGone()
@@ -591,7 +629,7 @@ func (st *Stream) SetReadDeadline(t time.Time) error {
 	waiting := st.readWaiters > 0
 	st.mu.Unlock()
 	if waiting {
-		signal(st.readCh)
+		st.readable()
 	}
 	return nil
 }

@@ -110,7 +110,7 @@ func (st *Stream) receiveTapped(n int) error {
 		st.s.sendControl(typeWindowUpdate, 0, st.id, credit, false)
 	}
 	if !ended {
-		signal(st.readCh)
+		st.readable()
 	}
 	return nil
 }
