@@ -172,6 +172,16 @@ func TestTapRefusedAndReset(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a reset did not end the Read")
 	}
+	// The reset wakes the Read before it tells the tap: wait for the
+	// tap's call, which a ClearTap made first would have cancelled.
+	if err := testutil.Poll(10*time.Second, func() error {
+		if len(l.calls()) == 0 {
+			return errors.New("the tap was not told of the reset")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if a.ClearTap() {
 		t.Fatal("ClearTap says the tap took a payload on a stream reset before any data")
 	}
