@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -19,22 +18,7 @@ import (
 // stream: the reader of a stream that cannot notify (serveControl) and the
 // notified reader (controlReader.run).
 func controlGoroutines() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	count := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "gateway.(*session).serveControl") || strings.Contains(g, "gateway.(*controlReader).run") {
-			count++
-		}
-	}
-	return count
+	return testutil.GoroutinesIn("gateway.(*session).serveControl") + testutil.GoroutinesIn("gateway.(*controlReader).run")
 }
 
 func waitNoControlGoroutine(t *testing.T, when string) {
