@@ -7,13 +7,15 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"syscall"
 	"time"
 )
 
-// Next waits for ln's next connection. Accept errors that are timeouts
-// (the process is out of file descriptors, say) are logged at Warn with
-// what and retried after a pause that doubles up to a second, until done
-// is closed; any other error is returned.
+// Next waits for ln's next connection. Accept errors that say the
+// process or the system is out of a resource (file descriptors, socket
+// buffers, memory) are logged at Warn with what and retried after a pause
+// that doubles up to a second, until done is closed; any other error is
+// returned, a deadline set on ln too.
 func Next(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) (net.Conn, error) {
 	var backoff time.Duration
 	for {
@@ -21,8 +23,7 @@ func Next(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) 
 		if err == nil {
 			return c, nil
 		}
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
+		if !exhausted(err) {
 			return nil, err
 		}
 		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
@@ -33,4 +34,15 @@ func Next(ln net.Listener, done <-chan struct{}, log *slog.Logger, what string) 
 			return nil, err
 		}
 	}
+}
+
+// exhausted reports whether err is an accept that failed for want of a
+// resource, which a later accept may find again.
+func exhausted(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
