@@ -77,6 +77,21 @@ type Flusher interface {
 	FlushBatch() error
 }
 
+// Parker watches an idle session's connection while no goroutine reads
+// it (Config.Parker).
+type Parker interface {
+	// Park arranges for wake to be called once, on a goroutine of its
+	// own, when the connection has something to read or has failed. It
+	// reports false, and will not call wake, when it cannot.
+	Park(wake func()) bool
+	// Unpark cancels the last Park if its wake has not been started, and
+	// reports whether it did.
+	Unpark() bool
+}
+
+// DefaultParkAfter is Config.ParkAfter's default.
+const DefaultParkAfter = time.Second
+
 // Config tunes a session. Zero fields take the documented defaults.
 type Config struct {
 	// KeepAlivePeriod is how long the read side may be silent before a
@@ -116,6 +131,16 @@ type Config struct {
 	// flushed through it.
 	Hold  func()
 	Flush func() error
+	// Parker, when set, lets the receive loop end while the session is
+	// idle: once nothing has been received for ParkAfter and no frame is
+	// part-read, the loop hands the wait to Parker and returns, and a new
+	// loop starts when Parker wakes it. The connection's reads must be
+	// resumable after a read deadline passes (TLS over TCP's are), and its
+	// read deadline is the session's.
+	Parker Parker
+	// ParkAfter is how long a session with a Parker is silent before its
+	// receive loop parks. Default 1s.
+	ParkAfter time.Duration
 	// OnClose, when set, is called once when the session ends, with why.
 	// It must not block.
 	OnClose func(err error)
@@ -143,6 +168,9 @@ func (c Config) withDefaults() Config {
 	c.MaxFrame = min(max(c.MaxFrame, 1024), 1<<20)
 	if c.MaxPending <= 0 {
 		c.MaxPending = DefaultMaxPending
+	}
+	if c.ParkAfter <= 0 {
+		c.ParkAfter = DefaultParkAfter
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

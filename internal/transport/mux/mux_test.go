@@ -26,6 +26,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // tlsConns returns both ends of a TLS 1.3 connection over loopback TCP.
 func tlsConns(t testing.TB) (client, server net.Conn) {
 	t.Helper()
+	return tlsConnsOver(t, nil)
+}
+
+// tlsConnsOver is tlsConns with the client's TLS over wrap(its TCP
+// connection) when wrap is not nil.
+func tlsConnsOver(t testing.TB, wrap func(net.Conn) net.Conn) (client, server net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +60,11 @@ func tlsConns(t testing.TB) (client, server net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	var under net.Conn = raw
+	if wrap != nil {
+		under = wrap(raw)
+	}
+	tc := tls.Client(under, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	raw.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)

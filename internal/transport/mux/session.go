@@ -25,7 +25,16 @@ type Session struct {
 
 	// Receive side, owned by the receive loop.
 	hdr      [headerSize]byte
+	rd       io.Reader    // what the loop reads payloads from: conn, or a parkReader
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
+
+	// Parking (Config.Parker; park.go).
+	pmu       sync.Mutex
+	parked    bool      // no loop runs: the Parker will wake one
+	ending    bool      // shutdown owns the read deadline now
+	lingerEnd time.Time // the deadline shutdown set, if it lingers
+	wakeFn    func()
+	parks     atomic.Int64 // times the loop parked, for tests
 
 	// Write side (write.go).
 	wmu        sync.Mutex
@@ -103,6 +112,12 @@ func newSession(conn net.Conn, cfg Config, client bool) *Session {
 		s.wtimer.Stop()
 	}
 	s.lastRecv.Store(time.Now().UnixNano())
+	s.rd = conn
+	if cfg.Parker != nil {
+		s.rd = parkReader{s}
+		s.wakeFn = s.wake
+		conn.SetReadDeadline(time.Now().Add(cfg.ParkAfter))
+	}
 	go s.recvLoop()
 	s.startKeepalive()
 	return s
@@ -176,9 +191,23 @@ func (s *Session) shutdown(cause error, code uint32, goAway bool) {
 		}
 		// After a GoAway, the receive loop reads (and drops) what the
 		// peer still sends until the peer closes or closeLinger passes,
-		// and closes the connection as it ends.
-		if !linger || s.conn.SetReadDeadline(time.Now().Add(closeLinger)) != nil {
+		// and closes the connection as it ends. A parked loop is started
+		// again for it (or to see the connection closed).
+		s.pmu.Lock()
+		s.ending = true
+		resume := s.parked && s.cfg.Parker.Unpark()
+		if resume {
+			s.parked = false
+		}
+		end := time.Now().Add(closeLinger)
+		if linger && s.conn.SetReadDeadline(end) == nil {
+			s.lingerEnd = end
+		} else {
 			s.conn.Close()
+		}
+		s.pmu.Unlock()
+		if resume {
+			go s.recvLoop()
 		}
 		s.smu.Lock()
 		streams := s.streams
@@ -300,15 +329,26 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// recvLoop reads frames until the connection fails or the session ends.
+// recvLoop reads frames until the connection fails or the session ends,
+// or until it parks (park.go).
 func (s *Session) recvLoop() {
-	defer close(s.recvDone)
+	if s.receive() {
+		return
+	}
+	close(s.recvDone)
 	// The connection is closed here too when shutdown left it to linger.
-	defer s.conn.Close()
+	s.conn.Close()
+}
+
+// receive is the loop; it reports true when it parked.
+func (s *Session) receive() bool {
 	for {
-		if _, err := io.ReadFull(s.conn, s.hdr[:]); err != nil {
+		if err := s.readHeader(); err != nil {
+			if err == errParked {
+				return true
+			}
 			s.shutdown(readError(err), CodeNormal, false)
-			return
+			return false
 		}
 		s.lastRecv.Store(time.Now().UnixNano())
 		if err := s.handleFrame(); err != nil {
@@ -318,7 +358,7 @@ func (s *Session) recvLoop() {
 			} else {
 				s.shutdown(err, CodeNormal, false)
 			}
-			return
+			return false
 		}
 	}
 }
@@ -447,7 +487,7 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 
 // discard reads and drops n bytes of payload.
 func (s *Session) discard(n uint32) error {
-	_, err := io.CopyN(io.Discard, s.conn, int64(n))
+	_, err := io.CopyN(io.Discard, s.rd, int64(n))
 	return readError(err)
 }
 

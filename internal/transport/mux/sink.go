@@ -58,7 +58,7 @@ func (st *Stream) writeThrough(remaining int) (int, error) {
 	b := getChunk(remaining)
 	m := min(remaining, cap(*b))
 	*b = (*b)[:m]
-	if _, err := io.ReadFull(st.s.conn, *b); err != nil {
+	if _, err := io.ReadFull(st.s.rd, *b); err != nil {
 		putChunk(b)
 		return 0, readError(err)
 	}

@@ -312,7 +312,7 @@ func (st *Stream) receive(length uint32) error {
 		dst := (*tail)[l : l+m]
 		st.filling = true
 		st.mu.Unlock()
-		_, err := io.ReadFull(s.conn, dst)
+		_, err := io.ReadFull(s.rd, dst)
 		st.mu.Lock()
 		st.filling = false
 		if err != nil {

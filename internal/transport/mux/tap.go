@@ -73,7 +73,7 @@ func (st *Stream) tapGone() {
 func (st *Stream) receiveTapped(n int) error {
 	b := getChunk(n)
 	*b = (*b)[:n]
-	if _, err := io.ReadFull(st.s.conn, *b); err != nil {
+	if _, err := io.ReadFull(st.s.rd, *b); err != nil {
 		putChunk(b)
 		return readError(err)
 	}

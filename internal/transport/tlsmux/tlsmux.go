@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/batchconn"
@@ -72,10 +73,29 @@ func handshake(ctx context.Context, tc *tls.Conn) error {
 // (as Server and Client make them), each batch of frames the multiplexer
 // writes leaves in one system call, however many records it takes.
 func New(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config) (*Session, error) {
+	return NewIdle(conn, state, client, cfg, Idle{})
+}
+
+// Idle lets an idle session keep no goroutine reading its connection
+// (mux.Config.Parker): conn must be TLS over a plain TCP connection,
+// whose socket Parker watches.
+type Idle struct {
+	Parker mux.Parker
+	// After is how long the session is silent before it parks. Zero:
+	// mux.DefaultParkAfter.
+	After time.Duration
+	// Done, when set, is called once when the session ends (to stop
+	// watching the socket).
+	Done func()
+}
+
+// NewIdle is New, with a session that parks while it is idle.
+func NewIdle(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config, idle Idle) (*Session, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Session{conn: conn, state: state, ctx: ctx, cancel: cancel}
+	s := &Session{conn: conn, state: state, ctx: ctx, cancel: cancel, idleDone: idle.Done}
 	mc := muxConfig(cfg)
 	mc.OnClose = s.ended
+	mc.Parker, mc.ParkAfter = idle.Parker, idle.After
 	if tc, ok := conn.(*tls.Conn); ok {
 		if bc, ok := tc.NetConn().(*batchconn.Conn); ok {
 			mc.Hold, mc.Flush = bc.Hold, bc.Flush
@@ -97,6 +117,7 @@ type Session struct {
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
 	closeOnce sync.Once
+	idleDone  func()
 }
 
 var _ transport.Session = (*Session)(nil)
@@ -162,6 +183,9 @@ func (s *Session) ended(cause error) {
 		cause = fmt.Errorf("%w: %v", transport.ErrSessionClosed, cause)
 	}
 	s.cancel(cause)
+	if s.idleDone != nil {
+		s.idleDone()
+	}
 }
 
 // Context ends when the session does; context.Cause says why.
