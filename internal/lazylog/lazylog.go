@@ -1,0 +1,54 @@
+// Package lazylog gives long-lived objects that rarely log (an agent
+// session, a tunnel) a logger whose attributes cost only what they hold.
+// A handler's WithAttrs usually formats the attributes at once, so that
+// each line is cheap: a few hundred bytes per logger, held for the
+// object's life, which for thousands of idle sessions is more than the
+// lines are worth. Here the attributes are kept as they are and applied
+// to the handler only when a line is written.
+package lazylog
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+)
+
+// With returns a logger like l.With(args...), whose attributes (these and
+// those added by further With calls) reach l's handler only with each
+// line it writes.
+func With(l *slog.Logger, args ...any) *slog.Logger {
+	h := &handler{parent: l.Handler()}
+	return slog.New(h).With(args...)
+}
+
+type handler struct {
+	parent slog.Handler
+	attrs  []slog.Attr
+}
+
+func (h *handler) Enabled(ctx context.Context, level slog.Level) bool {
+	return h.parent.Enabled(ctx, level)
+}
+
+func (h *handler) Handle(ctx context.Context, r slog.Record) error {
+	return h.materialize().Handle(ctx, r)
+}
+
+func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {
+	if len(as) == 0 {
+		return h
+	}
+	return &handler{parent: h.parent, attrs: append(slices.Clip(h.attrs), as...)}
+}
+
+// WithGroup applies the attributes now: they stay outside the group.
+func (h *handler) WithGroup(name string) slog.Handler {
+	return h.materialize().WithGroup(name)
+}
+
+func (h *handler) materialize() slog.Handler {
+	if len(h.attrs) == 0 {
+		return h.parent
+	}
+	return h.parent.WithAttrs(h.attrs)
+}

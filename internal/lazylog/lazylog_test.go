@@ -1,0 +1,75 @@
+package lazylog
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+	"testing/slogtest"
+)
+
+// TestSameLines: lines through a lazy logger are byte for byte those of
+// the same With calls on the handler itself, through groups and levels.
+func TestSameLines(t *testing.T) {
+	var want, got bytes.Buffer
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}
+	direct := slog.New(slog.NewTextHandler(&want, opts))
+	base := slog.New(slog.NewTextHandler(&got, opts))
+	for _, pair := range []struct{ d, l *slog.Logger }{
+		{direct.With("agent", "1.2.3.4:5", "transport", "tcp"), With(base, "agent", "1.2.3.4:5", "transport", "tcp")},
+		{direct.With("a", 1).With("b", 2).With(), With(base, "a", 1).With("b", 2).With()},
+		{direct.With("a", 1).WithGroup("g").With("c", 3), With(base, "a", 1).WithGroup("g").With("c", 3)},
+		{direct, With(base)},
+	} {
+		pair.d.Info("agent logged in", "n", 7)
+		pair.l.Info("agent logged in", "n", 7)
+		pair.d.Debug("hidden")
+		pair.l.Debug("hidden")
+		pair.d.Warn("w", slog.Group("x", "y", true))
+		pair.l.Warn("w", slog.Group("x", "y", true))
+	}
+	if got.String() != want.String() {
+		t.Fatalf("lazy lines differ:\n got %s\nwant %s", got.String(), want.String())
+	}
+	if !strings.Contains(got.String(), `g.c=3`) {
+		t.Fatalf("the group test wrote no grouped attribute: %s", got.String())
+	}
+}
+
+// TestSharedPrefix: two loggers made from one lazy logger do not see each
+// other's attributes.
+func TestSharedPrefix(t *testing.T) {
+	var out bytes.Buffer
+	base := With(slog.New(slog.NewTextHandler(&out, nil)), "a", 1)
+	l1 := base.With("b", 2)
+	l2 := base.With("c", 3)
+	l1.Info("one")
+	l2.Info("two")
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.HasSuffix(lines[0], "a=1 b=2") || !strings.HasSuffix(lines[1], "a=1 c=3") {
+		t.Fatalf("lines: %q", lines)
+	}
+}
+
+// TestHandler runs the standard library's conformance tests for handlers.
+func TestHandler(t *testing.T) {
+	var buf bytes.Buffer
+	newHandler := func(*testing.T) slog.Handler {
+		buf.Reset()
+		return With(slog.New(slog.NewJSONHandler(&buf, nil))).Handler()
+	}
+	result := func(t *testing.T) map[string]any {
+		var m map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	slogtest.Run(t, newHandler, result)
+}
