@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -137,11 +139,24 @@ func earliest(a, b time.Time) time.Time {
 }
 
 // acceptLoop serves the tunnel's public port until it closes.
-func (t *tunnel) acceptLoop() {
-	defer t.reg.srv.visitors.Done()
+func (t *tunnel) acceptLoop(ln net.Listener) {
+	il, _ := ln.(*idleListener)
 	for {
-		c, err := accept.Next(t.ln, t.reg.srv.ctx.Done(), t.log, "accept visitor")
+		if il != nil {
+			il.SetDeadline(time.Now().Add(il.after))
+		}
+		c, err := accept.Next(ln, t.reg.srv.ctx.Done(), t.log, "accept visitor")
 		if err != nil {
+			if il != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				// No visitor for a while: no goroutine waits for
+				// the next one (idle.go). The loop keeps its count
+				// in the server's visitors while parked.
+				if il.park(func() { t.acceptLoop(ln) }, t.reg.srv.visitors.Done) {
+					return
+				}
+				continue
+			}
+			t.reg.srv.visitors.Done()
 			return
 		}
 		release := t.reg.srv.limits.acquireTCP(t, c.RemoteAddr())

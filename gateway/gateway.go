@@ -27,6 +27,7 @@ import (
 
 	"github.com/diglett/diglett/internal/accept"
 	"github.com/diglett/diglett/internal/protocol"
+	"github.com/diglett/diglett/internal/readiness"
 	"github.com/diglett/diglett/internal/source"
 	"github.com/diglett/diglett/internal/transport"
 	"github.com/diglett/diglett/internal/transport/wstransport"
@@ -372,6 +373,11 @@ type Server struct {
 	visitors  sync.WaitGroup // visitor connections being relayed
 
 	publishAll atomic.Bool // see SetPublishAll (remote.go)
+
+	// Idle sessions and ports (idle.go); idle and idleFailed under mu.
+	idle       *readiness.Poller
+	idleFailed bool
+	parkAfter  time.Duration // 0: defaultParkAfter; set by tests
 }
 
 // New returns a server for cfg.
@@ -524,6 +530,7 @@ func (s *Server) Close() error {
 	s.visitors.Wait()
 	s.hs.summary.Close()
 	s.logins.close()
+	s.closePoller()
 	return nil
 }
 

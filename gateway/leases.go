@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diglett/diglett/internal/lazylog"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/statefile"
 )
@@ -164,7 +165,7 @@ func (r *registry) restore(recs []leaseRecord, now time.Time) {
 		if rec.Live {
 			end = now.Add(lease)
 		}
-		log := r.srv.log.With("tunnel", rec.Name)
+		log := lazylog.With(r.srv.log, "tunnel", rec.Name)
 		switch {
 		case !end.After(now):
 			continue

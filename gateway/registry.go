@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diglett/diglett/internal/lazylog"
 	"github.com/diglett/diglett/internal/protocol"
 )
 
@@ -221,7 +222,7 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 			port:     port,
 			ln:       ln,
 			udp:      req.UDP,
-			log:      r.srv.log.With("tunnel", req.Name),
+			log:      lazylog.With(r.srv.log, "tunnel", req.Name),
 		}
 		// The ingress may see the tunnel as soon as it is published.
 		t.visitors.Store(pol)
@@ -323,7 +324,11 @@ func (r *registry) listen(req *protocol.Register) (net.Listener, int, *protocol.
 }
 
 func (r *registry) bind(port int) (net.Listener, error) {
-	return r.srv.proxyProtocol(net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port))))
+	ln, err := r.srv.proxyProtocol(net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port))))
+	if err != nil {
+		return nil, err
+	}
+	return r.srv.idleListen(ln), nil
 }
 
 // leave removes ss from t; the last member to leave starts the lease.

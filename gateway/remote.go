@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/diglett/diglett/internal/lazylog"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/relay"
 	"github.com/diglett/diglett/internal/transport"
@@ -117,7 +118,7 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 			// The owner's quota is known where it logged in: this node
 			// applies its defaults (certificate orders, say).
 			t = &tunnel{reg: r, name: rt.Name, identity: rt.Identity, port: rt.Port, remoteOnly: true,
-				udp: pol.udp, quota: s.cfg.Quota, log: s.log.With("tunnel", rt.Name)}
+				udp: pol.udp, quota: s.cfg.Quota, log: lazylog.With(s.log, "tunnel", rt.Name)}
 			if rt.Port > 0 {
 				ln, err := r.bindPort(t.udp, rt.Port)
 				if err != nil {

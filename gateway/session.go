@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diglett/diglett/internal/lazylog"
 	"github.com/diglett/diglett/internal/printable"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/source"
@@ -115,8 +116,12 @@ func (s *Server) serveConn(conn net.Conn, slot *hsSlot) {
 		s.agentWS.pushHandshake(tc, slot)
 		return
 	}
-	ts, err := tlsmux.New(tc, tc.ConnectionState(), false, s.cfg.Transport)
+	idle := s.idleFor(conn)
+	ts, err := tlsmux.NewIdle(tc, tc.ConnectionState(), false, s.cfg.Transport, idle)
 	if err != nil {
+		if idle.Done != nil {
+			idle.Done()
+		}
 		log.Debug("agent session failed", "err", err)
 		slot.release()
 		return
@@ -133,7 +138,8 @@ var errShed = errors.New("handshake cut off: the gateway is full")
 // session with transport.CodeBusy.
 func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	defer slot.release()
-	log := s.log.With("agent", ts.RemoteAddr().String(), "transport", via)
+	// The session keeps its logger for its life and rarely writes.
+	log := lazylog.With(s.log, "agent", ts.RemoteAddr().String(), "transport", via)
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	hsCtx, shed := context.WithCancelCause(hsCtx)

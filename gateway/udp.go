@@ -92,7 +92,7 @@ const udpReadBuffer = 2 << 20
 func (t *tunnel) serve() {
 	u, ok := t.ln.(*udpPort)
 	if !ok {
-		t.acceptLoop()
+		t.acceptLoop(t.ln)
 		return
 	}
 	defer t.reg.srv.visitors.Done()
