@@ -389,6 +389,10 @@ func New(cfg Config) (*Server, error) {
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13
 	tc.NextProtos = []string{protocol.ALPN, wstransport.ALPN}
+	// Full-size records from the first, as the agent sends them: a TLS
+	// connection keeps its record buffer for its life, and records that
+	// grow a little at a time make it double past one record.
+	tc.DynamicRecordSizingDisabled = true
 	hosts, err := checkHosts(cfg.Domain, cfg.Hosts)
 	if err != nil {
 		return nil, err

@@ -8,10 +8,12 @@ package testutil
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -237,4 +239,20 @@ func LoopbackPair(t testing.TB) (dialled, accepted *net.TCPConn) {
 	}
 	t.Cleanup(func() { d.Close(); c.Close() })
 	return d.(*net.TCPConn), c.(*net.TCPConn)
+}
+
+// RecordBufferCap is the capacity of a TLS connection's record buffer,
+// which it keeps for the connection's life: a test's look at the standard
+// library's own state, which fails rather than passes unseen if the
+// field goes.
+func RecordBufferCap(c *tls.Conn) (int, error) {
+	f := reflect.ValueOf(c).Elem().FieldByName("rawInput")
+	if !f.IsValid() {
+		return 0, errors.New("crypto/tls.Conn has no rawInput any more: look again at what its record buffer is")
+	}
+	b := f.FieldByName("buf")
+	if !b.IsValid() || b.Kind() != reflect.Slice {
+		return 0, errors.New("crypto/tls.Conn's rawInput has no buf slice any more")
+	}
+	return b.Cap(), nil
 }

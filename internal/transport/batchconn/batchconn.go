@@ -60,6 +60,11 @@ type Conn struct {
 	rend    int     // end of the bytes read into rbuf
 	bulk    bool    // the last read filled the caller's buffer
 	readErr error
+
+	// Where the stream is in its TLS records (span, advance).
+	hdr      [recordHeader]byte
+	hdrN     int // bytes of the current record's header returned so far
+	bodyLeft int // bytes of its body not yet returned, once hdrN is 5
 }
 
 // New returns c with batched writes and adaptive reads.
@@ -120,18 +125,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 }
 
 // Read reads into p. While data comes in bulk (the last read returned at
-// least bulkRead bytes, or filled p), it reads into a larger pooled buffer and serves p
-// from it.
+// least bulkRead bytes, or filled p), it reads into a larger pooled buffer
+// and serves p from it.
+//
+// A read never returns bytes past the end of the TLS record it starts in:
+// bytes read beyond it wait in a pooled buffer for the next read. The TLS
+// connection above keeps its record buffer for the connection's life, and
+// it grows that buffer to twice a record when part of the next record
+// lies behind the one it completes (about 48 KB for 16 KB records). Fed
+// one record at a time, its buffer holds one record at most.
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.rbuf != nil {
-		n := copy(p, (*c.rbuf)[c.rpos:c.rend])
-		c.rpos += n
-		if c.rpos == c.rend {
-			lent.Add(-1)
-			readPool.Put(c.rbuf)
-			c.rbuf = nil
-		}
-		return n, nil
+		return c.serve(p), nil
 	}
 	if c.readErr != nil {
 		return 0, c.readErr
@@ -139,22 +144,87 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if !c.bulk || len(p) >= readSize {
 		n, err := c.Conn.Read(p)
 		c.bulk = n >= bulkRead || (n == len(p) && n > 0)
+		k := c.span(p[:n])
+		c.advance(p[:k])
+		if k < n {
+			// The rest waits, with the error that came with it.
+			b := readPool.Get().(*[]byte)
+			lent.Add(1)
+			c.rbuf, c.rpos, c.rend = b, 0, copy(*b, p[k:n])
+			c.readErr = err
+			return k, nil
+		}
 		return n, err
 	}
 	b := readPool.Get().(*[]byte)
 	lent.Add(1)
 	n, err := c.Conn.Read(*b)
 	c.bulk = n >= bulkRead
-	m := copy(p, (*b)[:n])
-	if m < n {
-		c.rbuf, c.rpos, c.rend = b, m, n
-		// The error comes after the bytes read with it.
-		c.readErr = err
-		return m, nil
+	if n == 0 {
+		lent.Add(-1)
+		readPool.Put(b)
+		return 0, err
 	}
-	lent.Add(-1)
-	readPool.Put(b)
-	return m, err
+	c.rbuf, c.rpos, c.rend = b, 0, n
+	// The error comes after the bytes read with it.
+	c.readErr = err
+	return c.serve(p), nil
+}
+
+// serve copies into p what rbuf holds, up to the end of the current
+// record, and gives rbuf back once it is empty.
+func (c *Conn) serve(p []byte) int {
+	avail := (*c.rbuf)[c.rpos:c.rend]
+	n := copy(p, avail[:c.span(avail)])
+	c.advance(p[:n])
+	c.rpos += n
+	if c.rpos == c.rend {
+		lent.Add(-1)
+		readPool.Put(c.rbuf)
+		c.rbuf = nil
+	}
+	return n
+}
+
+// TLS record framing of the bytes read so far.
+const recordHeader = 5
+
+// span is how many of the next bytes of the stream, b, a read may return:
+// up to the end of the record the read starts in, or all of b when it
+// does not say where that is (part of a header).
+func (c *Conn) span(b []byte) int {
+	if c.hdrN == recordHeader {
+		return min(len(b), c.bodyLeft)
+	}
+	need := recordHeader - c.hdrN
+	if len(b) < need {
+		return len(b)
+	}
+	var h [recordHeader]byte
+	copy(h[:], c.hdr[:c.hdrN])
+	copy(h[c.hdrN:], b[:need])
+	return min(len(b), need+int(h[3])<<8|int(h[4]))
+}
+
+// advance moves the framing past b, returned by a read (within span).
+func (c *Conn) advance(b []byte) {
+	for len(b) > 0 {
+		if c.hdrN < recordHeader {
+			k := copy(c.hdr[c.hdrN:], b)
+			c.hdrN += k
+			b = b[k:]
+			if c.hdrN == recordHeader {
+				c.bodyLeft = int(c.hdr[3])<<8 | int(c.hdr[4])
+			}
+		} else {
+			k := min(len(b), c.bodyLeft)
+			c.bodyLeft -= k
+			b = b[k:]
+		}
+		if c.hdrN == recordHeader && c.bodyLeft == 0 {
+			c.hdrN = 0
+		}
+	}
 }
 
 // Close closes the connection at once; anything still gathered is dropped

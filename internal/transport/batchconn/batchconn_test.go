@@ -36,6 +36,13 @@ func (c *countingConn) Read(p []byte) (int, error) {
 // TLS server over another, on loopback.
 func tlsPair(t *testing.T) (client *tls.Conn, cb *Conn, cc *countingConn, server *tls.Conn, sb *Conn, sc *countingConn) {
 	t.Helper()
+	return tlsPairWith(t, nil)
+}
+
+// tlsPairWith is tlsPair with the client's TLS configuration changed by
+// tune, when not nil.
+func tlsPairWith(t *testing.T, tune func(*tls.Config)) (client *tls.Conn, cb *Conn, cc *countingConn, server *tls.Conn, sb *Conn, sc *countingConn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +68,11 @@ func tlsPair(t *testing.T) (client *tls.Conn, cb *Conn, cc *countingConn, server
 	cc = &countingConn{Conn: raw}
 	sc = &countingConn{Conn: sraw}
 	cb, sb = New(cc), New(sc)
-	client = tls.Client(cb, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	cconf := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
+	if tune != nil {
+		tune(cconf)
+	}
+	client = tls.Client(cb, cconf)
 	server = tls.Server(sb, testutil.ServerTLS(t))
 	errc := make(chan error, 1)
 	go func() { errc <- server.Handshake() }()
@@ -296,4 +307,49 @@ func (c *chunkConn) Read(p []byte) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// TestRecordBufferHoldsOneRecord: after megabytes of full-size records
+// (the sender's dynamic record sizing off, as the agent and the gateway
+// set it), read in pieces of every size, the TLS connection's record
+// buffer holds one record at most (TLS 1.3: 16 KiB of data, its
+// overhead, the 5-byte header, and the 512 bytes it asks for beyond a
+// record, in the allocator's size class of 18 KiB).
+func TestRecordBufferHoldsOneRecord(t *testing.T) {
+	const oneRecord = 18 << 10
+	for _, readSize := range []int{1, 1500, 16 << 10, 100 << 10} {
+		t.Run(fmt.Sprint(readSize), func(t *testing.T) {
+			client, cb, _, server, _, _ := tlsPairWith(t, func(c *tls.Config) { c.DynamicRecordSizingDisabled = true })
+			const size = 4 << 20
+			go func() {
+				buf := make([]byte, 200<<10)
+				for sent := 0; sent < size; sent += len(buf) {
+					cb.Hold()
+					if _, err := client.Write(buf); err != nil {
+						t.Error(err)
+						return
+					}
+					if err := cb.Flush(); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+			buf := make([]byte, readSize)
+			for got := 0; got < size; {
+				n, err := server.Read(buf)
+				got += n
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, err := testutil.RecordBufferCap(server)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c > oneRecord {
+				t.Fatalf("the TLS record buffer grew to %d bytes, more than one record (%d)", c, oneRecord)
+			}
+		})
+	}
 }

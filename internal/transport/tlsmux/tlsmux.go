@@ -191,6 +191,10 @@ func (s *Session) ended(cause error) {
 // Context ends when the session does; context.Cause says why.
 func (s *Session) Context() context.Context { return s.ctx }
 
+// NetConn is the connection the session runs over: the *tls.Conn for
+// Server and Client.
+func (s *Session) NetConn() net.Conn { return s.conn }
+
 // LocalAddr is the local address of the underlying connection.
 func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
 
