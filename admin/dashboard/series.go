@@ -24,7 +24,8 @@ const DefaultMaxTunnels = 1000
 // last 15 minutes, in 5-second points: HTTP requests answered, TCP
 // visitor connections taken, and bytes from and to visitors (counted as
 // each request or connection ends, as the metrics count them). Each
-// tunnel has a fixed ring of Points points, made at its first event; a tunnel is kept from the
+// tunnel has a fixed ring of Points points (7 KiB), made at its first event
+// and dropped once it has carried nothing for the whole window; a tunnel is kept from the
 // moment it is published (live or leased) until it is removed, and at most
 // MaxTunnels at once: one published beyond that is not charted until it
 // is published anew. Hand a Series to gateway.Config.Observer and
@@ -38,6 +39,7 @@ type Series struct {
 
 	mu      sync.Mutex
 	tunnels map[string]*ring // nil until the tunnel's first event
+	swept   int64            // the slot of the last sweep (add)
 }
 
 // Interface guards.
@@ -67,14 +69,18 @@ type point struct {
 
 // ring is a tunnel's points: the point of slot s is at s % Points, if
 // that one is of slot s.
-type ring [Points]point
+type ring struct {
+	pts  [Points]point
+	last int64 // the newest slot of a point
+}
 
 // at is the point of slot, cleared if it held an older one.
 func (r *ring) at(slot int64) *point {
-	p := &r[slot%int64(Points)]
+	p := &r.pts[slot%int64(Points)]
 	if p.slot != slot {
 		*p = point{slot: slot}
 	}
+	r.last = max(r.last, slot)
 	return p
 }
 
@@ -97,11 +103,21 @@ func (s *Series) TunnelChanged(tunnel string, state gateway.TunnelState, _ int) 
 	}
 }
 
-// add applies f to the current point of tunnel, if it is kept.
+// add applies f to the current point of tunnel, if it is kept. Once an
+// interval, it also drops the rings of tunnels that carried nothing for
+// the whole window: a tunnel idle for 15 minutes costs a map entry again.
 func (s *Series) add(tunnel string, f func(*point)) {
 	slot := slotOf(s.now())
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if slot != s.swept {
+		s.swept = slot
+		for name, r := range s.tunnels {
+			if r != nil && r.last <= slot-int64(Points) {
+				s.tunnels[name] = nil
+			}
+		}
+	}
 	r, kept := s.tunnels[tunnel]
 	if !kept {
 		return
@@ -183,7 +199,7 @@ func (s *Series) Snapshot(tunnel string) Snapshot {
 				break // nothing carried yet: all zero
 			}
 			slot := first + int64(i)
-			p := &r[slot%int64(Points)]
+			p := &r.pts[slot%int64(Points)]
 			if p.slot != slot {
 				continue
 			}

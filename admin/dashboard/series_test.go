@@ -188,3 +188,45 @@ func TestSeriesIdleTunnelHoldsNoRing(t *testing.T) {
 		t.Fatalf("after the first event: %d connections, want 1", got)
 	}
 }
+
+// TestSeriesQuietTunnelDropsRing: a tunnel that carried nothing for the
+// whole window gives its ring back at the next interval's first event (of
+// any tunnel), still listed with zeros, and gets a ring anew with its
+// next event.
+func TestSeriesQuietTunnelDropsRing(t *testing.T) {
+	s, c := newTestSeries(0)
+	s.TunnelChanged("quiet", gateway.TunnelLive, 1)
+	s.TunnelChanged("busy", gateway.TunnelLive, 1)
+	s.VisitorOpened("quiet")
+	ringOf := func(name string) *ring {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.tunnels[name]
+	}
+	// Its last point still in the window: kept.
+	c.advance(time.Duration(Points-1) * Interval)
+	s.VisitorOpened("busy")
+	if ringOf("quiet") == nil {
+		t.Fatal("a ring with a point in the window was dropped")
+	}
+	if got := sum(s.Snapshot("quiet").Tunnels[0].Connections); got != 1 {
+		t.Fatalf("quiet's window holds %d connections, want 1", got)
+	}
+	// One interval more: nothing of it is in the window.
+	c.advance(Interval)
+	s.VisitorOpened("busy")
+	if ringOf("quiet") != nil {
+		t.Fatal("a tunnel quiet for the whole window keeps its ring")
+	}
+	if ringOf("busy") == nil {
+		t.Fatal("the busy tunnel lost its ring")
+	}
+	snap := s.Snapshot("quiet")
+	if len(snap.Tunnels) != 1 || sum(snap.Tunnels[0].Connections) != 0 {
+		t.Fatalf("quiet's snapshot after the drop: %+v", snap.Tunnels)
+	}
+	s.VisitorOpened("quiet")
+	if ringOf("quiet") == nil || s.Snapshot("quiet").Tunnels[0].Connections[Points-1] != 1 {
+		t.Fatal("quiet's next event was not charted")
+	}
+}
