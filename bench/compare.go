@@ -75,6 +75,11 @@ func (b *bench) writeJSON(path string, figs figureSet) error {
 		RssFileIdle  int64   `json:"rssfile_idle_bytes"`
 		RssFileWith  int64   `json:"rssfile_with_bytes"`
 		PerSessionKB float64 `json:"per_session_kb"`
+		// After each session carried UsedTrafficBytes to a visitor.
+		UsedTrafficBytes int     `json:"used_traffic_bytes"`
+		UsedWhole        int     `json:"used_whole"`
+		VmRSSUsed        int64   `json:"vmrss_used_bytes"`
+		PerSessionUsedKB float64 `json:"per_session_used_kb"`
 	}
 	type heldJSON struct {
 		Way          string  `json:"way"`
@@ -133,7 +138,7 @@ func (b *bench) writeJSON(path string, figs figureSet) error {
 	}
 	if m := b.mem; m != nil {
 		doc.IdleSessions = &memJSON{m.sessions, m.errors, m.before, m.after, m.beforeMem.anon, m.afterMem.anon,
-			m.beforeMem.file, m.afterMem.file, m.perSession()}
+			m.beforeMem.file, m.afterMem.file, m.perSession(), memTraffic, m.usedSessions, m.used.vm, m.perSessionUsed()}
 	}
 	if c := b.conns; c != nil {
 		if c.streams != nil {

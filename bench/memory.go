@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -22,10 +24,27 @@ type memResult struct {
 	setup               time.Duration
 	errors              int
 	firstErr            error
+
+	// The same sessions idle again after each carried memTraffic bytes
+	// to one visitor: what a session that served anything costs.
+	used         memSample
+	usedSessions int // sessions whose visitor got every byte
+	usedErr      error
 }
+
+// memTraffic is what each idle session carries before the second figure.
+const memTraffic = 256 << 10
 
 func (m *memResult) perSession() float64 {
 	return float64(m.after-m.before) / 1024 / float64(m.sessions)
+}
+
+// perSessionUsed is the per-session figure after the traffic, or 0.
+func (m *memResult) perSessionUsed() float64 {
+	if m.used.vm == 0 {
+		return 0
+	}
+	return float64(m.used.vm-m.before) / 1024 / float64(m.sessions)
 }
 
 // memory starts a fresh gateway, opens o.sessions idle agent sessions to
@@ -119,5 +138,72 @@ func (b *bench) memory(ctx context.Context) (*memResult, error) {
 	m.after = m.afterMem.vm
 	fmt.Fprintf(os.Stderr, "  %d sessions in %v (%d failed), gateway RSS %.1f MB -> %.1f MB: %.1f KB per session\n",
 		m.sessions, m.setup.Round(time.Millisecond), m.errors, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession())
+	m.usedSessions, m.usedErr = carry(ctx, lns)
+	if err := g.alive(); err != nil {
+		return nil, err
+	}
+	m.used = settle()
+	fmt.Fprintf(os.Stderr, "  after %d KiB through each (%d of %d whole), gateway RSS %.1f MB: %.1f KB per session\n",
+		memTraffic>>10, m.usedSessions, m.sessions, float64(m.used.vm)/(1<<20), m.perSessionUsed())
 	return m, ctx.Err()
+}
+
+// carry has each listener's backend send memTraffic bytes to one visitor
+// of its public port, 16 at a time, and returns how many visitors got
+// them all, and the first failure.
+func carry(ctx context.Context, lns []*diglett.Listener) (int, error) {
+	var (
+		mu       sync.Mutex
+		whole    int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	sem := make(chan struct{}, 16)
+	payload := make([]byte, memTraffic)
+	for _, ln := range lns {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			served := make(chan struct{})
+			go func() {
+				defer close(served)
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write(payload)
+				c.Close()
+			}()
+			vc, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+			if err != nil {
+				fail(err)
+				return
+			}
+			vc.SetDeadline(time.Now().Add(30 * time.Second))
+			n, err := io.Copy(io.Discard, vc)
+			vc.Close()
+			<-served
+			if n != memTraffic {
+				fail(fmt.Errorf("a visitor read %d bytes of %d: %v", n, memTraffic, err))
+				return
+			}
+			mu.Lock()
+			whole++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return whole, firstErr
 }

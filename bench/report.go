@@ -247,6 +247,14 @@ func (b *bench) report() error {
 			m.sessions, float64(m.before)/(1<<20), float64(m.after)/(1<<20), m.perSession(),
 			mb(m.beforeMem.anon), mb(m.afterMem.anon), mb(m.beforeMem.file), mb(m.afterMem.file))
 		p("RssAnon is what the gateway allocated (heap, stacks); RssFile is mapped file pages, mostly its own binary's.\n\n")
+		if m.used.vm > 0 {
+			p("The same sessions idle again after each carried %d KiB from its backend to one visitor of its public port (%d of %d visitors got every byte", memTraffic>>10, m.usedSessions, m.sessions)
+			if m.usedErr != nil {
+				p("; first failure: %v", m.usedErr)
+			}
+			p("): what a session that has served anything keeps.\n\n| gateway VmRSS | per session | RssAnon |\n| --- | --- | --- |\n| %.1f MB | %.1f KB | %.1f MB |\n\n",
+				float64(m.used.vm)/(1<<20), m.perSessionUsed(), mb(m.used.anon))
+		}
 	}
 
 	if _, ok := b.value("direct", "hol_rate"); ok {
