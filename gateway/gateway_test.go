@@ -26,7 +26,8 @@ func newServer(t *testing.T, cfg Config) (*Server, string) {
 
 // serveLoopback serves agents for srv on a loopback port until the test
 // ends, and returns the port's address; at the end it closes srv and
-// waits for Serve to return.
+// waits for Serve to return: a Close that hangs fails the test instead
+// of the test binary.
 func serveLoopback(t *testing.T, srv *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -39,11 +40,27 @@ func serveLoopback(t *testing.T, srv *Server) string {
 		srv.Serve(ln)
 	}()
 	t.Cleanup(func() {
-		srv.Close()
+		closeWithin(t, srv, 10*time.Second)
 		<-served
 	})
 	return ln.Addr().String()
 }
+
+// closeWithin closes srv and fails t if Close takes longer than d.
+func closeWithin(t *testing.T, srv *Server, d time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("Close did not return within %v", d)
+	}
+}
+
 
 // closedWithin reports whether the server closed c within d, after
 // whatever it sent (a refused connection gets a TLS alert first).

@@ -44,22 +44,22 @@ func idleServer(t *testing.T, cfg Config) (*Server, string) {
 	}
 	// Set before Serve: sessions and ports read it as they start.
 	srv.parkAfter = testParkAfter
-	// Served as serveLoopback does, but the Close at the end is bounded:
-	// a Close that hangs fails the test instead of the test binary.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return srv, serveLoopback(t, srv)
+}
+
+// idleAgent logs a real agent (diglett.Listen over TLS over TCP) in to
+// srv at addr with tunnel name; it is closed at the end of the test.
+func idleAgent(t *testing.T, srv *Server, addr, name string) net.Listener {
+	t.Helper()
+	cert := testutil.Cert(t)
+	fp, err := identity.Fingerprint(cert.PrivateKey.(crypto.Signer).Public())
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		closeWithin(t, srv, 10*time.Second)
-		<-served
-	})
-	return srv, ln.Addr().String()
+	g := &regGateway{Server: srv, Addr: addr, Fingerprint: fp}
+	ln, _ := g.listen(t, name)
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 // recvLoops counts the multiplexer receive loops of this process, on
@@ -170,14 +170,7 @@ func echoThrough(t *testing.T, port int, msg []byte) {
 func TestIdleSessionParks(t *testing.T) {
 	waitQuiet(t)
 	srv, addr := idleServer(t, Config{})
-	cert := testutil.Cert(t)
-	fp, err := identity.Fingerprint(cert.PrivateKey.(crypto.Signer).Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &regGateway{Server: srv, Addr: addr, Fingerprint: fp}
-	ln, _ := g.listen(t, "park")
-	t.Cleanup(func() { ln.Close() })
+	ln := idleAgent(t, srv, addr, "park")
 	// The backend: it echoes each connection the agent hands it.
 	go func() {
 		for {
@@ -356,20 +349,6 @@ func TestCloseWithParkedSessionsAndPorts(t *testing.T) {
 	}
 }
 
-// closeWithin closes srv and fails t if Close takes longer than d.
-func closeWithin(t *testing.T, srv *Server, d time.Duration) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Close()
-	}()
-	select {
-	case <-done:
-	case <-time.After(d):
-		t.Fatalf("Close did not return within %v", d)
-	}
-}
 
 // TestShutdownWithParkedPorts: Shutdown waits for the visitors of the
 // ports it closes; a parked port's accept loop counts as one until the

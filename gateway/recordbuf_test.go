@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"crypto"
 	"crypto/tls"
 	"io"
 	"net"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diglett/diglett/internal/identity"
 	"github.com/diglett/diglett/internal/testutil"
 	"github.com/diglett/diglett/internal/transport/tlsmux"
 )
@@ -22,14 +20,7 @@ import (
 // to 40 KB, for every session that ever carried data.
 func TestRecordBufferAfterBulk(t *testing.T) {
 	srv, addr := idleServer(t, Config{})
-	cert := testutil.Cert(t)
-	fp, err := identity.Fingerprint(cert.PrivateKey.(crypto.Signer).Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &regGateway{Server: srv, Addr: addr, Fingerprint: fp}
-	ln, _ := g.listen(t, "bulk")
-	t.Cleanup(func() { ln.Close() })
+	ln := idleAgent(t, srv, addr, "bulk")
 	const size = 4 << 20
 	go func() {
 		c, err := ln.Accept()
