@@ -61,7 +61,6 @@ func closeWithin(t *testing.T, srv *Server, d time.Duration) {
 	}
 }
 
-
 // closedWithin reports whether the server closed c within d, after
 // whatever it sent (a refused connection gets a TLS alert first).
 func closedWithin(c net.Conn, d time.Duration) bool {

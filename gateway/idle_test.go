@@ -349,7 +349,6 @@ func TestCloseWithParkedSessionsAndPorts(t *testing.T) {
 	}
 }
 
-
 // TestShutdownWithParkedPorts: Shutdown waits for the visitors of the
 // ports it closes; a parked port's accept loop counts as one until the
 // port closes, so Shutdown returns at once, well before its context ends.
