@@ -377,7 +377,7 @@ type Server struct {
 	// Idle sessions and ports (idle.go); idle and idleFailed under mu.
 	idle       *readiness.Poller
 	idleFailed bool
-	parkAfter  time.Duration // 0: defaultParkAfter; set by tests
+	parkAfter  time.Duration // defaultParkAfter; tests set it before Serve
 }
 
 // New returns a server for cfg.
@@ -409,6 +409,7 @@ func New(cfg Config) (*Server, error) {
 		logins:    newLoginLimiter(cfg, cfg.Logger),
 		listeners: make(map[io.Closer]struct{}),
 		sessions:  make(map[*session]struct{}),
+		parkAfter: defaultParkAfter,
 	}
 	s.auth.Store(&authState{a: cfg.Auth})
 	s.hosts.Store(&hosts)

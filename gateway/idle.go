@@ -54,15 +54,6 @@ func (s *Server) closePoller() {
 	}
 }
 
-// parkAfterOrDefault is how long sessions and ports are quiet before they
-// park.
-func (s *Server) parkAfterOrDefault() time.Duration {
-	if s.parkAfter > 0 {
-		return s.parkAfter
-	}
-	return defaultParkAfter
-}
-
 // idleFor returns what lets the session over conn park while idle: conn
 // must be the accepted TCP connection itself.
 func (s *Server) idleFor(conn net.Conn) tlsmux.Idle {
@@ -78,7 +69,7 @@ func (s *Server) idleFor(conn net.Conn) tlsmux.Idle {
 	if err != nil {
 		return tlsmux.Idle{}
 	}
-	return tlsmux.Idle{Parker: w, After: s.parkAfterOrDefault(), Done: w.Close}
+	return tlsmux.Idle{Parker: w, After: s.parkAfter, Done: w.Close}
 }
 
 // idleListener is a tunnel's public TCP listener whose accept loop parks
@@ -110,7 +101,7 @@ func (s *Server) idleListen(ln net.Listener) net.Listener {
 	if err != nil {
 		return ln
 	}
-	return &idleListener{TCPListener: tl, watch: w, after: s.parkAfterOrDefault()}
+	return &idleListener{TCPListener: tl, watch: w, after: s.parkAfter}
 }
 
 // park hands the wait for the next visitor to the poller and reports
