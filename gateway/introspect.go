@@ -157,7 +157,7 @@ func (s *Server) Agents() []AgentInfo {
 		if id == nil {
 			continue // still in its handshake
 		}
-		names := ss.names()
+		names, _ := ss.names()
 		slices.Sort(names)
 		out = append(out, AgentInfo{ID: ss.id, Identity: *id, Address: ss.sess.RemoteAddr().String(),
 			Transport: ss.via, Since: ss.since, Names: names})

@@ -95,15 +95,16 @@ func (ss *session) dropTunnel(t *tunnel) {
 	}
 }
 
-// names lists the names the session serves.
-func (ss *session) names() []string {
+// names lists the names the session serves, and says whether it has
+// ended (left its tunnels).
+func (ss *session) names() (names []string, ended bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	names := make([]string, len(ss.tunnels))
+	names = make([]string, len(ss.tunnels))
 	for i, t := range ss.tunnels {
 		names[i] = t.name
 	}
-	return names
+	return names, ss.closed
 }
 
 // Recheck counts what SetAuthenticator did to the agent sessions.
@@ -250,8 +251,14 @@ func (ss *session) recheck(ctx context.Context, st *authState) recheckOutcome {
 		ss.revoke(protocol.CodeUnauthorized, reasonIdentityChanged, fmt.Errorf("identity now %q", id.Name))
 		return recheckClosed
 	}
+	names, ended := ss.names()
+	if ended {
+		// The session ended while it was checked (its agent left): it
+		// has no names left to judge, and it is not kept.
+		return recheckSkipped
+	}
 	failed := false
-	for _, name := range ss.names() {
+	for _, name := range names {
 		err := st.a.Authorize(ctx, id, name)
 		switch {
 		case errors.Is(err, ErrForbidden):

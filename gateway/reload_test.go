@@ -470,3 +470,38 @@ func TestSetAuthenticatorDuringLogin(t *testing.T) {
 		r.a.expectRevoked(t, protocol.CodeUnauthorized, "token revoked by the gateway's operator")
 	}
 }
+
+// A session whose agent leaves while the new authenticator decides on it
+// is not counted as kept: it has no names left to judge, and it is gone.
+func TestSetAuthenticatorSessionLeaves(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	srv, addr, _ := reloadServer(t, &tableAuth{ids: map[string]string{"t": "alice"}, names: map[string][]string{"alice": {"x"}}})
+	a := mustLogin(t, addr, "t", "x")
+	next := newGatedAuth(tableAuth{ids: map[string]string{"t": "alice"}, names: map[string][]string{"alice": {}}}, "t", "")
+	type result struct {
+		res Recheck
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := srv.SetAuthenticator(context.Background(), next)
+		done <- result{res, err}
+	}()
+	<-next.entered
+	// The agent leaves while its token is judged: the session leaves
+	// its tunnels.
+	a.sess.Close()
+	if err := testutil.Poll(5*time.Second, func() error {
+		if n := members(srv, "x"); n != 0 {
+			return fmt.Errorf("x has %d live sessions", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(next.release)
+	r := <-done
+	if r.err != nil || r.res != (Recheck{}) {
+		t.Fatalf("re-check %+v %v, want nothing kept, closed or failed", r.res, r.err)
+	}
+}

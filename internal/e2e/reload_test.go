@@ -273,9 +273,12 @@ func TestRevocationStopsEveryLink(t *testing.T) {
 	noName.AuthorizeFunc = func(_ context.Context, _ gateway.Identity, name string) error {
 		return fmt.Errorf("%w: %q", gateway.ErrForbidden, name)
 	}
+	// The agent gives up as soon as one session is refused, and closes
+	// the other: the re-check closes that one too, or finds it gone.
+	// None is kept.
 	res, err := g1.SetAuthenticator(context.Background(), noName)
-	if err != nil || res.Closed != 2 {
-		t.Fatalf("re-check %+v %v, want both sessions closed", res, err)
+	if err != nil || res.Closed < 1 || res.Kept != 0 || res.Failed != 0 {
+		t.Fatalf("re-check %+v %v, want both sessions closed or gone, none kept", res, err)
 	}
 	select {
 	case <-ln.Done():
