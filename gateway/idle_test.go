@@ -34,6 +34,13 @@ const testParkAfter = 50 * time.Millisecond
 // and ports that park after testParkAfter.
 func idleServer(t *testing.T, cfg Config) (*Server, string) {
 	t.Helper()
+	return idleServerAfter(t, cfg, testParkAfter)
+}
+
+// idleServerAfter is idleServer with sessions and ports that park after
+// the given silence.
+func idleServerAfter(t *testing.T, cfg Config, after time.Duration) (*Server, string) {
+	t.Helper()
 	cfg.TLS = testutil.ServerTLS(t)
 	cfg.Auth = allowAll
 	cfg.PublicHost = "127.0.0.1"
@@ -43,7 +50,7 @@ func idleServer(t *testing.T, cfg Config) (*Server, string) {
 		t.Fatal(err)
 	}
 	// Set before Serve: sessions and ports read it as they start.
-	srv.parkAfter = testParkAfter
+	srv.parkAfter = after
 	return srv, serveLoopback(t, srv)
 }
 
@@ -198,6 +205,38 @@ func TestIdleSessionParks(t *testing.T) {
 	echoThrough(t, port, []byte("and once more"))
 	if n := members(srv, "park"); n != 1 {
 		t.Fatalf("park has %d sessions after the visitors, want 1", n)
+	}
+}
+
+// TestKeepalivesLeaveSessionParked: a session that receives nothing but
+// keepalives stays parked between them. The gateway pings about every
+// 0.9 s (a ping goes out once its last one was answered for
+// MaxIdleTimeout-KeepAlivePeriod), more often than the session parks
+// after (2 s without anything else): it parks all the same, and is found
+// parked in most samples taken between the pings. A session that waited
+// out the 2 s after each ping would be awake two thirds of the time.
+func TestKeepalivesLeaveSessionParked(t *testing.T) {
+	waitQuiet(t)
+	cfg := Config{}
+	cfg.Transport.KeepAlivePeriod = 100 * time.Millisecond
+	cfg.Transport.MaxIdleTimeout = time.Second
+	srv, addr := idleServerAfter(t, cfg, 2*time.Second)
+	idleAgent(t, srv, addr, "pinged")
+	waitParked(t, 1, "agent idle, pinged about every second")
+	parked := 0
+	tick := time.NewTicker(150 * time.Millisecond)
+	defer tick.Stop()
+	for range 20 {
+		<-tick.C
+		if gatewayReads() == 0 && recvLoops() == 1 {
+			parked++
+		}
+	}
+	if parked < 15 {
+		t.Fatalf("the session was parked in %d of 20 samples over 3 s of pings, want at least 15", parked)
+	}
+	if n := members(srv, "pinged"); n != 1 {
+		t.Fatalf("pinged has %d sessions, want 1: the pings did not keep it", n)
 	}
 }
 

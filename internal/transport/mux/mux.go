@@ -132,14 +132,16 @@ type Config struct {
 	Hold  func()
 	Flush func() error
 	// Parker, when set, lets the receive loop end while the session is
-	// idle: once nothing has been received for ParkAfter and no frame is
-	// part-read, the loop hands the wait to Parker and returns, and a new
-	// loop starts when Parker wakes it. The connection's reads must be
+	// idle: once nothing but keepalives has been received for ParkAfter
+	// and no frame is part-read, the loop hands the wait to Parker and
+	// returns, and a new loop starts when Parker wakes it. A keepalive
+	// that wakes an idle session is answered and the loop parks again at
+	// once. The connection's reads must be
 	// resumable after a read deadline passes (TLS over TCP's are), and its
 	// read deadline is the session's.
 	Parker Parker
-	// ParkAfter is how long a session with a Parker is silent before its
-	// receive loop parks. Default 1s.
+	// ParkAfter is how long a session with a Parker is idle (silent, or
+	// receiving only keepalives) before its receive loop parks. Default 1s.
 	ParkAfter time.Duration
 	// OnClose, when set, is called once when the session ends, with why.
 	// It must not block.

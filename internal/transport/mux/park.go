@@ -10,9 +10,12 @@ import (
 // Parking: a session with a Config.Parker keeps no goroutine while it is
 // idle. The receive loop reads under a read deadline ParkAfter ahead of
 // the last frame. When the deadline passes at a frame boundary and
-// nothing has arrived for ParkAfter, the loop hands the wait to the
-// Parker and returns; the Parker starts a new loop when the connection
-// has something to read. A deadline that passes while frames still come,
+// nothing but pings has arrived for ParkAfter, the loop hands the wait to
+// the Parker and returns; the Parker starts a new loop when the
+// connection has something to read. A ping (the keepalive of either
+// side, or its answer) that wakes an idle session brings the deadline to
+// the present: the loop answers it and parks again at once, instead of
+// waiting out ParkAfter for nothing. A deadline that passes while frames still come,
 // or inside a frame, is moved on and the read goes on: the connection's
 // reads are resumable after a timeout (TLS keeps a part-read record), so
 // nothing is lost. Only the loop sets the deadline, until shutdown takes
@@ -74,7 +77,7 @@ func (s *Session) onDeadline(err error, boundary bool) int {
 		}
 		return deadlineOther
 	}
-	quiet := now.Sub(time.Unix(0, s.lastRecv.Load()))
+	quiet := now.Sub(time.Unix(0, s.lastWork))
 	if boundary && quiet >= s.cfg.ParkAfter {
 		// A wake that comes at once waits for pmu, and finds parked set.
 		if s.cfg.Parker.Park(s.wakeFn) {
@@ -90,6 +93,21 @@ func (s *Session) onDeadline(err error, boundary bool) int {
 	}
 	s.conn.SetReadDeadline(now.Add(wait))
 	return deadlineRenewed
+}
+
+// afterPing follows a ping frame received at now: when nothing else came
+// for ParkAfter, the read deadline is brought to now, so that the next
+// read that would wait parks the loop instead (onDeadline). What is
+// already buffered above the connection is still read first.
+func (s *Session) afterPing(now int64) {
+	if now-s.lastWork < int64(s.cfg.ParkAfter) {
+		return
+	}
+	s.pmu.Lock()
+	if !s.ending {
+		s.conn.SetReadDeadline(time.Unix(0, now))
+	}
+	s.pmu.Unlock()
 }
 
 // wake starts the receive loop again, on the Parker's goroutine.

@@ -23,6 +23,13 @@ const testParkAfter = 30 * time.Millisecond
 // not nil, wraps the client's TCP connection under its TLS.
 func parkedPair(t *testing.T, wrap func(net.Conn) net.Conn) (cs, ss *Session) {
 	t.Helper()
+	return parkedPairAfter(t, wrap, testParkAfter)
+}
+
+// parkedPairAfter is parkedPair with a server that parks after the given
+// silence.
+func parkedPairAfter(t *testing.T, wrap func(net.Conn) net.Conn, after time.Duration) (cs, ss *Session) {
+	t.Helper()
 	p, err := readiness.New()
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +40,7 @@ func parkedPair(t *testing.T, wrap func(net.Conn) net.Conn) (cs, ss *Session) {
 		t.Fatal(err)
 	}
 	cs = Client(c, Config{})
-	ss = Server(s, Config{Parker: w, ParkAfter: testParkAfter, OnClose: func(error) { w.Close() }})
+	ss = Server(s, Config{Parker: w, ParkAfter: after, OnClose: func(error) { w.Close() }})
 	t.Cleanup(func() {
 		cs.Close()
 		ss.Close()
@@ -85,6 +92,40 @@ func TestSessionParksWhenIdle(t *testing.T) {
 	}
 	if ss.IsClosed() || cs.IsClosed() {
 		t.Fatalf("a session ended: %v, %v", ss.Err(), cs.Err())
+	}
+}
+
+// TestPingParksAtOnce: a ping that wakes a parked session is answered,
+// and the session parks again at once rather than after ParkAfter; a
+// stream's data afterwards is served as usual.
+func TestPingParksAtOnce(t *testing.T) {
+	const after = 3 * time.Second
+	cs, ss := parkedPairAfter(t, nil, after)
+	echoServer(ours{ss})
+	waitParked(t, ss, 0, 1)
+	for i := range 3 {
+		n := ss.parks.Load()
+		id := uint32(100 + i)
+		cs.kmu.Lock()
+		cs.pingID, cs.pingSent = id, time.Now()
+		cs.rtt.Store(0)
+		cs.kmu.Unlock()
+		cs.sendControl(typePing, flagSYN, 0, id, true)
+		// Well within ParkAfter: the loop did not wait it out.
+		if err := testutil.Poll(after/2, func() error {
+			if cs.RTT() == 0 {
+				return fmt.Errorf("ping %d not answered", id)
+			}
+			if p := ss.parks.Load(); p <= n || !isParked(ss) {
+				return fmt.Errorf("after ping %d: parked %d times, want more than %d", id, p, n)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := exchange(ours{cs}, 7, 64<<10); err != nil {
+		t.Fatalf("after the pings: %v", err)
 	}
 }
 

@@ -27,6 +27,7 @@ type Session struct {
 	hdr      [headerSize]byte
 	rd       io.Reader    // what the loop reads payloads from: conn, or a parkReader
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
+	lastWork int64        // the same, of the last frame but a ping (park.go)
 
 	// Parking (Config.Parker; park.go).
 	pmu       sync.Mutex
@@ -112,6 +113,7 @@ func newSession(conn net.Conn, cfg Config, client bool) *Session {
 		s.wtimer.Stop()
 	}
 	s.lastRecv.Store(time.Now().UnixNano())
+	s.lastWork = s.lastRecv.Load()
 	s.rd = conn
 	if cfg.Parker != nil {
 		s.rd = parkReader{s}
@@ -350,7 +352,12 @@ func (s *Session) receive() bool {
 			s.shutdown(readError(err), CodeNormal, false)
 			return false
 		}
-		s.lastRecv.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		s.lastRecv.Store(now)
+		ping := s.hdr[1] == typePing
+		if !ping {
+			s.lastWork = now
+		}
 		if err := s.handleFrame(); err != nil {
 			if isProtocol(err) {
 				s.cfg.Logger.Debug("multiplexer protocol error", "err", err)
@@ -359,6 +366,9 @@ func (s *Session) receive() bool {
 				s.shutdown(err, CodeNormal, false)
 			}
 			return false
+		}
+		if ping && s.cfg.Parker != nil {
+			s.afterPing(now)
 		}
 	}
 }
