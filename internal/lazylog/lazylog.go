@@ -38,7 +38,8 @@ func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {
 	if len(as) == 0 {
 		return h
 	}
-	return &handler{parent: h.parent, attrs: append(slices.Clip(h.attrs), as...)}
+	// Exactly as long as it needs: it is held for the logger's life.
+	return &handler{parent: h.parent, attrs: slices.Concat(h.attrs, as)}
 }
 
 // WithGroup applies the attributes now: they stay outside the group.

@@ -92,7 +92,12 @@ type Idle struct {
 // NewIdle is New, with a session that parks while it is idle.
 func NewIdle(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config, idle Idle) (*Session, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Session{conn: conn, state: state, ctx: ctx, cancel: cancel, idleDone: idle.Done}
+	s := &Session{conn: conn, ctx: ctx, cancel: cancel, idleDone: idle.Done}
+	if _, ok := conn.(*tls.Conn); !ok {
+		// Over a TLS connection the state is read from it when asked:
+		// a copy is 200 bytes held for the session's life.
+		s.state = &state
+	}
 	mc := muxConfig(cfg)
 	mc.OnClose = s.ended
 	mc.Parker, mc.ParkAfter = idle.Parker, idle.After
@@ -113,7 +118,7 @@ func NewIdle(conn net.Conn, state tls.ConnectionState, client bool, cfg transpor
 type Session struct {
 	mux       *mux.Session
 	conn      net.Conn
-	state     tls.ConnectionState
+	state     *tls.ConnectionState // nil when conn is the *tls.Conn
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
 	closeOnce sync.Once
@@ -124,7 +129,12 @@ var _ transport.Session = (*Session)(nil)
 
 // ConnectionState reports the TLS state the session was authenticated
 // with.
-func (s *Session) ConnectionState() tls.ConnectionState { return s.state }
+func (s *Session) ConnectionState() tls.ConnectionState {
+	if s.state != nil {
+		return *s.state
+	}
+	return s.conn.(*tls.Conn).ConnectionState()
+}
 
 // OpenStream opens a stream to the peer.
 func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {

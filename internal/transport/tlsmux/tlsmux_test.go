@@ -241,3 +241,30 @@ func TestBatchesLeaveInOneWrite(t *testing.T) {
 		t.Fatalf("%d write calls for %d records: batches are not gathered", writes, records)
 	}
 }
+
+// TestConnectionState: over TLS the session reports the state its
+// connection negotiated (read from it, not kept); over another
+// connection, the state it was given.
+func TestConnectionState(t *testing.T) {
+	c, s := pairOver(t, transport.Config{}, nil)
+	for _, sess := range []*Session{c, s} {
+		st := sess.ConnectionState()
+		if !st.HandshakeComplete || st.Version != tls.VersionTLS13 {
+			t.Fatalf("state over TLS: complete %v, version %x", st.HandshakeComplete, st.Version)
+		}
+	}
+	if len(c.ConnectionState().PeerCertificates) == 0 {
+		t.Fatal("the client's state has no peer certificate")
+	}
+	a, b := net.Pipe()
+	defer b.Close()
+	given := tls.ConnectionState{Version: tls.VersionTLS13, ServerName: "given.test"}
+	ps, err := New(a, given, true, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	if got := ps.ConnectionState(); got.ServerName != "given.test" || got.Version != tls.VersionTLS13 {
+		t.Fatalf("state over a pipe: %+v, want the one given", got)
+	}
+}
