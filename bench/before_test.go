@@ -296,7 +296,8 @@ func TestReportBeforeAfter(t *testing.T) {
 			{name: "quic", server: &proc{}, hostName: "y", bulkPort: 1},
 			{name: refFloor, hostName: "z", bulkPort: 1},
 		},
-		mem: &memResult{sessions: 10, before: 20 << 20, after: 20<<20 + 10*19<<10},
+		mem:       &memResult{transport: "tcp", sessions: 10, before: 20 << 20, after: 20<<20 + 10*19<<10},
+		memOthers: []*memResult{{transport: "quic", sessions: 9, errors: 1, before: 20 << 20, after: 20<<20 + 9*60<<10}},
 	}
 	for run := 0; run < 2; run++ {
 		f := float64(run)
@@ -328,6 +329,8 @@ func TestReportBeforeAfter(t *testing.T) {
 		"| Added latency at 1,000 req/s, by Host, p99 | tcp | +3.154 ms (floor +2.870 ms) | — | ≤ the floor's | not judged: tcp, floor not measured |",
 		"| Gateway + agent peak RSS, HTTP by Host, 64 conns, shared gateway | MB | — | 80.0 |",
 		"| Gateway + agent peak RssAnon, HTTP by Host, 64 conns, a fresh pair | MB | — | 12.0 |",
+		"| tcp | 10 of 10 | 19.0 KB | — | 0.0 MB |",
+		"| quic | 9 of 10 | 60.0 KB | — | 0.0 MB |",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("results.md lacks %q", want)
@@ -346,9 +349,15 @@ func TestReportBeforeAfter(t *testing.T) {
 			Runs  []float64 `json:"runs"`
 		} `json:"figures"`
 		Issue17 []target17 `json:"issue17_targets"`
+		ByTr    map[string]struct {
+			PerSessionKB float64 `json:"per_session_kb"`
+		} `json:"idle_sessions_by_transport"`
 	}
 	if err := json.Unmarshal(data, &doc); err != nil {
 		t.Fatal(err)
+	}
+	if len(doc.ByTr) != 2 || doc.ByTr["tcp"].PerSessionKB != 19 || doc.ByTr["quic"].PerSessionKB != 60 {
+		t.Errorf("idle sessions by transport in results.json: %+v", doc.ByTr)
 	}
 	up := doc.Figures["tcp"]["bulk1_up"]
 	if doc.Runs != 2 || up.Value != 7.5 || up.Ratio == nil || *up.Ratio != 7.5/14 || len(up.Runs) != 2 || up.Label != "Bulk TCP, 1 stream, visitor → backend" {

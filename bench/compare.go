@@ -111,9 +111,11 @@ func (b *bench) writeJSON(path string, figs figureSet) error {
 		Figures      map[string]map[string]jsonFigure `json:"figures"`
 		Errors       map[string]int64                 `json:"errors"`
 		IdleSessions *memJSON                         `json:"idle_sessions,omitempty"`
-		StreamKB     *float64                         `json:"idle_stream_kb,omitempty"`
-		Visitors     []heldJSON                       `json:"visitors,omitempty"`
-		Issue17      []target17                       `json:"issue17_targets"`
+		// The same per transport, when the run has more than tcp.
+		IdleByTransport map[string]*memJSON `json:"idle_sessions_by_transport,omitempty"`
+		StreamKB        *float64            `json:"idle_stream_kb,omitempty"`
+		Visitors        []heldJSON          `json:"visitors,omitempty"`
+		Issue17         []target17          `json:"issue17_targets"`
 	}{
 		Date:        b.started.UTC().Format(time.RFC3339),
 		Seconds:     b.duration.Seconds(),
@@ -136,9 +138,18 @@ func (b *bench) writeJSON(path string, figs figureSet) error {
 	if b.before != nil {
 		doc.Before = b.before.file
 	}
-	if m := b.mem; m != nil {
-		doc.IdleSessions = &memJSON{m.sessions, m.errors, m.before, m.after, m.beforeMem.anon, m.afterMem.anon,
+	toJSON := func(m *memResult) *memJSON {
+		return &memJSON{m.sessions, m.errors, m.before, m.after, m.beforeMem.anon, m.afterMem.anon,
 			m.beforeMem.file, m.afterMem.file, m.perSession(), memTraffic, m.usedSessions, m.used.vm, m.perSessionUsed()}
+	}
+	if m := b.mem; m != nil {
+		doc.IdleSessions = toJSON(m)
+		if len(b.memOthers) > 0 {
+			doc.IdleByTransport = map[string]*memJSON{m.transport: doc.IdleSessions}
+			for _, o := range b.memOthers {
+				doc.IdleByTransport[o.transport] = toJSON(o)
+			}
+		}
 	}
 	if c := b.conns; c != nil {
 		if c.streams != nil {

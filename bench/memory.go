@@ -16,6 +16,7 @@ import (
 
 // memResult is the gateway's memory with idle agent sessions.
 type memResult struct {
+	transport     string // the sessions': tcp, ws or quic
 	sessions      int
 	before, after int64 // VmRSS, bytes
 	// The same samples' RssAnon and RssFile: most of a fresh process's
@@ -48,13 +49,13 @@ func (m *memResult) perSessionUsed() float64 {
 }
 
 // memory starts a fresh gateway, opens o.sessions idle agent sessions to
-// it from this process (diglett.Listen with one TLS-over-TCP session each,
-// one name and public port each), and compares the gateway's resident
-// memory before and after.
-func (b *bench) memory(ctx context.Context) (*memResult, error) {
+// it from this process over transport (diglett.Listen with one session
+// each, one name and public port each), and compares the gateway's
+// resident memory before and after.
+func (b *bench) memory(ctx context.Context, transport string) (*memResult, error) {
 	n := b.o.sessions
-	fmt.Fprintf(os.Stderr, "bench: gateway memory with %d idle agent sessions\n", n)
-	g, addr, fp, err := b.startGateway(ctx, "gateway-memory", b.o.portsMem, false)
+	fmt.Fprintf(os.Stderr, "bench: gateway memory with %d idle agent sessions (%s)\n", n, transport)
+	g, addr, fp, err := b.startGateway(ctx, "gateway-memory-"+transport, b.o.portsMem, false)
 	if err != nil {
 		return nil, err
 	}
@@ -69,11 +70,11 @@ func (b *bench) memory(ctx context.Context) (*memResult, error) {
 		}
 		return v
 	}
-	m := &memResult{sessions: n}
+	m := &memResult{transport: transport, sessions: n}
 	m.beforeMem = settle()
 	m.before = m.beforeMem.vm
 
-	logf, err := os.Create(filepath.Join(b.logDir, "memory-agents.log"))
+	logf, err := os.Create(filepath.Join(b.logDir, "memory-agents-"+transport+".log"))
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +98,7 @@ func (b *bench) memory(ctx context.Context) (*memResult, error) {
 				ln, err := diglett.Listen(dctx, diglett.Config{
 					Gateway:     addr,
 					Name:        fmt.Sprintf("idle%05d", i),
-					Transport:   diglett.TransportTCP,
+					Transport:   transport,
 					Connections: 1,
 					Fingerprint: fp,
 					Logger:      log,

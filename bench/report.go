@@ -255,6 +255,18 @@ func (b *bench) report() error {
 			p("): what a session that has served anything keeps.\n\n| gateway VmRSS | per session | RssAnon |\n| --- | --- | --- |\n| %.1f MB | %.1f KB | %.1f MB |\n\n",
 				float64(m.used.vm)/(1<<20), m.perSessionUsed(), mb(m.used.anon))
 		}
+		if len(b.memOthers) > 0 {
+			p("### By transport\n\nThe same measurement over each transport of the run, each on a fresh gateway of its own (`Transport` of `diglett.Config`; WebSocket on the gateway's agent port).\n\n")
+			p("| transport | sessions opened | gateway VmRSS per idle session | idle again after %d KiB each | RssAnon with the sessions |\n| --- | --- | --- | --- | --- |\n", memTraffic>>10)
+			for _, m := range append([]*memResult{b.mem}, b.memOthers...) {
+				used := "—"
+				if m.used.vm > 0 {
+					used = fmt.Sprintf("%.1f KB (%d of %d whole)", m.perSessionUsed(), m.usedSessions, m.sessions)
+				}
+				p("| %s | %d of %d | %.1f KB | %s | %.1f MB |\n", m.transport, m.sessions, m.sessions+m.errors, m.perSession(), used, mb(m.afterMem.anon))
+			}
+			p("\n")
+		}
 	}
 
 	if _, ok := b.value("direct", "hol_rate"); ok {

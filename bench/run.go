@@ -57,25 +57,26 @@ func (t *target) offers(key string) bool {
 
 // bench holds everything started for a run of the suite.
 type bench struct {
-	o        options
-	logDir   string
-	ps       procs
-	gateway  *proc
-	gwAddr   string
-	gwHTTP   string
-	fp       string
-	backend  string
-	targets  []*target
-	results  []map[string]map[string]float64 // run -> path -> key -> value
-	errs     map[string]int64                // "path key" -> errors seen
-	mem      *memResult
-	conns    *connsResult
-	started  time.Time
-	duration time.Duration
-	notes    []string
-	lag      float64    // worst p99 of the latency generator's own lag, ms
-	before   *baseline  // the earlier run compared with (-before), or nil
-	issue17  []target17 // the targets of issue 17, judged by report
+	o         options
+	logDir    string
+	ps        procs
+	gateway   *proc
+	gwAddr    string
+	gwHTTP    string
+	fp        string
+	backend   string
+	targets   []*target
+	results   []map[string]map[string]float64 // run -> path -> key -> value
+	errs      map[string]int64                // "path key" -> errors seen
+	mem       *memResult                      // TLS over TCP
+	memOthers []*memResult                    // the other transports run
+	conns     *connsResult
+	started   time.Time
+	duration  time.Duration
+	notes     []string
+	lag       float64    // worst p99 of the latency generator's own lag, ms
+	before    *baseline  // the earlier run compared with (-before), or nil
+	issue17   []target17 // the targets of issue 17, judged by report
 
 	clusterHop *proc // the cluster reference's forwarding node
 }
@@ -136,11 +137,22 @@ func run(ctx context.Context, o options) error {
 	b.scanLogs()
 	b.ps.stopAll()
 	if o.want("memory") && o.sessions > 0 {
-		m, err := b.memory(ctx)
-		if err != nil {
-			return fmt.Errorf("memory: %w", err)
+		// TLS over TCP's figure is the target's, measured whichever
+		// transports run; the others' are beside it.
+		for _, tr := range append([]string{"tcp"}, b.o.transports...) {
+			if tr == "tcp" && b.mem != nil {
+				continue
+			}
+			m, err := b.memory(ctx, tr)
+			if err != nil {
+				return fmt.Errorf("memory (%s): %w", tr, err)
+			}
+			if tr == "tcp" {
+				b.mem = m
+			} else {
+				b.memOthers = append(b.memOthers, m)
+			}
 		}
-		b.mem = m
 	}
 	if o.want("visitors") || o.want("streams") {
 		c, err := b.manyConns(ctx)
