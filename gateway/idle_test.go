@@ -209,12 +209,12 @@ func TestIdleSessionParks(t *testing.T) {
 }
 
 // TestKeepalivesLeaveSessionParked: a session that receives nothing but
-// keepalives stays parked between them. The gateway pings about every
-// 0.9 s (a ping goes out once its last one was answered for
-// MaxIdleTimeout-KeepAlivePeriod), more often than the session parks
-// after (2 s without anything else): it parks all the same, and is found
-// parked in most samples taken between the pings. A session that waited
-// out the 2 s after each ping would be awake two thirds of the time.
+// keepalives stays parked between them. The gateway pings its agent (whose
+// own keepalive period is the default 5 s) after 150 ms of silence, far
+// more often than the session parks after (2 s without anything else):
+// it parks all the same, and is found parked in most samples taken
+// between the pings. A session that waited out the 2 s after each ping
+// would hardly ever be parked.
 func TestKeepalivesLeaveSessionParked(t *testing.T) {
 	waitQuiet(t)
 	cfg := Config{}
@@ -222,7 +222,7 @@ func TestKeepalivesLeaveSessionParked(t *testing.T) {
 	cfg.Transport.MaxIdleTimeout = time.Second
 	srv, addr := idleServerAfter(t, cfg, 2*time.Second)
 	idleAgent(t, srv, addr, "pinged")
-	waitParked(t, 1, "agent idle, pinged about every second")
+	waitParked(t, 1, "agent idle, pinged every 150 ms")
 	parked := 0
 	tick := time.NewTicker(150 * time.Millisecond)
 	defer tick.Stop()

@@ -45,7 +45,7 @@ type serverCmd struct {
 	Lease       time.Duration    `default:"60s" help:"How long a disconnected agent's names and ports stay reserved for it."`
 	Cert        string           `type:"existingfile" placeholder:"FILE" help:"TLS certificate (PEM) for agent connections, e.g. from a CA. Default: a self-signed certificate for the key in the data dir."`
 	Key         string           `type:"existingfile" placeholder:"FILE" help:"Private key (PEM) of --cert."`
-	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic."`
+	KeepAlive   time.Duration    `name:"keep-alive-period" default:"5s" help:"Send a keepalive after this long without traffic (over TLS and WebSocket half as long again: agents keep their sessions alive, and the gateway pings only an agent that does not)."`
 	MaxIdle     time.Duration    `name:"max-idle-timeout" aliases:"keepalive" default:"15s" help:"Detect a dead agent (no answer at all) within this time; at least 2s. A longer --keep-alive-period is lowered to half of it."`
 	DebugAddr   string           `name:"debug-addr" hidden:"" placeholder:"ADDR" help:"Deprecated name of --admin-addr."`
 	AdminAddr   string           `name:"admin-addr" placeholder:"ADDR" help:"Serve the management listener here: health and readiness probes, metrics, the profiler, the dashboard (a page at /) and the JSON API (docs/API.md) that diglett-server status reads; e.g. 127.0.0.1:20001 (default off). Anywhere but loopback it needs --admin-token-file."`

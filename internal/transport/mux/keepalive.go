@@ -2,19 +2,36 @@ package mux
 
 import "time"
 
-// Keepalive is a timer, not a goroutine: it fires after KeepAlivePeriod,
-// sends a ping when nothing was received for that long, and ends the
-// session when nothing at all arrives within MaxIdleTimeout-KeepAlivePeriod
-// after the ping. Any frame received counts as life. Pings also measure
-// the round-trip time the stream windows grow by; one goes out when the
-// session starts.
+// Keepalive is a timer, not a goroutine: it sends a ping once nothing
+// was received for pingAfter, and ends the session when nothing at all
+// arrives within the rest of MaxIdleTimeout after the ping, so a silent
+// peer is noticed MaxIdleTimeout after its last frame. After an answered
+// ping the next one goes out pingAfter after the last frame, not after
+// the answer's deadline. Any frame received counts as life. Pings also
+// measure the round-trip time the stream windows grow by; one goes out
+// when the session starts.
+
+// pingAfter is how long the session is silent before it pings: the
+// period for a client; for a server half as long again, so that a client
+// pinging on time keeps both ends alive and the server only pings a
+// client that does not. The server's answer still has at least a period
+// to come back in: with MaxIdleTimeout under three periods its ping
+// comes less late, and at two periods (the least the command lines
+// allow) on time.
+func (s *Session) pingAfter() time.Duration {
+	kap := s.cfg.KeepAlivePeriod
+	if s.client {
+		return kap
+	}
+	return kap + min(kap/2, max(0, s.cfg.MaxIdleTimeout-2*kap))
+}
 
 func (s *Session) startKeepalive() {
 	s.kmu.Lock()
 	s.pingID = 1
 	s.pingSent = time.Now()
 	if s.cfg.KeepAlivePeriod > 0 {
-		s.ktimer = time.AfterFunc(s.cfg.KeepAlivePeriod, s.keepalive)
+		s.ktimer = time.AfterFunc(s.pingAfter(), s.keepalive)
 	}
 	s.kmu.Unlock()
 	s.sendControl(typePing, flagSYN, 0, 1, false)
@@ -30,7 +47,7 @@ func (s *Session) stopKeepalive() {
 }
 
 func (s *Session) keepalive() {
-	kap := s.cfg.KeepAlivePeriod
+	kap := s.pingAfter()
 	wait := s.cfg.MaxIdleTimeout - kap
 	s.kmu.Lock()
 	if s.kstopped {
@@ -62,7 +79,10 @@ func (s *Session) keepalive() {
 	id := s.pingID
 	s.pingSent = now
 	s.kaPing = now
-	s.ktimer.Reset(wait)
+	// Back at the next ping's time: answered by then, the ping is
+	// forgotten and the silence since the answer counted; if not, the
+	// timer runs on to the answer's deadline.
+	s.ktimer.Reset(min(kap, wait))
 	s.kmu.Unlock()
 	s.sendControl(typePing, flagSYN, 0, id, true)
 }

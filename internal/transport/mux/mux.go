@@ -94,13 +94,17 @@ const DefaultParkAfter = time.Second
 
 // Config tunes a session. Zero fields take the documented defaults.
 type Config struct {
-	// KeepAlivePeriod is how long the read side may be silent before a
-	// ping is sent. Zero: no keepalive.
+	// KeepAlivePeriod is how long the read side of a client session may
+	// be silent before it sends a ping. A server session waits half as
+	// long again, less when MaxIdleTimeout is under three periods, so
+	// that its ping's answer has at least a period to come back in: while
+	// its client keeps the session alive it never pings, and one pair of
+	// frames crosses per period instead of two. Zero: no keepalive.
 	KeepAlivePeriod time.Duration
 	// MaxIdleTimeout ends the session when nothing at all was received
-	// within it: the ping sent after KeepAlivePeriod of silence must be
-	// answered within MaxIdleTimeout-KeepAlivePeriod. Zero or not above
-	// KeepAlivePeriod: 3×KeepAlivePeriod.
+	// within it: a side that sent its ping after its silence must have
+	// its answer, or any frame, within the rest of MaxIdleTimeout. Zero
+	// or not above KeepAlivePeriod: 3×KeepAlivePeriod.
 	MaxIdleTimeout time.Duration
 	// WriteTimeout ends the session when one write of the connection does
 	// not complete within it. Zero: no bound.
@@ -136,9 +140,9 @@ type Config struct {
 	// and no frame is part-read, the loop hands the wait to Parker and
 	// returns, and a new loop starts when Parker wakes it. A keepalive
 	// that wakes an idle session is answered and the loop parks again at
-	// once. The connection's reads must be
-	// resumable after a read deadline passes (TLS over TCP's are), and its
-	// read deadline is the session's.
+	// once. The connection's reads must be resumable after a read
+	// deadline passes (TLS over TCP's are), and its read deadline is the
+	// session's.
 	Parker Parker
 	// ParkAfter is how long a session with a Parker is idle (silent, or
 	// receiving only keepalives) before its receive loop parks. Default 1s.

@@ -15,10 +15,10 @@ import (
 // connection has something to read. A ping (the keepalive of either
 // side, or its answer) that wakes an idle session brings the deadline to
 // the present: the loop answers it and parks again at once, instead of
-// waiting out ParkAfter for nothing. A deadline that passes while frames still come,
-// or inside a frame, is moved on and the read goes on: the connection's
-// reads are resumable after a timeout (TLS keeps a part-read record), so
-// nothing is lost. Only the loop sets the deadline, until shutdown takes
+// waiting out ParkAfter for nothing. A deadline that passes while frames
+// still come, or inside a frame, is moved on and the read goes on: the
+// connection's reads are resumable after a timeout (TLS keeps a part-read
+// record), so nothing is lost. Only the loop sets the deadline, until shutdown takes
 // it over for its linger (s.ending).
 
 // errParked ends a receive loop that parked.
