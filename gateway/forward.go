@@ -140,7 +140,7 @@ func earliest(a, b time.Time) time.Time {
 
 // acceptLoop serves the tunnel's public port until it closes.
 func (t *tunnel) acceptLoop(ln net.Listener) {
-	il, _ := ln.(*idleListener)
+	il := idleOf(ln)
 	for {
 		if il != nil {
 			il.SetDeadline(time.Now().Add(il.after))

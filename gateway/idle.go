@@ -82,6 +82,7 @@ type idleListener struct {
 	mu      sync.Mutex
 	parked  bool
 	closed  bool
+	nudged  bool   // nudge came while the loop ran: it does not park next
 	resume  func() // runs the accept loop again when a visitor comes
 	abandon func() // what the loop does as it ends, if it never resumes
 }
@@ -113,6 +114,10 @@ func (l *idleListener) park(resume, abandon func()) bool {
 	if l.closed {
 		return false
 	}
+	if l.nudged {
+		l.nudged = false
+		return false
+	}
 	l.resume, l.abandon = resume, abandon
 	if !l.watch.Park(l.wake) {
 		return false
@@ -131,6 +136,59 @@ func (l *idleListener) wake() {
 	f := l.resume
 	l.mu.Unlock()
 	f()
+}
+
+// nudge makes the accept loop look again without a new connection (a
+// PROXY header finished reading, proxyproto.go): a parked loop resumes,
+// a loop waiting in Accept returns from it at once, and a loop between
+// the two does not park next.
+func (l *idleListener) nudge() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	if l.parked {
+		var f func()
+		if l.watch.Unpark() {
+			// Otherwise the poller's wake is already on its way.
+			l.parked = false
+			f = l.resume
+		}
+		l.mu.Unlock()
+		if f != nil {
+			f()
+		}
+		return
+	}
+	l.nudged = true
+	l.mu.Unlock()
+	l.TCPListener.SetDeadline(time.Now())
+}
+
+// idleOf is the parking listener under ln, a tunnel's port, or nil.
+func idleOf(ln net.Listener) *idleListener {
+	switch l := ln.(type) {
+	case *idleListener:
+		return l
+	case *proxyListener:
+		return l.inline
+	}
+	return nil
+}
+
+// portListener makes ln, a tunnel's new public TCP listener, park while
+// idle where it can, behind the PROXY protocol reader when the gateway
+// takes the protocol.
+func (s *Server) portListener(ln net.Listener) net.Listener {
+	pl := s.idleListen(ln)
+	if len(s.cfg.ProxyProtocolFrom) == 0 {
+		return pl
+	}
+	if il, ok := pl.(*idleListener); ok {
+		return newProxyPort(il, s.cfg.ProxyProtocolFrom, s.cfg.FirstByteTimeout, s.log)
+	}
+	return s.AcceptProxyProtocol(pl)
 }
 
 // Close closes the listener; a parked loop is ended as if it had seen

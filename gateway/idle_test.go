@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
 
 	"github.com/diglett/diglett/internal/identity"
@@ -454,4 +456,50 @@ func TestParkedPortClosedByLeaseEnd(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestProxyProtocolPortParks: with the PROXY protocol on, a tunnel's
+// port parks as well, with no goroutine reading headers; a balancer's
+// visitor wakes it and reaches the agent as the header's source, and the
+// port parks again.
+func TestProxyProtocolPortParks(t *testing.T) {
+	waitQuiet(t)
+	cfg := Config{ProxyProtocolFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	srv, addr := idleServer(t, cfg)
+	ln := idleAgent(t, srv, addr, "balanced")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, c.RemoteAddr().String())
+			c.Close()
+		}
+	}()
+	port := portOf(t, srv, "balanced")
+	readers := func() int { return testutil.GoroutinesIn("gateway.(*proxyListener).run(") }
+	for i, v := range []byte{1, 2} {
+		waitParked(t, 1, fmt.Sprintf("before balancer visitor %d", i+1))
+		if n := readers(); n != 0 {
+			t.Fatalf("%d goroutines accept for the PROXY protocol reader, want none", n)
+		}
+		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		h := proxyproto.HeaderProxyFromAddrs(v,
+			&net.TCPAddr{IP: net.ParseIP("203.0.113.9"), Port: 4242},
+			&net.TCPAddr{IP: net.ParseIP("198.51.100.1"), Port: port})
+		if _, err := h.WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != "203.0.113.9:4242" {
+			t.Fatalf("v%d: the backend saw %q (%v), want the header's source", v, got, err)
+		}
+	}
+	waitParked(t, 1, "after the balancer's visitors")
 }

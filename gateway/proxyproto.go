@@ -46,14 +46,6 @@ func (s *Server) AcceptProxyProtocol(ln net.Listener) net.Listener {
 	return newProxyListener(ln, s.cfg.ProxyProtocolFrom, s.cfg.FirstByteTimeout, s.log)
 }
 
-// proxyProtocol is AcceptProxyProtocol for the result of a net.Listen.
-func (s *Server) proxyProtocol(ln net.Listener, err error) (net.Listener, error) {
-	if err != nil {
-		return nil, err
-	}
-	return s.AcceptProxyProtocol(ln), nil
-}
-
 // validatePrefixes checks the sources of Config.ProxyProtocolFrom.
 func validatePrefixes(from []netip.Prefix) error {
 	for _, p := range from {
@@ -77,8 +69,15 @@ type proxyListener struct {
 	once    sync.Once
 	err     error // Accept's error once stopped; set before stop closes
 
+	// inline, for a tunnel's port: no goroutine accepts; Accept does,
+	// on the caller's accept loop, which parks on this listener while
+	// no visitor comes (idle.go). A header read that finishes queues
+	// its connection in ready and nudges the loop.
+	inline *idleListener
+
 	mu      sync.Mutex
 	pending map[net.Conn]struct{} // headers being read; nil once stopped
+	ready   []net.Conn            // inline: headers read, for Accept
 }
 
 // accepted is one result of the underlying Accept.
@@ -107,9 +106,25 @@ func newProxyListener(ln net.Listener, from []netip.Prefix, timeout time.Duratio
 	return l
 }
 
+// newProxyPort is newProxyListener for a tunnel's public port whose
+// accept loop parks (inline above); from is not empty.
+func newProxyPort(il *idleListener, from []netip.Prefix, timeout time.Duration, log *slog.Logger) *proxyListener {
+	if timeout <= 0 {
+		timeout = DefaultFirstByteTimeout
+	}
+	return &proxyListener{
+		Listener: il, from: from, timeout: timeout, log: log, inline: il,
+		stop:    make(chan struct{}),
+		pending: make(map[net.Conn]struct{}),
+	}
+}
+
 // Accept returns the next connection whose PROXY header, if it needs
 // one, has been read.
 func (l *proxyListener) Accept() (net.Conn, error) {
+	if l.inline != nil {
+		return l.acceptInline()
+	}
 	select {
 	case r := <-l.results:
 		return r.c, r.err
@@ -134,9 +149,62 @@ func (l *proxyListener) shutdown(err error) {
 		for c := range l.pending {
 			c.Close()
 		}
-		l.pending = nil
+		for _, c := range l.ready {
+			c.Close()
+		}
+		l.pending, l.ready = nil, nil
 		l.mu.Unlock()
 	})
+}
+
+// acceptInline is Accept on the caller's goroutine: a connection whose
+// header was read comes first, then the next one accepted. A listed
+// source's connection has its header read on a goroutine of its own, and
+// is returned by a later call; the timeout of the loop's deadline, or of
+// a nudge, is returned as it is when nothing is ready.
+func (l *proxyListener) acceptInline() (net.Conn, error) {
+	for {
+		if c := l.takeReady(); c != nil {
+			return c, nil
+		}
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if c := l.takeReady(); c != nil {
+				return c, nil
+			}
+			select {
+			case <-l.stop:
+				return nil, l.err
+			default:
+			}
+			return nil, err
+		}
+		if !l.listed(addrIP(c.RemoteAddr())) {
+			return &unlistedConn{Conn: c, log: l.log}, nil
+		}
+		if !l.track(c) {
+			l.log.Debug("visitor refused: too many PROXY protocol headers being read", "source", c.RemoteAddr(), "max", maxPendingHeaders)
+			reset(c)
+			continue
+		}
+		go l.readHeader(c)
+	}
+}
+
+// takeReady returns the oldest connection whose header was read, or nil.
+func (l *proxyListener) takeReady() net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.ready) == 0 {
+		return nil
+	}
+	c := l.ready[0]
+	l.ready[0] = nil
+	l.ready = l.ready[1:]
+	if len(l.ready) == 0 {
+		l.ready = nil
+	}
+	return c
 }
 
 // run accepts connections until the underlying listener fails: those of
@@ -176,6 +244,17 @@ func (l *proxyListener) run() {
 
 // deliver hands r to Accept; false if the listener stopped first.
 func (l *proxyListener) deliver(r accepted) bool {
+	if l.inline != nil {
+		l.mu.Lock()
+		if l.pending == nil { // stopped
+			l.mu.Unlock()
+			return false
+		}
+		l.ready = append(l.ready, r.c)
+		l.mu.Unlock()
+		l.inline.nudge()
+		return true
+	}
 	select {
 	case l.results <- r:
 		return true

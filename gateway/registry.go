@@ -324,11 +324,11 @@ func (r *registry) listen(req *protocol.Register) (net.Listener, int, *protocol.
 }
 
 func (r *registry) bind(port int) (net.Listener, error) {
-	ln, err := r.srv.proxyProtocol(net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port))))
+	ln, err := net.Listen("tcp", net.JoinHostPort(r.srv.cfg.PublicHost, strconv.Itoa(port)))
 	if err != nil {
 		return nil, err
 	}
-	return r.srv.idleListen(ln), nil
+	return r.srv.portListener(ln), nil
 }
 
 // leave removes ss from t; the last member to leave starts the lease.
