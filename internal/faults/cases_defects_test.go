@@ -94,6 +94,13 @@ var defectCases = []faultCase{
 		run:       quicRecovery,
 	},
 	{
+		name:      "09b-tcp-recovery",
+		tried:     "an idle agent over TLS (--keep-alive-period 500ms, gateway 1s; --max-idle-timeout 4s on both) frozen with SIGSTOP for 5s, then SIGCONT",
+		gateway:   &gatewayConfig{args: []string{"--keep-alive-period", "1s", "--max-idle-timeout", "4s"}},
+		exclusive: true,
+		run:       tcpRecovery,
+	},
+	{
 		name:  "10-quotas",
 		tried: "a token allowed demo-* under --max-names-per-identity 5 registers demo-1..5, then demo-6; another identity asks for a port",
 		gateway: &gatewayConfig{ports: 8, args: []string{"--max-names-per-identity", "5"}, tokens: `- token: quota-token
@@ -736,11 +743,27 @@ func quicRecovery(c *tc, e *env) string {
 	// an idle agent: the gateway's last packet from it is at most 500ms
 	// before the freeze, and the gateway's own keepalive (2s) is what
 	// used to push its idle timer past the bound.
-	q := e.newAgent(c, agentSpec{names: []string{"frozen"}, transport: "quic", backend: e.echo,
+	return frozenAgent(c, e, "quic")
+}
+
+func tcpRecovery(c *tc, e *env) string {
+	// Over TLS the multiplexer's keepalive slept until the answer's
+	// deadline after each ping, so a peer that vanished just after
+	// answering was noticed up to 2×(idle timeout − period) after its
+	// last packet: 6s for this gateway (period 1s). The agent pings every
+	// 500ms of silence now, and the gateway only when the agent does not.
+	return frozenAgent(c, e, "tcp")
+}
+
+// frozenAgent freezes an idle agent over transport with SIGSTOP for 5s:
+// the gateway (--max-idle-timeout 4s) must drop it within its idle
+// timeout, and the agent serve again soon after SIGCONT.
+func frozenAgent(c *tc, e *env, transport string) string {
+	q := e.newAgent(c, agentSpec{names: []string{"frozen"}, transport: transport, backend: e.echo,
 		args: []string{"--keep-alive-period", "500ms", "--max-idle-timeout", "4s"}})
 	addr := q.tunnel(c, "frozen")
 	if err := roundTrip(addr, 64<<10, 10*time.Second); err != nil {
-		c.Fatalf("QUIC tunnel: %v", err)
+		c.Fatalf("%s tunnel: %v", transport, err)
 	}
 	// The scenario is an idle agent: no stream data in flight when it
 	// freezes, only keepalives.
@@ -767,7 +790,7 @@ func quicRecovery(c *tc, e *env) string {
 	resumed := time.Now()
 	q.signal(syscall.SIGCONT)
 	if err := poll(15*time.Second, func() error { return roundTrip(addr, 16<<10, time.Second) }); err != nil {
-		c.Fatalf("QUIC agent did not serve again within 15s of SIGCONT: %v", err)
+		c.Fatalf("%s agent did not serve again within 15s of SIGCONT: %v", transport, err)
 	}
 	back := time.Since(resumed)
 	if noticed > 4*time.Second+500*time.Millisecond {
