@@ -426,7 +426,10 @@ func TestHTTPStreamReuse(t *testing.T) {
 	}
 	// The first round opens the streams it needs (perhaps one more, when
 	// a stream frees up while another is being opened); later rounds find
-	// them idle and open none.
+	// them idle. A round's last response can reach the client a moment
+	// before its stream is back among the idle ones, so on a loaded
+	// machine the next round may open one: three rounds that reused
+	// nothing would open 24.
 	round()
 	warm := counted.accepts.Load()
 	if warm < width {
@@ -435,8 +438,8 @@ func TestHTTPStreamReuse(t *testing.T) {
 	for range 3 {
 		round()
 	}
-	if n := counted.accepts.Load(); n != warm {
-		t.Fatalf("with %d idle streams, %d requests at once opened %d more", warm, width, n-warm)
+	if n := counted.accepts.Load(); n > warm+1 {
+		t.Fatalf("with %d idle streams, three rounds of %d requests at once opened %d more", warm, width, n-warm)
 	}
 }
 
