@@ -38,7 +38,7 @@ type memTrim struct {
 
 	mu     sync.Mutex
 	count  int       // events since the last trim
-	last   time.Time // when the last trim ended
+	last   time.Time // when the last trim began
 	timer  *time.Timer
 	closed bool
 }
@@ -77,13 +77,13 @@ func (m *memTrim) fire() {
 	}
 	n := m.count
 	m.count = 0
-	m.mu.Unlock()
+	// Set with the count: an event that comes while this trim runs
+	// waits for the interval from it, not for the quiet time alone.
 	start := time.Now()
+	m.last = start
+	m.mu.Unlock()
 	before := heapReleased()
 	m.trim()
-	m.mu.Lock()
-	m.last = time.Now()
-	m.mu.Unlock()
 	m.log.Debug("memory returned to the system after a burst of sessions", "sessions", n,
 		"released", int64(heapReleased()-before), "took", time.Since(start).Round(time.Microsecond))
 }

@@ -85,3 +85,29 @@ func TestMemTrimClosed(t *testing.T) {
 	m.event()
 	noTrim(t, trims, 200*time.Millisecond, "after close")
 }
+
+// TestMemTrimEventsDuringTrim: session events that come while a trim
+// runs wait for the interval from that trim's start, as any other.
+func TestMemTrimEventsDuringTrim(t *testing.T) {
+	trims := make(chan time.Time, 10)
+	m := &memTrim{quiet: 10 * time.Millisecond, need: 2, interval: 300 * time.Millisecond,
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	first := true
+	m.trim = func() {
+		trims <- time.Now()
+		if first {
+			first = false
+			// A burst lands while the memory is being returned.
+			m.event()
+			m.event()
+		}
+	}
+	defer m.close()
+	m.event()
+	m.event()
+	a := waitTrim(t, trims)
+	b := waitTrim(t, trims)
+	if gap := b.Sub(a); gap < 300*time.Millisecond {
+		t.Fatalf("trims %v apart, want the interval (300ms) at least", gap)
+	}
+}
