@@ -139,19 +139,20 @@ func run(ctx context.Context, o options) error {
 	if o.want("memory") && o.sessions > 0 {
 		// TLS over TCP's figure is the target's, measured whichever
 		// transports run; the others' are beside it.
-		for _, tr := range append([]string{"tcp"}, b.o.transports...) {
-			if tr == "tcp" && b.mem != nil {
+		m, err := b.memory(ctx, "tcp")
+		if err != nil {
+			return fmt.Errorf("memory (tcp): %w", err)
+		}
+		b.mem = m
+		for _, tr := range b.o.transports {
+			if tr == "tcp" {
 				continue
 			}
 			m, err := b.memory(ctx, tr)
 			if err != nil {
 				return fmt.Errorf("memory (%s): %w", tr, err)
 			}
-			if tr == "tcp" {
-				b.mem = m
-			} else {
-				b.memOthers = append(b.memOthers, m)
-			}
+			b.memOthers = append(b.memOthers, m)
 		}
 	}
 	if o.want("visitors") || o.want("streams") {
