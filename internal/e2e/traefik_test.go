@@ -210,20 +210,26 @@ func TestTraefikRegisterer(t *testing.T) {
 	if got != want {
 		t.Errorf("file routes %+v, want %+v", got, want)
 	}
-	c, err := traefikProvider("http://" + provider + "/traefik")
-	if err != nil {
-		t.Fatalf("http provider: %v", err)
-	}
-	if got, err := c.route("web"); err != nil || got != want {
-		t.Errorf("http provider routes %+v (%v), want %+v", got, err, want)
-	}
-	// The same JSON at /traefik of the management listener.
-	ac, err := traefikProvider("http://" + adminAddr + "/traefik")
-	if err != nil {
-		t.Fatalf("http provider on the management listener: %v", err)
-	}
-	if got, err := ac.route("web"); err != nil || got != want {
-		t.Errorf("management listener's /traefik routes %+v (%v), want %+v", got, err, want)
+	// The file and the http provider are two outputs: the file is in
+	// place (renamed) before its directory is synced and the provider's
+	// JSON follows, so each is waited for on its own.
+	for what, url := range map[string]string{
+		"http provider":                  "http://" + provider + "/traefik",
+		"management listener's /traefik": "http://" + adminAddr + "/traefik",
+	} {
+		var got traefikRoute
+		if err := testutil.Poll(eventually, func() error {
+			c, err := traefikProvider(url)
+			if err == nil {
+				got, err = c.route("web")
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got != want {
+			t.Errorf("%s routes %+v, want %+v", what, got, want)
+		}
 	}
 	if page, err := fetchPage(want.URL); err != nil || page != "hello from web" {
 		t.Errorf("the service's URL gave %q (%v), want the backend's page", page, err)
