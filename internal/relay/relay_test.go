@@ -67,39 +67,69 @@ func listen(t testing.TB, network string) net.Listener {
 }
 
 // dialAccept connects to ln and returns both ends; they are closed at the
-// end of the test.
+// end of the test. The accepted end is the one whose peer is the dialed
+// connection: a connection from anyone else (another test process that
+// dials a loopback port it freed, which ln now holds) is closed and
+// accepting goes on, so it cannot become the relay's end.
 func dialAccept(t testing.TB, ln net.Listener) (dialed, accepted net.Conn) {
 	t.Helper()
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- result{c, err}
-	}()
 	d := net.Dialer{Timeout: wait}
 	dialed, err := d.Dial(ln.Addr().Network(), ln.Addr().String())
 	if err != nil {
-		ln.Close() // ends the Accept
-		<-ch
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dialed.Close() })
-	var r result
-	select {
-	case r = <-ch:
-	case <-time.After(wait):
-		ln.Close()
-		<-ch
-		t.Fatal("accept did not return")
+	accepted, err = acceptFrom(t, ln, dialed.LocalAddr(), time.Now().Add(wait))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if r.err != nil {
-		t.Fatal(r.err)
+	t.Cleanup(func() { accepted.Close() })
+	return dialed, accepted
+}
+
+// acceptFrom accepts from ln until the connection dialed from peer (as
+// the dialer saw its own address) arrives, closing others, or until the
+// deadline.
+func acceptFrom(t testing.TB, ln net.Listener, peer net.Addr, deadline time.Time) (net.Conn, error) {
+	dl, ok := ln.(interface{ SetDeadline(time.Time) error })
+	if !ok {
+		return nil, fmt.Errorf("listener %T has no deadline", ln)
 	}
-	t.Cleanup(func() { r.c.Close() })
-	return dialed, r.c
+	dl.SetDeadline(deadline)
+	defer dl.SetDeadline(time.Time{})
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return nil, fmt.Errorf("accept: %w", err)
+		}
+		// A Unix socket's dialing end is unnamed: nobody else can
+		// reach a listener in the test's own directory.
+		if c.RemoteAddr().Network() == "unix" || c.RemoteAddr().String() == peer.String() {
+			return c, nil
+		}
+		t.Logf("closed a connection from %v, which the test did not dial", c.RemoteAddr())
+		c.Close()
+	}
+}
+
+// TestDialAcceptSkipsStrangers: a connection another process made to the
+// test's listener first (it waits in the backlog ahead of the test's own)
+// is not taken for the dialed connection's other end.
+func TestDialAcceptSkipsStrangers(t *testing.T) {
+	ln := listen(t, "tcp")
+	stranger, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	dialed, accepted := dialAccept(t, ln)
+	if accepted.RemoteAddr().String() != dialed.LocalAddr().String() {
+		t.Fatalf("accepted the connection from %v, want the dialed one from %v", accepted.RemoteAddr(), dialed.LocalAddr())
+	}
+	stranger.SetReadDeadline(time.Now().Add(wait))
+	if _, err := stranger.Read(make([]byte, 1)); err == nil {
+		t.Error("the stranger's connection was not closed")
+	}
 }
 
 // connPair returns a connected pair of the given kind: the peer (driven by
@@ -719,8 +749,8 @@ func TestIdleRelayMemory(t *testing.T) {
 						}
 						werr := make(chan error, 1)
 						go func() { _, err := from.Write(m.out); werr <- err }()
-						if _, err := io.ReadFull(to, m.in); err != nil {
-							t.Fatal(err)
+						if n, err := io.ReadFull(to, m.in); err != nil {
+							t.Fatalf("%v to %v: read %d of %d bytes: %v", from.LocalAddr(), to.LocalAddr(), n, len(m.in), err)
 						}
 						if err := <-werr; err != nil {
 							t.Fatal(err)
