@@ -217,7 +217,7 @@ func (s *Server) Disconnect(id uint64, reason string) error {
 		return fmt.Errorf("%w: %d (it is already ending)", ErrNoSession, id)
 	}
 	lg.revoked = true // a re-check leaves it alone
-	log := lg.log     // the session's, with its identity
+	log := ss.loginLog()
 	lg.mu.Unlock()
 	log.Info("agent session closed by the operator", "reason", reason)
 	ss.leave()

@@ -82,12 +82,12 @@ type registration struct {
 	rg namedRegisterer
 
 	mu        sync.Mutex
-	want      bool      // the tunnel is live: its route should be published
-	route     Route     // what to publish, as of the latest wish
-	closer    io.Closer // non-nil while a route is published
-	published Route     // the route published, while closer is set
-	running   bool      // a worker is at work on it
-	wake      chan struct{}
+	want      bool          // the tunnel is live: its route should be published
+	route     Route         // what to publish, as of the latest wish
+	closer    io.Closer     // non-nil while a route is published
+	published Route         // the route published, while closer is set
+	running   bool          // a worker is at work on it
+	wake      chan struct{} // wakes the worker; set while running
 }
 
 // reconcile records whether t is live and starts a worker for each
@@ -117,7 +117,7 @@ func (t *tunnel) reconcileLocked() {
 		}
 		t.regs = make([]*registration, len(rc.rgs))
 		for i, rg := range rc.rgs {
-			t.regs[i] = &registration{t: t, rg: rg, wake: make(chan struct{}, 1)}
+			t.regs[i] = &registration{t: t, rg: rg}
 		}
 	}
 	hosts := t.reg.srv.routeHosts(t.name)
@@ -139,8 +139,11 @@ func (t *tunnel) reconcileLocked() {
 	}
 }
 
-// start runs a worker for r.
+// start runs a worker for r. Called under r.mu, with r.running just set.
 func (rc *reconciler) start(r *registration) {
+	// Only a running worker is woken: an idle registration holds no
+	// channel.
+	r.wake = make(chan struct{}, 1)
 	rc.track()
 	go func() {
 		defer rc.done()
@@ -195,7 +198,7 @@ func (rc *reconciler) work(r *registration) {
 	for {
 		r.mu.Lock()
 		if r.agreedLocked() {
-			r.running = false
+			r.stopLocked()
 			r.mu.Unlock()
 			if failures > 0 {
 				log.Info("registerer caught up", "failed_attempts", failures)
@@ -219,7 +222,7 @@ func (rc *reconciler) work(r *registration) {
 			switch rc.awaitGate(r) {
 			case gateClosing:
 				r.mu.Lock()
-				r.running = false
+				r.stopLocked()
 				r.mu.Unlock()
 				return
 			case gateWoken:
@@ -247,7 +250,7 @@ func (rc *reconciler) work(r *registration) {
 		if rc.ctx.Err() != nil {
 			log.Warn("registerer failed, gateway closing: not retried", "op", what, "attempt", failures, "err", err)
 			r.mu.Lock()
-			r.running = false
+			r.stopLocked()
 			r.mu.Unlock()
 			return
 		}
@@ -255,6 +258,12 @@ func (rc *reconciler) work(r *registration) {
 		log.Warn("registerer failed", "op", what, "attempt", failures, "retry_in", delay.Round(time.Millisecond), "err", err)
 		rc.sleep(r, delay)
 	}
+}
+
+// stopLocked marks r's worker as ended. Called under r.mu by the worker.
+func (r *registration) stopLocked() {
+	r.running = false
+	r.wake = nil
 }
 
 // agreedLocked reports whether the registerer publishes what the tunnel

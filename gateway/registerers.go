@@ -64,7 +64,7 @@ func (s *Server) SetRegisterers(rgs []Registerer) {
 				}
 			}
 			if regs[i] == nil {
-				regs[i] = &registration{t: t, rg: nr, wake: make(chan struct{}, 1)}
+				regs[i] = &registration{t: t, rg: nr}
 			}
 		}
 		for _, old := range t.regs {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diglett/diglett/internal/lazylog"
 	"github.com/diglett/diglett/internal/protocol"
 	"github.com/diglett/diglett/internal/transport"
 )
@@ -28,12 +29,10 @@ func (s *Server) authenticator() *authState { return s.auth.Load() }
 // login sees the new Authenticator.
 type loginState struct {
 	mu       sync.Mutex
-	creds    Credentials // as the agent presented them; never logged
-	at       time.Time   // when the login was taken
+	creds    Credentials // as the agent presented them, LoginTime set to the login's; never logged
 	identity Identity    // as the last check returned it
 	checked  *authState  // nil until logged in
 	revoked  bool
-	log      *slog.Logger // the session's, with its identity
 
 	ctrl    transport.Stream // the control stream, set before the login
 	writeMu sync.Mutex       // one message at a time on ctrl
@@ -50,9 +49,17 @@ func (ss *session) authenticate(ctx context.Context, c Credentials) (Identity, e
 	if err != nil {
 		return Identity{}, err
 	}
-	ss.login.creds, ss.login.identity, ss.login.checked, ss.login.at = c, id, st, at
-	ss.login.log = ss.log.With("identity", id.Name)
+	c.LoginTime = at // zero at a login: the re-checks send the login's
+	ss.login.creds, ss.login.identity, ss.login.checked = c, id, st
 	return id, nil
+}
+
+// loginLog is the session's logger with the identity of its last check,
+// for the rare lines of a re-check or a revocation. It is made when one is
+// written: thousands of idle sessions need not hold one each. Called
+// with ss.login.mu held.
+func (ss *session) loginLog() *slog.Logger {
+	return lazylog.With(ss.srv.log, "agent", ss.sess.RemoteAddr().String(), "transport", ss.via, "identity", ss.login.identity.Name)
 }
 
 // confirmName is called once t, authorized by st, has joined the session:
@@ -237,15 +244,13 @@ func (ss *session) recheck(ctx context.Context, st *authState) recheckOutcome {
 	stop := context.AfterFunc(ss.srv.ctx, cancel)
 	defer stop()
 
-	creds := lg.creds
-	creds.LoginTime = lg.at
-	id, err := st.a.Authenticate(ctx, creds)
+	id, err := st.a.Authenticate(ctx, lg.creds)
 	switch {
 	case errors.Is(err, ErrUnauthorized):
 		ss.revoke(protocol.CodeUnauthorized, reasonRevoked, err)
 		return recheckClosed
 	case err != nil:
-		lg.log.Warn("agent kept: the new authenticator failed on its token", "err", err)
+		ss.loginLog().Warn("agent kept: the new authenticator failed on its token", "err", err)
 		return recheckFailed
 	case id.Name != lg.identity.Name:
 		ss.revoke(protocol.CodeUnauthorized, reasonIdentityChanged, fmt.Errorf("identity now %q", id.Name))
@@ -265,7 +270,7 @@ func (ss *session) recheck(ctx context.Context, st *authState) recheckOutcome {
 			ss.revoke(protocol.CodeForbidden, fmt.Sprintf(reasonNameFormat, name), err)
 			return recheckClosed
 		case err != nil:
-			lg.log.Warn("agent kept: the new authenticator failed on its name", "name", name, "err", err)
+			ss.loginLog().Warn("agent kept: the new authenticator failed on its name", "name", name, "err", err)
 			failed = true
 		}
 	}
@@ -273,7 +278,7 @@ func (ss *session) recheck(ctx context.Context, st *authState) recheckOutcome {
 		return recheckFailed
 	}
 	lg.identity, lg.checked = id, st
-	lg.log.Debug("agent still allowed after the authenticator changed")
+	ss.loginLog().Debug("agent still allowed after the authenticator changed")
 	return recheckKept
 }
 
@@ -283,7 +288,7 @@ func (ss *session) recheck(ctx context.Context, st *authState) recheckOutcome {
 // with ss.login.mu held; err is the Authenticator's, for the log.
 func (ss *session) revoke(code protocol.Code, reason string, err error) {
 	ss.login.revoked = true
-	ss.login.log.Info("agent session closed: the new authenticator refuses it", "reason", reason, "err", err)
+	ss.loginLog().Info("agent session closed: the new authenticator refuses it", "reason", reason, "err", err)
 	ss.leave()
 	t := time.AfterFunc(revokeGrace, func() { ss.sess.CloseWithError(transport.CodeNone, reason) })
 	context.AfterFunc(ss.sess.Context(), func() { t.Stop() })
