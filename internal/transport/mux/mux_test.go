@@ -663,6 +663,86 @@ func TestReadDeadlineWakes(t *testing.T) {
 	_ = ss
 }
 
+// A stream read only as it says it is readable, and written within its
+// window, holds no wait channels (an idle session's control stream is
+// one): they are made by the first call that waits, which they then wake,
+// and given back when the stream is read as notified.
+func TestStreamWaitChannelsOnDemand(t *testing.T) {
+	cs, ss := pair(t, Config{})
+	st, err := cs.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ss.AcceptStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	ready := make(chan struct{}, 1)
+	peer.OnReadable(func() { signal(ready) })
+	got := make([]byte, 5)
+	for n := 0; n < len(got); {
+		<-ready
+		k, err := peer.ReadNow(got[n:])
+		if err != nil && err != ErrWouldBlock {
+			t.Fatal(err)
+		}
+		n += k
+	}
+	if _, err := peer.Write([]byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, got); err != nil || string(got) != "world" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	st.SetDeadline(time.Now().Add(time.Minute))
+	st.SetDeadline(time.Time{})
+	if peer.waits.Load() != nil {
+		t.Error("a stream read as notified and written within its window made wait channels")
+	}
+	// st waited in a Read: read as notified from now, it gives them back.
+	if st.waits.Load() == nil {
+		t.Fatal("a Read that waited made no wait channels")
+	}
+	st.OnReadable(func() {})
+	if st.waits.Load() != nil {
+		t.Error("wait channels kept by a stream now read as notified")
+	}
+
+	// A Read that waits makes them again, and is woken through them.
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Read(got[:1])
+		done <- err
+	}()
+	if err := testutil.Poll(10*time.Second, func() error {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.readWaiters != 1 {
+			return fmt.Errorf("%d reads waiting", st.readWaiters)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st.waits.Load() == nil {
+		t.Fatal("a waiting Read has no wait channels")
+	}
+	peer.Write([]byte("!"))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("waiting Read not woken by data")
+	}
+}
+
 // A deadline set while no Read waits leaves no wake-up behind: the next
 // Read would take it and wait again for nothing. One set while a Read
 // waits wakes it.
@@ -675,8 +755,8 @@ func TestReadDeadlineWakesOnlyWaiters(t *testing.T) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(time.Minute))
 	st.SetReadDeadline(time.Time{})
-	if n := len(st.readCh); n != 0 {
-		t.Fatalf("%d wake-ups left for no reader", n)
+	if w := st.waits.Load(); w != nil && len(w.read) != 0 {
+		t.Fatalf("%d wake-ups left for no reader", len(w.read))
 	}
 	done := make(chan error, 1)
 	go func() {

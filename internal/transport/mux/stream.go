@@ -18,9 +18,9 @@ type Stream struct {
 	id      uint32
 	inbound bool
 
-	readCh  chan struct{} // data, EOF, reset, deadline change
-	writeCh chan struct{} // window, reset, close
-	dlCh    chan struct{} // write deadline changed
+	// waits are the channels waiting calls sleep on; nil until one
+	// waits (streamWaits).
+	waits atomic.Pointer[streamWaits]
 
 	mu sync.Mutex
 	// Receive buffer: pooled chunks; off is the read offset in chunks[0].
@@ -45,8 +45,9 @@ type Stream struct {
 	reset       bool
 	ended       bool // the session ended
 	rdl, wdl    time.Time
-	readWaiters int // Reads waiting on readCh
-	// onReadable, if set, is called wherever readCh is signalled
+	readWaiters int // Reads waiting on waits.read
+	waiting     int // calls holding waits to wait on (holdWaitsLocked)
+	// onReadable, if set, is called wherever a waiting Read is woken
 	// (OnReadable).
 	onReadable atomic.Pointer[func()]
 	// Write-through (sink.go): sink is set under sinkMu and mu, and a
@@ -69,13 +70,55 @@ func newStream(s *Session, id uint32, inbound bool) *Stream {
 		s:          s,
 		id:         id,
 		inbound:    inbound,
-		readCh:     make(chan struct{}, 1),
-		writeCh:    make(chan struct{}, 1),
-		dlCh:       make(chan struct{}, 1),
 		recvWindow: InitialWindow,
 		recvAvail:  InitialWindow,
 		sendWindow: InitialWindow,
 		lastCredit: time.Now(),
+	}
+}
+
+// streamWaits are the channels a stream's waiting calls sleep on. The
+// first call that waits makes them: a stream read only as notified and
+// written within its window (an idle session's control stream) never
+// holds them. A call signals after the change it signals for, made under
+// the stream's lock, and a waiter takes the channels under the same lock
+// before it checks the state it waits on: either it sees the change, or
+// the signal finds the channels. Each holds one wake-up at most.
+type streamWaits struct {
+	read     chan struct{} // data, EOF, reset, deadline change
+	write    chan struct{} // window, reset, close
+	deadline chan struct{} // write deadline changed
+}
+
+// holdWaitsLocked returns the stream's wait channels, made on first use,
+// to a call about to wait on them; it counts as waiting until it calls
+// releaseWaitsLocked. Called under st.mu.
+func (st *Stream) holdWaitsLocked() *streamWaits {
+	st.waiting++
+	w := st.waits.Load()
+	if w == nil {
+		w = &streamWaits{
+			read:     make(chan struct{}, 1),
+			write:    make(chan struct{}, 1),
+			deadline: make(chan struct{}, 1),
+		}
+		st.waits.Store(w)
+	}
+	return w
+}
+
+// releaseWaitsLocked ends a wait that holdWaitsLocked began. Called under
+// st.mu.
+func (st *Stream) releaseWaitsLocked() { st.waiting-- }
+
+// wakeWriter wakes a Write waiting for window, and a writer waiting for
+// room if deadline is set.
+func (st *Stream) wakeWriter(deadline bool) {
+	if w := st.waits.Load(); w != nil {
+		signal(w.write)
+		if deadline {
+			signal(w.deadline)
+		}
 	}
 }
 
@@ -103,10 +146,18 @@ func (st *Stream) ReadNow(p []byte) (int, error) { return st.read(p, false) }
 // is already there. f is called by the receive loop and by calls on the
 // stream or its session, often under the stream's lock: it must return
 // at once and must not call the stream.
+//
+// A stream read as notified from now on gives back the wait channels its
+// blocking calls made, if none waits: a session's control stream, read
+// with Read during the login, holds none once its session is idle. A
+// later call that waits makes them again.
 func (st *Stream) OnReadable(f func()) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.onReadable.Store(&f)
+	if st.waiting == 0 {
+		st.waits.Store(nil)
+	}
 	if st.buffered > 0 || st.finRecv || st.reset || st.ended || st.readStopped || st.tapped {
 		f()
 	}
@@ -114,7 +165,9 @@ func (st *Stream) OnReadable(f func()) {
 
 // readable wakes the stream's reader.
 func (st *Stream) readable() {
-	signal(st.readCh)
+	if w := st.waits.Load(); w != nil {
+		signal(w.read)
+	}
 	if f := st.onReadable.Load(); f != nil {
 		(*f)()
 	}
@@ -170,14 +223,16 @@ func (st *Stream) read(p []byte, wait bool) (int, error) {
 		syn := st.synQueued
 		st.synQueued = false
 		st.readWaiters++
+		w := st.holdWaitsLocked()
 		st.mu.Unlock()
 		if syn {
 			// The peer cannot answer a stream it does not know of.
 			st.s.flushNow()
 		}
-		waitFor(st.readCh, nil, dl, st.s.done)
+		waitFor(w.read, nil, dl, st.s.done)
 		st.mu.Lock()
 		st.readWaiters--
+		st.releaseWaitsLocked()
 	}
 }
 
@@ -352,9 +407,11 @@ func (st *Stream) Write(p []byte) (int, error) {
 				st.mu.Unlock()
 				return total, os.ErrDeadlineExceeded
 			}
+			w := st.holdWaitsLocked()
 			st.mu.Unlock()
-			waitFor(st.writeCh, st.dlCh, dl, st.s.done)
+			waitFor(w.write, w.deadline, dl, st.s.done)
 			st.mu.Lock()
+			st.releaseWaitsLocked()
 		}
 		n := min(len(p), int(st.sendWindow))
 		st.sendWindow -= uint32(n)
@@ -420,10 +477,20 @@ func (st *Stream) writeErrLocked() error {
 }
 
 // writeDeadline is the stream's write deadline.
-func (st *Stream) writeDeadline() time.Time {
+// holdWriteDeadline is the write deadline, and the wait channels whose
+// deadline channel a change of it is signalled on from now, held until
+// releaseWaits.
+func (st *Stream) holdWriteDeadline() (time.Time, *streamWaits) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.wdl
+	return st.wdl, st.holdWaitsLocked()
+}
+
+// releaseWaits is releaseWaitsLocked, taking the lock.
+func (st *Stream) releaseWaits() {
+	st.mu.Lock()
+	st.releaseWaitsLocked()
+	st.mu.Unlock()
 }
 
 // CloseWrite sends FIN: the peer reads EOF after the data written before.
@@ -441,7 +508,7 @@ func (st *Stream) CloseWrite() error {
 	st.finSent = true
 	forget := st.finRecv
 	st.mu.Unlock()
-	signal(st.writeCh)
+	st.wakeWriter(false)
 	err := st.s.sendControl(typeWindowUpdate, flagFIN, st.id, 0, true)
 	if forget {
 		st.s.forget(st)
@@ -465,7 +532,7 @@ func (st *Stream) Close() error {
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	st.readable()
-	signal(st.writeCh)
+	st.wakeWriter(false)
 	if armed {
 		st.tapGone()
 	}
@@ -509,7 +576,7 @@ func (st *Stream) endResetLocked(send func()) {
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	st.readable()
-	signal(st.writeCh)
+	st.wakeWriter(false)
 	if armed {
 		st.tapGone()
 	}
@@ -588,7 +655,7 @@ func (st *Stream) grantSend(delta uint32) error {
 	}
 	st.sendWindow += delta
 	st.mu.Unlock()
-	signal(st.writeCh)
+	st.wakeWriter(false)
 	return nil
 }
 
@@ -602,7 +669,7 @@ func (st *Stream) sessionEnded() {
 	armed := st.tap != nil // told below, without the lock
 	st.mu.Unlock()
 	st.readable()
-	signal(st.writeCh)
+	st.wakeWriter(false)
 	if armed {
 		st.tapGone()
 	}
@@ -639,8 +706,7 @@ func (st *Stream) SetWriteDeadline(t time.Time) error {
 	st.mu.Lock()
 	st.wdl = t
 	st.mu.Unlock()
-	signal(st.writeCh)
-	signal(st.dlCh)
+	st.wakeWriter(true)
 	return nil
 }
 

@@ -209,18 +209,22 @@ func (s *Session) appendDataLocked(id uint32, flags uint16, b []byte) {
 // writer), the stream's write deadline passes or the session ends.
 func (s *Session) waitRoom(ch chan struct{}, st *Stream) error {
 	for {
-		dl := st.writeDeadline()
+		dl, w := st.holdWriteDeadline()
 		if !dl.IsZero() && !time.Now().Before(dl) {
+			st.releaseWaits()
 			return os.ErrDeadlineExceeded
 		}
 		select {
 		case <-ch:
+			st.releaseWaits()
 			return nil
 		case <-s.done:
+			st.releaseWaits()
 			return ErrSessionClosed
 		default:
 		}
-		waitFor(ch, st.dlCh, dl, s.done)
+		waitFor(ch, w.deadline, dl, s.done)
+		st.releaseWaits()
 	}
 }
 
