@@ -110,10 +110,19 @@ func TestCloseLingersForThePeer(t *testing.T) {
 	if waited := time.Since(start); waited >= closeLinger {
 		t.Fatalf("the session closed %v after the peer's end, want at once", waited)
 	}
-	select {
-	case <-sess.recvDone:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the receive loop did not end")
+	waitRecvEnded(t, sess)
+}
+
+// waitRecvEnded waits for sess's receive loop to end for good.
+func waitRecvEnded(t *testing.T, sess *Session) {
+	t.Helper()
+	if err := testutil.Poll(10*time.Second, func() error {
+		if !sess.recvEnded.Load() {
+			return errors.New("the receive loop did not end")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -123,11 +132,7 @@ func TestCloseLingerBounded(t *testing.T) {
 	sess, peer := closeWithUnreadInput(t)
 	readGoAway(t, peer, 5)
 	start := time.Now()
-	select {
-	case <-sess.recvDone:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the receive loop did not end")
-	}
+	waitRecvEnded(t, sess)
 	if waited := time.Since(start); waited > closeLinger+time.Second {
 		t.Fatalf("the connection was held %v after the close, want about %v", waited, closeLinger)
 	}

@@ -693,53 +693,89 @@ func TestStreamWaitChannelsOnDemand(t *testing.T) {
 		}
 		n += k
 	}
-	if _, err := peer.Write([]byte("world")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(st, got); err != nil || string(got) != "world" {
-		t.Fatalf("read %q, %v", got, err)
-	}
 	st.SetDeadline(time.Now().Add(time.Minute))
 	st.SetDeadline(time.Time{})
 	if peer.waits.Load() != nil {
 		t.Error("a stream read as notified and written within its window made wait channels")
 	}
-	// st waited in a Read: read as notified from now, it gives them back.
-	if st.waits.Load() == nil {
-		t.Fatal("a Read that waited made no wait channels")
+
+	// A Read that waits makes them and is woken through them; read as
+	// notified from then on, the stream gives them back; the next Read
+	// that waits makes them again.
+	waitingRead := func() {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() {
+			_, err := st.Read(got[:1])
+			done <- err
+		}()
+		if err := testutil.Poll(10*time.Second, func() error {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			if st.readWaiters != 1 {
+				return fmt.Errorf("%d reads waiting", st.readWaiters)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if st.waits.Load() == nil {
+			t.Fatal("a waiting Read has no wait channels")
+		}
+		peer.Write([]byte("!"))
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("waiting Read not woken by data")
+		}
 	}
+	waitingRead()
 	st.OnReadable(func() {})
 	if st.waits.Load() != nil {
 		t.Error("wait channels kept by a stream now read as notified")
 	}
+	waitingRead()
+	if peer.waits.Load() != nil {
+		t.Error("a stream written within its window made wait channels")
+	}
+}
 
-	// A Read that waits makes them again, and is woken through them.
-	done := make(chan error, 1)
+// TestAcceptSignalDropped: a session that can take no more streams (a
+// gateway's takes its control stream only) keeps no accept channel once
+// AcceptStream, which waited for it, returned.
+func TestAcceptSignalDropped(t *testing.T) {
+	cs, ss := pair(t, Config{MaxIncomingStreams: 1})
+	accepted := make(chan error, 1)
 	go func() {
-		_, err := st.Read(got[:1])
-		done <- err
+		_, err := ss.AcceptStream(context.Background())
+		accepted <- err
 	}()
 	if err := testutil.Poll(10*time.Second, func() error {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if st.readWaiters != 1 {
-			return fmt.Errorf("%d reads waiting", st.readWaiters)
+		ss.smu.Lock()
+		defer ss.smu.Unlock()
+		if ss.acceptWait != 1 || ss.acceptSig == nil {
+			return fmt.Errorf("%d accepts waiting", ss.acceptWait)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if st.waits.Load() == nil {
-		t.Fatal("a waiting Read has no wait channels")
+	st, err := cs.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
-	peer.Write([]byte("!"))
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("waiting Read not woken by data")
+	defer st.Close()
+	st.Write([]byte("x"))
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	ss.smu.Lock()
+	defer ss.smu.Unlock()
+	if ss.acceptSig != nil || ss.acceptWait != 0 {
+		t.Errorf("accept channel kept (%d waiting) by a session at its stream cap", ss.acceptWait)
 	}
 }
 
@@ -797,6 +833,44 @@ func TestOpenStreamHonoursContext(t *testing.T) {
 	defer cancel()
 	if _, err := cs.OpenStream(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("open beyond the backlog: %v, want the context's error", err)
+	}
+}
+
+// TestOpenStreamWaitsForAcks: opens beyond AcceptBacklog wait for the
+// peer to acknowledge earlier streams, and slots freed together let as
+// many waiting opens through.
+func TestOpenStreamWaitsForAcks(t *testing.T) {
+	cs, ss := pair(t, Config{AcceptBacklog: 2})
+	for range 2 {
+		if _, err := cs.OpenStream(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opened := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := cs.OpenStream(ctx)
+			opened <- err
+		}()
+	}
+	select {
+	case err := <-opened:
+		t.Fatalf("an open beyond the backlog returned (%v) before any acknowledgement", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	// Accepting acknowledges: the two first, then the two let through,
+	// then the last.
+	for i := range 5 {
+		if _, err := ss.AcceptStream(ctx); err != nil {
+			t.Fatalf("accept %d: %v", i, err)
+		}
+	}
+	for range 3 {
+		if err := <-opened; err != nil {
+			t.Fatalf("waiting open: %v", err)
+		}
 	}
 }
 

@@ -20,8 +20,8 @@ type Session struct {
 
 	done      chan struct{} // closed when the session ends
 	closeOnce sync.Once
-	err       error // why it ended; set before done is closed
-	recvDone  chan struct{}
+	err       error       // why it ended; set before done is closed
+	recvEnded atomic.Bool // the receive loop has ended for good, for tests
 
 	// Receive side, owned by the receive loop.
 	hdr      [headerSize]byte
@@ -64,8 +64,10 @@ type Session struct {
 	nextID      uint32
 	numIncoming int
 	acceptQ     []*Stream
-	acceptSig   chan struct{} // cap 1: the accept queue is not empty
-	synSlots    chan struct{} // outgoing streams not yet acknowledged
+	acceptSig   chan struct{} // cap 1: the accept queue is not empty; nil until an AcceptStream waits
+	acceptWait  int           // AcceptStream calls waiting on acceptSig
+	synOut      int           // outgoing streams not yet acknowledged
+	synFreed    chan struct{} // cap 1: a slot was freed; made by the first OpenStream that waits
 
 	// Keepalive and round-trip time (keepalive.go).
 	kmu      sync.Mutex
@@ -88,15 +90,12 @@ func Server(conn net.Conn, cfg Config) *Session { return newSession(conn, cfg, f
 func newSession(conn net.Conn, cfg Config, client bool) *Session {
 	cfg = cfg.withDefaults()
 	s := &Session{
-		conn:      conn,
-		cfg:       cfg,
-		client:    client,
-		flush:     cfg.Flush,
-		done:      make(chan struct{}),
-		recvDone:  make(chan struct{}),
-		streams:   make(map[uint32]*Stream),
-		acceptSig: make(chan struct{}, 1),
-		synSlots:  make(chan struct{}, cfg.AcceptBacklog),
+		conn:    conn,
+		cfg:     cfg,
+		client:  client,
+		flush:   cfg.Flush,
+		done:    make(chan struct{}),
+		streams: make(map[uint32]*Stream),
 	}
 	if s.flush == nil {
 		if f, ok := conn.(Flusher); ok {
@@ -237,26 +236,22 @@ func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 		return nil, ErrSessionClosed
 	default:
 	}
-	select {
-	case s.synSlots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.done:
-		return nil, ErrSessionClosed
+	if err := s.takeSyn(ctx); err != nil {
+		return nil, err
 	}
 	// The id is taken and the SYN queued under the write lock, so that
 	// SYNs go out in the order of their ids.
 	s.wmu.Lock()
 	if s.wclosed {
 		s.wmu.Unlock()
-		<-s.synSlots
+		s.releaseSyn()
 		return nil, ErrSessionClosed
 	}
 	s.smu.Lock()
 	if s.streams == nil || s.nextID >= 1<<32-2 { // ended, or ids exhausted
 		s.smu.Unlock()
 		s.wmu.Unlock()
-		<-s.synSlots
+		s.releaseSyn()
 		return nil, ErrSessionClosed
 	}
 	id := s.nextID
@@ -289,17 +284,35 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 			} else {
 				signal(s.acceptSig)
 			}
+			if s.acceptWait == 0 && s.numIncoming >= s.cfg.MaxIncomingStreams {
+				// No stream can come until one ends (a gateway's
+				// session takes only its control stream): the
+				// channel goes, the next wait makes it again.
+				s.acceptSig = nil
+			}
 			s.smu.Unlock()
 			st.acknowledge()
 			return st, nil
 		}
+		if s.acceptSig == nil {
+			s.acceptSig = make(chan struct{}, 1)
+		}
+		sig := s.acceptSig
+		s.acceptWait++
 		s.smu.Unlock()
+		var err error
 		select {
-		case <-s.acceptSig:
+		case <-sig:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			err = ctx.Err()
 		case <-s.done:
-			return nil, ErrSessionClosed
+			err = ErrSessionClosed
+		}
+		s.smu.Lock()
+		s.acceptWait--
+		s.smu.Unlock()
+		if err != nil {
+			return nil, err
 		}
 	}
 }
@@ -316,14 +329,52 @@ func (s *Session) forget(st *Stream) {
 	s.smu.Unlock()
 }
 
-// releaseSyn frees the slot an unacknowledged outgoing stream held.
-func (s *Session) releaseSyn() {
-	select {
-	case <-s.synSlots:
-	default:
+// takeSyn takes a slot for an outgoing stream, waiting while
+// AcceptBacklog of them are not acknowledged yet, until ctx or the
+// session ends.
+func (s *Session) takeSyn(ctx context.Context) error {
+	for {
+		s.smu.Lock()
+		if s.synOut < s.cfg.AcceptBacklog {
+			s.synOut++
+			// Slots freed together signal once: pass it on.
+			more := s.synOut < s.cfg.AcceptBacklog && s.synFreed != nil
+			s.smu.Unlock()
+			if more {
+				signal(s.synFreed)
+			}
+			return nil
+		}
+		if s.synFreed == nil {
+			s.synFreed = make(chan struct{}, 1)
+		}
+		freed := s.synFreed
+		s.smu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return ErrSessionClosed
+		}
 	}
 }
 
+// releaseSyn frees the slot an unacknowledged outgoing stream held.
+func (s *Session) releaseSyn() {
+	s.smu.Lock()
+	if s.synOut > 0 {
+		s.synOut--
+	}
+	freed := s.synFreed
+	s.smu.Unlock()
+	if freed != nil {
+		signal(freed)
+	}
+}
+
+// signal leaves a wake-up on ch unless one is there already; a nil ch is
+// nobody to wake.
 func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -337,7 +388,7 @@ func (s *Session) recvLoop() {
 	if s.receive() {
 		return
 	}
-	close(s.recvDone)
+	s.recvEnded.Store(true)
 	// The connection is closed here too when shutdown left it to linger.
 	s.conn.Close()
 }
@@ -490,8 +541,9 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	s.streams[id] = st
 	s.numIncoming++
 	s.acceptQ = append(s.acceptQ, st)
+	sig := s.acceptSig // nil: no AcceptStream waits
 	s.smu.Unlock()
-	signal(s.acceptSig)
+	signal(sig)
 	return st, nil
 }
 
