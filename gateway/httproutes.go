@@ -254,4 +254,14 @@ func (ss *session) OpenStream(ctx context.Context, name, visitor string) (net.Co
 }
 
 // Context ends when the session leaves its tunnels.
-func (ss *session) Context() context.Context { return ss.member }
+func (ss *session) Context() context.Context {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.member == nil {
+		ss.member, ss.endMember = context.WithCancel(ss.srv.ctx)
+		if ss.closed {
+			ss.endMember() // it left already
+		}
+	}
+	return ss.member
+}

@@ -184,3 +184,30 @@ func TestRouteFurtherHosts(t *testing.T) {
 		t.Errorf("a refused SetHosts changed the hosts in force")
 	}
 }
+
+// TestSessionContextOnDemand: a session's member context is made by the
+// first Context call (an idle session holds none) and ends when the
+// session leaves its tunnels, before or after that call.
+func TestSessionContextOnDemand(t *testing.T) {
+	srv := &Server{ctx: t.Context()}
+	idle := &session{srv: srv}
+	idle.leave()
+	if idle.member != nil {
+		t.Error("a session never asked for its context made one")
+	}
+	if err := idle.Context().Err(); err == nil {
+		t.Error("the context of a session that left is not done")
+	}
+
+	ss := &session{srv: srv}
+	ctx := ss.Context()
+	if ctx.Err() != nil || ss.Context() != ctx {
+		t.Fatalf("context of a live session: %v, same %v", ctx.Err(), ss.Context() == ctx)
+	}
+	ss.leave()
+	select {
+	case <-ctx.Done():
+	default:
+		t.Error("the context did not end when the session left")
+	}
+}
