@@ -113,6 +113,9 @@ type tunnel struct {
 // policy is how the tunnel treats visitors.
 func (t *tunnel) policy() *visitorPolicy { return t.visitors.Load() }
 
+// logAttrs are the attributes of the tunnel's log lines (see t.log).
+func (t *tunnel) logAttrs() []slog.Attr { return []slog.Attr{slog.String("tunnel", t.name)} }
+
 func (t *tunnel) live() []*session {
 	if m := t.members.Load(); m != nil {
 		return *m
@@ -222,8 +225,8 @@ func (r *registry) joinLocal(ss *session, req *protocol.Register, pol *visitorPo
 			port:     port,
 			ln:       ln,
 			udp:      req.UDP,
-			log:      lazylog.With(r.srv.log, "tunnel", req.Name),
 		}
+		t.log = lazylog.Func(r.srv.log, t.logAttrs)
 		// The ingress may see the tunnel as soon as it is published.
 		t.visitors.Store(pol)
 		r.addLocked(t)

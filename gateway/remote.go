@@ -118,7 +118,8 @@ func (s *Server) SetRemoteTunnels(f Forwarder, ts []RemoteTunnel) {
 			// The owner's quota is known where it logged in: this node
 			// applies its defaults (certificate orders, say).
 			t = &tunnel{reg: r, name: rt.Name, identity: rt.Identity, port: rt.Port, remoteOnly: true,
-				udp: pol.udp, quota: s.cfg.Quota, log: lazylog.With(s.log, "tunnel", rt.Name)}
+				udp: pol.udp, quota: s.cfg.Quota}
+			t.log = lazylog.Func(s.log, t.logAttrs)
 			if rt.Port > 0 {
 				ln, err := r.bindPort(t.udp, rt.Port)
 				if err != nil {

@@ -42,18 +42,31 @@ type session struct {
 	// of introspect.go, which read it from other goroutines.
 	loggedIn atomic.Pointer[string]
 
-	// member ends when the session leaves its tunnels (see Context).
-	member    context.Context
-	endMember context.CancelFunc
-
 	mu      sync.Mutex
 	tunnels []*tunnel // tunnels this session is a member of
 	closed  bool
+	// member ends when the session leaves its tunnels (see Context). It
+	// is made by the first Context call: an idle session holds none.
+	member    context.Context
+	endMember context.CancelFunc
 
 	flows flowDemux // UDP flows carried in QUIC datagrams (udp.go)
 }
 
 func (ss *session) close() { ss.sess.Close() }
+
+// logAttrs are the attributes of the session's log lines: the agent's
+// address and transport, and once it has logged in its identity and the
+// session's id (as the access log and the management API show it).
+func (ss *session) logAttrs() []slog.Attr {
+	as := make([]slog.Attr, 2, 4)
+	as[0] = slog.String("agent", ss.sess.RemoteAddr().String())
+	as[1] = slog.String("transport", ss.via)
+	if id := ss.loggedIn.Load(); id != nil {
+		as = append(as, slog.String("identity", *id), slog.Uint64("session", ss.id))
+	}
+	return as
+}
 
 // openStream opens a data stream for a visitor of tunnel name and writes its
 // header; the agent's status byte is left for the caller to read.
@@ -138,8 +151,6 @@ var errShed = errors.New("handshake cut off: the gateway is full")
 // session with transport.CodeBusy.
 func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	defer slot.release()
-	// The session keeps its logger for its life and rarely writes.
-	log := lazylog.With(s.log, "agent", ts.RemoteAddr().String(), "transport", via)
 	hsCtx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	hsCtx, shed := context.WithCancelCause(hsCtx)
@@ -151,10 +162,11 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 		}
 	})
 	defer stopShed()
-	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, via: via, since: time.Now(), log: log}
-	ss.member, ss.endMember = context.WithCancel(s.ctx)
+	ss := &session{srv: s, id: s.nextID.Add(1), sess: ts, via: via, since: time.Now()}
+	// The session keeps its logger for its life and rarely writes: the
+	// attributes are made for each line (logAttrs).
+	ss.log = lazylog.Func(s.log, ss.logAttrs)
 	if !s.addSession(ss) {
-		ss.endMember()
 		ts.CloseWithError(transport.CodeShuttingDown, "gateway shutting down")
 		return
 	}
@@ -180,7 +192,7 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 
 	ctrl, err := ts.AcceptStream(hsCtx)
 	if err != nil {
-		log.Debug("agent opened no control stream", "err", err)
+		ss.log.Debug("agent opened no control stream", "err", err)
 		return
 	}
 	closeCtrl := func() {
@@ -194,16 +206,13 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	}()
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := ss.handshake(hsCtx, ctrl); err != nil {
-		log.Debug("agent handshake refused", "err", err)
+		ss.log.Debug("agent handshake refused", "err", err)
 		return
 	}
 	ctrl.SetDeadline(time.Time{})
 	stopShed()
 	slot.release()
-	ss.log = log.With("identity", ss.identity.Name)
 	ss.log.Info("agent logged in")
-	// The session's id, as the access log and the management API show it.
-	ss.log = ss.log.With("session", ss.id)
 	s.obs.SessionOpened(via)
 	opened = true
 
@@ -450,7 +459,12 @@ func (ss *session) leave() {
 	for _, t := range ts {
 		ss.srv.reg.leave(t, ss)
 	}
-	ss.endMember()
+	ss.mu.Lock()
+	end := ss.endMember
+	ss.mu.Unlock()
+	if end != nil {
+		end()
+	}
 }
 
 // serves reports whether the session is a member of tunnel name.

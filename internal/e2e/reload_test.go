@@ -49,7 +49,7 @@ func tokenAgent(t *testing.T, s *serverCommand, name, token string) diglett.Conf
 
 // loggedIn matches the gateway's log line of a login by identity.
 func loggedIn(identity string) *regexp.Regexp {
-	return regexp.MustCompile(`msg="agent logged in" agent=\S+ transport=\S+ identity=` + regexp.QuoteMeta(identity) + `\n`)
+	return regexp.MustCompile(`msg="agent logged in" agent=\S+ transport=\S+ identity=` + regexp.QuoteMeta(identity) + ` session=\d+\n`)
 }
 
 // tokenLine is one entry of a tokens file.

@@ -4,7 +4,8 @@
 // each line is cheap: a few hundred bytes per logger, held for the
 // object's life, which for thousands of idle sessions is more than the
 // lines are worth. Here the attributes are kept as they are and applied
-// to the handler only when a line is written.
+// to the handler only when a line is written. With Func, not even that:
+// the attributes are asked of the object with each line.
 package lazylog
 
 import (
@@ -52,4 +53,47 @@ func (h *handler) materialize() slog.Handler {
 		return h.parent
 	}
 	return h.parent.WithAttrs(h.attrs)
+}
+
+// Func returns a logger like l.With(attrs()...), whose attributes are
+// asked of attrs with each line it writes (and each line of the loggers
+// With and WithGroup derive from it): an object that rarely logs keeps a
+// function instead of its attributes, and the lines say what it is at the
+// time. attrs is called from any goroutine that logs.
+func Func(l *slog.Logger, attrs func() []slog.Attr) *slog.Logger {
+	return slog.New(&funcHandler{parent: l.Handler(), attrs: attrs})
+}
+
+type funcHandler struct {
+	parent slog.Handler
+	attrs  func() []slog.Attr
+}
+
+func (h *funcHandler) Enabled(ctx context.Context, level slog.Level) bool {
+	return h.parent.Enabled(ctx, level)
+}
+
+func (h *funcHandler) Handle(ctx context.Context, r slog.Record) error {
+	return h.materialize().Handle(ctx, r)
+}
+
+func (h *funcHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	if len(as) == 0 {
+		return h
+	}
+	as = slices.Clone(as)
+	return &funcHandler{parent: h.parent, attrs: func() []slog.Attr { return append(h.attrs(), as...) }}
+}
+
+// WithGroup applies the attributes now: they stay outside the group.
+func (h *funcHandler) WithGroup(name string) slog.Handler {
+	return h.materialize().WithGroup(name)
+}
+
+func (h *funcHandler) materialize() slog.Handler {
+	as := h.attrs()
+	if len(as) == 0 {
+		return h.parent
+	}
+	return h.parent.WithAttrs(as)
 }

@@ -26,6 +26,10 @@ func TestSameLines(t *testing.T) {
 		{direct.With("a", 1).With("b", 2).With(), With(base, "a", 1).With("b", 2).With()},
 		{direct.With("a", 1).WithGroup("g").With("c", 3), With(base, "a", 1).WithGroup("g").With("c", 3)},
 		{direct, With(base)},
+		{direct.With("agent", "1.2.3.4:5", "n", 3), Func(base, func() []slog.Attr { return []slog.Attr{slog.String("agent", "1.2.3.4:5"), slog.Int("n", 3)} })},
+		{direct.With("a", 1).With("b", 2), Func(base, func() []slog.Attr { return []slog.Attr{slog.Int("a", 1)} }).With("b", 2)},
+		{direct.With("a", 1).WithGroup("g").With("c", 3), Func(base, func() []slog.Attr { return []slog.Attr{slog.Int("a", 1)} }).WithGroup("g").With("c", 3)},
+		{direct, Func(base, func() []slog.Attr { return nil })},
 	} {
 		pair.d.Info("agent logged in", "n", 7)
 		pair.l.Info("agent logged in", "n", 7)
@@ -63,6 +67,47 @@ func TestHandler(t *testing.T) {
 	newHandler := func(*testing.T) slog.Handler {
 		buf.Reset()
 		return With(slog.New(slog.NewJSONHandler(&buf, nil))).Handler()
+	}
+	result := func(t *testing.T) map[string]any {
+		var m map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	slogtest.Run(t, newHandler, result)
+}
+
+// TestFuncAsksEachLine: a Func logger's lines say what its function
+// returns at the time, and derived loggers keep their own attributes.
+func TestFuncAsksEachLine(t *testing.T) {
+	var out bytes.Buffer
+	state := "connecting"
+	l := Func(slog.New(slog.NewTextHandler(&out, nil)), func() []slog.Attr { return []slog.Attr{slog.String("state", state)} })
+	l.Info("one")
+	state = "online"
+	l.Info("two")
+	l.With("b", 2).Info("three")
+	l.Info("four")
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	want := []string{"state=connecting", "state=online", "state=online b=2", "state=online"}
+	if len(lines) != len(want) {
+		t.Fatalf("lines: %q", lines)
+	}
+	for i, w := range want {
+		if !strings.HasSuffix(lines[i], w) {
+			t.Errorf("line %d = %q, want it to end with %q", i, lines[i], w)
+		}
+	}
+}
+
+// TestFuncHandler runs the standard library's conformance tests for
+// handlers on a Func logger's.
+func TestFuncHandler(t *testing.T) {
+	var buf bytes.Buffer
+	newHandler := func(*testing.T) slog.Handler {
+		buf.Reset()
+		return Func(slog.New(slog.NewJSONHandler(&buf, nil)), func() []slog.Attr { return nil }).Handler()
 	}
 	result := func(t *testing.T) map[string]any {
 		var m map[string]any
