@@ -72,7 +72,7 @@ func (s *Session) onDeadline(err error, boundary bool) int {
 	if s.ending {
 		// The deadline that passed may be the loop's, set before
 		// shutdown's: the linger's is in place and has not passed.
-		if now.Before(s.lingerEnd) {
+		if monoNow() < s.lingerEnd {
 			return deadlineRenewed
 		}
 		return deadlineOther

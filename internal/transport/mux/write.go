@@ -302,8 +302,8 @@ func (s *Session) writeRoundsLocked(limit int) {
 // busyLocked starts a writer's turn and reports whether the session is
 // busy.
 func (s *Session) busyLocked() bool {
-	now := time.Now()
-	busy := s.joined > 0 || now.Sub(s.lastTurn) < busyWithin
+	now := monoNow()
+	busy := s.joined > 0 || now-s.lastTurn < int64(busyWithin)
 	s.lastTurn = now
 	s.turnFrom = s.frames.Load()
 	return busy
