@@ -29,16 +29,23 @@ type notifyStream interface {
 // there, handles each whole message in order, and ends once the stream has
 // nothing more. The bytes of a message that came in part wait in buf.
 type controlReader struct {
-	ss     *session
-	ctrl   transport.Stream
-	ns     notifyStream
-	finish func() // ends the session, once the stream ended or the agent broke the protocol
+	ss   *session
+	ctrl transport.Stream
+	ns   notifyStream
 
 	mu      sync.Mutex
 	running bool // a goroutine reads; it stays set once the session ends
 	again   bool // notified while that goroutine read
 
 	buf []byte // owned by the reading goroutine; nil between messages
+}
+
+// finish ends the session of a logged-in agent, once its control stream
+// ended or the agent broke the protocol.
+func (cr *controlReader) finish() {
+	cr.ss.closeControl(cr.ctrl)
+	cr.ss.end(true)
+	cr.ss.srv.wg.Done()
 }
 
 // notify is the stream's OnReadable: called by the receive loop, under

@@ -211,3 +211,32 @@ func TestSessionContextOnDemand(t *testing.T) {
 		t.Error("the context did not end when the session left")
 	}
 }
+
+// TestNoRulesPolicyShared: tunnels without visitor rules share one policy
+// per kind, which says what their registration asked for.
+func TestNoRulesPolicyShared(t *testing.T) {
+	for _, req := range []protocol.Register{{}, {H2C: true}, {UDP: true}, {H2C: true, UDP: true}} {
+		p1, err1 := newVisitorPolicy(&req)
+		p2, err2 := newVisitorPolicy(&req)
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if p1 != p2 {
+			t.Errorf("%+v: two policies made for no rules", req)
+		}
+		if p1.h2c != req.H2C || p1.udp != req.UDP || p1.user != "" || len(p1.allow) != 0 || !p1.allows(netip.MustParseAddr("192.0.2.1")) {
+			t.Errorf("%+v: policy %+v", req, p1)
+		}
+	}
+	withRules := protocol.Register{AllowIPs: []string{"192.0.2.0/24"}}
+	p, err := newVisitorPolicy(&withRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, _ := newVisitorPolicy(&withRules); p == q || p == &noRules[0][0] {
+		t.Error("a policy with rules is shared")
+	}
+	if p.allows(netip.MustParseAddr("198.51.100.1")) {
+		t.Error("a policy with allowed IPs lets others in")
+	}
+}

@@ -37,12 +37,31 @@ func newVisitorPolicy(req *protocol.Register) (*visitorPolicy, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(allow) == 0 && req.BasicAuth == nil {
+		// No rules, as most tunnels: shared, never changed.
+		return &noRules[b2i(req.H2C)][b2i(req.UDP)], nil
+	}
 	p := &visitorPolicy{allow: allow, h2c: req.H2C, udp: req.UDP}
 	if a := req.BasicAuth; a != nil {
 		p.user = a.User
 		p.pass = sha256.Sum256([]byte(a.Password))
 	}
 	return p, nil
+}
+
+// noRules are the policies of tunnels without visitor rules, by h2c and
+// udp. A policy is not changed once made: a tunnel's new rules are a new
+// policy.
+var noRules = [2][2]visitorPolicy{
+	{{}, {udp: true}},
+	{{h2c: true}, {h2c: true, udp: true}},
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // allows reports whether a visitor from ip may reach the tunnel.

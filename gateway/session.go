@@ -172,21 +172,9 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	}
 	opened := false    // told to the observer
 	handedOff := false // the control loop, and the session's end, went to a goroutine of their own
-	end := func() {
-		ts.Close()
-		s.removeSession(ss)
-		ss.leave()
-		if opened {
-			s.obs.SessionClosed(via)
-		}
-		if ss.identity.Name != "" {
-			s.quotas.removeSession(ss.identity.Name)
-			ss.log.Info("agent disconnected", "why", context.Cause(ts.Context()))
-		}
-	}
 	defer func() {
 		if !handedOff {
-			end()
+			ss.end(opened)
 		}
 	}()
 
@@ -195,13 +183,9 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 		ss.log.Debug("agent opened no control stream", "err", err)
 		return
 	}
-	closeCtrl := func() {
-		ctrl.Close()
-		s.flush(ts)
-	}
 	defer func() {
 		if !handedOff {
-			closeCtrl()
+			ss.closeControl(ctrl)
 		}
 	}()
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
@@ -224,22 +208,42 @@ func (s *Server) serveSession(ts transport.Session, via string, slot *hsSlot) {
 	// reads.
 	handedOff = true
 	s.wg.Add(1)
-	finish := func() {
-		closeCtrl()
-		end()
-		s.wg.Done()
-	}
+	cr := &controlReader{ss: ss, ctrl: ctrl}
 	if ns, ok := ctrl.(notifyStream); ok {
 		// No goroutine waits on the control stream of an idle session:
 		// the stream says when it has something (control.go).
-		cr := &controlReader{ss: ss, ctrl: ctrl, ns: ns, finish: finish}
+		cr.ns = ns
 		ns.OnReadable(cr.notify)
 		return
 	}
 	go func() {
-		defer finish()
+		defer cr.finish()
 		ss.serveControl(ctrl)
 	}()
+}
+
+// closeControl closes the control stream, and lets the agent read what
+// was written on it last (see flush).
+func (ss *session) closeControl(ctrl transport.Stream) {
+	ctrl.Close()
+	ss.srv.flush(ss.sess)
+}
+
+// end tears the session down once its control stream is closed: it
+// leaves its tunnels and the server's lists. opened says whether the
+// observer was told of it (it logged in).
+func (ss *session) end(opened bool) {
+	s := ss.srv
+	ss.sess.Close()
+	s.removeSession(ss)
+	ss.leave()
+	if opened {
+		s.obs.SessionClosed(ss.via)
+	}
+	if ss.identity.Name != "" {
+		s.quotas.removeSession(ss.identity.Name)
+		ss.log.Info("agent disconnected", "why", context.Cause(ss.sess.Context()))
+	}
 }
 
 // serveControl reads the agent's control messages until the stream ends

@@ -91,8 +91,7 @@ type Idle struct {
 
 // NewIdle is New, with a session that parks while it is idle.
 func NewIdle(conn net.Conn, state tls.ConnectionState, client bool, cfg transport.Config, idle Idle) (*Session, error) {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Session{conn: conn, ctx: ctx, cancel: cancel, idleDone: idle.Done}
+	s := &Session{conn: conn, idleDone: idle.Done}
 	if _, ok := conn.(*tls.Conn); !ok {
 		// Over a TLS connection the state is read from it when asked:
 		// a copy is 200 bytes held for the session's life.
@@ -119,10 +118,15 @@ type Session struct {
 	mux       *mux.Session
 	conn      net.Conn
 	state     *tls.ConnectionState // nil when conn is the *tls.Conn
-	ctx       context.Context
-	cancel    context.CancelCauseFunc
 	closeOnce sync.Once
-	idleDone  func()
+
+	// ctx is made by the first Context call (an idle session is asked
+	// for none), ended with the session's cause.
+	mu       sync.Mutex
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	cause    error // why the session ended; the first recorded stays
+	idleDone func()
 }
 
 var _ transport.Session = (*Session)(nil)
@@ -169,7 +173,7 @@ func (s *Session) CloseWithError(code transport.ErrorCode, reason string) error 
 		if reason != "" {
 			err = fmt.Errorf("%w: %s", err, reason)
 		}
-		s.cancel(err)
+		s.end(err)
 		s.mux.CloseWithError(uint32(code))
 	})
 	return nil
@@ -192,14 +196,38 @@ func (s *Session) ended(cause error) {
 	default:
 		cause = fmt.Errorf("%w: %v", transport.ErrSessionClosed, cause)
 	}
-	s.cancel(cause)
+	s.end(cause)
 	if s.idleDone != nil {
 		s.idleDone()
 	}
 }
 
+// end records cause as why the session ended, unless one was recorded,
+// and ends the context if it was made.
+func (s *Session) end(cause error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cause != nil {
+		return
+	}
+	s.cause = cause
+	if s.cancel != nil {
+		s.cancel(cause)
+	}
+}
+
 // Context ends when the session does; context.Cause says why.
-func (s *Session) Context() context.Context { return s.ctx }
+func (s *Session) Context() context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx == nil {
+		s.ctx, s.cancel = context.WithCancelCause(context.Background())
+		if s.cause != nil {
+			s.cancel(s.cause)
+		}
+	}
+	return s.ctx
+}
 
 // NetConn is the connection the session runs over: the *tls.Conn for
 // Server and Client.

@@ -3,8 +3,10 @@ package tlsmux
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -266,5 +268,36 @@ func TestConnectionState(t *testing.T) {
 	defer ps.Close()
 	if got := ps.ConnectionState(); got.ServerName != "given.test" || got.Version != tls.VersionTLS13 {
 		t.Fatalf("state over a pipe: %+v, want the one given", got)
+	}
+}
+
+// TestContextOnDemand: the session's context is made when first asked
+// for, and ends with the session's first cause whether it was asked for
+// before or after the end.
+func TestContextOnDemand(t *testing.T) {
+	for _, before := range []bool{true, false} {
+		a, b := net.Pipe()
+		defer b.Close()
+		s, err := NewIdle(a, tls.ConnectionState{}, false, transport.Config{}.WithDefaults(), Idle{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ctx context.Context
+		if before {
+			ctx = s.Context()
+			if ctx.Err() != nil {
+				t.Fatal("the context of a live session has ended")
+			}
+		} else if s.ctx != nil {
+			t.Fatal("a session never asked for its context made one")
+		}
+		s.CloseWithError(transport.CodeNone, "bye")
+		if !before {
+			ctx = s.Context()
+		}
+		<-ctx.Done()
+		if cause := context.Cause(ctx); !errors.Is(cause, transport.ErrSessionClosed) || !strings.Contains(cause.Error(), "bye") {
+			t.Errorf("asked for before the end %v: cause %v, want the close's", before, cause)
+		}
 	}
 }
