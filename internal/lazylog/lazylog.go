@@ -24,7 +24,8 @@ func With(l *slog.Logger, args ...any) *slog.Logger {
 
 type handler struct {
 	parent slog.Handler
-	attrs  []slog.Attr
+	fn     func() []slog.Attr // Func's, asked with each line; nil for With's
+	attrs  []slog.Attr        // after fn's
 }
 
 func (h *handler) Enabled(ctx context.Context, level slog.Level) bool {
@@ -40,7 +41,7 @@ func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {
 		return h
 	}
 	// Exactly as long as it needs: it is held for the logger's life.
-	return &handler{parent: h.parent, attrs: slices.Concat(h.attrs, as)}
+	return &handler{parent: h.parent, fn: h.fn, attrs: slices.Concat(h.attrs, as)}
 }
 
 // WithGroup applies the attributes now: they stay outside the group.
@@ -49,10 +50,14 @@ func (h *handler) WithGroup(name string) slog.Handler {
 }
 
 func (h *handler) materialize() slog.Handler {
-	if len(h.attrs) == 0 {
+	as := h.attrs
+	if h.fn != nil {
+		as = slices.Concat(h.fn(), h.attrs)
+	}
+	if len(as) == 0 {
 		return h.parent
 	}
-	return h.parent.WithAttrs(h.attrs)
+	return h.parent.WithAttrs(as)
 }
 
 // Func returns a logger like l.With(attrs()...), whose attributes are
@@ -61,39 +66,5 @@ func (h *handler) materialize() slog.Handler {
 // function instead of its attributes, and the lines say what it is at the
 // time. attrs is called from any goroutine that logs.
 func Func(l *slog.Logger, attrs func() []slog.Attr) *slog.Logger {
-	return slog.New(&funcHandler{parent: l.Handler(), attrs: attrs})
-}
-
-type funcHandler struct {
-	parent slog.Handler
-	attrs  func() []slog.Attr
-}
-
-func (h *funcHandler) Enabled(ctx context.Context, level slog.Level) bool {
-	return h.parent.Enabled(ctx, level)
-}
-
-func (h *funcHandler) Handle(ctx context.Context, r slog.Record) error {
-	return h.materialize().Handle(ctx, r)
-}
-
-func (h *funcHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	if len(as) == 0 {
-		return h
-	}
-	as = slices.Clone(as)
-	return &funcHandler{parent: h.parent, attrs: func() []slog.Attr { return append(h.attrs(), as...) }}
-}
-
-// WithGroup applies the attributes now: they stay outside the group.
-func (h *funcHandler) WithGroup(name string) slog.Handler {
-	return h.materialize().WithGroup(name)
-}
-
-func (h *funcHandler) materialize() slog.Handler {
-	as := h.attrs()
-	if len(as) == 0 {
-		return h.parent
-	}
-	return h.parent.WithAttrs(as)
+	return slog.New(&handler{parent: l.Handler(), fn: attrs})
 }

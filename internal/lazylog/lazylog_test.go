@@ -61,21 +61,29 @@ func TestSharedPrefix(t *testing.T) {
 	}
 }
 
-// TestHandler runs the standard library's conformance tests for handlers.
+// TestHandler runs the standard library's conformance tests for handlers
+// on a With logger's and a Func logger's.
 func TestHandler(t *testing.T) {
-	var buf bytes.Buffer
-	newHandler := func(*testing.T) slog.Handler {
-		buf.Reset()
-		return With(slog.New(slog.NewJSONHandler(&buf, nil))).Handler()
+	for name, lazy := range map[string]func(*slog.Logger) *slog.Logger{
+		"With": func(l *slog.Logger) *slog.Logger { return With(l) },
+		"Func": func(l *slog.Logger) *slog.Logger { return Func(l, func() []slog.Attr { return nil }) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			var buf bytes.Buffer
+			newHandler := func(*testing.T) slog.Handler {
+				buf.Reset()
+				return lazy(slog.New(slog.NewJSONHandler(&buf, nil))).Handler()
+			}
+			result := func(t *testing.T) map[string]any {
+				var m map[string]any
+				if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+					t.Fatal(err)
+				}
+				return m
+			}
+			slogtest.Run(t, newHandler, result)
+		})
 	}
-	result := func(t *testing.T) map[string]any {
-		var m map[string]any
-		if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
-	slogtest.Run(t, newHandler, result)
 }
 
 // TestFuncAsksEachLine: a Func logger's lines say what its function
@@ -99,22 +107,4 @@ func TestFuncAsksEachLine(t *testing.T) {
 			t.Errorf("line %d = %q, want it to end with %q", i, lines[i], w)
 		}
 	}
-}
-
-// TestFuncHandler runs the standard library's conformance tests for
-// handlers on a Func logger's.
-func TestFuncHandler(t *testing.T) {
-	var buf bytes.Buffer
-	newHandler := func(*testing.T) slog.Handler {
-		buf.Reset()
-		return Func(slog.New(slog.NewJSONHandler(&buf, nil)), func() []slog.Attr { return nil }).Handler()
-	}
-	result := func(t *testing.T) map[string]any {
-		var m map[string]any
-		if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
-	slogtest.Run(t, newHandler, result)
 }

@@ -663,6 +663,28 @@ func TestReadDeadlineWakes(t *testing.T) {
 	_ = ss
 }
 
+// startWaitingRead starts a Read of st into p and returns once it waits;
+// its error arrives on the channel.
+func startWaitingRead(t *testing.T, st *Stream, p []byte) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Read(p)
+		done <- err
+	}()
+	if err := testutil.Poll(10*time.Second, func() error {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.readWaiters != 1 {
+			return fmt.Errorf("%d reads waiting", st.readWaiters)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return done
+}
+
 // A stream read only as it says it is readable, and written within its
 // window, holds no wait channels (an idle session's control stream is
 // one): they are made by the first call that waits, which they then wake,
@@ -704,21 +726,7 @@ func TestStreamWaitChannelsOnDemand(t *testing.T) {
 	// that waits makes them again.
 	waitingRead := func() {
 		t.Helper()
-		done := make(chan error, 1)
-		go func() {
-			_, err := st.Read(got[:1])
-			done <- err
-		}()
-		if err := testutil.Poll(10*time.Second, func() error {
-			st.mu.Lock()
-			defer st.mu.Unlock()
-			if st.readWaiters != 1 {
-				return fmt.Errorf("%d reads waiting", st.readWaiters)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		done := startWaitingRead(t, st, got[:1])
 		if st.waits.Load() == nil {
 			t.Fatal("a waiting Read has no wait channels")
 		}
@@ -794,21 +802,7 @@ func TestReadDeadlineWakesOnlyWaiters(t *testing.T) {
 	if w := st.waits.Load(); w != nil && len(w.read) != 0 {
 		t.Fatalf("%d wake-ups left for no reader", len(w.read))
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := st.Read(make([]byte, 1))
-		done <- err
-	}()
-	if err := testutil.Poll(10*time.Second, func() error {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if st.readWaiters != 1 {
-			return fmt.Errorf("%d reads waiting", st.readWaiters)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	done := startWaitingRead(t, st, make([]byte, 1))
 	st.SetReadDeadline(time.Now().Add(-time.Second))
 	select {
 	case err := <-done:
