@@ -81,8 +81,8 @@ func newStream(s *Session, id uint32, inbound bool) *Stream {
 // first call that waits makes them: a stream read only as notified and
 // written within its window (an idle session's control stream) never
 // holds them. A call signals after the change it signals for, made under
-// the stream's lock, and a waiter takes the channels under the same lock
-// before it checks the state it waits on: either it sees the change, or
+// the stream's lock, and a waiter takes the channels while it holds the
+// lock under which it found nothing to do: either it sees the change, or
 // the signal finds the channels. Each holds one wake-up at most.
 type streamWaits struct {
 	read     chan struct{} // data, EOF, reset, deadline change
