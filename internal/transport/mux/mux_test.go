@@ -831,8 +831,8 @@ func TestOpenStreamHonoursContext(t *testing.T) {
 }
 
 // TestOpenStreamWaitsForAcks: opens beyond AcceptBacklog wait for the
-// peer to acknowledge earlier streams, and slots freed together let as
-// many waiting opens through.
+// peer to acknowledge earlier streams, and each acknowledgement lets a
+// waiting open through.
 func TestOpenStreamWaitsForAcks(t *testing.T) {
 	cs, ss := pair(t, Config{AcceptBacklog: 2})
 	for range 2 {
